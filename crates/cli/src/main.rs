@@ -1,0 +1,43 @@
+//! `davpush`: the one binary. Subcommands: `serve` (the Push Director) and `bench` (the load
+//! tool); later ones (gateway, relay, notify, topic, listen, vapid) join here.
+
+mod bench;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// WebDAV Push for any WebDAV, CalDAV or CardDAV server.
+#[derive(Debug, Parser)]
+#[command(name = "davpush", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Push Director (Notify API, Subscription API, WebSocket push).
+    Serve(serve::ServeArgs),
+    /// Load tool: WebSocket clients on loopback against a running Director.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("davpush: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,347 @@
+//! The routing index: topic → active subscriptions, per push service.
+//!
+//! The notify path takes one read lock on one shard (selected by the topic's hash), copies the
+//! matching `Arc`s out and releases it before anything is delivered. Writers (subscribe,
+//! unsubscribe, expiry, connection close) take the bookkeeping mutex, then one shard's write
+//! lock; no lock is ever held across an `.await`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::notification::Exclusions;
+use crate::{ClientId, ServiceKind, Subscription, SubscriptionId, Topic};
+
+const SHARDS: usize = 16;
+const KINDS: usize = ServiceKind::ALL.len();
+
+#[derive(Default)]
+struct TopicSubs {
+    lists: [Vec<Arc<Subscription>>; KINDS],
+}
+
+impl TopicSubs {
+    fn is_empty(&self) -> bool {
+        self.lists.iter().all(Vec::is_empty)
+    }
+}
+
+type Key = (ClientId, Topic, ServiceKind);
+
+#[derive(Default)]
+struct Meta {
+    by_id: HashMap<SubscriptionId, Arc<Subscription>>,
+    by_key: HashMap<Key, SubscriptionId>,
+    by_client: HashMap<ClientId, Vec<SubscriptionId>>,
+    per_kind: [usize; KINDS],
+}
+
+/// A client already has as many subscriptions as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client already has the maximum of {0} subscriptions")]
+pub struct LimitReached(pub usize);
+
+/// Recipients of one topic, grouped by push service (only services with recipients).
+pub type Recipients = Vec<(ServiceKind, Vec<Arc<Subscription>>)>;
+
+/// See the module documentation.
+pub struct Index {
+    shards: Box<[RwLock<HashMap<Topic, TopicSubs>>]>,
+    meta: Mutex<Meta>,
+    hasher: RandomState,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            meta: Mutex::default(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl Index {
+    fn shard(&self, topic: &Topic) -> &RwLock<HashMap<Topic, TopicSubs>> {
+        let h = self.hasher.hash_one(topic.as_str()) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The subscription of `client` to `topic` through `kind`, if any.
+    pub fn find(
+        &self,
+        client: &ClientId,
+        topic: &Topic,
+        kind: ServiceKind,
+    ) -> Option<Arc<Subscription>> {
+        let m = self.meta();
+        let id = m.by_key.get(&(client.clone(), topic.clone(), kind))?;
+        m.by_id.get(id).cloned()
+    }
+
+    /// The subscription with this id.
+    pub fn get(&self, id: &SubscriptionId) -> Option<Arc<Subscription>> {
+        self.meta().by_id.get(id).cloned()
+    }
+
+    /// Inserts `sub`, replacing the client's existing subscription to the same topic through the
+    /// same service. Returns the stored handle and the replaced subscription, if any. A new
+    /// subscription beyond `max_per_client` is refused.
+    pub fn insert(
+        &self,
+        sub: Subscription,
+        max_per_client: usize,
+    ) -> Result<(Arc<Subscription>, Option<Arc<Subscription>>), LimitReached> {
+        let sub = Arc::new(sub);
+        let key: Key = (sub.client_id.clone(), sub.topic.clone(), sub.kind());
+        let mut m = self.meta();
+        let previous = match m.by_key.get(&key).cloned() {
+            Some(old_id) => m.by_id.remove(&old_id),
+            None => {
+                let n = m.by_client.get(&sub.client_id).map_or(0, Vec::len);
+                if n >= max_per_client {
+                    return Err(LimitReached(max_per_client));
+                }
+                None
+            }
+        };
+        if let Some(old) = &previous {
+            let ids = m.by_client.entry(old.client_id.clone()).or_default();
+            ids.retain(|x| x != &old.id);
+        } else {
+            m.per_kind[sub.kind().index()] += 1;
+        }
+        m.by_key.insert(key, sub.id.clone());
+        m.by_id.insert(sub.id.clone(), sub.clone());
+        m.by_client
+            .entry(sub.client_id.clone())
+            .or_default()
+            .push(sub.id.clone());
+        {
+            let mut shard = self
+                .shard(&sub.topic)
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let list = &mut shard.entry(sub.topic.clone()).or_default().lists[sub.kind().index()];
+            match previous
+                .as_ref()
+                .and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old)))
+            {
+                Some(pos) => list[pos] = sub.clone(),
+                None => list.push(sub.clone()),
+            }
+        }
+        drop(m);
+        Ok((sub, previous))
+    }
+
+    /// Removes the subscription `id` if `pred` holds for it.
+    pub fn remove_if(
+        &self,
+        id: &SubscriptionId,
+        pred: impl FnOnce(&Subscription) -> bool,
+    ) -> Option<Arc<Subscription>> {
+        let mut m = self.meta();
+        let sub = m.by_id.get(id)?.clone();
+        if !pred(&sub) {
+            return None;
+        }
+        m.by_id.remove(id);
+        m.by_key
+            .remove(&(sub.client_id.clone(), sub.topic.clone(), sub.kind()));
+        if let Some(ids) = m.by_client.get_mut(&sub.client_id) {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                m.by_client.remove(&sub.client_id);
+            }
+        }
+        m.per_kind[sub.kind().index()] -= 1;
+        let mut shard = self
+            .shard(&sub.topic)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = shard.get_mut(&sub.topic) {
+            let list = &mut t.lists[sub.kind().index()];
+            if let Some(pos) = list.iter().position(|s| Arc::ptr_eq(s, &sub)) {
+                list.swap_remove(pos);
+                if list.capacity() > 8 && list.len() < list.capacity() / 4 {
+                    list.shrink_to(list.len() * 2);
+                }
+            }
+            if t.is_empty() {
+                shard.remove(&sub.topic);
+            }
+        }
+        Some(sub)
+    }
+
+    /// Removes the subscription `id`.
+    pub fn remove(&self, id: &SubscriptionId) -> Option<Arc<Subscription>> {
+        self.remove_if(id, |_| true)
+    }
+
+    /// The subscriptions of `client`, optionally only for `topic` and only through `kinds`.
+    pub fn of_client(
+        &self,
+        client: &ClientId,
+        topic: Option<&Topic>,
+        kinds: Option<&[ServiceKind]>,
+    ) -> Vec<Arc<Subscription>> {
+        let m = self.meta();
+        let Some(ids) = m.by_client.get(client) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| m.by_id.get(id))
+            .filter(|s| topic.is_none_or(|t| &s.topic == t))
+            .filter(|s| kinds.is_none_or(|k| k.contains(&s.kind())))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of subscriptions of `client`.
+    pub fn client_count(&self, client: &ClientId) -> usize {
+        self.meta().by_client.get(client).map_or(0, Vec::len)
+    }
+
+    /// The unexpired, non-excluded subscribers of `topic` at `now`, by service.
+    pub fn recipients(&self, topic: &Topic, now: i64, exclude: &Exclusions) -> Recipients {
+        let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = shard.get(topic) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for kind in ServiceKind::ALL {
+            let list = &t.lists[kind.index()];
+            if list.is_empty() {
+                continue;
+            }
+            let subs: Vec<_> = list
+                .iter()
+                .filter(|s| s.expires > now && !exclude.contains(&s.id))
+                .cloned()
+                .collect();
+            if !subs.is_empty() {
+                out.push((kind, subs));
+            }
+        }
+        out
+    }
+
+    /// Subscriptions whose expiry is at or before `now`.
+    pub fn expired(&self, now: i64) -> Vec<Arc<Subscription>> {
+        self.meta()
+            .by_id
+            .values()
+            .filter(|s| s.expires <= now)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of subscriptions per service, in [`ServiceKind::ALL`] order.
+    pub fn counts(&self) -> [usize; KINDS] {
+        self.meta().per_kind
+    }
+
+    /// Total number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.meta().by_id.len()
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Target;
+    use crate::live::Hub;
+
+    fn sub(hub: &Hub, client: &str, topic: &str, expires: i64) -> Subscription {
+        Subscription {
+            id: SubscriptionId::random(),
+            client_id: ClientId::parse(client, 64).unwrap(),
+            topic: Topic::parse(topic, 64).unwrap(),
+            target: Target::WebSocket(hub.open(0).unwrap()),
+            expires,
+        }
+    }
+
+    #[test]
+    fn insert_replaces_same_client_topic_and_service() {
+        let hub = Hub::new(4, 100);
+        let idx = Index::default();
+        let (a, prev) = idx.insert(sub(&hub, "c1", "t", 100), 10).unwrap();
+        assert!(prev.is_none());
+        let mut again = sub(&hub, "c1", "t", 200);
+        again.id = a.id.clone();
+        let (b, prev) = idx.insert(again, 10).unwrap();
+        assert!(Arc::ptr_eq(&prev.unwrap(), &a));
+        assert_eq!(idx.len(), 1);
+        let r = idx.recipients(&b.topic, 150, &Exclusions::default());
+        assert_eq!(r.len(), 1);
+        assert!(
+            Arc::ptr_eq(&r[0].1[0], &b),
+            "the update replaced the old entry"
+        );
+    }
+
+    #[test]
+    fn recipients_skip_expired_and_excluded() {
+        let hub = Hub::new(4, 100);
+        let idx = Index::default();
+        let (a, _) = idx.insert(sub(&hub, "c1", "t", 100), 10).unwrap();
+        let (b, _) = idx.insert(sub(&hub, "c2", "t", 300), 10).unwrap();
+        idx.insert(sub(&hub, "c3", "other", 300), 10).unwrap();
+        let t = a.topic.clone();
+        let ids = |r: Recipients| -> Vec<SubscriptionId> {
+            r.into_iter()
+                .flat_map(|(_, v)| v.into_iter().map(|s| s.id.clone()))
+                .collect()
+        };
+        assert_eq!(ids(idx.recipients(&t, 50, &Exclusions::default())).len(), 2);
+        assert_eq!(
+            ids(idx.recipients(&t, 100, &Exclusions::default())),
+            vec![b.id.clone()]
+        );
+        assert!(ids(idx.recipients(&t, 100, &Exclusions::new(vec![b.id.clone()]))).is_empty());
+        assert_eq!(idx.expired(100).len(), 1);
+    }
+
+    #[test]
+    fn per_client_limit_and_removal() {
+        let hub = Hub::new(4, 100);
+        let idx = Index::default();
+        let (a, _) = idx.insert(sub(&hub, "c1", "t1", 100), 2).unwrap();
+        idx.insert(sub(&hub, "c1", "t2", 100), 2).unwrap();
+        assert_eq!(
+            idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap_err(),
+            LimitReached(2)
+        );
+        assert!(idx.remove_if(&a.id, |_| false).is_none());
+        assert!(idx.remove(&a.id).is_some());
+        assert!(idx.remove(&a.id).is_none());
+        idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap();
+        assert_eq!(idx.client_count(&a.client_id), 2);
+        assert!(
+            idx.recipients(&a.topic, 0, &Exclusions::default())
+                .is_empty()
+        );
+        assert_eq!(idx.counts()[ServiceKind::WebSocket.index()], 2);
+    }
+}

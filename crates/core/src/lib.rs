@@ -1,0 +1,52 @@
+//! The domain of the davpush Push Director, free of HTTP and SQL.
+//!
+//! A [`PushService`] receives subscriptions and notifications. It keeps every active subscription
+//! in an in-memory [`Index`] (topic → subscribers per push service), so that a notification never
+//! touches the store: the store ([`SubscriptionStore`]) is written on subscribe/unsubscribe/expiry
+//! and read once at start to rebuild the index. Each push service is a [`Transport`]; the
+//! WebSocket one ([`live::WebSocketTransport`]) hands frames to in-process connections.
+//!
+//! # Layout
+//! - [`ids`]: `Topic`, `ClientId`, `SubscriptionId`, random ids.
+//! - [`kind`]: `ServiceKind`, the closed set of push services.
+//! - [`subscription`]: `Subscription` and its `Target`.
+//! - [`notification`]: a validated notification and the `PushMessage` serialized once per topic.
+//! - [`index`]: the routing index.
+//! - [`live`]: WebSocket connections (bounded mailboxes), their hub and transport.
+//! - [`transport`]: the `Transport` trait and the `Transports` registry.
+//! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
+//! - [`service`]: `PushService`, the one entry point the HTTP layer calls.
+//! - [`metrics`]: Prometheus metrics of the above.
+//!
+//! The design choice a reader may question: the notify path is synchronous. Lookup, filtering and
+//! hand-off to transports never await; transports that talk to the network queue the work in
+//! their own bounded engines. So a notify answers in microseconds however slow a push service is.
+
+pub mod ids;
+pub mod index;
+pub mod kind;
+pub mod live;
+pub mod metrics;
+pub mod notification;
+pub mod service;
+pub mod store;
+pub mod subscription;
+pub mod transport;
+
+pub use ids::{ClientId, IdError, SubscriptionId, Topic};
+pub use index::Index;
+pub use kind::ServiceKind;
+pub use metrics::Metrics;
+pub use notification::{Notification, PushMessage};
+pub use service::{Limits, NotifyReport, PushService, ServiceError, Subscribed};
+pub use store::{MemoryStore, StoreError, StoredSubscription, SubscriptionStore};
+pub use subscription::{Subscription, Target};
+pub use transport::{Dispatched, TargetError, Transport, Transports};
+
+/// Seconds since the unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,382 @@
+//! WebSocket connections of this process: each has a small bounded mailbox that notifications are
+//! pushed into without blocking, and one task (in the HTTP layer) that drains it to the socket.
+//!
+//! The mailbox is a `Mutex<VecDeque>` plus a [`Notify`] rather than a channel: an idle connection
+//! then owns no queue allocation at all, which matters at tens of thousands of connections.
+//! When a mailbox is full the client is too slow; it is closed rather than allowed to hold
+//! anyone else up, and its subscriptions end with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::transport::{Dispatched, TargetError, Transport};
+use crate::{PushMessage, ServiceKind, Subscription, SubscriptionId, Target};
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its mailbox overflowed: the client does not read fast enough.
+    TooSlow,
+    /// Nothing was heard from it for two ping intervals.
+    Timeout,
+    /// The server shuts down.
+    Shutdown,
+}
+
+/// Result of pushing a frame into a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the connection's task.
+    Queued,
+    /// The mailbox was full; the connection is now closed as too slow.
+    Overflow,
+    /// The connection was already closed.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Mailbox {
+    queue: VecDeque<Bytes>,
+    closed: Option<CloseReason>,
+    ping_due: bool,
+    subscriptions: Vec<SubscriptionId>,
+}
+
+/// What the connection's task must do after [`Connection::take`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// Send a WebSocket ping.
+    pub ping: bool,
+    /// Close with this reason (after writing the frames taken).
+    pub close: Option<CloseReason>,
+}
+
+/// One WebSocket connection, as seen by the routing core.
+#[derive(Debug)]
+pub struct Connection {
+    id: Arc<str>,
+    capacity: usize,
+    last_seen: AtomicI64,
+    mailbox: Mutex<Mailbox>,
+    wake: Notify,
+}
+
+impl Connection {
+    /// The unguessable connection id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Queues a frame without blocking.
+    pub fn push(&self, frame: &Bytes) -> Pushed {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if m.closed.is_some() {
+            return Pushed::Closed;
+        }
+        if m.queue.len() >= self.capacity {
+            m.closed = Some(CloseReason::TooSlow);
+            m.queue.clear();
+            drop(m);
+            self.wake.notify_one();
+            return Pushed::Overflow;
+        }
+        let was_empty = m.queue.is_empty();
+        m.queue.push_back(frame.clone());
+        drop(m);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Asks the connection's task to close.
+    pub fn close(&self, reason: CloseReason) {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if m.closed.is_none() {
+            m.closed = Some(reason);
+        }
+        drop(m);
+        self.wake.notify_one();
+    }
+
+    /// Whether the connection was closed.
+    pub fn is_closed(&self) -> bool {
+        self.mailbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed
+            .is_some()
+    }
+
+    /// Waits until there is something to do. Only the connection's own task may wait.
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Moves the queued frames into `out` and says what else to do.
+    pub fn take(&self, out: &mut Vec<Bytes>) -> Work {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(m.queue.drain(..));
+        if m.queue.capacity() > self.capacity.max(4) {
+            m.queue.shrink_to(0);
+        }
+        let work = Work {
+            ping: std::mem::take(&mut m.ping_due),
+            close: m.closed,
+        };
+        work
+    }
+
+    /// Records that the client was heard from at `now` (unix seconds).
+    pub fn touch(&self, now: i64) {
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+
+    fn request_ping(&self) {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if m.closed.is_some() {
+            return;
+        }
+        m.ping_due = true;
+        drop(m);
+        self.wake.notify_one();
+    }
+
+    /// Remembers a subscription made for this connection, so that it ends with it.
+    pub fn add_subscription(&self, id: SubscriptionId) {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.subscriptions.contains(&id) {
+            m.subscriptions.push(id);
+        }
+    }
+
+    /// Forgets a subscription (unsubscribed).
+    pub fn remove_subscription(&self, id: &SubscriptionId) {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        m.subscriptions.retain(|x| x != id);
+    }
+
+    /// Number of subscriptions made for this connection.
+    pub fn subscription_count(&self) -> usize {
+        self.mailbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscriptions
+            .len()
+    }
+
+    /// Takes the ids of all subscriptions made for this connection (on close).
+    pub fn take_subscriptions(&self) -> Vec<SubscriptionId> {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut m.subscriptions)
+    }
+}
+
+/// The server is at its connection limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the server has reached its limit of {0} WebSocket connections")]
+pub struct HubFull(pub usize);
+
+/// All WebSocket connections of this process.
+#[derive(Debug)]
+pub struct Hub {
+    conns: RwLock<HashMap<Arc<str>, Arc<Connection>>>,
+    capacity: usize,
+    max_connections: usize,
+}
+
+impl Hub {
+    /// A hub whose mailboxes hold `capacity` frames, for at most `max_connections` connections.
+    pub fn new(capacity: usize, max_connections: usize) -> Self {
+        Hub {
+            conns: RwLock::default(),
+            capacity: capacity.max(1),
+            max_connections,
+        }
+    }
+
+    /// Registers a new connection with a fresh random id.
+    pub fn open(&self, now: i64) -> Result<Arc<Connection>, HubFull> {
+        let id: Arc<str> = Arc::from(crate::ids::random_token(16));
+        let conn = Arc::new(Connection {
+            id: id.clone(),
+            capacity: self.capacity,
+            last_seen: AtomicI64::new(now),
+            mailbox: Mutex::default(),
+            wake: Notify::new(),
+        });
+        let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
+        if conns.len() >= self.max_connections {
+            return Err(HubFull(self.max_connections));
+        }
+        conns.insert(id, conn.clone());
+        Ok(conn)
+    }
+
+    /// Looks a connection up by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Connection>> {
+        self.conns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Unregisters a connection (its task ended).
+    pub fn remove(&self, id: &str) {
+        self.conns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.conns.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether there are no connections.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Connection>> {
+        self.conns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Keep-alive round: connections not heard from since `stale_before` are closed, the others
+    /// are asked to send a ping. Returns how many were closed.
+    pub fn sweep(&self, stale_before: i64) -> usize {
+        let mut closed = 0;
+        for c in self.snapshot() {
+            if c.last_seen.load(Ordering::Relaxed) < stale_before {
+                c.close(CloseReason::Timeout);
+                closed += 1;
+            } else {
+                c.request_ping();
+            }
+        }
+        closed
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for c in self.snapshot() {
+            c.close(reason);
+        }
+    }
+}
+
+/// The WebSocket push service: delivery is a non-blocking push into the connection's mailbox.
+#[derive(Debug)]
+pub struct WebSocketTransport {
+    hub: Arc<Hub>,
+}
+
+impl WebSocketTransport {
+    /// Delivers to the connections of `hub`.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        WebSocketTransport { hub }
+    }
+}
+
+impl Transport for WebSocketTransport {
+    fn kind(&self) -> ServiceKind {
+        ServiceKind::WebSocket
+    }
+
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        let t: davpush_proto::WebSocketTarget = serde_json::from_value(params.clone())
+            .map_err(|e| TargetError::new(None, e.to_string()))?;
+        match self.hub.get(&t.connection_id) {
+            Some(c) if !c.is_closed() => Ok(Target::WebSocket(c)),
+            _ => Err(TargetError::new(
+                Some("connection_id"),
+                "no open WebSocket connection has this id".into(),
+            )),
+        }
+    }
+
+    fn dispatch(&self, message: &PushMessage, recipients: &[Arc<Subscription>]) -> Dispatched {
+        let mut d = Dispatched::default();
+        for s in recipients {
+            let Some(conn) = s.target.connection() else {
+                d.dropped += 1;
+                continue;
+            };
+            match conn.push(&message.ws_frame) {
+                Pushed::Queued => d.queued += 1,
+                Pushed::Overflow | Pushed::Closed => d.dropped += 1,
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_mailbox_closes_the_connection() {
+        let hub = Hub::new(2, 10);
+        let c = hub.open(0).unwrap();
+        let f = Bytes::from_static(b"x");
+        assert_eq!(c.push(&f), Pushed::Queued);
+        assert_eq!(c.push(&f), Pushed::Queued);
+        assert_eq!(c.push(&f), Pushed::Overflow);
+        assert_eq!(c.push(&f), Pushed::Closed);
+        let mut out = Vec::new();
+        assert_eq!(c.take(&mut out).close, Some(CloseReason::TooSlow));
+        assert!(
+            out.is_empty(),
+            "a too-slow connection's backlog is discarded"
+        );
+    }
+
+    #[test]
+    fn hub_limits_connections_and_sweeps_stale_ones() {
+        let hub = Hub::new(8, 2);
+        let a = hub.open(100).unwrap();
+        let b = hub.open(100).unwrap();
+        assert!(hub.open(100).is_err());
+        b.touch(200);
+        assert_eq!(hub.sweep(150), 1);
+        assert!(a.is_closed());
+        let mut out = Vec::new();
+        assert_eq!(
+            b.take(&mut out),
+            Work {
+                ping: true,
+                close: None
+            }
+        );
+        hub.remove(a.id());
+        assert_eq!(hub.len(), 1);
+        assert!(hub.get(b.id()).is_some());
+    }
+
+    #[tokio::test]
+    async fn push_wakes_the_waiting_task() {
+        let hub = Hub::new(8, 2);
+        let c = hub.open(0).unwrap();
+        let c2 = c.clone();
+        let waiter = tokio::spawn(async move {
+            c2.ready().await;
+            let mut out = Vec::new();
+            c2.take(&mut out);
+            out
+        });
+        c.push(&Bytes::from_static(b"hello"));
+        assert_eq!(waiter.await.unwrap(), vec![Bytes::from_static(b"hello")]);
+    }
+}

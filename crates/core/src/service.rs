@@ -1,0 +1,531 @@
+//! [`PushService`]: subscribe, unsubscribe, notify, expire. The HTTP layer calls one method per
+//! request and maps the result; the WebSocket layer calls the same methods.
+
+use std::sync::Arc;
+
+use davpush_proto::{NotifyRequest, NotifyTopic};
+
+use crate::ids::IdError;
+use crate::index::LimitReached;
+use crate::kind::UnknownService;
+use crate::live::Connection;
+use crate::notification::Exclusions;
+use crate::store::{StoreError, StoredSubscription, SubscriptionStore};
+use crate::transport::{TargetError, Transports};
+use crate::{
+    ClientId, Index, Metrics, Notification, PushMessage, ServiceKind, Subscription, SubscriptionId,
+    Target, Topic,
+};
+
+/// Limits the Director enforces on clients and application servers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest topic, bytes.
+    pub max_topic_len: usize,
+    /// Longest client id, bytes.
+    pub max_client_id_len: usize,
+    /// Subscriptions one client (or one WebSocket connection) may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Topics in one notify request.
+    pub max_topics_per_notify: usize,
+    /// Ids in one notify request's `exclude`.
+    pub max_exclude: usize,
+    /// Longest sync-token, bytes.
+    pub max_sync_token_len: usize,
+    /// Expiry granted when the client asks for none, seconds from now.
+    pub default_expiry: i64,
+    /// Shortest expiry granted, seconds from now.
+    pub min_expiry: i64,
+    /// Longest expiry granted, seconds from now.
+    pub max_expiry: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_topic_len: 256,
+            max_client_id_len: 256,
+            max_subscriptions_per_client: 1000,
+            max_topics_per_notify: 1000,
+            max_exclude: 100,
+            max_sync_token_len: 1024,
+            default_expiry: 3 * 24 * 3600,
+            min_expiry: 3600,
+            max_expiry: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Limits {
+    /// The expiry granted at `now` for a requested one.
+    pub fn grant_expiry(&self, requested: Option<i64>, now: i64) -> i64 {
+        match requested {
+            None => now + self.default_expiry,
+            Some(t) => t.clamp(now + self.min_expiry, now + self.max_expiry),
+        }
+    }
+}
+
+/// Why a request was refused. Each variant maps to one HTTP status in the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A field is malformed.
+    #[error("`{field}` {message}")]
+    Invalid {
+        /// Which field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `push_services` names a service this software does not know.
+    #[error("{0}")]
+    UnknownService(#[from] UnknownService),
+    /// `push_services` names a service that is not enabled on this Director.
+    #[error("push service `{0}` is not enabled on this Director")]
+    ServiceDisabled(ServiceKind),
+    /// A service's parameters were refused.
+    #[error("push_services.{service}: {source}")]
+    InvalidTarget {
+        /// Which service.
+        service: ServiceKind,
+        /// Why.
+        source: TargetError,
+    },
+    /// The client holds as many subscriptions as allowed.
+    #[error(transparent)]
+    LimitReached(#[from] LimitReached),
+    /// Nothing matched (unsubscribe).
+    #[error("no matching subscription")]
+    NotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    fn invalid(field: impl Into<String>, e: IdError) -> Self {
+        ServiceError::Invalid {
+            field: field.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The request field the error is about, if any.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            ServiceError::Invalid { field, .. } => Some(field.clone()),
+            ServiceError::UnknownService(u) => Some(format!("push_services.{}", u.0)),
+            ServiceError::ServiceDisabled(k) => Some(format!("push_services.{k}")),
+            ServiceError::InvalidTarget { service, source } => Some(match source.field {
+                Some(f) => format!("push_services.{service}.{f}"),
+                None => format!("push_services.{service}"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Result of a subscribe.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Granted expiry, unix seconds.
+    pub expires: i64,
+    /// Each subscription and whether it was created (`false`: updated).
+    pub subscriptions: Vec<(Arc<Subscription>, bool)>,
+}
+
+/// Result of a notify.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NotifyReport {
+    /// Topics processed.
+    pub topics: u64,
+    /// Subscriptions addressed, per service in [`ServiceKind::ALL`] order.
+    pub addressed: [u64; ServiceKind::ALL.len()],
+}
+
+impl NotifyReport {
+    /// Total addressed.
+    pub fn total(&self) -> u64 {
+        self.addressed.iter().sum()
+    }
+}
+
+/// See the module documentation.
+pub struct PushService {
+    index: Index,
+    store: Arc<dyn SubscriptionStore>,
+    transports: Transports,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for PushService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushService")
+            .field("index", &self.index)
+            .field("transports", &self.transports)
+            .finish()
+    }
+}
+
+impl PushService {
+    /// A service with an empty index; call [`PushService::load`] to fill it from the store.
+    pub fn new(
+        store: Arc<dyn SubscriptionStore>,
+        transports: Transports,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PushService {
+            index: Index::default(),
+            store,
+            transports,
+            limits,
+            metrics,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The routing index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The enabled transports.
+    pub fn transports(&self) -> &Transports {
+        &self.transports
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SubscriptionStore> {
+        &self.store
+    }
+
+    /// Validates a topic.
+    pub fn topic(&self, field: &str, s: &str) -> Result<Topic, ServiceError> {
+        Topic::parse(s, self.limits.max_topic_len).map_err(|e| ServiceError::invalid(field, e))
+    }
+
+    /// Validates a client id.
+    pub fn client_id(&self, s: &str) -> Result<ClientId, ServiceError> {
+        ClientId::parse(s, self.limits.max_client_id_len)
+            .map_err(|e| ServiceError::invalid("client_id", e))
+    }
+
+    /// Rebuilds the index from the store (at start). Returns how many subscriptions were loaded.
+    pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
+        let rows = self.store.load(now).await?;
+        let mut n = 0;
+        for row in rows {
+            let restored = (|| {
+                let kind: ServiceKind = row.service.parse().ok()?;
+                let transport = self.transports.get(kind)?;
+                let params: serde_json::Value = serde_json::from_str(&row.target).ok()?;
+                let target = transport.parse_target(&params).ok()?;
+                Some(Subscription {
+                    id: SubscriptionId::parse(&row.id, 64).ok()?,
+                    client_id: ClientId::parse(&row.client_id, usize::MAX).ok()?,
+                    topic: Topic::parse(&row.topic, usize::MAX).ok()?,
+                    target,
+                    expires: row.expires,
+                })
+            })();
+            match restored {
+                Some(sub) => {
+                    if self.index.insert(sub, usize::MAX).is_ok() {
+                        n += 1;
+                    }
+                }
+                None => tracing::warn!(
+                    subscription = %row.id, service = %row.service,
+                    "stored subscription not loaded: its push service is disabled or its target invalid"
+                ),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Parses `push_services` of a subscribe request into targets.
+    pub fn parse_targets(
+        &self,
+        services: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<Vec<Target>, ServiceError> {
+        if services.is_empty() {
+            return Err(ServiceError::Invalid {
+                field: "push_services".into(),
+                message: "must name at least one push service".into(),
+            });
+        }
+        services
+            .iter()
+            .map(|(name, params)| {
+                let kind: ServiceKind = name.parse()?;
+                let t = self
+                    .transports
+                    .get(kind)
+                    .ok_or(ServiceError::ServiceDisabled(kind))?;
+                t.parse_target(params)
+                    .map_err(|source| ServiceError::InvalidTarget {
+                        service: kind,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Subscribes `client` to `topic` through each target (updating existing subscriptions).
+    pub async fn subscribe(
+        &self,
+        client: ClientId,
+        topic: Topic,
+        targets: Vec<Target>,
+        requested_expiry: Option<i64>,
+        now: i64,
+    ) -> Result<Subscribed, ServiceError> {
+        let expires = self.limits.grant_expiry(requested_expiry, now);
+        let mut out = Vec::with_capacity(targets.len());
+        for target in targets {
+            let kind = target.kind();
+            let existing = self.index.find(&client, &topic, kind);
+            if existing.is_none()
+                && self.index.client_count(&client) >= self.limits.max_subscriptions_per_client
+            {
+                return Err(LimitReached(self.limits.max_subscriptions_per_client).into());
+            }
+            let mut id = existing
+                .as_ref()
+                .map_or_else(SubscriptionId::random, |s| s.id.clone());
+            if target.is_durable() {
+                let kept = self
+                    .store
+                    .upsert(&StoredSubscription {
+                        id: id.to_string(),
+                        client_id: client.to_string(),
+                        topic: topic.to_string(),
+                        service: kind.as_str().to_owned(),
+                        target: target.to_json().to_string(),
+                        expires,
+                        created: now,
+                    })
+                    .await?;
+                if kept != id.as_str() {
+                    id = SubscriptionId::parse(&kept, 64)
+                        .map_err(|e| ServiceError::invalid("id", e))?;
+                }
+            }
+            let sub = Subscription {
+                id,
+                client_id: client.clone(),
+                topic: topic.clone(),
+                target,
+                expires,
+            };
+            let (sub, previous) = self
+                .index
+                .insert(sub, self.limits.max_subscriptions_per_client)?;
+            if let Some(prev) = &previous {
+                if let Some(old) = prev.target.connection() {
+                    if !sub.target.same_destination(&prev.target) {
+                        old.remove_subscription(&sub.id);
+                    }
+                }
+            }
+            if let Some(conn) = sub.target.connection() {
+                conn.add_subscription(sub.id.clone());
+                if conn.is_closed() {
+                    // The connection ended while we subscribed it; its cleanup may have run already.
+                    self.remove_live(conn, &sub.id);
+                }
+            }
+            out.push((sub, previous.is_none()));
+        }
+        Ok(Subscribed {
+            expires,
+            subscriptions: out,
+        })
+    }
+
+    /// Ends the subscriptions of `client` (to `topic`, through `kinds`). `NotFound` if none.
+    pub async fn unsubscribe(
+        &self,
+        client: &ClientId,
+        topic: Option<&Topic>,
+        kinds: Option<&[ServiceKind]>,
+    ) -> Result<u64, ServiceError> {
+        let subs = self.index.of_client(client, topic, kinds);
+        if subs.is_empty() {
+            return Err(ServiceError::NotFound);
+        }
+        self.remove(subs).await
+    }
+
+    async fn remove(&self, subs: Vec<Arc<Subscription>>) -> Result<u64, ServiceError> {
+        let mut durable = Vec::new();
+        let mut n = 0;
+        for s in subs {
+            if self
+                .index
+                .remove_if(&s.id, |cur| std::ptr::eq(cur, &*s))
+                .is_none()
+            {
+                continue;
+            }
+            n += 1;
+            if let Some(conn) = s.target.connection() {
+                conn.remove_subscription(&s.id);
+            }
+            if s.target.is_durable() {
+                durable.push(s.id.to_string());
+            }
+        }
+        if !durable.is_empty() {
+            self.store.delete(&durable).await?;
+        }
+        Ok(n)
+    }
+
+    fn remove_live(&self, conn: &Arc<Connection>, id: &SubscriptionId) {
+        self.index.remove_if(id, |s| {
+            s.target.connection().is_some_and(|c| Arc::ptr_eq(c, conn))
+        });
+    }
+
+    /// Ends every subscription made for a WebSocket connection that closed.
+    pub fn connection_closed(&self, conn: &Arc<Connection>) {
+        for id in conn.take_subscriptions() {
+            self.remove_live(conn, &id);
+        }
+    }
+
+    /// Removes the subscriptions expired at `now` from the index and the store.
+    pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        let expired: Vec<_> = self
+            .index
+            .expired(now)
+            .into_iter()
+            .filter(|s| s.expires <= now)
+            .collect();
+        let n = match self.remove(expired).await {
+            Ok(n) => n,
+            Err(ServiceError::Store(e)) => return Err(e),
+            Err(_) => 0,
+        };
+        let stored = self.store.purge_expired(now).await?;
+        Ok(n.max(stored))
+    }
+
+    /// Validates a Notify API request into notifications and exclusions.
+    pub fn parse_notify(
+        &self,
+        req: NotifyRequest,
+    ) -> Result<(Vec<Notification>, Exclusions), ServiceError> {
+        let check_token = |field: &str, t: &Option<String>| -> Result<(), ServiceError> {
+            match t {
+                Some(t) if t.len() > self.limits.max_sync_token_len => Err(ServiceError::Invalid {
+                    field: field.into(),
+                    message: format!("is longer than {} bytes", self.limits.max_sync_token_len),
+                }),
+                _ => Ok(()),
+            }
+        };
+        check_token("sync_token", &req.sync_token)?;
+        let mut out = Vec::new();
+        if let Some(t) = &req.topic {
+            out.push(Notification {
+                topic: self.topic("topic", t)?,
+                sync_token: req.sync_token.clone(),
+                trigger: req.trigger,
+            });
+        }
+        if let Some(list) = req.topics {
+            if list.len() + out.len() > self.limits.max_topics_per_notify {
+                return Err(ServiceError::Invalid {
+                    field: "topics".into(),
+                    message: format!(
+                        "has more than {} entries",
+                        self.limits.max_topics_per_notify
+                    ),
+                });
+            }
+            for (i, entry) in list.into_iter().enumerate() {
+                let field = format!("topics[{i}]");
+                out.push(match entry {
+                    NotifyTopic::Plain(t) => Notification {
+                        topic: self.topic(&field, &t)?,
+                        sync_token: req.sync_token.clone(),
+                        trigger: req.trigger,
+                    },
+                    NotifyTopic::Detailed(e) => {
+                        check_token(&format!("{field}.sync_token"), &e.sync_token)?;
+                        Notification {
+                            topic: self.topic(&format!("{field}.topic"), &e.topic)?,
+                            sync_token: e.sync_token.or_else(|| req.sync_token.clone()),
+                            trigger: e.trigger.or(req.trigger),
+                        }
+                    }
+                });
+            }
+        }
+        if out.is_empty() {
+            return Err(ServiceError::Invalid {
+                field: "topic".into(),
+                message: "is required (or a non-empty `topics`)".into(),
+            });
+        }
+        if req.exclude.len() > self.limits.max_exclude {
+            return Err(ServiceError::Invalid {
+                field: "exclude".into(),
+                message: format!("has more than {} entries", self.limits.max_exclude),
+            });
+        }
+        let exclude = req
+            .exclude
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                SubscriptionId::parse(s, 64)
+                    .map_err(|e| ServiceError::invalid(format!("exclude[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((out, Exclusions::new(exclude)))
+    }
+
+    /// Delivers notifications to the subscribers of their topics. Never blocks and never awaits:
+    /// each transport only queues.
+    pub fn notify(
+        &self,
+        notifications: Vec<Notification>,
+        exclude: &Exclusions,
+        now: i64,
+    ) -> NotifyReport {
+        let mut report = NotifyReport::default();
+        for n in notifications {
+            report.topics += 1;
+            self.metrics.notifications.inc();
+            let recipients = self.index.recipients(&n.topic, now, exclude);
+            if recipients.is_empty() {
+                continue;
+            }
+            let message = PushMessage::new(n);
+            for (kind, subs) in recipients {
+                let Some(t) = self.transports.get(kind) else {
+                    continue;
+                };
+                let d = t.dispatch(&message, &subs);
+                report.addressed[kind.index()] += subs.len() as u64;
+                self.metrics.delivered(kind, "queued", d.queued);
+                self.metrics.delivered(kind, "dropped", d.dropped);
+            }
+        }
+        report
+    }
+}

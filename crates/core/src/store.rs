@@ -1,0 +1,97 @@
+//! The persistence seam. Only durable subscriptions (those of push services that reach a device
+//! while it is offline) are stored; WebSocket subscriptions live and die with their connection.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+/// A durable subscription as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    /// Subscription id.
+    pub id: String,
+    /// Client id.
+    pub client_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Push service name ([`crate::ServiceKind::as_str`]).
+    pub service: String,
+    /// The target's parameters, JSON (what the transport's `parse_target` reads).
+    pub target: String,
+    /// Expiry, unix seconds.
+    pub expires: i64,
+    /// Creation time, unix seconds.
+    pub created: i64,
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("subscription store: {op} failed: {source}")]
+pub struct StoreError {
+    /// What was attempted.
+    pub op: &'static str,
+    /// The backend's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Where durable subscriptions are kept.
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync + 'static {
+    /// Inserts `s`, or updates target and expiry of the subscription with the same client, topic
+    /// and service. Returns the id that is kept: the existing one on update.
+    async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError>;
+    /// Deletes by id; returns how many existed.
+    async fn delete(&self, ids: &[String]) -> Result<u64, StoreError>;
+    /// All subscriptions that have not expired at `now`.
+    async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError>;
+    /// Deletes the subscriptions expired at `now`; returns how many.
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+    /// Checks that the store answers (for `/healthz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A store in memory: for tests and for a Director that needs no persistence.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rows: Mutex<HashMap<String, StoredSubscription>>,
+}
+
+#[async_trait]
+impl SubscriptionStore for MemoryStore {
+    async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = rows
+            .values_mut()
+            .find(|r| r.client_id == s.client_id && r.topic == s.topic && r.service == s.service);
+        if let Some(r) = existing {
+            r.target = s.target.clone();
+            r.expires = s.expires;
+            return Ok(r.id.clone());
+        }
+        rows.insert(s.id.clone(), s.clone());
+        Ok(s.id.clone())
+    }
+
+    async fn delete(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(ids.iter().filter(|id| rows.remove(*id).is_some()).count() as u64)
+    }
+
+    async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(rows.values().filter(|r| r.expires > now).cloned().collect())
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let before = rows.len();
+        rows.retain(|_, r| r.expires > now);
+        Ok((before - rows.len()) as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! The push-service seam: one [`Transport`] per enabled service, found through [`Transports`].
+
+use std::sync::Arc;
+
+use crate::{PushMessage, ServiceKind, Subscription, Target};
+
+/// The client's service parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TargetError {
+    /// The offending parameter inside the service object, if one.
+    pub field: Option<&'static str>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl TargetError {
+    /// New error about `field`.
+    pub fn new(field: Option<&'static str>, message: String) -> Self {
+        TargetError { field, message }
+    }
+}
+
+/// What a transport did with a dispatch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Handed over for delivery.
+    pub queued: u64,
+    /// Could not be handed over (closed or overflowing recipient).
+    pub dropped: u64,
+}
+
+/// A push service.
+///
+/// `dispatch` is called on the notify path and must not block: a transport that talks to the
+/// network queues the work in its own bounded delivery engine and reports outcomes later.
+pub trait Transport: Send + Sync + 'static {
+    /// Which service this is.
+    fn kind(&self) -> ServiceKind;
+    /// Validates the client's `push_services.<name>` object into a target.
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError>;
+    /// Hands `message` over for every recipient (all of this transport's kind).
+    fn dispatch(&self, message: &PushMessage, recipients: &[Arc<Subscription>]) -> Dispatched;
+}
+
+/// The enabled transports, by kind.
+#[derive(Default, Clone)]
+pub struct Transports {
+    by_kind: [Option<Arc<dyn Transport>>; ServiceKind::ALL.len()],
+}
+
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.enabled()).finish()
+    }
+}
+
+impl Transports {
+    /// Enables `t` (replacing any transport of the same kind).
+    pub fn with(mut self, t: Arc<dyn Transport>) -> Self {
+        let k = t.kind().index();
+        self.by_kind[k] = Some(t);
+        self
+    }
+
+    /// The transport of `kind`, if enabled.
+    pub fn get(&self, kind: ServiceKind) -> Option<&dyn Transport> {
+        self.by_kind[kind.index()].as_deref()
+    }
+
+    /// The enabled kinds.
+    pub fn enabled(&self) -> impl Iterator<Item = ServiceKind> + '_ {
+        ServiceKind::ALL
+            .into_iter()
+            .filter(|k| self.by_kind[k.index()].is_some())
+    }
+}

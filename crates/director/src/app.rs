@@ -1,0 +1,234 @@
+//! Wiring: [`build`] turns a [`Config`] into an [`AppState`], [`router`] makes the routes, and
+//! [`serve`] runs them on a bound listener until a shutdown future resolves. [`spawn`] does all
+//! three on `127.0.0.1:0` for tests and embedding.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
+use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
+use davpush_store::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{Config, SubscriptionAuth};
+use crate::http;
+
+/// Shared state of all handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The routing core.
+    pub service: Arc<PushService>,
+    /// WebSocket connections of this process.
+    pub hub: Arc<Hub>,
+    /// Configuration.
+    pub config: Arc<Config>,
+}
+
+/// Starting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] davpush_core::StoreError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store, enables the transports and rebuilds the index.
+pub async fn build(config: Config) -> Result<AppState, StartError> {
+    let store: Arc<dyn SubscriptionStore> = Arc::new(SqliteStore::open(&config.store_url).await?);
+    build_with_store(config, store).await
+}
+
+/// Like [`build`] with a given store.
+pub async fn build_with_store(
+    config: Config,
+    store: Arc<dyn SubscriptionStore>,
+) -> Result<AppState, StartError> {
+    let ws = &config.websocket;
+    let hub = Arc::new(Hub::new(ws.queue_frames, ws.max_connections));
+    let mut transports = Transports::default();
+    if ws.enabled {
+        transports = transports.with(Arc::new(WebSocketTransport::new(hub.clone())));
+    }
+    if matches!(config.subscription_auth, SubscriptionAuth::None) {
+        tracing::warn!(
+            "!!! subscription.auth = \"none\": ANYONE who can reach this Director may subscribe and open \
+             WebSockets. Use this for development only. !!!"
+        );
+    }
+    let service = PushService::new(
+        store,
+        transports,
+        config.limits.clone(),
+        Arc::new(Metrics::default()),
+    );
+    let loaded = service.load(davpush_core::unix_now()).await?;
+    tracing::info!(
+        subscriptions = loaded,
+        "subscriptions loaded from the store"
+    );
+    Ok(AppState {
+        service: Arc::new(service),
+        hub,
+        config: Arc::new(config),
+    })
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    let timeout = Duration::from_secs(state.config.request_timeout_secs);
+    Router::new()
+        .route(
+            "/notify",
+            post(http::notify::notify).fallback(http::ops::method_not_allowed),
+        )
+        .route(
+            "/subscribe",
+            post(http::subscription::subscribe).fallback(http::ops::method_not_allowed),
+        )
+        .route(
+            "/unsubscribe",
+            post(http::subscription::unsubscribe).fallback(http::ops::method_not_allowed),
+        )
+        .route(
+            "/ws",
+            get(http::websocket::upgrade).fallback(http::ops::method_not_allowed),
+        )
+        .route(
+            "/healthz",
+            get(http::ops::healthz).fallback(http::ops::method_not_allowed),
+        )
+        .route(
+            "/metrics",
+            get(http::ops::metrics).fallback(http::ops::method_not_allowed),
+        )
+        .fallback(http::ops::not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then closes WebSockets (code 1001)
+/// and waits up to `server.shutdown_timeout_secs` for connections to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = tokio::spawn(background(state.clone(), stop_rx.clone()));
+    let hub = state.hub.clone();
+    let app = router(state.clone());
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing WebSocket connections");
+        let _ = stop_tx.send(true);
+        hub.close_all(CloseReason::Shutdown);
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_timeout_secs);
+    while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    background.abort();
+    Ok(())
+}
+
+/// Expiry purge and keep-alive sweeps.
+async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
+    let ping = Duration::from_secs(st.config.websocket.ping_interval_secs);
+    let mut ping_tick = tokio::time::interval(ping);
+    let mut purge_tick = tokio::time::interval(Duration::from_secs(st.config.purge_interval_secs));
+    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ping_tick.tick() => {
+                let stale_before = davpush_core::unix_now() - 2 * ping.as_secs() as i64;
+                let closed = st.hub.sweep(stale_before);
+                if closed > 0 {
+                    tracing::info!(closed, "closed WebSocket connections that stopped answering pings");
+                }
+            }
+            _ = purge_tick.tick() => {
+                match st.service.purge_expired(davpush_core::unix_now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "expired subscriptions purged"),
+                    Err(e) => tracing::error!(error = %e, "purging expired subscriptions failed"),
+                }
+            }
+        }
+    }
+}
+
+/// A Director running in this process (see [`spawn`]).
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state (for inspection in tests).
+    pub state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Base URL, `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down gracefully and waits for it.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Builds and serves `config` on `config.listen` (port 0 picks a free port) in a task.
+pub async fn spawn(config: Config) -> Result<Running, StartError> {
+    let addr = config.listen;
+    let state = build(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        state,
+        stop: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,650 @@
+//! Configuration: defaults → TOML file → `DAVPUSH_*` environment → flags.
+//!
+//! [`RawConfig`] is what the file says (every key optional, unknown keys refused); it becomes a
+//! [`Config`] through [`Config::from_raw`], where all validation happens and every error names
+//! its key. The environment is passed in as a map so that tests never touch the process's.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use davpush_core::Limits;
+use serde::{Deserialize, Serialize};
+
+/// The example configuration shipped with the binary (`davpush serve --print-example-config`).
+pub const EXAMPLE: &str = include_str!("../../../examples/davpush.toml");
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/mistyped key (the message contains the key).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: `{key}`: {message}")]
+    Invalid {
+        /// The key, dotted (`websocket.queue_frames`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A secret file could not be read or written.
+    #[error("cannot use secret file {path} (`{key}`): {source}")]
+    Secret {
+        /// The key that asked for it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The configuration file's shape. See `examples/davpush.toml` for every key, commented.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[server]`
+    pub server: RawServer,
+    /// `[store]`
+    pub store: RawStore,
+    /// `[notify]`
+    pub notify: RawNotify,
+    /// `[subscription]`
+    pub subscription: RawSubscription,
+    /// `[websocket]`
+    pub websocket: RawWebSocket,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory for the database and generated secrets.
+    pub data_dir: PathBuf,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Deadline for one HTTP request, seconds.
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for connections to close, seconds.
+    pub shutdown_timeout_secs: u64,
+    /// How often expired subscriptions are purged, seconds.
+    pub purge_interval_secs: u64,
+    /// Serve `GET /metrics`.
+    pub metrics: bool,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("davpush-data"),
+            max_body_bytes: 64 * 1024,
+            request_timeout_secs: 30,
+            shutdown_timeout_secs: 10,
+            purge_interval_secs: 60,
+            metrics: true,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// Database URL; empty means `sqlite://<data_dir>/davpush.sqlite`.
+    pub url: String,
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    /// Accepted bearer tokens, one per Application Server.
+    pub tokens: Vec<String>,
+    /// Files holding one token each.
+    pub token_files: Vec<PathBuf>,
+}
+
+/// `[subscription]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSubscription {
+    /// `token` or `none`.
+    pub auth: String,
+    /// Accepted bearer tokens.
+    pub tokens: Vec<String>,
+    /// Files holding one token each.
+    pub token_files: Vec<PathBuf>,
+    /// Expiry granted when the client asks for none, seconds.
+    pub default_expiry_secs: i64,
+    /// Shortest expiry granted, seconds.
+    pub min_expiry_secs: i64,
+    /// Longest expiry granted, seconds.
+    pub max_expiry_secs: i64,
+    /// Subscriptions per client (and per WebSocket connection).
+    pub max_per_client: usize,
+    /// Longest topic, bytes.
+    pub max_topic_len: usize,
+    /// Longest client id, bytes.
+    pub max_client_id_len: usize,
+    /// Topics per notify request.
+    pub max_topics_per_notify: usize,
+}
+
+impl Default for RawSubscription {
+    fn default() -> Self {
+        let l = Limits::default();
+        RawSubscription {
+            auth: "token".into(),
+            tokens: Vec::new(),
+            token_files: Vec::new(),
+            default_expiry_secs: l.default_expiry,
+            min_expiry_secs: l.min_expiry,
+            max_expiry_secs: l.max_expiry,
+            max_per_client: l.max_subscriptions_per_client,
+            max_topic_len: l.max_topic_len,
+            max_client_id_len: l.max_client_id_len,
+            max_topics_per_notify: l.max_topics_per_notify,
+        }
+    }
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebSocket {
+    /// Offer the WebSocket push service.
+    pub enabled: bool,
+    /// Seconds between server pings; silent clients are dropped after two.
+    pub ping_interval_secs: u64,
+    /// Frames queued per connection before it is dropped as too slow.
+    pub queue_frames: usize,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Largest frame a client may send, bytes.
+    pub max_message_bytes: usize,
+    /// Seconds a write to a client may take before it is dropped.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for RawWebSocket {
+    fn default() -> Self {
+        RawWebSocket {
+            enabled: true,
+            ping_interval_secs: 30,
+            queue_frames: 64,
+            max_connections: 50_000,
+            max_message_bytes: 4096,
+            write_timeout_secs: 10,
+        }
+    }
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's bytes, for comparison.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How clients authenticate to the Subscription API and WebSocket endpoint.
+#[derive(Debug, Clone)]
+pub enum SubscriptionAuth {
+    /// One of these bearer tokens (a token shared by many clients is the draft's
+    /// "pseudo-public token").
+    Tokens(Vec<Secret>),
+    /// No authentication (development only; warned about loudly at start).
+    None,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the database and generated secrets.
+    pub data_dir: PathBuf,
+    /// Database URL.
+    pub store_url: String,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Deadline for one HTTP request, seconds.
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for connections to close, seconds.
+    pub shutdown_timeout_secs: u64,
+    /// How often expired subscriptions are purged, seconds.
+    pub purge_interval_secs: u64,
+    /// Serve `GET /metrics`.
+    pub metrics: bool,
+    /// Accepted Notify API tokens (never empty).
+    pub notify_tokens: Vec<Secret>,
+    /// Subscription API authentication.
+    pub subscription_auth: SubscriptionAuth,
+    /// Limits on clients and requests.
+    pub limits: Limits,
+    /// WebSocket settings.
+    pub websocket: RawWebSocket,
+    /// Secret files generated while loading (printed once by the binary).
+    pub generated_secrets: Vec<(&'static str, PathBuf)>,
+}
+
+/// Command-line flags that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// Reads the file at `path` (if any), applies `DAVPUSH_*` variables from `env` and the flags.
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<RawConfig, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.into(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, env, flags)
+    }
+
+    /// Like [`RawConfig::load`] with the file's text given.
+    pub fn from_toml(
+        text: &str,
+        env: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<RawConfig, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("DAVPUSH_") else {
+                continue;
+            };
+            if rest == "CONFIG" || rest == "LOG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let key = path.join(".");
+            if path.len() != 2 || path.iter().any(String::is_empty) {
+                return Err(invalid(
+                    &key,
+                    format!("environment variable {name} must be DAVPUSH_<SECTION>__<KEY>"),
+                ));
+            }
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            let section = table
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(section) = section.as_table_mut() else {
+                return Err(invalid(&path[0], "must be a table"));
+            };
+            section.insert(path[1].clone(), parsed);
+        }
+        let mut raw: RawConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        if let Some(l) = &flags.listen {
+            raw.server.listen = l.clone();
+        }
+        if let Some(d) = &flags.data_dir {
+            raw.server.data_dir = d.clone();
+        }
+        Ok(raw)
+    }
+
+    /// The configuration as TOML, secrets replaced by `***`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for t in c
+            .notify
+            .tokens
+            .iter_mut()
+            .chain(c.subscription.tokens.iter_mut())
+        {
+            *t = "***".into();
+        }
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+const MIN_TOKEN_LEN: usize = 16;
+
+fn read_tokens(
+    key: &'static str,
+    inline: &[String],
+    files: &[PathBuf],
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut out = Vec::new();
+    for t in inline {
+        out.push(t.clone());
+    }
+    for f in files {
+        let s = std::fs::read_to_string(f).map_err(|source| ConfigError::Secret {
+            key,
+            path: f.clone(),
+            source,
+        })?;
+        out.push(s.trim().to_owned());
+    }
+    for t in &out {
+        if t.len() < MIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                key,
+                format!("every token must be at least {MIN_TOKEN_LEN} visible ASCII characters"),
+            ));
+        }
+    }
+    Ok(out.into_iter().map(Secret).collect())
+}
+
+/// Reads the secret in `path`, or creates it (mode 0600) with a fresh random token.
+fn generated_token(
+    key: &'static str,
+    path: &Path,
+    generated: &mut Vec<(&'static str, PathBuf)>,
+) -> Result<Secret, ConfigError> {
+    let fail = |source| ConfigError::Secret {
+        key,
+        path: path.into(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(Secret(s.trim().to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let token = davpush_core::ids::random_token(32);
+    write_private(path, &token).map_err(fail)?;
+    generated.push((key, path.to_owned()));
+    Ok(Secret(token))
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+impl Config {
+    /// Validates `raw`; creates the data directory and generates missing secrets in it.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let s = &raw.server;
+        let listen: SocketAddr = s.listen.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                format!("`{}` is not an address like 127.0.0.1:8080: {e}", s.listen),
+            )
+        })?;
+        if s.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if s.request_timeout_secs == 0 {
+            return Err(invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        if s.purge_interval_secs == 0 {
+            return Err(invalid("server.purge_interval_secs", "must be at least 1"));
+        }
+        let sub = &raw.subscription;
+        if sub.min_expiry_secs < 60 {
+            return Err(invalid(
+                "subscription.min_expiry_secs",
+                "must be at least 60",
+            ));
+        }
+        if sub.max_expiry_secs < sub.min_expiry_secs {
+            return Err(invalid(
+                "subscription.max_expiry_secs",
+                "must not be less than min_expiry_secs",
+            ));
+        }
+        if !(sub.min_expiry_secs..=sub.max_expiry_secs).contains(&sub.default_expiry_secs) {
+            return Err(invalid(
+                "subscription.default_expiry_secs",
+                "must lie between min_expiry_secs and max_expiry_secs",
+            ));
+        }
+        for (key, v) in [
+            ("subscription.max_per_client", sub.max_per_client),
+            ("subscription.max_topic_len", sub.max_topic_len),
+            ("subscription.max_client_id_len", sub.max_client_id_len),
+            (
+                "subscription.max_topics_per_notify",
+                sub.max_topics_per_notify,
+            ),
+            ("websocket.queue_frames", raw.websocket.queue_frames),
+            ("websocket.max_connections", raw.websocket.max_connections),
+            (
+                "websocket.ping_interval_secs",
+                raw.websocket.ping_interval_secs as usize,
+            ),
+            (
+                "websocket.write_timeout_secs",
+                raw.websocket.write_timeout_secs as usize,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if raw.websocket.max_message_bytes < 256 {
+            return Err(invalid(
+                "websocket.max_message_bytes",
+                "must be at least 256",
+            ));
+        }
+
+        let needs_dir = raw.store.url.is_empty()
+            || raw.notify.tokens.is_empty() && raw.notify.token_files.is_empty()
+            || sub.auth == "token" && sub.tokens.is_empty() && sub.token_files.is_empty();
+        if needs_dir {
+            std::fs::create_dir_all(&s.data_dir).map_err(|e| {
+                invalid(
+                    "server.data_dir",
+                    format!("cannot create {}: {e}", s.data_dir.display()),
+                )
+            })?;
+        }
+        let mut generated = Vec::new();
+        let mut notify_tokens =
+            read_tokens("notify.tokens", &raw.notify.tokens, &raw.notify.token_files)?;
+        if notify_tokens.is_empty() {
+            notify_tokens.push(generated_token(
+                "notify.tokens",
+                &s.data_dir.join("notify-token"),
+                &mut generated,
+            )?);
+        }
+        let subscription_auth = match sub.auth.as_str() {
+            "none" => SubscriptionAuth::None,
+            "token" => {
+                let mut t = read_tokens("subscription.tokens", &sub.tokens, &sub.token_files)?;
+                if t.is_empty() {
+                    t.push(generated_token(
+                        "subscription.tokens",
+                        &s.data_dir.join("subscription-token"),
+                        &mut generated,
+                    )?);
+                }
+                SubscriptionAuth::Tokens(t)
+            }
+            other => {
+                return Err(invalid(
+                    "subscription.auth",
+                    format!("`{other}` is not one of `token`, `none`"),
+                ));
+            }
+        };
+        let store_url = if raw.store.url.is_empty() {
+            format!("sqlite://{}", s.data_dir.join("davpush.sqlite").display())
+        } else if raw.store.url.starts_with("sqlite:") {
+            raw.store.url.clone()
+        } else {
+            return Err(invalid(
+                "store.url",
+                "only sqlite: URLs are supported by this build",
+            ));
+        };
+        let limits = Limits {
+            max_topic_len: sub.max_topic_len,
+            max_client_id_len: sub.max_client_id_len,
+            max_subscriptions_per_client: sub.max_per_client,
+            max_topics_per_notify: sub.max_topics_per_notify,
+            default_expiry: sub.default_expiry_secs,
+            min_expiry: sub.min_expiry_secs,
+            max_expiry: sub.max_expiry_secs,
+            ..Limits::default()
+        };
+        Ok(Config {
+            listen,
+            data_dir: s.data_dir.clone(),
+            store_url,
+            max_body_bytes: s.max_body_bytes,
+            request_timeout_secs: s.request_timeout_secs,
+            shutdown_timeout_secs: s.shutdown_timeout_secs,
+            purge_interval_secs: s.purge_interval_secs,
+            metrics: s.metrics,
+            notify_tokens,
+            subscription_auth,
+            limits,
+            websocket: raw.websocket,
+            generated_secrets: generated,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = RawConfig::from_toml(
+            "[server]\nlisten_addr = \"x\"\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let e = RawConfig::from_toml(
+            "",
+            &env(&[("DAVPUSH_WEBSOCKET__QUEUE", "5")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("queue"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let raw = RawConfig::from_toml(
+            "[websocket]\nqueue_frames = 8\n[server]\nlisten = \"127.0.0.1:1\"\n",
+            &env(&[
+                ("DAVPUSH_WEBSOCKET__QUEUE_FRAMES", "16"),
+                ("DAVPUSH_SERVER__LISTEN", "127.0.0.1:2"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                data_dir: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(raw.websocket.queue_frames, 16);
+        assert_eq!(raw.server.listen, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn validation_names_the_key_and_secrets_are_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = RawConfig::default();
+        raw.server.data_dir = dir.path().to_owned();
+        raw.subscription.min_expiry_secs = 10;
+        let e = Config::from_raw(raw.clone()).unwrap_err();
+        assert!(
+            e.to_string().contains("subscription.min_expiry_secs"),
+            "{e}"
+        );
+
+        raw.subscription.min_expiry_secs = 3600;
+        let c = Config::from_raw(raw.clone()).unwrap();
+        assert_eq!(c.generated_secrets.len(), 2);
+        let token_file = dir.path().join("notify-token");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let c2 = Config::from_raw(raw).unwrap();
+        assert!(
+            c2.generated_secrets.is_empty(),
+            "existing secrets are reused"
+        );
+        assert_eq!(c.notify_tokens, c2.notify_tokens);
+        assert!(
+            !format!("{c:?}").contains(c.notify_tokens[0].expose()),
+            "Debug never shows secrets"
+        );
+    }
+
+    #[test]
+    fn short_tokens_are_refused() {
+        let mut raw = RawConfig::default();
+        raw.notify.tokens = vec!["short".into()];
+        let e = Config::from_raw(raw).unwrap_err();
+        assert!(e.to_string().contains("notify.tokens"), "{e}");
+    }
+}

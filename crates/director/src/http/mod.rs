@@ -1,0 +1,11 @@
+//! The HTTP layer: one small handler per route; each extracts, calls one `PushService` method
+//! and maps the result. Errors are mapped in [`error`].
+
+pub mod error;
+
+pub(crate) mod auth;
+pub(crate) mod json;
+pub(crate) mod notify;
+pub(crate) mod ops;
+pub(crate) mod subscription;
+pub(crate) mod websocket;

@@ -1,0 +1,44 @@
+//! `GET /healthz`, `GET /metrics`, and the JSON fallbacks for unknown routes and methods.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::error::ApiError;
+use crate::app::AppState;
+
+pub(crate) async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+    match st.service.store().ping().await {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "store unavailable" })),
+            )
+        }
+    }
+}
+
+pub(crate) async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if !st.config.metrics {
+        return Err(ApiError::NotFound);
+    }
+    let counts = st.service.index().counts();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.service.metrics().render(&counts),
+    ))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

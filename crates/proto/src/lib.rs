@@ -1,0 +1,25 @@
+//! Wire types of davpush: the bodies of the Notify API and the Subscription API, the frames of the
+//! WebSocket protocol and the JSON error body. Serde only, no I/O, so that the Director, the client
+//! library and the load tool share one definition (`docs/protocol.md` is the prose of this crate).
+//!
+//! # Layout
+//! - [`notify`]: `POST /notify` request and response.
+//! - [`subscription`]: `POST /subscribe` and `POST /unsubscribe`.
+//! - [`ws`]: WebSocket frames in both directions, protocol version.
+//! - [`error`]: the JSON error body every API answers with.
+//!
+//! Requests are parsed with `deny_unknown_fields`: a misspelt `exclude` or `expires` would silently
+//! change what is delivered, so it is rejected with a 400 that names the field instead.
+
+pub mod error;
+pub mod notify;
+pub mod subscription;
+pub mod ws;
+
+pub use error::ErrorBody;
+pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
+pub use subscription::{
+    SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse,
+    WebSocketTarget,
+};
+pub use ws::{ClientFrame, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame};
