@@ -45,9 +45,7 @@ pub(crate) struct ServeArgs {
 
 fn init_logs(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -61,13 +59,8 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logs(&args.log_format);
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("DAVPUSH_"))
-        .collect();
-    let flags = Overrides {
-        listen: args.listen.clone(),
-        data_dir: args.data_dir.clone(),
-    };
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("DAVPUSH_")).collect();
+    let flags = Overrides { listen: args.listen.clone(), data_dir: args.data_dir.clone() };
     let raw = match RawConfig::load(args.config.as_deref(), &env, &flags) {
         Ok(r) => r,
         Err(e) => {
@@ -98,22 +91,13 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     for (key, path) in &config.generated_secrets {
         // Printed once, when generated; the secret itself is never printed or logged.
-        eprintln!(
-            "davpush: generated a token for `{key}` in {} (mode 0600)",
-            path.display()
-        );
+        eprintln!("davpush: generated a token for `{key}` in {} (mode 0600)", path.display());
     }
     let addr = config.listen;
-    let state = app::build(config)
-        .await
-        .context("cannot start the Director")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let state = app::build(config).await.context("cannot start the Director")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "Push Director listening");
-    app::serve(listener, state, shutdown_signal())
-        .await
-        .context("server failed")?;
+    app::serve(listener, state, shutdown_signal()).await.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

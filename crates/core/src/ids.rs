@@ -110,10 +110,7 @@ mod tests {
         assert_eq!(Topic::parse("", 256), Err(IdError::Empty));
         assert_eq!(Topic::parse("a b", 256), Err(IdError::BadChar));
         assert_eq!(Topic::parse("é", 256), Err(IdError::BadChar));
-        assert_eq!(
-            Topic::parse("abc", 2),
-            Err(IdError::TooLong { len: 3, max: 2 })
-        );
+        assert_eq!(Topic::parse("abc", 2), Err(IdError::TooLong { len: 3, max: 2 }));
     }
 
     #[test]

@@ -63,9 +63,7 @@ impl Default for Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index")
-            .field("counts", &self.counts())
-            .finish()
+        f.debug_struct("Index").field("counts", &self.counts()).finish()
     }
 }
 
@@ -80,12 +78,7 @@ impl Index {
     }
 
     /// The subscription of `client` to `topic` through `kind`, if any.
-    pub fn find(
-        &self,
-        client: &ClientId,
-        topic: &Topic,
-        kind: ServiceKind,
-    ) -> Option<Arc<Subscription>> {
+    pub fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<Arc<Subscription>> {
         let m = self.meta();
         let id = m.by_key.get(&(client.clone(), topic.clone(), kind))?;
         m.by_id.get(id).cloned()
@@ -125,20 +118,11 @@ impl Index {
         }
         m.by_key.insert(key, sub.id.clone());
         m.by_id.insert(sub.id.clone(), sub.clone());
-        m.by_client
-            .entry(sub.client_id.clone())
-            .or_default()
-            .push(sub.id.clone());
+        m.by_client.entry(sub.client_id.clone()).or_default().push(sub.id.clone());
         {
-            let mut shard = self
-                .shard(&sub.topic)
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
             let list = &mut shard.entry(sub.topic.clone()).or_default().lists[sub.kind().index()];
-            match previous
-                .as_ref()
-                .and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old)))
-            {
+            match previous.as_ref().and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old))) {
                 Some(pos) => list[pos] = sub.clone(),
                 None => list.push(sub.clone()),
             }
@@ -159,8 +143,7 @@ impl Index {
             return None;
         }
         m.by_id.remove(id);
-        m.by_key
-            .remove(&(sub.client_id.clone(), sub.topic.clone(), sub.kind()));
+        m.by_key.remove(&(sub.client_id.clone(), sub.topic.clone(), sub.kind()));
         if let Some(ids) = m.by_client.get_mut(&sub.client_id) {
             ids.retain(|x| x != id);
             if ids.is_empty() {
@@ -168,10 +151,7 @@ impl Index {
             }
         }
         m.per_kind[sub.kind().index()] -= 1;
-        let mut shard = self
-            .shard(&sub.topic)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = shard.get_mut(&sub.topic) {
             let list = &mut t.lists[sub.kind().index()];
             if let Some(pos) = list.iter().position(|s| Arc::ptr_eq(s, &sub)) {
@@ -228,11 +208,7 @@ impl Index {
             if list.is_empty() {
                 continue;
             }
-            let subs: Vec<_> = list
-                .iter()
-                .filter(|s| s.expires > now && !exclude.contains(&s.id))
-                .cloned()
-                .collect();
+            let subs: Vec<_> = list.iter().filter(|s| s.expires > now && !exclude.contains(&s.id)).cloned().collect();
             if !subs.is_empty() {
                 out.push((kind, subs));
             }
@@ -242,12 +218,7 @@ impl Index {
 
     /// Subscriptions whose expiry is at or before `now`.
     pub fn expired(&self, now: i64) -> Vec<Arc<Subscription>> {
-        self.meta()
-            .by_id
-            .values()
-            .filter(|s| s.expires <= now)
-            .cloned()
-            .collect()
+        self.meta().by_id.values().filter(|s| s.expires <= now).cloned().collect()
     }
 
     /// Number of subscriptions per service, in [`ServiceKind::ALL`] order.
@@ -295,10 +266,7 @@ mod tests {
         assert_eq!(idx.len(), 1);
         let r = idx.recipients(&b.topic, 150, &Exclusions::default());
         assert_eq!(r.len(), 1);
-        assert!(
-            Arc::ptr_eq(&r[0].1[0], &b),
-            "the update replaced the old entry"
-        );
+        assert!(Arc::ptr_eq(&r[0].1[0], &b), "the update replaced the old entry");
     }
 
     #[test]
@@ -310,15 +278,10 @@ mod tests {
         idx.insert(sub(&hub, "c3", "other", 300), 10).unwrap();
         let t = a.topic.clone();
         let ids = |r: Recipients| -> Vec<SubscriptionId> {
-            r.into_iter()
-                .flat_map(|(_, v)| v.into_iter().map(|s| s.id.clone()))
-                .collect()
+            r.into_iter().flat_map(|(_, v)| v.into_iter().map(|s| s.id.clone())).collect()
         };
         assert_eq!(ids(idx.recipients(&t, 50, &Exclusions::default())).len(), 2);
-        assert_eq!(
-            ids(idx.recipients(&t, 100, &Exclusions::default())),
-            vec![b.id.clone()]
-        );
+        assert_eq!(ids(idx.recipients(&t, 100, &Exclusions::default())), vec![b.id.clone()]);
         assert!(ids(idx.recipients(&t, 100, &Exclusions::new(vec![b.id.clone()]))).is_empty());
         assert_eq!(idx.expired(100).len(), 1);
     }
@@ -329,19 +292,13 @@ mod tests {
         let idx = Index::default();
         let (a, _) = idx.insert(sub(&hub, "c1", "t1", 100), 2).unwrap();
         idx.insert(sub(&hub, "c1", "t2", 100), 2).unwrap();
-        assert_eq!(
-            idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap_err(),
-            LimitReached(2)
-        );
+        assert_eq!(idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap_err(), LimitReached(2));
         assert!(idx.remove_if(&a.id, |_| false).is_none());
         assert!(idx.remove(&a.id).is_some());
         assert!(idx.remove(&a.id).is_none());
         idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap();
         assert_eq!(idx.client_count(&a.client_id), 2);
-        assert!(
-            idx.recipients(&a.topic, 0, &Exclusions::default())
-                .is_empty()
-        );
+        assert!(idx.recipients(&a.topic, 0, &Exclusions::default()).is_empty());
         assert_eq!(idx.counts()[ServiceKind::WebSocket.index()], 2);
     }
 }

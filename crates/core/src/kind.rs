@@ -63,10 +63,7 @@ pub struct UnknownService(pub String);
 impl FromStr for ServiceKind {
     type Err = UnknownService;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ServiceKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownService(s.to_owned()))
+        ServiceKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownService(s.to_owned()))
     }
 }
 

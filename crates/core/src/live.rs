@@ -3,8 +3,14 @@
 //!
 //! The mailbox is a `Mutex<VecDeque>` plus a [`Notify`] rather than a channel: an idle connection
 //! then owns no queue allocation at all, which matters at tens of thousands of connections.
-//! When a mailbox is full the client is too slow; it is closed rather than allowed to hold
-//! anyone else up, and its subscriptions end with it.
+//!
+//! Pending frames are coalesced per topic: a newer notification of a topic that is still queued
+//! replaces the older one in place (the client syncs once, with the newest sync-token). So the
+//! queue never holds more frames than the connection has topics, and a burst of changes to one
+//! collection never overflows it. When more distinct topics are pending than the mailbox holds,
+//! the client is too slow; it is closed rather than allowed to hold anyone else up, and its
+//! subscriptions end with it. A client that stops reading altogether is caught by the write
+//! timeout of its task.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -14,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::transport::{Dispatched, TargetError, Transport};
-use crate::{PushMessage, ServiceKind, Subscription, SubscriptionId, Target};
+use crate::{PushMessage, ServiceKind, Subscription, SubscriptionId, Target, Topic};
 
 /// Why the server closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub enum CloseReason {
 pub enum Pushed {
     /// Queued for the connection's task.
     Queued,
+    /// Replaced a queued frame of the same topic.
+    Coalesced,
     /// The mailbox was full; the connection is now closed as too slow.
     Overflow,
     /// The connection was already closed.
@@ -40,7 +48,7 @@ pub enum Pushed {
 
 #[derive(Debug, Default)]
 struct Mailbox {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<(Topic, Bytes)>,
     closed: Option<CloseReason>,
     ping_due: bool,
     subscriptions: Vec<SubscriptionId>,
@@ -71,11 +79,15 @@ impl Connection {
         &self.id
     }
 
-    /// Queues a frame without blocking.
-    pub fn push(&self, frame: &Bytes) -> Pushed {
+    /// Queues the frame of a notification of `topic` without blocking.
+    pub fn push(&self, topic: &Topic, frame: &Bytes) -> Pushed {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
         if m.closed.is_some() {
             return Pushed::Closed;
+        }
+        if let Some(slot) = m.queue.iter_mut().find(|(t, _)| t == topic) {
+            slot.1 = frame.clone();
+            return Pushed::Coalesced;
         }
         if m.queue.len() >= self.capacity {
             m.closed = Some(CloseReason::TooSlow);
@@ -85,7 +97,7 @@ impl Connection {
             return Pushed::Overflow;
         }
         let was_empty = m.queue.is_empty();
-        m.queue.push_back(frame.clone());
+        m.queue.push_back((topic.clone(), frame.clone()));
         drop(m);
         if was_empty {
             self.wake.notify_one();
@@ -105,11 +117,7 @@ impl Connection {
 
     /// Whether the connection was closed.
     pub fn is_closed(&self) -> bool {
-        self.mailbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closed
-            .is_some()
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner()).closed.is_some()
     }
 
     /// Waits until there is something to do. Only the connection's own task may wait.
@@ -120,15 +128,12 @@ impl Connection {
     /// Moves the queued frames into `out` and says what else to do.
     pub fn take(&self, out: &mut Vec<Bytes>) -> Work {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
-        out.extend(m.queue.drain(..));
-        if m.queue.capacity() > self.capacity.max(4) {
+        out.extend(m.queue.drain(..).map(|(_, f)| f));
+        if m.queue.capacity() > 16 {
+            // A burst is over; an idle connection keeps no large buffer.
             m.queue.shrink_to(0);
         }
-        let work = Work {
-            ping: std::mem::take(&mut m.ping_due),
-            close: m.closed,
-        };
-        work
+        Work { ping: std::mem::take(&mut m.ping_due), close: m.closed }
     }
 
     /// Records that the client was heard from at `now` (unix seconds).
@@ -162,11 +167,7 @@ impl Connection {
 
     /// Number of subscriptions made for this connection.
     pub fn subscription_count(&self) -> usize {
-        self.mailbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .subscriptions
-            .len()
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner()).subscriptions.len()
     }
 
     /// Takes the ids of all subscriptions made for this connection (on close).
@@ -192,11 +193,7 @@ pub struct Hub {
 impl Hub {
     /// A hub whose mailboxes hold `capacity` frames, for at most `max_connections` connections.
     pub fn new(capacity: usize, max_connections: usize) -> Self {
-        Hub {
-            conns: RwLock::default(),
-            capacity: capacity.max(1),
-            max_connections,
-        }
+        Hub { conns: RwLock::default(), capacity: capacity.max(1), max_connections }
     }
 
     /// Registers a new connection with a fresh random id.
@@ -219,19 +216,12 @@ impl Hub {
 
     /// Looks a connection up by id.
     pub fn get(&self, id: &str) -> Option<Arc<Connection>> {
-        self.conns
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.conns.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
     /// Unregisters a connection (its task ended).
     pub fn remove(&self, id: &str) {
-        self.conns
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.conns.write().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     /// Number of open connections.
@@ -245,12 +235,7 @@ impl Hub {
     }
 
     fn snapshot(&self) -> Vec<Arc<Connection>> {
-        self.conns
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.conns.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Keep-alive round: connections not heard from since `stale_before` are closed, the others
@@ -295,14 +280,11 @@ impl Transport for WebSocketTransport {
     }
 
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        let t: davpush_proto::WebSocketTarget = serde_json::from_value(params.clone())
-            .map_err(|e| TargetError::new(None, e.to_string()))?;
+        let t: davpush_proto::WebSocketTarget =
+            serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
         match self.hub.get(&t.connection_id) {
             Some(c) if !c.is_closed() => Ok(Target::WebSocket(c)),
-            _ => Err(TargetError::new(
-                Some("connection_id"),
-                "no open WebSocket connection has this id".into(),
-            )),
+            _ => Err(TargetError::new(Some("connection_id"), "no open WebSocket connection has this id".into())),
         }
     }
 
@@ -313,8 +295,9 @@ impl Transport for WebSocketTransport {
                 d.dropped += 1;
                 continue;
             };
-            match conn.push(&message.ws_frame) {
+            match conn.push(&message.notification.topic, &message.ws_frame) {
                 Pushed::Queued => d.queued += 1,
+                Pushed::Coalesced => d.coalesced += 1,
                 Pushed::Overflow | Pushed::Closed => d.dropped += 1,
             }
         }
@@ -326,21 +309,36 @@ impl Transport for WebSocketTransport {
 mod tests {
     use super::*;
 
+    fn topic(s: &str) -> Topic {
+        Topic::parse(s, 64).unwrap()
+    }
+
     #[test]
-    fn full_mailbox_closes_the_connection() {
+    fn same_topic_coalesces_in_place() {
+        let hub = Hub::new(2, 10);
+        let c = hub.open(0).unwrap();
+        assert_eq!(c.push(&topic("a"), &Bytes::from_static(b"a1")), Pushed::Queued);
+        assert_eq!(c.push(&topic("b"), &Bytes::from_static(b"b1")), Pushed::Queued);
+        for _ in 0..100 {
+            assert_eq!(c.push(&topic("a"), &Bytes::from_static(b"a2")), Pushed::Coalesced);
+        }
+        let mut out = Vec::new();
+        assert_eq!(c.take(&mut out), Work::default());
+        assert_eq!(out, vec![Bytes::from_static(b"a2"), Bytes::from_static(b"b1")]);
+    }
+
+    #[test]
+    fn too_many_pending_topics_close_the_connection() {
         let hub = Hub::new(2, 10);
         let c = hub.open(0).unwrap();
         let f = Bytes::from_static(b"x");
-        assert_eq!(c.push(&f), Pushed::Queued);
-        assert_eq!(c.push(&f), Pushed::Queued);
-        assert_eq!(c.push(&f), Pushed::Overflow);
-        assert_eq!(c.push(&f), Pushed::Closed);
+        assert_eq!(c.push(&topic("a"), &f), Pushed::Queued);
+        assert_eq!(c.push(&topic("b"), &f), Pushed::Queued);
+        assert_eq!(c.push(&topic("c"), &f), Pushed::Overflow);
+        assert_eq!(c.push(&topic("a"), &f), Pushed::Closed);
         let mut out = Vec::new();
         assert_eq!(c.take(&mut out).close, Some(CloseReason::TooSlow));
-        assert!(
-            out.is_empty(),
-            "a too-slow connection's backlog is discarded"
-        );
+        assert!(out.is_empty(), "a too-slow connection's backlog is discarded");
     }
 
     #[test]
@@ -353,13 +351,7 @@ mod tests {
         assert_eq!(hub.sweep(150), 1);
         assert!(a.is_closed());
         let mut out = Vec::new();
-        assert_eq!(
-            b.take(&mut out),
-            Work {
-                ping: true,
-                close: None
-            }
-        );
+        assert_eq!(b.take(&mut out), Work { ping: true, close: None });
         hub.remove(a.id());
         assert_eq!(hub.len(), 1);
         assert!(hub.get(b.id()).is_some());
@@ -376,7 +368,7 @@ mod tests {
             c2.take(&mut out);
             out
         });
-        c.push(&Bytes::from_static(b"hello"));
+        c.push(&topic("t"), &Bytes::from_static(b"hello"));
         assert_eq!(waiter.await.unwrap(), vec![Bytes::from_static(b"hello")]);
     }
 }

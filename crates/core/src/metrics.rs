@@ -67,41 +67,13 @@ impl Default for Metrics {
             deliveries: Family::default(),
             resident_memory: Gauge::default(),
         };
-        r.register(
-            "websocket_connections",
-            "Open WebSocket connections",
-            m.ws_connections.clone(),
-        );
-        r.register(
-            "websocket_closed",
-            "WebSocket connections closed by the server or client",
-            m.ws_closed.clone(),
-        );
-        r.register(
-            "subscriptions",
-            "Active subscriptions",
-            m.subscriptions.clone(),
-        );
-        r.register(
-            "notifications",
-            "Topics notified through the Notify API",
-            m.notifications.clone(),
-        );
-        r.register(
-            "requests_rejected",
-            "API requests rejected, by reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "deliveries",
-            "Deliveries by push service and outcome",
-            m.deliveries.clone(),
-        );
-        r.register(
-            "process_resident_memory_bytes",
-            "Resident set size of the process",
-            m.resident_memory.clone(),
-        );
+        r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
+        r.register("websocket_closed", "WebSocket connections closed by the server or client", m.ws_closed.clone());
+        r.register("subscriptions", "Active subscriptions", m.subscriptions.clone());
+        r.register("notifications", "Topics notified through the Notify API", m.notifications.clone());
+        r.register("requests_rejected", "API requests rejected, by reason", m.rejected.clone());
+        r.register("deliveries", "Deliveries by push service and outcome", m.deliveries.clone());
+        r.register("process_resident_memory_bytes", "Resident set size of the process", m.resident_memory.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
     }
@@ -111,12 +83,7 @@ impl Metrics {
     /// Counts `n` deliveries of `service` with `outcome`.
     pub fn delivered(&self, service: ServiceKind, outcome: &'static str, n: u64) {
         if n > 0 {
-            self.deliveries
-                .get_or_create(&DeliveryLabels {
-                    service: service.as_str(),
-                    outcome,
-                })
-                .inc_by(n);
+            self.deliveries.get_or_create(&DeliveryLabels { service: service.as_str(), outcome }).inc_by(n);
         }
     }
 
@@ -128,18 +95,12 @@ impl Metrics {
     /// Renders the Prometheus text format; `subscriptions` are the current counts per service.
     pub fn render(&self, subscriptions: &[usize]) -> String {
         for (k, n) in ServiceKind::ALL.iter().zip(subscriptions) {
-            self.subscriptions
-                .get_or_create(&ServiceLabel {
-                    service: k.as_str(),
-                })
-                .set(*n as i64);
+            self.subscriptions.get_or_create(&ServiceLabel { service: k.as_str() }).set(*n as i64);
         }
-        self.resident_memory
-            .set(resident_memory_bytes().unwrap_or(0) as i64);
+        self.resident_memory.set(resident_memory_bytes().unwrap_or(0) as i64);
         let mut out = String::new();
         let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &r)
-            .expect("writing to a String never fails");
+        prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String never fails");
         out
     }
 }

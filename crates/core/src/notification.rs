@@ -35,10 +35,7 @@ impl PushMessage {
             trigger: notification.trigger,
         };
         let ws_frame = Bytes::from(serde_json::to_vec(&frame).expect("a frame always serializes"));
-        PushMessage {
-            notification,
-            ws_frame,
-        }
+        PushMessage { notification, ws_frame }
     }
 }
 

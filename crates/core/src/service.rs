@@ -13,8 +13,7 @@ use crate::notification::Exclusions;
 use crate::store::{StoreError, StoredSubscription, SubscriptionStore};
 use crate::transport::{TargetError, Transports};
 use crate::{
-    ClientId, Index, Metrics, Notification, PushMessage, ServiceKind, Subscription, SubscriptionId,
-    Target, Topic,
+    ClientId, Index, Metrics, Notification, PushMessage, ServiceKind, Subscription, SubscriptionId, Target, Topic,
 };
 
 /// Limits the Director enforces on clients and application servers.
@@ -104,10 +103,7 @@ pub enum ServiceError {
 
 impl ServiceError {
     fn invalid(field: impl Into<String>, e: IdError) -> Self {
-        ServiceError::Invalid {
-            field: field.into(),
-            message: e.to_string(),
-        }
+        ServiceError::Invalid { field: field.into(), message: e.to_string() }
     }
 
     /// The request field the error is about, if any.
@@ -161,10 +157,7 @@ pub struct PushService {
 
 impl std::fmt::Debug for PushService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushService")
-            .field("index", &self.index)
-            .field("transports", &self.transports)
-            .finish()
+        f.debug_struct("PushService").field("index", &self.index).field("transports", &self.transports).finish()
     }
 }
 
@@ -176,13 +169,7 @@ impl PushService {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        PushService {
-            index: Index::default(),
-            store,
-            transports,
-            limits,
-            metrics,
-        }
+        PushService { index: Index::default(), store, transports, limits, metrics }
     }
 
     /// The limits in force.
@@ -217,8 +204,7 @@ impl PushService {
 
     /// Validates a client id.
     pub fn client_id(&self, s: &str) -> Result<ClientId, ServiceError> {
-        ClientId::parse(s, self.limits.max_client_id_len)
-            .map_err(|e| ServiceError::invalid("client_id", e))
+        ClientId::parse(s, self.limits.max_client_id_len).map_err(|e| ServiceError::invalid("client_id", e))
     }
 
     /// Rebuilds the index from the store (at start). Returns how many subscriptions were loaded.
@@ -269,15 +255,8 @@ impl PushService {
             .iter()
             .map(|(name, params)| {
                 let kind: ServiceKind = name.parse()?;
-                let t = self
-                    .transports
-                    .get(kind)
-                    .ok_or(ServiceError::ServiceDisabled(kind))?;
-                t.parse_target(params)
-                    .map_err(|source| ServiceError::InvalidTarget {
-                        service: kind,
-                        source,
-                    })
+                let t = self.transports.get(kind).ok_or(ServiceError::ServiceDisabled(kind))?;
+                t.parse_target(params).map_err(|source| ServiceError::InvalidTarget { service: kind, source })
             })
             .collect()
     }
@@ -296,14 +275,10 @@ impl PushService {
         for target in targets {
             let kind = target.kind();
             let existing = self.index.find(&client, &topic, kind);
-            if existing.is_none()
-                && self.index.client_count(&client) >= self.limits.max_subscriptions_per_client
-            {
+            if existing.is_none() && self.index.client_count(&client) >= self.limits.max_subscriptions_per_client {
                 return Err(LimitReached(self.limits.max_subscriptions_per_client).into());
             }
-            let mut id = existing
-                .as_ref()
-                .map_or_else(SubscriptionId::random, |s| s.id.clone());
+            let mut id = existing.as_ref().map_or_else(SubscriptionId::random, |s| s.id.clone());
             if target.is_durable() {
                 let kept = self
                     .store
@@ -318,26 +293,16 @@ impl PushService {
                     })
                     .await?;
                 if kept != id.as_str() {
-                    id = SubscriptionId::parse(&kept, 64)
-                        .map_err(|e| ServiceError::invalid("id", e))?;
+                    id = SubscriptionId::parse(&kept, 64).map_err(|e| ServiceError::invalid("id", e))?;
                 }
             }
-            let sub = Subscription {
-                id,
-                client_id: client.clone(),
-                topic: topic.clone(),
-                target,
-                expires,
-            };
-            let (sub, previous) = self
-                .index
-                .insert(sub, self.limits.max_subscriptions_per_client)?;
-            if let Some(prev) = &previous {
-                if let Some(old) = prev.target.connection() {
-                    if !sub.target.same_destination(&prev.target) {
-                        old.remove_subscription(&sub.id);
-                    }
-                }
+            let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires };
+            let (sub, previous) = self.index.insert(sub, self.limits.max_subscriptions_per_client)?;
+            if let Some(prev) = &previous
+                && let Some(old) = prev.target.connection()
+                && !sub.target.same_destination(&prev.target)
+            {
+                old.remove_subscription(&sub.id);
             }
             if let Some(conn) = sub.target.connection() {
                 conn.add_subscription(sub.id.clone());
@@ -348,10 +313,7 @@ impl PushService {
             }
             out.push((sub, previous.is_none()));
         }
-        Ok(Subscribed {
-            expires,
-            subscriptions: out,
-        })
+        Ok(Subscribed { expires, subscriptions: out })
     }
 
     /// Ends the subscriptions of `client` (to `topic`, through `kinds`). `NotFound` if none.
@@ -372,11 +334,7 @@ impl PushService {
         let mut durable = Vec::new();
         let mut n = 0;
         for s in subs {
-            if self
-                .index
-                .remove_if(&s.id, |cur| std::ptr::eq(cur, &*s))
-                .is_none()
-            {
+            if self.index.remove_if(&s.id, |cur| std::ptr::eq(cur, &*s)).is_none() {
                 continue;
             }
             n += 1;
@@ -394,9 +352,7 @@ impl PushService {
     }
 
     fn remove_live(&self, conn: &Arc<Connection>, id: &SubscriptionId) {
-        self.index.remove_if(id, |s| {
-            s.target.connection().is_some_and(|c| Arc::ptr_eq(c, conn))
-        });
+        self.index.remove_if(id, |s| s.target.connection().is_some_and(|c| Arc::ptr_eq(c, conn)));
     }
 
     /// Ends every subscription made for a WebSocket connection that closed.
@@ -408,12 +364,7 @@ impl PushService {
 
     /// Removes the subscriptions expired at `now` from the index and the store.
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        let expired: Vec<_> = self
-            .index
-            .expired(now)
-            .into_iter()
-            .filter(|s| s.expires <= now)
-            .collect();
+        let expired: Vec<_> = self.index.expired(now).into_iter().filter(|s| s.expires <= now).collect();
         let n = match self.remove(expired).await {
             Ok(n) => n,
             Err(ServiceError::Store(e)) => return Err(e),
@@ -424,10 +375,7 @@ impl PushService {
     }
 
     /// Validates a Notify API request into notifications and exclusions.
-    pub fn parse_notify(
-        &self,
-        req: NotifyRequest,
-    ) -> Result<(Vec<Notification>, Exclusions), ServiceError> {
+    pub fn parse_notify(&self, req: NotifyRequest) -> Result<(Vec<Notification>, Exclusions), ServiceError> {
         let check_token = |field: &str, t: &Option<String>| -> Result<(), ServiceError> {
             match t {
                 Some(t) if t.len() > self.limits.max_sync_token_len => Err(ServiceError::Invalid {
@@ -450,10 +398,7 @@ impl PushService {
             if list.len() + out.len() > self.limits.max_topics_per_notify {
                 return Err(ServiceError::Invalid {
                     field: "topics".into(),
-                    message: format!(
-                        "has more than {} entries",
-                        self.limits.max_topics_per_notify
-                    ),
+                    message: format!("has more than {} entries", self.limits.max_topics_per_notify),
                 });
             }
             for (i, entry) in list.into_iter().enumerate() {
@@ -491,22 +436,14 @@ impl PushService {
             .exclude
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                SubscriptionId::parse(s, 64)
-                    .map_err(|e| ServiceError::invalid(format!("exclude[{i}]"), e))
-            })
+            .map(|(i, s)| SubscriptionId::parse(s, 64).map_err(|e| ServiceError::invalid(format!("exclude[{i}]"), e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((out, Exclusions::new(exclude)))
     }
 
     /// Delivers notifications to the subscribers of their topics. Never blocks and never awaits:
     /// each transport only queues.
-    pub fn notify(
-        &self,
-        notifications: Vec<Notification>,
-        exclude: &Exclusions,
-        now: i64,
-    ) -> NotifyReport {
+    pub fn notify(&self, notifications: Vec<Notification>, exclude: &Exclusions, now: i64) -> NotifyReport {
         let mut report = NotifyReport::default();
         for n in notifications {
             report.topics += 1;
@@ -523,6 +460,7 @@ impl PushService {
                 let d = t.dispatch(&message, &subs);
                 report.addressed[kind.index()] += subs.len() as u64;
                 self.metrics.delivered(kind, "queued", d.queued);
+                self.metrics.delivered(kind, "coalesced", d.coalesced);
                 self.metrics.delivered(kind, "dropped", d.dropped);
             }
         }

@@ -62,9 +62,8 @@ pub struct MemoryStore {
 impl SubscriptionStore for MemoryStore {
     async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = rows
-            .values_mut()
-            .find(|r| r.client_id == s.client_id && r.topic == s.topic && r.service == s.service);
+        let existing =
+            rows.values_mut().find(|r| r.client_id == s.client_id && r.topic == s.topic && r.service == s.service);
         if let Some(r) = existing {
             r.target = s.target.clone();
             r.expires = s.expires;

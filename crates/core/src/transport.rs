@@ -26,6 +26,8 @@ impl TargetError {
 pub struct Dispatched {
     /// Handed over for delivery.
     pub queued: u64,
+    /// Replaced a still-pending message of the same topic for the same recipient.
+    pub coalesced: u64,
     /// Could not be handed over (closed or overflowing recipient).
     pub dropped: u64,
 }
@@ -70,8 +72,6 @@ impl Transports {
 
     /// The enabled kinds.
     pub fn enabled(&self) -> impl Iterator<Item = ServiceKind> + '_ {
-        ServiceKind::ALL
-            .into_iter()
-            .filter(|k| self.by_kind[k.index()].is_some())
+        ServiceKind::ALL.into_iter().filter(|k| self.by_kind[k.index()].is_some())
     }
 }

@@ -56,10 +56,7 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
 }
 
 /// Like [`build`] with a given store.
-pub async fn build_with_store(
-    config: Config,
-    store: Arc<dyn SubscriptionStore>,
-) -> Result<AppState, StartError> {
+pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>) -> Result<AppState, StartError> {
     let ws = &config.websocket;
     let hub = Arc::new(Hub::new(ws.queue_frames, ws.max_connections));
     let mut transports = Transports::default();
@@ -72,58 +69,26 @@ pub async fn build_with_store(
              WebSockets. Use this for development only. !!!"
         );
     }
-    let service = PushService::new(
-        store,
-        transports,
-        config.limits.clone(),
-        Arc::new(Metrics::default()),
-    );
+    let service = PushService::new(store, transports, config.limits.clone(), Arc::new(Metrics::default()));
     let loaded = service.load(davpush_core::unix_now()).await?;
-    tracing::info!(
-        subscriptions = loaded,
-        "subscriptions loaded from the store"
-    );
-    Ok(AppState {
-        service: Arc::new(service),
-        hub,
-        config: Arc::new(config),
-    })
+    tracing::info!(subscriptions = loaded, "subscriptions loaded from the store");
+    Ok(AppState { service: Arc::new(service), hub, config: Arc::new(config) })
 }
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
     Router::new()
-        .route(
-            "/notify",
-            post(http::notify::notify).fallback(http::ops::method_not_allowed),
-        )
-        .route(
-            "/subscribe",
-            post(http::subscription::subscribe).fallback(http::ops::method_not_allowed),
-        )
-        .route(
-            "/unsubscribe",
-            post(http::subscription::unsubscribe).fallback(http::ops::method_not_allowed),
-        )
-        .route(
-            "/ws",
-            get(http::websocket::upgrade).fallback(http::ops::method_not_allowed),
-        )
-        .route(
-            "/healthz",
-            get(http::ops::healthz).fallback(http::ops::method_not_allowed),
-        )
-        .route(
-            "/metrics",
-            get(http::ops::metrics).fallback(http::ops::method_not_allowed),
-        )
+        .route("/notify", post(http::notify::notify))
+        .route("/subscribe", post(http::subscription::subscribe))
+        .route("/unsubscribe", post(http::subscription::unsubscribe))
+        .route("/ws", get(http::websocket::upgrade))
+        .route("/healthz", get(http::ops::healthz))
+        .route("/metrics", get(http::ops::metrics))
         .fallback(http::ops::not_found)
+        .layer(axum::middleware::map_response(http::ops::json_405))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -145,11 +110,8 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         hub.close_all(CloseReason::Shutdown);
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await?;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_timeout_secs);
+    axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_timeout_secs);
     while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -215,20 +177,11 @@ impl Running {
 pub async fn spawn(config: Config) -> Result<Running, StartError> {
     let addr = config.listen;
     let state = build(config).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
-    Ok(Running {
-        addr,
-        state,
-        stop: Some(tx),
-        task,
-    })
+    Ok(Running { addr, state, stop: Some(tx), task })
 }

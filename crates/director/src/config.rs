@@ -50,10 +50,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 /// The configuration file's shape. See `examples/davpush.toml` for every key, commented.
@@ -191,7 +188,7 @@ impl Default for RawWebSocket {
         RawWebSocket {
             enabled: true,
             ping_interval_secs: 30,
-            queue_frames: 64,
+            queue_frames: 256,
             max_connections: 50_000,
             max_message_bytes: 4096,
             write_timeout_secs: 10,
@@ -274,23 +271,15 @@ impl RawConfig {
         flags: &Overrides,
     ) -> Result<RawConfig, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.into(),
-                source,
-            })?,
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?,
             None => String::new(),
         };
         Self::from_toml(&text, env, flags)
     }
 
     /// Like [`RawConfig::load`] with the file's text given.
-    pub fn from_toml(
-        text: &str,
-        env: &BTreeMap<String, String>,
-        flags: &Overrides,
-    ) -> Result<RawConfig, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    pub fn from_toml(text: &str, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<RawConfig, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("DAVPUSH_") else {
                 continue;
@@ -301,26 +290,19 @@ impl RawConfig {
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             let key = path.join(".");
             if path.len() != 2 || path.iter().any(String::is_empty) {
-                return Err(invalid(
-                    &key,
-                    format!("environment variable {name} must be DAVPUSH_<SECTION>__<KEY>"),
-                ));
+                return Err(invalid(&key, format!("environment variable {name} must be DAVPUSH_<SECTION>__<KEY>")));
             }
             let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.clone()));
-            let section = table
-                .entry(path[0].clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let section = table.entry(path[0].clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let Some(section) = section.as_table_mut() else {
                 return Err(invalid(&path[0], "must be a table"));
             };
             section.insert(path[1].clone(), parsed);
         }
-        let mut raw: RawConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let mut raw: RawConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         if let Some(l) = &flags.listen {
             raw.server.listen = l.clone();
         }
@@ -333,12 +315,7 @@ impl RawConfig {
     /// The configuration as TOML, secrets replaced by `***`.
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for t in c
-            .notify
-            .tokens
-            .iter_mut()
-            .chain(c.subscription.tokens.iter_mut())
-        {
+        for t in c.notify.tokens.iter_mut().chain(c.subscription.tokens.iter_mut()) {
             *t = "***".into();
         }
         toml::to_string(&c).unwrap_or_default()
@@ -347,29 +324,18 @@ impl RawConfig {
 
 const MIN_TOKEN_LEN: usize = 16;
 
-fn read_tokens(
-    key: &'static str,
-    inline: &[String],
-    files: &[PathBuf],
-) -> Result<Vec<Secret>, ConfigError> {
+fn read_tokens(key: &'static str, inline: &[String], files: &[PathBuf]) -> Result<Vec<Secret>, ConfigError> {
     let mut out = Vec::new();
     for t in inline {
         out.push(t.clone());
     }
     for f in files {
-        let s = std::fs::read_to_string(f).map_err(|source| ConfigError::Secret {
-            key,
-            path: f.clone(),
-            source,
-        })?;
+        let s = std::fs::read_to_string(f).map_err(|source| ConfigError::Secret { key, path: f.clone(), source })?;
         out.push(s.trim().to_owned());
     }
     for t in &out {
         if t.len() < MIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(
-                key,
-                format!("every token must be at least {MIN_TOKEN_LEN} visible ASCII characters"),
-            ));
+            return Err(invalid(key, format!("every token must be at least {MIN_TOKEN_LEN} visible ASCII characters")));
         }
     }
     Ok(out.into_iter().map(Secret).collect())
@@ -381,11 +347,7 @@ fn generated_token(
     path: &Path,
     generated: &mut Vec<(&'static str, PathBuf)>,
 ) -> Result<Secret, ConfigError> {
-    let fail = |source| ConfigError::Secret {
-        key,
-        path: path.into(),
-        source,
-    };
+    let fail = |source| ConfigError::Secret { key, path: path.into(), source };
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => return Ok(Secret(s.trim().to_owned())),
         Ok(_) => {}
@@ -415,10 +377,7 @@ impl Config {
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let s = &raw.server;
         let listen: SocketAddr = s.listen.parse().map_err(|e| {
-            invalid(
-                "server.listen",
-                format!("`{}` is not an address like 127.0.0.1:8080: {e}", s.listen),
-            )
+            invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080: {e}", s.listen))
         })?;
         if s.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
@@ -431,16 +390,10 @@ impl Config {
         }
         let sub = &raw.subscription;
         if sub.min_expiry_secs < 60 {
-            return Err(invalid(
-                "subscription.min_expiry_secs",
-                "must be at least 60",
-            ));
+            return Err(invalid("subscription.min_expiry_secs", "must be at least 60"));
         }
         if sub.max_expiry_secs < sub.min_expiry_secs {
-            return Err(invalid(
-                "subscription.max_expiry_secs",
-                "must not be less than min_expiry_secs",
-            ));
+            return Err(invalid("subscription.max_expiry_secs", "must not be less than min_expiry_secs"));
         }
         if !(sub.min_expiry_secs..=sub.max_expiry_secs).contains(&sub.default_expiry_secs) {
             return Err(invalid(
@@ -452,52 +405,31 @@ impl Config {
             ("subscription.max_per_client", sub.max_per_client),
             ("subscription.max_topic_len", sub.max_topic_len),
             ("subscription.max_client_id_len", sub.max_client_id_len),
-            (
-                "subscription.max_topics_per_notify",
-                sub.max_topics_per_notify,
-            ),
+            ("subscription.max_topics_per_notify", sub.max_topics_per_notify),
             ("websocket.queue_frames", raw.websocket.queue_frames),
             ("websocket.max_connections", raw.websocket.max_connections),
-            (
-                "websocket.ping_interval_secs",
-                raw.websocket.ping_interval_secs as usize,
-            ),
-            (
-                "websocket.write_timeout_secs",
-                raw.websocket.write_timeout_secs as usize,
-            ),
+            ("websocket.ping_interval_secs", raw.websocket.ping_interval_secs as usize),
+            ("websocket.write_timeout_secs", raw.websocket.write_timeout_secs as usize),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
         if raw.websocket.max_message_bytes < 256 {
-            return Err(invalid(
-                "websocket.max_message_bytes",
-                "must be at least 256",
-            ));
+            return Err(invalid("websocket.max_message_bytes", "must be at least 256"));
         }
 
         let needs_dir = raw.store.url.is_empty()
             || raw.notify.tokens.is_empty() && raw.notify.token_files.is_empty()
             || sub.auth == "token" && sub.tokens.is_empty() && sub.token_files.is_empty();
         if needs_dir {
-            std::fs::create_dir_all(&s.data_dir).map_err(|e| {
-                invalid(
-                    "server.data_dir",
-                    format!("cannot create {}: {e}", s.data_dir.display()),
-                )
-            })?;
+            std::fs::create_dir_all(&s.data_dir)
+                .map_err(|e| invalid("server.data_dir", format!("cannot create {}: {e}", s.data_dir.display())))?;
         }
         let mut generated = Vec::new();
-        let mut notify_tokens =
-            read_tokens("notify.tokens", &raw.notify.tokens, &raw.notify.token_files)?;
+        let mut notify_tokens = read_tokens("notify.tokens", &raw.notify.tokens, &raw.notify.token_files)?;
         if notify_tokens.is_empty() {
-            notify_tokens.push(generated_token(
-                "notify.tokens",
-                &s.data_dir.join("notify-token"),
-                &mut generated,
-            )?);
+            notify_tokens.push(generated_token("notify.tokens", &s.data_dir.join("notify-token"), &mut generated)?);
         }
         let subscription_auth = match sub.auth.as_str() {
             "none" => SubscriptionAuth::None,
@@ -513,10 +445,7 @@ impl Config {
                 SubscriptionAuth::Tokens(t)
             }
             other => {
-                return Err(invalid(
-                    "subscription.auth",
-                    format!("`{other}` is not one of `token`, `none`"),
-                ));
+                return Err(invalid("subscription.auth", format!("`{other}` is not one of `token`, `none`")));
             }
         };
         let store_url = if raw.store.url.is_empty() {
@@ -524,10 +453,7 @@ impl Config {
         } else if raw.store.url.starts_with("sqlite:") {
             raw.store.url.clone()
         } else {
-            return Err(invalid(
-                "store.url",
-                "only sqlite: URLs are supported by this build",
-            ));
+            return Err(invalid("store.url", "only sqlite: URLs are supported by this build"));
         };
         let limits = Limits {
             max_topic_len: sub.max_topic_len,
@@ -562,27 +488,15 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let e = RawConfig::from_toml(
-            "[server]\nlisten_addr = \"x\"\n",
-            &env(&[]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let e = RawConfig::from_toml("[server]\nlisten_addr = \"x\"\n", &env(&[]), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
-        let e = RawConfig::from_toml(
-            "",
-            &env(&[("DAVPUSH_WEBSOCKET__QUEUE", "5")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let e =
+            RawConfig::from_toml("", &env(&[("DAVPUSH_WEBSOCKET__QUEUE", "5")]), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("queue"), "{e}");
     }
 
@@ -590,14 +504,8 @@ mod tests {
     fn env_overrides_file_and_flags_override_env() {
         let raw = RawConfig::from_toml(
             "[websocket]\nqueue_frames = 8\n[server]\nlisten = \"127.0.0.1:1\"\n",
-            &env(&[
-                ("DAVPUSH_WEBSOCKET__QUEUE_FRAMES", "16"),
-                ("DAVPUSH_SERVER__LISTEN", "127.0.0.1:2"),
-            ]),
-            &Overrides {
-                listen: Some("127.0.0.1:3".into()),
-                data_dir: None,
-            },
+            &env(&[("DAVPUSH_WEBSOCKET__QUEUE_FRAMES", "16"), ("DAVPUSH_SERVER__LISTEN", "127.0.0.1:2")]),
+            &Overrides { listen: Some("127.0.0.1:3".into()), data_dir: None },
         )
         .unwrap();
         assert_eq!(raw.websocket.queue_frames, 16);
@@ -611,10 +519,7 @@ mod tests {
         raw.server.data_dir = dir.path().to_owned();
         raw.subscription.min_expiry_secs = 10;
         let e = Config::from_raw(raw.clone()).unwrap_err();
-        assert!(
-            e.to_string().contains("subscription.min_expiry_secs"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("subscription.min_expiry_secs"), "{e}");
 
         raw.subscription.min_expiry_secs = 3600;
         let c = Config::from_raw(raw.clone()).unwrap();
@@ -623,21 +528,12 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
         }
         let c2 = Config::from_raw(raw).unwrap();
-        assert!(
-            c2.generated_secrets.is_empty(),
-            "existing secrets are reused"
-        );
+        assert!(c2.generated_secrets.is_empty(), "existing secrets are reused");
         assert_eq!(c.notify_tokens, c2.notify_tokens);
-        assert!(
-            !format!("{c:?}").contains(c.notify_tokens[0].expose()),
-            "Debug never shows secrets"
-        );
+        assert!(!format!("{c:?}").contains(c.notify_tokens[0].expose()), "Debug never shows secrets");
     }
 
     #[test]

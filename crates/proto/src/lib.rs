@@ -19,7 +19,6 @@ pub mod ws;
 pub use error::ErrorBody;
 pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
 pub use subscription::{
-    SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse,
-    WebSocketTarget,
+    SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse, WebSocketTarget,
 };
 pub use ws::{ClientFrame, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame};

@@ -109,21 +109,13 @@ mod tests {
 
     #[test]
     fn notify_frame_is_small_and_omits_unknowns() {
-        let f = ServerFrame::Notify {
-            topic: "t1".into(),
-            sync_token: None,
-            trigger: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&f).unwrap(),
-            r#"{"type":"notify","topic":"t1"}"#
-        );
+        let f = ServerFrame::Notify { topic: "t1".into(), sync_token: None, trigger: None };
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"notify","topic":"t1"}"#);
     }
 
     #[test]
     fn client_frames_reject_unknown_fields() {
-        let r: Result<ClientFrame, _> =
-            serde_json::from_str(r#"{"type":"subscribe","topic":"t","expire":5}"#);
+        let r: Result<ClientFrame, _> = serde_json::from_str(r#"{"type":"subscribe","topic":"t","expire":5}"#);
         assert!(r.is_err());
         let ok: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
         assert_eq!(ok, ClientFrame::Ping { id: None });

@@ -9,10 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError {
-        op,
-        source: Box::new(e),
-    }
+    move |e| StoreError { op, source: Box::new(e) }
 }
 
 /// Subscriptions in a SQLite database.
@@ -29,27 +26,15 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(err("parse the database URL"))?
             .create_if_missing(true)
-            .journal_mode(if memory {
-                SqliteJournalMode::Memory
-            } else {
-                SqliteJournalMode::Wal
-            })
+            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             // Every connection to `:memory:` would be a database of its own.
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory {
-                None
-            } else {
-                Some(Duration::from_secs(600))
-            })
-            .max_lifetime(if memory {
-                None
-            } else {
-                Some(Duration::from_secs(3600))
-            })
+            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
             .connect_with(opts)
             .await
             .map_err(err("open the database"))?;
@@ -60,27 +45,15 @@ impl SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(err("begin migration"))?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err("read schema version"))?;
-        for (i, sql) in crate::MIGRATIONS
-            .iter()
-            .enumerate()
-            .skip(version.max(0) as usize)
-        {
-            sqlx::raw_sql(*sql)
+        let version: i64 =
+            sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await.map_err(err("read schema version"))?;
+        for (i, sql) in crate::MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(err("apply a migration"))?;
+            // PRAGMA takes no bind parameters; `i` is our own integer.
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", i + 1)))
                 .execute(&mut *tx)
                 .await
-                .map_err(err("apply a migration"))?;
-            // PRAGMA takes no bind parameters; `i` is our own integer.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "PRAGMA user_version = {}",
-                i + 1
-            )))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("record schema version"))?;
+                .map_err(err("record schema version"))?;
             tracing::info!(version = i + 1, "database schema migrated");
         }
         tx.commit().await.map_err(err("commit migration"))
@@ -158,10 +131,7 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(err("ping"))?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
         Ok(())
     }
 }
@@ -190,11 +160,7 @@ mod tests {
         assert_eq!(store.upsert(&row("a", "c1", "t", 100)).await.unwrap(), "a");
         let mut again = row("b", "c1", "t", 200);
         again.target = r#"{"endpoint":"https://push.example/2"}"#.into();
-        assert_eq!(
-            store.upsert(&again).await.unwrap(),
-            "a",
-            "same client+topic+service updates"
-        );
+        assert_eq!(store.upsert(&again).await.unwrap(), "a", "same client+topic+service updates");
         store.upsert(&row("c", "c2", "t", 50)).await.unwrap();
         drop(store);
 
@@ -204,10 +170,7 @@ mod tests {
         assert_eq!(rows.len(), 1, "expired rows are not loaded");
         assert_eq!(rows[0].expires, 200);
         assert!(rows[0].target.contains("/2"));
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.pool).await.unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(store.purge_expired(60).await.unwrap(), 1);
         assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);

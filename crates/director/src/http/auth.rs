@@ -25,18 +25,11 @@ pub(crate) fn check(accepted: &[Secret], given: Option<&str>) -> Result<(), ApiE
     for t in accepted {
         ok |= t.expose().as_bytes().ct_eq(given.as_bytes());
     }
-    if bool::from(ok) {
-        Ok(())
-    } else {
-        Err(ApiError::BadToken)
-    }
+    if bool::from(ok) { Ok(()) } else { Err(ApiError::BadToken) }
 }
 
 /// Checks a Subscription API / WebSocket request.
-pub(crate) fn check_subscription(
-    auth: &SubscriptionAuth,
-    given: Option<&str>,
-) -> Result<(), ApiError> {
+pub(crate) fn check_subscription(auth: &SubscriptionAuth, given: Option<&str>) -> Result<(), ApiError> {
     match auth {
         SubscriptionAuth::None => Ok(()),
         SubscriptionAuth::Tokens(t) => check(t, given),
@@ -55,10 +48,6 @@ mod tests {
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         assert_eq!(bearer(&h, Some("q")), Some("abc"));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(
-            bearer(&h, Some("q")),
-            None,
-            "a non-bearer Authorization is not a token"
-        );
+        assert_eq!(bearer(&h, Some("q")), None, "a non-bearer Authorization is not a token");
     }
 }

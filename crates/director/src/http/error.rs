@@ -93,20 +93,14 @@ impl ApiError {
     fn body(&self) -> ErrorBody {
         let message = match self {
             // Never echo store internals to clients; they are logged instead.
-            ApiError::Service(ServiceError::Store(_)) => {
-                "the subscription store is unavailable, try again".into()
-            }
+            ApiError::Service(ServiceError::Store(_)) => "the subscription store is unavailable, try again".into(),
             other => other.to_string(),
         };
         let field = match self {
             ApiError::Service(e) => e.field(),
             _ => None,
         };
-        ErrorBody {
-            error: self.code().into(),
-            message,
-            field,
-        }
+        ErrorBody { error: self.code().into(), message, field }
     }
 }
 
@@ -131,10 +125,8 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), Json(self.body())).into_response();
         match self {
             ApiError::MissingToken => {
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"davpush\""),
-                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"davpush\""));
             }
             ApiError::BadToken => {
                 resp.headers_mut().insert(

@@ -14,19 +14,10 @@ use crate::app::AppState;
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
 fn is_json(req: &Request) -> bool {
-    let Some(ct) = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -45,11 +36,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::BadBody(e.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::InvalidShape(e.to_string()),
-                _ => ApiError::InvalidJson(e.to_string()),
-            })
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::InvalidShape(e.to_string()),
+            _ => ApiError::InvalidJson(e.to_string()),
+        })
     }
 }

@@ -25,21 +25,12 @@ pub(crate) async fn notify(
     }
     let JsonBody(req) = body?;
     let (notifications, exclude) = st.service.parse_notify(req)?;
-    let report = st
-        .service
-        .notify(notifications, &exclude, davpush_core::unix_now());
+    let report = st.service.notify(notifications, &exclude, davpush_core::unix_now());
     let services: BTreeMap<String, u64> = ServiceKind::ALL
         .iter()
         .zip(report.addressed)
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| (k.as_str().to_owned(), n))
         .collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(NotifyResponse {
-            topics: report.topics,
-            addressed: report.total(),
-            services,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(NotifyResponse { topics: report.topics, addressed: report.total(), services })))
 }

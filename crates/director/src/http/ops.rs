@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::app::AppState;
@@ -13,10 +13,7 @@ pub(crate) async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
         Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "store unavailable" })),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "store unavailable" })))
         }
     }
 }
@@ -26,19 +23,26 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> Result<impl IntoRespo
         return Err(ApiError::NotFound);
     }
     let counts = st.service.index().counts();
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        st.service.metrics().render(&counts),
-    ))
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.service.metrics().render(&counts)))
 }
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-pub(crate) async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+/// axum answers a known path with a wrong method by an empty 405 that carries `Allow`; give it
+/// our JSON body and keep the headers.
+pub(crate) async fn json_405(resp: Response) -> Response {
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return resp;
+    }
+    let (parts, _) = resp.into_parts();
+    let mut json = ApiError::MethodNotAllowed.into_response();
+    *json.status_mut() = parts.status;
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            json.headers_mut().insert(k, v.clone());
+        }
+    }
+    json
 }

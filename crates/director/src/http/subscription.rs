@@ -4,9 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use davpush_core::{ServiceError, ServiceKind};
-use davpush_proto::{
-    SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse,
-};
+use davpush_proto::{SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse};
 
 use super::auth;
 use super::error::ApiError;
@@ -14,11 +12,9 @@ use super::json::JsonBody;
 use crate::app::AppState;
 
 fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    auth::check_subscription(&st.config.subscription_auth, auth::bearer(headers, None)).inspect_err(
-        |_| {
-            st.service.metrics().reject("subscription_unauthorized");
-        },
-    )
+    auth::check_subscription(&st.config.subscription_auth, auth::bearer(headers, None)).inspect_err(|_| {
+        st.service.metrics().reject("subscription_unauthorized");
+    })
 }
 
 pub(crate) async fn subscribe(
@@ -32,15 +28,7 @@ pub(crate) async fn subscribe(
     let client = svc.client_id(&req.client_id)?;
     let topic = svc.topic("topic", &req.topic)?;
     let targets = svc.parse_targets(&req.push_services)?;
-    let done = svc
-        .subscribe(
-            client,
-            topic,
-            targets,
-            req.expires,
-            davpush_core::unix_now(),
-        )
-        .await?;
+    let done = svc.subscribe(client, topic, targets, req.expires, davpush_core::unix_now()).await?;
     let created = done.subscriptions.iter().any(|(_, c)| *c);
     let subscriptions = done
         .subscriptions
@@ -51,18 +39,8 @@ pub(crate) async fn subscribe(
             created: *created,
         })
         .collect();
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(SubscribeResponse {
-            expires: done.expires,
-            subscriptions,
-        }),
-    ))
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(SubscribeResponse { expires: done.expires, subscriptions })))
 }
 
 pub(crate) async fn unsubscribe(
@@ -74,23 +52,14 @@ pub(crate) async fn unsubscribe(
     let JsonBody(req) = body?;
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;
-    let topic = req
-        .topic
-        .as_deref()
-        .map(|t| svc.topic("topic", t))
-        .transpose()?;
+    let topic = req.topic.as_deref().map(|t| svc.topic("topic", t)).transpose()?;
     let kinds = req
         .push_services
         .as_ref()
         .map(|names| {
-            names
-                .iter()
-                .map(|n| n.parse::<ServiceKind>().map_err(ServiceError::from))
-                .collect::<Result<Vec<_>, _>>()
+            names.iter().map(|n| n.parse::<ServiceKind>().map_err(ServiceError::from)).collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    let removed = svc
-        .unsubscribe(&client, topic.as_ref(), kinds.as_deref())
-        .await?;
+    let removed = svc.unsubscribe(&client, topic.as_ref(), kinds.as_deref()).await?;
     Ok(Json(UnsubscribeResponse { removed }))
 }

@@ -25,24 +25,15 @@ pub(crate) async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let token = query.as_ref().ok().and_then(|q| q.access_token.as_deref());
-    auth::check_subscription(&st.config.subscription_auth, auth::bearer(&headers, token))
-        .inspect_err(|_| {
-            st.service.metrics().reject("websocket_unauthorized");
-        })?;
-    let ws = ws.map_err(|e| {
-        ApiError::InvalidShape(format!("expected a WebSocket upgrade request: {e}"))
+    auth::check_subscription(&st.config.subscription_auth, auth::bearer(&headers, token)).inspect_err(|_| {
+        st.service.metrics().reject("websocket_unauthorized");
     })?;
+    let ws = ws.map_err(|e| ApiError::InvalidShape(format!("expected a WebSocket upgrade request: {e}")))?;
     let (any_offered, ours_offered) = {
-        let mut offered = ws
-            .requested_protocols()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim);
+        let mut offered =
+            ws.requested_protocols().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
         let first = offered.next();
-        (
-            first.is_some(),
-            first == Some(SUBPROTOCOL) || offered.any(|p| p == SUBPROTOCOL),
-        )
+        (first.is_some(), first == Some(SUBPROTOCOL) || offered.any(|p| p == SUBPROTOCOL))
     };
     if any_offered && !ours_offered {
         return Err(ApiError::UnsupportedVersion(SUBPROTOCOL));

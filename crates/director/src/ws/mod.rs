@@ -26,16 +26,11 @@ fn close_frame(reason: CloseReason) -> CloseFrame {
         CloseReason::Timeout => (1001, "no pong or message for two ping intervals"),
         CloseReason::Shutdown => (1001, "server shutting down"),
     };
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(text),
-    }
+    CloseFrame { code, reason: Utf8Bytes::from_static(text) }
 }
 
 fn text(frame: &ServerFrame) -> Message {
-    Message::Text(Utf8Bytes::from(
-        serde_json::to_string(frame).expect("frames always serialize"),
-    ))
+    Message::Text(Utf8Bytes::from(serde_json::to_string(frame).expect("frames always serialize")))
 }
 
 fn reason_label(r: CloseReason) -> &'static str {
@@ -52,10 +47,7 @@ pub(crate) async fn run(socket: WebSocket, st: AppState) {
         Ok(c) => c,
         Err(full) => {
             let mut socket = socket;
-            let frame = CloseFrame {
-                code: 1013,
-                reason: Utf8Bytes::from(full.to_string()),
-            };
+            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(full.to_string()) };
             let _ = socket.send(Message::Close(Some(frame))).await;
             return;
         }
@@ -67,10 +59,7 @@ pub(crate) async fn run(socket: WebSocket, st: AppState) {
     st.service.connection_closed(&conn);
     st.hub.remove(conn.id());
     metrics.ws_connections.dec();
-    metrics
-        .ws_closed
-        .get_or_create(&davpush_core::metrics::ReasonLabel { reason })
-        .inc();
+    metrics.ws_closed.get_or_create(&davpush_core::metrics::ReasonLabel { reason }).inc();
 }
 
 async fn serve(mut socket: WebSocket, conn: &Arc<Connection>, st: &AppState) -> &'static str {

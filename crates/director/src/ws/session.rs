@@ -12,11 +12,7 @@ use crate::http::error::service_code;
 
 /// An `error` frame.
 pub(crate) fn error(id: Option<String>, code: &str, message: &str) -> ServerFrame {
-    ServerFrame::Error {
-        id,
-        error: code.into(),
-        message: message.into(),
-    }
+    ServerFrame::Error { id, error: code.into(), message: message.into() }
 }
 
 /// Handles one text frame of `conn`.
@@ -24,11 +20,7 @@ pub(crate) async fn handle(st: &AppState, conn: &Arc<Connection>, text: &str) ->
     let frame: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
-            let code = if e.is_data() {
-                "invalid_request"
-            } else {
-                "invalid_json"
-            };
+            let code = if e.is_data() { "invalid_request" } else { "invalid_json" };
             return error(None, code, &e.to_string());
         }
     };
@@ -46,18 +38,10 @@ pub(crate) async fn handle(st: &AppState, conn: &Arc<Connection>, text: &str) ->
                 Err(e) => return error(id, service_code(&e), &e.to_string()),
             };
             let targets = vec![Target::WebSocket(conn.clone())];
-            match svc
-                .subscribe(client, topic_id, targets, expires, davpush_core::unix_now())
-                .await
-            {
+            match svc.subscribe(client, topic_id, targets, expires, davpush_core::unix_now()).await {
                 Ok(done) => {
                     let (sub, _) = &done.subscriptions[0];
-                    ServerFrame::Subscribed {
-                        id,
-                        topic,
-                        subscription_id: sub.id.to_string(),
-                        expires: done.expires,
-                    }
+                    ServerFrame::Subscribed { id, topic, subscription_id: sub.id.to_string(), expires: done.expires }
                 }
                 Err(e) => error(id, service_code(&e), &e.to_string()),
             }
@@ -67,10 +51,7 @@ pub(crate) async fn handle(st: &AppState, conn: &Arc<Connection>, text: &str) ->
                 Ok(t) => t,
                 Err(e) => return error(id, service_code(&e), &e.to_string()),
             };
-            match svc
-                .unsubscribe(&client, Some(&topic_id), Some(&[ServiceKind::WebSocket]))
-                .await
-            {
+            match svc.unsubscribe(&client, Some(&topic_id), Some(&[ServiceKind::WebSocket])).await {
                 Ok(_) => ServerFrame::Unsubscribed { id, topic },
                 Err(e) => error(id, service_code(&e), &e.to_string()),
             }

@@ -1,1 +1,11 @@
-//! x
+#![allow(missing_docs)]
+//! Integration tests of the Push Director: a real server on 127.0.0.1:0, real HTTP and
+//! WebSocket clients.
+
+mod util;
+
+mod draft;
+mod errors;
+mod ops;
+mod subscription;
+mod websocket;

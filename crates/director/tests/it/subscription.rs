@@ -1,0 +1,186 @@
+//! Subscription API: subscribe, update, unsubscribe, expiry, limits, exclusions, batches.
+
+use serde_json::json;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn notify_reaches_a_subscribed_websocket_with_sync_token_and_trigger() {
+    let d = start("").await;
+    let (mut ws, conn) = d.ws().await;
+    let (mut other, other_conn) = d.ws().await;
+    d.subscribe_ws("client-1", "topic-a", &conn).await;
+    d.subscribe_ws("client-2", "topic-b", &other_conn).await;
+
+    let (s, b) = d
+        .notify(json!({"topic": "topic-a", "sync_token": "http://radicale.example/sync/42", "trigger": "content"}))
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(b, json!({"topics": 1, "addressed": 1, "services": {"websocket": 1}}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "notify", "topic": "topic-a", "sync_token": "http://radicale.example/sync/42", "trigger": "content"})
+    );
+    assert_silent(&mut other, 200).await;
+
+    // A topic nobody listens to addresses nobody.
+    let (s, b) = d.notify(json!({"topic": "nobody-listens"})).await;
+    assert_eq!((s, b["addressed"].as_u64()), (202, Some(0)));
+}
+
+#[tokio::test]
+async fn subscribing_again_updates_instead_of_duplicating() {
+    let d = start("").await;
+    let (mut ws, conn) = d.ws().await;
+    let body = json!({"client_id": "c1", "topic": "t", "push_services": {"websocket": {"connection_id": conn}}});
+    let (s1, b1) = d.subscribe(body.clone()).await;
+    let (s2, b2) = d.subscribe(body).await;
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(b1["subscriptions"][0]["created"], true);
+    assert_eq!(b2["subscriptions"][0]["created"], false);
+    assert_eq!(b1["subscriptions"][0]["id"], b2["subscriptions"][0]["id"]);
+    assert_eq!(d.running.state.service.index().len(), 1);
+    let (_, b) = d.notify(json!({"topic": "t"})).await;
+    assert_eq!(b["addressed"], 1);
+    next_json(&mut ws).await;
+    assert_silent(&mut ws, 200).await;
+}
+
+#[tokio::test]
+async fn resubscribing_from_a_new_connection_moves_the_subscription() {
+    let d = start("").await;
+    let (ws_old, old) = d.ws().await;
+    let (mut ws_new, new) = d.ws().await;
+    let id1 = d.subscribe_ws("c1", "t", &old).await;
+    let id2 = d.subscribe_ws("c1", "t", &new).await;
+    assert_eq!(id1, id2);
+    drop(ws_old); // the old connection's end must not take the moved subscription with it
+    eventually("old connection gone", || async { d.running.state.hub.len() == 1 }).await;
+    d.notify(json!({"topic": "t"})).await;
+    assert_eq!(next_json(&mut ws_new).await["topic"], "t");
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_notifications() {
+    let d = start("").await;
+    let (mut ws, conn) = d.ws().await;
+    d.subscribe_ws("c1", "t1", &conn).await;
+    d.subscribe_ws("c1", "t2", &conn).await;
+    let (s, b) = d.post("/unsubscribe", Some(SUB_TOKEN), json!({"client_id": "c1", "topic": "t1"})).await;
+    assert_eq!((s, b), (200, json!({"removed": 1})));
+    let (_, b) = d.notify(json!({"topics": ["t1", "t2"]})).await;
+    assert_eq!(b["addressed"], 1);
+    assert_eq!(next_json(&mut ws).await["topic"], "t2");
+    assert_silent(&mut ws, 200).await;
+    let (s, _) = d.post("/unsubscribe", Some(SUB_TOKEN), json!({"client_id": "c1", "topic": "t1"})).await;
+    assert_eq!(s, 404, "already gone");
+    let (s, b) =
+        d.post("/unsubscribe", Some(SUB_TOKEN), json!({"client_id": "c1", "push_services": ["websocket"]})).await;
+    assert_eq!((s, b["removed"].as_u64()), (200, Some(1)));
+    assert!(d.running.state.service.index().is_empty());
+}
+
+#[tokio::test]
+async fn expiry_is_clamped_to_the_configured_limits() {
+    let d = start("[subscription]\ntokens = [\"subscribe-token-0123456789\"]\ndefault_expiry_secs = 7200\nmin_expiry_secs = 3600\nmax_expiry_secs = 86400\n").await;
+    let (_ws, conn) = d.ws().await;
+    let sub = |topic: &str, expires: Option<i64>| {
+        let mut b = json!({"client_id": "c", "topic": topic, "push_services": {"websocket": {"connection_id": conn}}});
+        if let Some(e) = expires {
+            b["expires"] = json!(e);
+        }
+        b
+    };
+    let now = davpush_core::unix_now();
+    let near = |v: &serde_json::Value, want: i64| {
+        let got = v["expires"].as_i64().unwrap();
+        assert!((want - 5..=want + 5).contains(&got), "granted {got}, expected about {want}");
+    };
+    near(&d.subscribe(sub("none", None)).await.1, now + 7200);
+    near(&d.subscribe(sub("past", Some(1))).await.1, now + 3600);
+    near(&d.subscribe(sub("soon", Some(now + 10))).await.1, now + 3600);
+    near(&d.subscribe(sub("far", Some(now + 10 * 86400))).await.1, now + 86400);
+    near(&d.subscribe(sub("within", Some(now + 20000))).await.1, now + 20000);
+}
+
+#[tokio::test]
+async fn expired_subscriptions_are_not_notified_and_are_purged() {
+    let d = start("").await;
+    let (mut ws, conn) = d.ws().await;
+    d.subscribe_ws("c1", "t", &conn).await;
+    let svc = &d.running.state.service;
+    let later = davpush_core::unix_now() + 4 * 24 * 3600; // past the default expiry of 3 days
+    let topic = svc.topic("topic", "t").unwrap();
+    let report = svc.notify(
+        vec![davpush_core::Notification { topic, sync_token: None, trigger: None }],
+        &Default::default(),
+        later,
+    );
+    assert_eq!(report.total(), 0, "an expired subscription is never notified");
+    assert_silent(&mut ws, 200).await;
+    assert_eq!(svc.purge_expired(later).await.unwrap(), 1);
+    assert!(svc.index().is_empty());
+}
+
+#[tokio::test]
+async fn per_client_limit_is_409() {
+    let d = start("[subscription]\ntokens = [\"subscribe-token-0123456789\"]\nmax_per_client = 2\n").await;
+    let (_ws, conn) = d.ws().await;
+    d.subscribe_ws("c1", "t1", &conn).await;
+    d.subscribe_ws("c1", "t2", &conn).await;
+    let (s, b) = d
+        .subscribe(json!({"client_id": "c1", "topic": "t3", "push_services": {"websocket": {"connection_id": conn}}}))
+        .await;
+    assert_eq!((s, b["error"].as_str()), (409, Some("too_many_subscriptions")), "{b}");
+    // Updating an existing one is still allowed.
+    d.subscribe_ws("c1", "t2", &conn).await;
+}
+
+#[tokio::test]
+async fn exclude_skips_the_named_subscription() {
+    let d = start("").await;
+    let (mut a, ca) = d.ws().await;
+    let (mut b, cb) = d.ws().await;
+    let id_a = d.subscribe_ws("writer", "t", &ca).await;
+    d.subscribe_ws("reader", "t", &cb).await;
+    let (s, body) = d.notify(json!({"topic": "t", "exclude": [id_a]})).await;
+    assert_eq!((s, body["addressed"].as_u64()), (202, Some(1)));
+    assert_eq!(next_json(&mut b).await["topic"], "t");
+    assert_silent(&mut a, 200).await;
+}
+
+#[tokio::test]
+async fn topic_batches_carry_their_own_sync_tokens() {
+    let d = start("").await;
+    let (mut ws, conn) = d.ws().await;
+    d.subscribe_ws("c", "t1", &conn).await;
+    d.subscribe_ws("c", "t2", &conn).await;
+    let (s, b) = d
+        .notify(json!({
+            "topics": ["t1", {"topic": "t2", "sync_token": "s2", "trigger": "property"}],
+            "sync_token": "s-default"
+        }))
+        .await;
+    assert_eq!((s, b["topics"].as_u64(), b["addressed"].as_u64()), (202, Some(2), Some(2)));
+    let mut frames = [next_json(&mut ws).await, next_json(&mut ws).await];
+    frames.sort_by_key(|f| f["topic"].as_str().unwrap().to_owned());
+    assert_eq!(frames[0], json!({"type": "notify", "topic": "t1", "sync_token": "s-default"}));
+    assert_eq!(frames[1], json!({"type": "notify", "topic": "t2", "sync_token": "s2", "trigger": "property"}));
+}
+
+#[tokio::test]
+async fn subscription_auth_none_accepts_anyone() {
+    let d = start("[subscription]\nauth = \"none\"\n").await;
+    let (_ws, conn) = d.ws().await;
+    let (s, _) = d
+        .post(
+            "/subscribe",
+            None,
+            json!({"client_id": "c", "topic": "t", "push_services": {"websocket": {"connection_id": conn}}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // The Notify API stays authenticated whatever the subscription auth.
+    let (s, _) = d.post("/notify", None, json!({"topic": "t"})).await;
+    assert_eq!(s, 401);
+}
