@@ -13,6 +13,7 @@
 //! - [`notification`]: a validated notification and the `PushMessage` serialized once per topic.
 //! - [`index`]: the routing index.
 //! - [`live`]: WebSocket connections (bounded mailboxes), their hub and transport.
+//! - [`feedback`]: transports report subscriptions that are gone.
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
 //! - [`service`]: `PushService`, the one entry point the HTTP layer calls.
@@ -22,6 +23,7 @@
 //! hand-off to transports never await; transports that talk to the network queue the work in
 //! their own bounded engines. So a notify answers in microseconds however slow a push service is.
 
+pub mod feedback;
 pub mod ids;
 pub mod index;
 pub mod kind;
@@ -39,8 +41,8 @@ pub use kind::ServiceKind;
 pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};
 pub use service::{Limits, NotifyReport, PushService, ServiceError, Subscribed};
-pub use store::{MemoryStore, StoreError, StoredSubscription, SubscriptionStore};
-pub use subscription::{Subscription, Target};
+pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
+pub use subscription::{RemoteTarget, Subscription, Target};
 pub use transport::{Dispatched, TargetError, Transport, Transports};
 
 /// Seconds since the unix epoch.

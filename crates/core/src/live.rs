@@ -288,7 +288,7 @@ impl Transport for WebSocketTransport {
         }
     }
 
-    fn dispatch(&self, message: &PushMessage, recipients: &[Arc<Subscription>]) -> Dispatched {
+    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
         let mut d = Dispatched::default();
         for s in recipients {
             let Some(conn) = s.target.connection() else {

@@ -10,7 +10,7 @@ use crate::index::LimitReached;
 use crate::kind::UnknownService;
 use crate::live::Connection;
 use crate::notification::Exclusions;
-use crate::store::{StoreError, StoredSubscription, SubscriptionStore};
+use crate::store::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 use crate::transport::{TargetError, Transports};
 use crate::{
     ClientId, Index, Metrics, Notification, PushMessage, ServiceKind, Subscription, SubscriptionId, Target, Topic,
@@ -237,11 +237,38 @@ impl PushService {
                 ),
             }
         }
+        let pending = self.store.load_pending().await?;
+        let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> = vec![Vec::new(); ServiceKind::ALL.len()];
+        let mut stale = Vec::new();
+        for p in pending {
+            match SubscriptionId::parse(&p.subscription_id, 64).ok().and_then(|id| self.index.get(&id)) {
+                Some(sub) => by_kind[sub.kind().index()].push((sub, p)),
+                None => stale.push(p.subscription_id),
+            }
+        }
+        if !stale.is_empty() {
+            self.store.delete_pending(&stale).await?;
+        }
+        for (kind, list) in ServiceKind::ALL.into_iter().zip(by_kind) {
+            if let (false, Some(t)) = (list.is_empty(), self.transports.get(kind)) {
+                tracing::info!(service = %kind, deliveries = list.len(), "pending deliveries restored");
+                t.restore(list).await;
+            }
+        }
         Ok(n)
     }
 
-    /// Parses `push_services` of a subscribe request into targets.
-    pub fn parse_targets(
+    /// Stops the transports; deliveries still pending are kept in the store for the next start.
+    pub async fn shutdown(&self) {
+        for kind in self.transports.enabled().collect::<Vec<_>>() {
+            if let Some(t) = self.transports.get(kind) {
+                t.shutdown().await;
+            }
+        }
+    }
+
+    /// Parses and checks `push_services` of a subscribe request into targets.
+    pub async fn parse_targets(
         &self,
         services: &std::collections::BTreeMap<String, serde_json::Value>,
     ) -> Result<Vec<Target>, ServiceError> {
@@ -251,14 +278,34 @@ impl PushService {
                 message: "must name at least one push service".into(),
             });
         }
-        services
-            .iter()
-            .map(|(name, params)| {
-                let kind: ServiceKind = name.parse()?;
-                let t = self.transports.get(kind).ok_or(ServiceError::ServiceDisabled(kind))?;
-                t.parse_target(params).map_err(|source| ServiceError::InvalidTarget { service: kind, source })
-            })
-            .collect()
+        let mut targets = Vec::with_capacity(services.len());
+        for (name, params) in services {
+            let kind: ServiceKind = name.parse()?;
+            let t = self.transports.get(kind).ok_or(ServiceError::ServiceDisabled(kind))?;
+            let target =
+                t.parse_target(params).map_err(|source| ServiceError::InvalidTarget { service: kind, source })?;
+            targets.push((t, kind, target));
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        for (t, kind, target) in targets {
+            t.check_target(&target).await.map_err(|source| ServiceError::InvalidTarget { service: kind, source })?;
+            out.push(target);
+        }
+        Ok(out)
+    }
+
+    /// Ends a subscription its push service reported as gone (404/410, unregistered token).
+    pub async fn remove_gone(&self, id: &SubscriptionId) -> Result<bool, StoreError> {
+        let Some(sub) = self.index.get(id) else {
+            // Not (or no longer) in the index; make sure the store forgets it too.
+            self.store.delete(&[id.to_string()]).await?;
+            return Ok(false);
+        };
+        match self.remove(vec![sub]).await {
+            Ok(n) => Ok(n > 0),
+            Err(ServiceError::Store(e)) => Err(e),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Subscribes `client` to `topic` through each target (updating existing subscriptions).
@@ -287,7 +334,7 @@ impl PushService {
                         client_id: client.to_string(),
                         topic: topic.to_string(),
                         service: kind.as_str().to_owned(),
-                        target: target.to_json().to_string(),
+                        target: target.to_json(),
                         expires,
                         created: now,
                     })
@@ -452,7 +499,7 @@ impl PushService {
             if recipients.is_empty() {
                 continue;
             }
-            let message = PushMessage::new(n);
+            let message = Arc::new(PushMessage::new(n));
             for (kind, subs) in recipients {
                 let Some(t) = self.transports.get(kind) else {
                     continue;

@@ -25,6 +25,26 @@ pub struct StoredSubscription {
     pub created: i64,
 }
 
+/// A delivery that waits for a retry (or was queued at shutdown): the outbox, so that it
+/// survives a restart. One per subscription: a newer notification replaces the older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDelivery {
+    /// The subscription.
+    pub subscription_id: String,
+    /// The notification's topic.
+    pub topic: String,
+    /// Its sync-token.
+    pub sync_token: Option<String>,
+    /// Its trigger (`content`/`property`).
+    pub trigger: Option<String>,
+    /// Attempts made so far.
+    pub attempt: u32,
+    /// When to try next, unix seconds.
+    pub due: i64,
+    /// When to give up, unix seconds (first attempt + TTL).
+    pub deadline: i64,
+}
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("subscription store: {op} failed: {source}")]
@@ -50,12 +70,19 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
     /// Checks that the store answers (for `/healthz`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Saves pending deliveries (replacing those of the same subscriptions).
+    async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError>;
+    /// Forgets the pending deliveries of these subscriptions.
+    async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError>;
+    /// All pending deliveries.
+    async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
 }
 
 /// A store in memory: for tests and for a Director that needs no persistence.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rows: Mutex<HashMap<String, StoredSubscription>>,
+    pending: Mutex<HashMap<String, PendingDelivery>>,
 }
 
 #[async_trait]
@@ -75,6 +102,10 @@ impl SubscriptionStore for MemoryStore {
 
     async fn delete(&self, ids: &[String]) -> Result<u64, StoreError> {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            pending.remove(id);
+        }
         Ok(ids.iter().filter(|id| rows.remove(*id).is_some()).count() as u64)
     }
 
@@ -92,5 +123,25 @@ impl SubscriptionStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for r in rows {
+            pending.insert(r.subscription_id.clone(), r.clone());
+        }
+        Ok(())
+    }
+
+    async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for id in subscription_ids {
+            pending.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        Ok(self.pending.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect())
     }
 }

@@ -1,16 +1,59 @@
 //! A subscription: a client wants the notifications of one topic through one push service.
 
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
 
 use crate::live::Connection;
 use crate::{ClientId, ServiceKind, SubscriptionId, Topic};
 
-/// Where a subscription's messages go. Live targets exist only in this process; durable ones are
-/// kept in the store and survive restarts.
+/// Where a subscription's messages go. Live targets exist only in this process; remote ones
+/// (a push service that reaches the device) are kept in the store and survive restarts.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A WebSocket connection of this process.
     WebSocket(Arc<Connection>),
+    /// A destination at a push service.
+    Remote(RemoteTarget),
+}
+
+/// A destination at a push service, as its transport parsed it. The core keeps it opaque: only
+/// the transport that made it reads `data`, so adding a push service needs no change here.
+#[derive(Clone)]
+pub struct RemoteTarget {
+    kind: ServiceKind,
+    params: Arc<str>,
+    data: Arc<dyn Any + Send + Sync>,
+}
+
+impl RemoteTarget {
+    /// A target of `kind`; `params` is the canonical JSON of its parameters (stored, compared,
+    /// and parsed again by the transport after a restart), `data` the transport's parsed form.
+    pub fn new<T: Any + Send + Sync>(kind: ServiceKind, params: String, data: T) -> Self {
+        RemoteTarget { kind, params: Arc::from(params), data: Arc::new(data) }
+    }
+
+    /// The push service.
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    /// The canonical parameters, JSON.
+    pub fn params(&self) -> &str {
+        &self.params
+    }
+
+    /// The transport's parsed form, if it is a `T`.
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.data.downcast_ref()
+    }
+}
+
+impl fmt::Debug for RemoteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Parameters may hold push tokens or endpoints: keep them out of logs.
+        f.debug_struct("RemoteTarget").field("kind", &self.kind).finish_non_exhaustive()
+    }
 }
 
 impl Target {
@@ -18,20 +61,20 @@ impl Target {
     pub fn kind(&self) -> ServiceKind {
         match self {
             Target::WebSocket(_) => ServiceKind::WebSocket,
+            Target::Remote(r) => r.kind,
         }
     }
 
     /// Whether the target is kept in the store (and survives a restart).
     pub fn is_durable(&self) -> bool {
-        match self {
-            Target::WebSocket(_) => false,
-        }
+        matches!(self, Target::Remote(_))
     }
 
-    /// The parameters to keep in the store for a durable target, as the JSON the transport parses.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The parameters as the JSON the transport parses (what the store keeps).
+    pub fn to_json(&self) -> String {
         match self {
-            Target::WebSocket(c) => serde_json::json!({ "connection_id": c.id() }),
+            Target::WebSocket(c) => serde_json::json!({ "connection_id": c.id() }).to_string(),
+            Target::Remote(r) => r.params.to_string(),
         }
     }
 
@@ -39,6 +82,7 @@ impl Target {
     pub fn connection(&self) -> Option<&Arc<Connection>> {
         match self {
             Target::WebSocket(c) => Some(c),
+            Target::Remote(_) => None,
         }
     }
 
@@ -46,6 +90,8 @@ impl Target {
     pub fn same_destination(&self, other: &Target) -> bool {
         match (self, other) {
             (Target::WebSocket(a), Target::WebSocket(b)) => Arc::ptr_eq(a, b),
+            (Target::Remote(a), Target::Remote(b)) => a.kind == b.kind && a.params == b.params,
+            _ => false,
         }
     }
 }

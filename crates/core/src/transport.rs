@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::store::PendingDelivery;
 use crate::{PushMessage, ServiceKind, Subscription, Target};
 
 /// The client's service parameters were refused.
@@ -35,14 +36,25 @@ pub struct Dispatched {
 /// A push service.
 ///
 /// `dispatch` is called on the notify path and must not block: a transport that talks to the
-/// network queues the work in its own bounded delivery engine and reports outcomes later.
+/// network queues the work in its own bounded delivery engine and reports outcomes later
+/// (through [`crate::feedback::Feedback`] for subscriptions that are gone).
+#[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Which service this is.
     fn kind(&self) -> ServiceKind;
-    /// Validates the client's `push_services.<name>` object into a target.
+    /// Validates the client's `push_services.<name>` object into a target. Also used to restore
+    /// stored targets at start, so it must not depend on anything but `params`.
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError>;
+    /// Checks that need I/O at subscribe time (e.g. where a push endpoint's host resolves to).
+    async fn check_target(&self, _target: &Target) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// Hands `message` over for every recipient (all of this transport's kind).
-    fn dispatch(&self, message: &PushMessage, recipients: &[Arc<Subscription>]) -> Dispatched;
+    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched;
+    /// Takes back deliveries that were pending when the Director last stopped.
+    async fn restore(&self, _pending: Vec<(Arc<Subscription>, PendingDelivery)>) {}
+    /// Stops accepting work and keeps what is still pending in the store.
+    async fn shutdown(&self) {}
 }
 
 /// The enabled transports, by kind.

@@ -7,6 +7,7 @@
 //! - [`subscription`]: `POST /subscribe` and `POST /unsubscribe`.
 //! - [`ws`]: WebSocket frames in both directions, protocol version.
 //! - [`error`]: the JSON error body every API answers with.
+//! - [`xml`]: the WebDAV-Push `push-message` payload.
 //!
 //! Requests are parsed with `deny_unknown_fields`: a misspelt `exclude` or `expires` would silently
 //! change what is delivered, so it is rejected with a 400 that names the field instead.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod notify;
 pub mod subscription;
 pub mod ws;
+pub mod xml;
 
 pub use error::ErrorBody;
 pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use davpush_core::{StoreError, StoredSubscription, SubscriptionStore};
+use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -28,7 +28,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             // Every connection to `:memory:` would be a database of its own.
             .max_connections(if memory { 1 } else { 4 })
@@ -134,6 +135,66 @@ impl SubscriptionStore for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
         Ok(())
     }
+
+    async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(err("begin outbox write"))?;
+        for r in rows {
+            // A subscription deleted meanwhile has no row to refer to: nothing to keep then.
+            sqlx::query(
+                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline) \
+                 SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?) \
+                 ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
+                 sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
+                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline",
+            )
+            .bind(&r.subscription_id)
+            .bind(&r.topic)
+            .bind(&r.sync_token)
+            .bind(&r.trigger)
+            .bind(r.attempt as i64)
+            .bind(r.due)
+            .bind(r.deadline)
+            .bind(&r.subscription_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("save a pending delivery"))?;
+        }
+        tx.commit().await.map_err(err("commit outbox write"))
+    }
+
+    async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(err("begin outbox delete"))?;
+        for id in subscription_ids {
+            sqlx::query("DELETE FROM outbox WHERE subscription_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("delete a pending delivery"))?;
+        }
+        tx.commit().await.map_err(err("commit outbox delete"))
+    }
+
+    async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows =
+            sqlx::query("SELECT subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline FROM outbox")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("load pending deliveries"))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PendingDelivery {
+                    subscription_id: r.try_get("subscription_id")?,
+                    topic: r.try_get("topic")?,
+                    sync_token: r.try_get("sync_token")?,
+                    trigger: r.try_get("trigger_kind")?,
+                    attempt: r.try_get::<i64, _>("attempt")?.clamp(0, u32::MAX as i64) as u32,
+                    due: r.try_get("due")?,
+                    deadline: r.try_get("deadline")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err("read a pending delivery row"))
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +237,29 @@ mod tests {
         assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
         assert!(store.load(0).await.unwrap().is_empty());
         store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn outbox_rows_replace_each_other_and_die_with_their_subscription() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        store.upsert(&row("a", "c1", "t", 100)).await.unwrap();
+        let p = |token: &str, attempt| PendingDelivery {
+            subscription_id: "a".into(),
+            topic: "t".into(),
+            sync_token: Some(token.into()),
+            trigger: None,
+            attempt,
+            due: 5,
+            deadline: 50,
+        };
+        store.save_pending(&[p("s1", 1)]).await.unwrap();
+        store.save_pending(&[p("s2", 2)]).await.unwrap();
+        let mut orphan = p("x", 1);
+        orphan.subscription_id = "no-such-subscription".into();
+        store.save_pending(&[orphan]).await.unwrap();
+        assert_eq!(store.load_pending().await.unwrap(), vec![p("s2", 2)]);
+        store.delete(&["a".into()]).await.unwrap();
+        assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ pub(crate) async fn subscribe(
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;
     let topic = svc.topic("topic", &req.topic)?;
-    let targets = svc.parse_targets(&req.push_services)?;
+    let targets = svc.parse_targets(&req.push_services).await?;
     let done = svc.subscribe(client, topic, targets, req.expires, davpush_core::unix_now()).await?;
     let created = done.subscriptions.iter().any(|(_, c)| *c);
     let subscriptions = done

@@ -1,0 +1,406 @@
+//! RFC 8030 Web Push and UnifiedPush (the same protocol: an HTTP POST to an endpoint the client
+//! got from its push service), with RFC 8291 encryption and RFC 8292 VAPID.
+//!
+//! `push_services.web_push` / `push_services.unified_push` parameters:
+//! `{"endpoint": "https://…", "p256dh": "<base64url>", "auth": "<base64url>", "format": "topic-json"}`.
+//! With keys every message is encrypted (`aes128gcm`); without keys it is sent in the clear, and
+//! only if `allow_unencrypted` is set (the draft's plain UnifiedPush). `format` is `topic-json`
+//! (the WebSocket `notify` frame, default) or `webdav-push-xml` (the spec's `push-message`).
+
+pub mod ece;
+pub mod vapid;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lc_rs::digest::{SHA256, digest};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use davpush_core::feedback::Feedback;
+use davpush_core::transport::{Dispatched, TargetError, Transport};
+use davpush_core::{
+    Metrics, PendingDelivery, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target,
+};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use url::Url;
+
+use crate::egress::EgressPolicy;
+use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, Outcome};
+use vapid::Vapid;
+
+/// Payload format of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormat {
+    /// `{"type":"notify","topic":…,"sync_token":…}`, the WebSocket frame.
+    #[default]
+    TopicJson,
+    /// The WebDAV-Push spec's `<push-message>`.
+    WebdavPushXml,
+}
+
+/// The subscription parameters as stored (canonical form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushParams {
+    /// The push resource.
+    pub endpoint: String,
+    /// The user agent's P-256 public key (uncompressed, base64url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p256dh: Option<String>,
+    /// The user agent's 16-byte auth secret (base64url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// Payload format.
+    #[serde(default)]
+    pub format: PayloadFormat,
+}
+
+/// A parsed Web Push destination.
+#[derive(Debug, Clone)]
+pub struct WebPushTarget {
+    endpoint: Url,
+    origin: String,
+    keys: Option<(Vec<u8>, Vec<u8>)>,
+    format: PayloadFormat,
+}
+
+/// Web Push settings.
+#[derive(Debug, Clone)]
+pub struct WebPushSettings {
+    /// Accept subscriptions without encryption keys (plain body).
+    pub allow_unencrypted: bool,
+    /// `Urgency` header (`very-low`, `low`, `normal`, `high`).
+    pub urgency: String,
+    /// Requests in flight per push-service host.
+    pub max_per_host: usize,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Engine limits (TTL, retries, workers).
+    pub engine: EngineSettings,
+}
+
+impl Default for WebPushSettings {
+    fn default() -> Self {
+        WebPushSettings {
+            allow_unencrypted: false,
+            urgency: "normal".into(),
+            max_per_host: 16,
+            timeout: Duration::from_secs(30),
+            engine: EngineSettings::default(),
+        }
+    }
+}
+
+fn decode(field: &'static str, s: &str) -> Result<Vec<u8>, TargetError> {
+    B64.decode(s.trim_end_matches('='))
+        .map_err(|_| TargetError::new(Some(field), format!("`{field}` is not base64url")))
+}
+
+/// The RFC 8030 `Topic` header for a topic: at most 32 base64url characters, derived by hashing
+/// (the push service sees it, so it reveals no more than the topic itself).
+pub fn topic_header(topic: &str) -> String {
+    let h = digest(&SHA256, topic.as_bytes());
+    B64.encode(&h.as_ref()[..24])
+}
+
+/// Parses and validates parameters (no I/O).
+pub fn parse_params(
+    kind: ServiceKind,
+    params: &serde_json::Value,
+    policy: &EgressPolicy,
+    allow_unencrypted: bool,
+) -> Result<Target, TargetError> {
+    let p: WebPushParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let endpoint = Url::parse(&p.endpoint)
+        .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
+    policy.check_url(&endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
+    let keys = match (&p.p256dh, &p.auth) {
+        (Some(k), Some(a)) => {
+            let k = decode("p256dh", k)?;
+            let a = decode("auth", a)?;
+            ece::check_public_key(&k).map_err(|e| TargetError::new(Some("p256dh"), e.to_string()))?;
+            if a.len() != ece::AUTH_LEN {
+                return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
+            }
+            Some((k, a))
+        }
+        (None, None) if allow_unencrypted => None,
+        (None, None) => {
+            return Err(TargetError::new(
+                Some("p256dh"),
+                "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
+            ));
+        }
+        _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
+    };
+    let origin = endpoint.origin().ascii_serialization();
+    let canonical = serde_json::to_string(&p).expect("params serialize");
+    Ok(Target::Remote(RemoteTarget::new(kind, canonical, WebPushTarget { endpoint, origin, keys, format: p.format })))
+}
+
+/// Sends one message per request.
+pub struct WebPushSender {
+    client: reqwest::Client,
+    vapid: Arc<Vapid>,
+    policy: EgressPolicy,
+    urgency: HeaderValue,
+    max_per_host: usize,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl std::fmt::Debug for WebPushSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebPushSender").finish_non_exhaustive()
+    }
+}
+
+impl WebPushSender {
+    /// A sender with its own HTTP client built on `policy`.
+    pub fn new(vapid: Arc<Vapid>, policy: EgressPolicy, settings: &WebPushSettings) -> Result<Self, reqwest::Error> {
+        Ok(WebPushSender {
+            client: policy.client(settings.timeout)?,
+            vapid,
+            urgency: HeaderValue::from_str(&settings.urgency).unwrap_or(HeaderValue::from_static("normal")),
+            policy,
+            max_per_host: settings.max_per_host.max(1),
+            per_host: Mutex::default(),
+        })
+    }
+
+    fn host_permits(&self, origin: &str) -> Arc<Semaphore> {
+        let mut m = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, s| s.available_permits() < self.max_per_host);
+        }
+        m.entry(origin.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.max_per_host))).clone()
+    }
+}
+
+fn retry_after(h: Option<&HeaderValue>) -> Option<Duration> {
+    let v = h?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+/// Classifies a push service's answer (RFC 8030 §5, §6).
+pub fn classify(status: u16, retry: Option<Duration>, body: &str) -> Outcome {
+    let detail = || format!("HTTP {status}: {}", body.chars().take(200).collect::<String>());
+    match status {
+        200..=299 => Outcome::Delivered,
+        404 | 410 => Outcome::Gone(detail()),
+        429 | 500..=599 => Outcome::Retry { after: retry, reason: detail() },
+        _ => Outcome::Rejected(detail()),
+    }
+}
+
+#[async_trait]
+impl Deliver for WebPushSender {
+    async fn deliver(&self, sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome {
+        let Some(t) = (match &sub.target {
+            Target::Remote(r) => r.data::<WebPushTarget>(),
+            _ => None,
+        }) else {
+            return Outcome::Rejected("not a Web Push subscription".into());
+        };
+        // IP-literal endpoints are not seen by the resolver: check again before every request.
+        if let Err(e) = self.policy.check_url(&t.endpoint) {
+            return Outcome::Rejected(e.to_string());
+        }
+        let n = &message.notification;
+        let (plain, content_type): (std::borrow::Cow<'_, [u8]>, &'static str) = match t.format {
+            PayloadFormat::TopicJson => (message.ws_frame.as_ref().into(), "application/json"),
+            PayloadFormat::WebdavPushXml => (
+                davpush_proto::xml::push_message(n.topic.as_str(), n.sync_token.as_deref(), n.trigger)
+                    .into_bytes()
+                    .into(),
+                "application/xml; charset=\"UTF-8\"",
+            ),
+        };
+        let mut req = self
+            .client
+            .post(t.endpoint.clone())
+            .header("TTL", ttl.as_secs().to_string())
+            .header("Urgency", self.urgency.clone())
+            .header("Topic", topic_header(n.topic.as_str()))
+            .header(CONTENT_TYPE, content_type)
+            .header(AUTHORIZATION, &*self.vapid.authorization(&t.origin, davpush_core::unix_now()));
+        req = match &t.keys {
+            Some((p256dh, auth)) => match ece::encrypt(&plain, p256dh, auth) {
+                Ok(body) => req.header(CONTENT_ENCODING, "aes128gcm").body(body),
+                // The spec counts a subscription that cannot be encrypted for as invalid.
+                Err(e) => return Outcome::Gone(format!("encryption failed: {e}")),
+            },
+            None => req.body(plain.into_owned()),
+        };
+        let permits = self.host_permits(&t.origin);
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return Outcome::Retry { after: None, reason: "shutting down".into() };
+        };
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry = retry_after(resp.headers().get(RETRY_AFTER));
+                let body =
+                    if resp.status().is_success() { String::new() } else { resp.text().await.unwrap_or_default() };
+                classify(status, retry, &body)
+            }
+            Err(e) => {
+                // The resolver refuses non-public addresses: that is not going to get better.
+                let refused =
+                    std::error::Error::source(&e).map(|s| format!("{s:?}").contains("NotPublic")).unwrap_or(false);
+                if refused {
+                    Outcome::Rejected(format!("egress refused: {e}"))
+                } else {
+                    Outcome::Retry { after: None, reason: format!("request failed: {e}") }
+                }
+            }
+        }
+    }
+}
+
+/// The transport for one of the two service names (`web_push`, `unified_push`).
+pub struct WebPushTransport {
+    kind: ServiceKind,
+    engine: Engine,
+    policy: EgressPolicy,
+    allow_unencrypted: bool,
+}
+
+impl std::fmt::Debug for WebPushTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebPushTransport").field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl WebPushTransport {
+    /// Starts a transport of `kind` (`WebPush` or `UnifiedPush`) delivering through `sender`.
+    pub fn start(
+        kind: ServiceKind,
+        sender: Arc<WebPushSender>,
+        settings: &WebPushSettings,
+        feedback: Feedback,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn SubscriptionStore>,
+    ) -> Self {
+        let policy = sender.policy.clone();
+        let engine = Engine::start(kind, sender, settings.engine.clone(), feedback, metrics, store);
+        WebPushTransport { kind, engine, policy, allow_unencrypted: settings.allow_unencrypted }
+    }
+
+    /// The delivery engine (for inspection).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+#[async_trait]
+impl Transport for WebPushTransport {
+    fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        parse_params(self.kind, params, &self.policy, self.allow_unencrypted)
+    }
+
+    async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
+        let Target::Remote(r) = target else { return Ok(()) };
+        let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
+        self.policy.check_resolved(&t.endpoint).await.map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))
+    }
+
+    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
+        let mut d = Dispatched::default();
+        for s in recipients {
+            match self.engine.enqueue(s, message) {
+                Enqueued::Queued => d.queued += 1,
+                Enqueued::Coalesced => d.coalesced += 1,
+                Enqueued::Dropped => d.dropped += 1,
+            }
+        }
+        d
+    }
+
+    async fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
+        self.engine.restore(pending);
+    }
+
+    async fn shutdown(&self) {
+        self.engine.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_header_is_32_base64url_chars() {
+        let h = topic_header("f0ec984b-4b19-4652-91f2-92c6d81c3c09");
+        assert_eq!(h.len(), 32);
+        assert!(h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(h, topic_header("other"));
+    }
+
+    #[test]
+    fn outcomes_are_classified() {
+        assert_eq!(classify(201, None, ""), Outcome::Delivered);
+        assert!(matches!(classify(410, None, ""), Outcome::Gone(_)));
+        assert!(matches!(classify(404, None, ""), Outcome::Gone(_)));
+        for s in [400, 403, 413] {
+            assert!(matches!(classify(s, None, "x"), Outcome::Rejected(_)), "{s}");
+        }
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(7)), ""),
+            Outcome::Retry { after: Some(Duration::from_secs(7)), reason: "HTTP 429: ".into() }
+        );
+        assert!(matches!(classify(503, None, ""), Outcome::Retry { after: None, .. }));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_date() {
+        assert_eq!(retry_after(Some(&HeaderValue::from_static("120"))), Some(Duration::from_secs(120)));
+        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+        let d = retry_after(Some(&HeaderValue::from_str(&future).unwrap())).unwrap();
+        assert!(d > Duration::from_secs(55) && d <= Duration::from_secs(60), "{d:?}");
+        assert_eq!(retry_after(Some(&HeaderValue::from_static("soon"))), None);
+    }
+
+    #[test]
+    fn params_are_validated() {
+        let policy = EgressPolicy::default();
+        let ok = serde_json::json!({
+            "endpoint": "https://push.example.net/x",
+            "p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+            "auth": "BTBZMqHH6r4Tts7J_aSIgg",
+            "format": "webdav-push-xml"
+        });
+        let t = parse_params(ServiceKind::WebPush, &ok, &policy, false).unwrap();
+        assert!(t.is_durable());
+        let mut no_keys = ok.clone();
+        no_keys.as_object_mut().unwrap().remove("p256dh");
+        no_keys.as_object_mut().unwrap().remove("auth");
+        let e = parse_params(ServiceKind::WebPush, &no_keys, &policy, false).unwrap_err();
+        assert!(e.message.contains("encrypted"), "{e}");
+        assert!(parse_params(ServiceKind::UnifiedPush, &no_keys, &policy, true).is_ok());
+        let mut private = ok.clone();
+        private["endpoint"] = "https://192.168.1.10/push".into();
+        let e = parse_params(ServiceKind::WebPush, &private, &policy, false).unwrap_err();
+        assert_eq!(e.field, Some("endpoint"));
+        assert!(e.message.contains("not a public address"), "{e}");
+        let mut bad_format = ok.clone();
+        bad_format["format"] = "yaml".into();
+        assert!(parse_params(ServiceKind::WebPush, &bad_format, &policy, false).is_err());
+        let mut bad_auth = ok;
+        bad_auth["auth"] = "AAAA".into();
+        assert_eq!(parse_params(ServiceKind::WebPush, &bad_auth, &policy, false).unwrap_err().field, Some("auth"));
+    }
+}

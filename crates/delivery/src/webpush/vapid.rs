@@ -1,0 +1,187 @@
+//! RFC 8292 VAPID: the Director's P-256 key pair, persisted once, and the
+//! `Authorization: vapid t=<ES256 JWT>, k=<public key>` header, cached per push-service origin.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+/// Lifetime of a token (RFC 8292 allows at most 24 hours).
+const TOKEN_LIFETIME: i64 = 12 * 3600;
+/// A cached token is renewed when it has less than this left.
+const RENEW_BEFORE: i64 = 3600;
+
+/// The key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VapidError {
+    /// Reading or writing the file failed.
+    #[error("VAPID key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not hold a P-256 PKCS#8 private key.
+    #[error("VAPID key file {0} does not hold a P-256 private key (PKCS#8 PEM)")]
+    BadKey(String),
+}
+
+/// The Director's VAPID key pair.
+pub struct VapidKey {
+    encoding: EncodingKey,
+    public: Vec<u8>,
+}
+
+impl std::fmt::Debug for VapidKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VapidKey").field("public", &self.public_key()).finish_non_exhaustive()
+    }
+}
+
+impl VapidKey {
+    /// From a PKCS#8 DER private key.
+    pub fn from_pkcs8(der: &[u8]) -> Option<Self> {
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).ok()?;
+        let public = pair.public_key().as_ref().to_vec();
+        Some(VapidKey { encoding: EncodingKey::from_ec_der(der), public })
+    }
+
+    /// Reads the key at `path`, or generates one there (PEM, mode 0600). Returns whether it
+    /// was generated.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), VapidError> {
+        let io = |source| VapidError::Io { path: path.display().to_string(), source };
+        match std::fs::read_to_string(path) {
+            Ok(pem) => {
+                let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+                let der = STANDARD.decode(b64.trim()).map_err(|_| VapidError::BadKey(path.display().to_string()))?;
+                let key = Self::from_pkcs8(&der).ok_or_else(|| VapidError::BadKey(path.display().to_string()))?;
+                Ok((key, false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                    .map_err(|_| io(std::io::Error::other("key generation failed")))?;
+                let der = doc.as_ref();
+                let b64 = STANDARD.encode(der);
+                let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+                for chunk in b64.as_bytes().chunks(64) {
+                    pem.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+                    pem.push('\n');
+                }
+                pem.push_str("-----END PRIVATE KEY-----\n");
+                write_private(path, &pem).map_err(io)?;
+                let key = Self::from_pkcs8(der).ok_or_else(|| VapidError::BadKey(path.display().to_string()))?;
+                Ok((key, true))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The public key as clients expect it: uncompressed point, base64url without padding
+    /// (the spec's `vapid-public-key`, a browser's `applicationServerKey`).
+    pub fn public_key(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.public)
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    aud: &'a str,
+    exp: i64,
+    sub: &'a str,
+}
+
+/// Signs and caches `Authorization` headers.
+#[derive(Debug)]
+pub struct Vapid {
+    key: VapidKey,
+    subject: String,
+    cache: Mutex<HashMap<String, (Arc<str>, i64)>>,
+}
+
+impl Vapid {
+    /// Signs with `key`; `subject` is the `sub` claim (`mailto:` or `https:` contact).
+    pub fn new(key: VapidKey, subject: String) -> Self {
+        Vapid { key, subject, cache: Mutex::default() }
+    }
+
+    /// The key pair.
+    pub fn key(&self) -> &VapidKey {
+        &self.key
+    }
+
+    /// The `Authorization` header value for a push service at `origin` (`https://host[:port]`).
+    pub fn authorization(&self, origin: &str, now: i64) -> Arc<str> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((h, exp)) = cache.get(origin)
+            && *exp - now > RENEW_BEFORE
+        {
+            return h.clone();
+        }
+        let exp = now + TOKEN_LIFETIME;
+        let claims = Claims { aud: origin, exp, sub: &self.subject };
+        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key.encoding)
+            .expect("signing with a valid P-256 key does not fail");
+        let header: Arc<str> = Arc::from(format!("vapid t={jwt}, k={}", self.key.public_key()));
+        if cache.len() > 10_000 {
+            cache.clear(); // bounded: origins are few in practice
+        }
+        cache.insert(origin.to_owned(), (header.clone(), exp));
+        header
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+
+    use super::*;
+
+    #[test]
+    fn key_is_persisted_and_header_verifies() {
+        let dir = std::env::temp_dir().join(format!("davpush-vapid-{}", davpush_core::ids::random_token(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vapid.pem");
+        let (k1, created) = VapidKey::load_or_create(&path).unwrap();
+        assert!(created);
+        let (k2, created) = VapidKey::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(k1.public_key(), k2.public_key());
+        assert_eq!(URL_SAFE_NO_PAD.decode(k1.public_key()).unwrap().len(), 65);
+
+        let vapid = Vapid::new(k2, "mailto:ops@example.org".into());
+        let h = vapid.authorization("https://push.example.net", 1_000_000);
+        assert!(Arc::ptr_eq(&h, &vapid.authorization("https://push.example.net", 1_000_000 + 3600)), "cached");
+        assert!(!Arc::ptr_eq(&h, &vapid.authorization("https://push.example.net", 1_000_000 + 12 * 3600)), "renewed");
+        let (t, k) = h.strip_prefix("vapid t=").unwrap().split_once(", k=").unwrap();
+        assert_eq!(k, k1.public_key());
+        let (signed, sig) = t.rsplit_once('.').unwrap();
+        let pubkey = URL_SAFE_NO_PAD.decode(k).unwrap();
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &pubkey)
+            .verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).unwrap())
+            .expect("ES256 signature verifies with the advertised key");
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(signed.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert_eq!(claims["aud"], "https://push.example.net");
+        assert_eq!(claims["exp"], 1_000_000 + 12 * 3600);
+        assert_eq!(claims["sub"], "mailto:ops@example.org");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
