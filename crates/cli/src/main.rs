@@ -2,6 +2,7 @@
 //! tool); later ones (gateway, relay, notify, topic, listen, vapid) join here.
 
 mod bench;
+mod config_args;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Load tool: WebSocket clients on loopback against a running Director.
     Bench(bench::BenchArgs),
+    /// Print the Director's VAPID public key (generating the key pair on first use), the
+    /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with.
+    Vapid(config_args::ConfigArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +39,19 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Vapid(args) => match args.load() {
+                Ok(config) => match &config.web_push {
+                    Some(wp) => {
+                        println!("{}", wp.key.public_key());
+                        std::process::ExitCode::SUCCESS
+                    }
+                    None => {
+                        eprintln!("davpush: Web Push is disabled (web_push.enabled = false)");
+                        std::process::ExitCode::from(config_args::EXIT_CONFIG)
+                    }
+                },
+                Err(code) => code,
+            },
         }
     })
 }

@@ -1,16 +1,12 @@
 //! `davpush serve`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use davpush_director::config::{Overrides, RawConfig};
 use davpush_director::{Config, app};
 use tracing_subscriber::EnvFilter;
 
-/// Exit code for a bad configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+use crate::config_args::ConfigArgs;
 
 /// Run the Push Director.
 ///
@@ -23,15 +19,8 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, short, env = "DAVPUSH_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on (server.listen), e.g. 127.0.0.1:8080.
-    #[arg(long)]
-    listen: Option<String>,
-    /// Directory for the database and generated secrets (server.data_dir).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Log format: text or json. The level comes from RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -58,26 +47,19 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         print!("{}", davpush_director::config::EXAMPLE);
         return ExitCode::SUCCESS;
     }
-    init_logs(&args.log_format);
-    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("DAVPUSH_")).collect();
-    let flags = Overrides { listen: args.listen.clone(), data_dir: args.data_dir.clone() };
-    let raw = match RawConfig::load(args.config.as_deref(), &env, &flags) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("davpush: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     if args.dump_config {
-        print!("{}", raw.to_redacted_toml());
-        return ExitCode::SUCCESS;
+        return match args.config.raw() {
+            Ok(raw) => {
+                print!("{}", raw.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
     }
-    let config = match Config::from_raw(raw) {
+    init_logs(&args.log_format);
+    let config = match args.config.load() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("davpush: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,10 +71,6 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    for (key, path) in &config.generated_secrets {
-        // Printed once, when generated; the secret itself is never printed or logged.
-        eprintln!("davpush: generated a token for `{key}` in {} (mode 0600)", path.display());
-    }
     let addr = config.listen;
     let state = app::build(config).await.context("cannot start the Director")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;

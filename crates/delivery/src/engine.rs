@@ -143,12 +143,19 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn unix_to_instant(unix: i64, now_unix: i64, now: Instant) -> Instant {
-    now + Duration::from_secs((unix - now_unix).max(0) as u64)
+fn real_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn instant_to_unix(t: Instant, now_unix: i64, now: Instant) -> i64 {
-    now_unix + t.saturating_duration_since(now).as_secs() as i64
+/// A stored unix time back to an instant (never earlier than stored: the store keeps whole
+/// seconds, rounded up).
+fn unix_to_instant(unix: i64, now: Instant) -> Instant {
+    now + Duration::from_secs_f64((unix as f64 - real_now()).max(0.0))
+}
+
+/// An instant as unix seconds, rounded up so that a `Retry-After` is never shortened.
+fn instant_to_unix(t: Instant, now: Instant) -> i64 {
+    (real_now() + t.saturating_duration_since(now).as_secs_f64()).ceil() as i64
 }
 
 impl Engine {
@@ -231,7 +238,6 @@ impl Engine {
     /// Takes back deliveries that were pending at the last stop.
     pub fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
         let now = Instant::now();
-        let now_unix = davpush_core::unix_now();
         let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut timers = self.inner.timers.lock().unwrap_or_else(|e| e.into_inner());
         for (sub, p) in pending {
@@ -244,7 +250,7 @@ impl Engine {
                 sync_token: p.sync_token,
                 trigger: p.trigger.as_deref().and_then(|t| serde_json::from_value(serde_json::json!(t)).ok()),
             };
-            let due = unix_to_instant(p.due, now_unix, now);
+            let due = unix_to_instant(p.due, now);
             slots.insert(
                 sub.id.clone(),
                 Slot {
@@ -254,7 +260,7 @@ impl Engine {
                     state: State::Waiting,
                     dirty: false,
                     due,
-                    deadline: unix_to_instant(p.deadline, now_unix, now),
+                    deadline: unix_to_instant(p.deadline, now),
                     persisted: true,
                 },
             );
@@ -273,10 +279,9 @@ impl Engine {
             t.abort();
         }
         let now = Instant::now();
-        let now_unix = davpush_core::unix_now();
         let rows: Vec<PendingDelivery> = {
             let slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.values().map(|s| pending_row(s, now_unix, now)).collect()
+            slots.values().map(|s| pending_row(s, now)).collect()
         };
         if rows.is_empty() {
             return;
@@ -290,7 +295,7 @@ impl Engine {
     }
 }
 
-fn pending_row(s: &Slot, now_unix: i64, now: Instant) -> PendingDelivery {
+fn pending_row(s: &Slot, now: Instant) -> PendingDelivery {
     let n = &s.message.notification;
     PendingDelivery {
         subscription_id: s.sub.id.to_string(),
@@ -298,8 +303,8 @@ fn pending_row(s: &Slot, now_unix: i64, now: Instant) -> PendingDelivery {
         sync_token: n.sync_token.clone(),
         trigger: n.trigger.map(|t| t.as_str().to_owned()),
         attempt: s.attempt,
-        due: instant_to_unix(s.due, now_unix, now),
-        deadline: instant_to_unix(s.deadline, now_unix, now),
+        due: instant_to_unix(s.due, now),
+        deadline: instant_to_unix(s.deadline, now),
     }
 }
 
@@ -374,7 +379,7 @@ async fn complete(inner: &Arc<Inner>, id: &SubscriptionId, outcome: Outcome) {
                     slot.state = State::Waiting;
                     slot.due = now + delay;
                     slot.persisted = true;
-                    save = Some(pending_row(slot, davpush_core::unix_now(), now));
+                    save = Some(pending_row(slot, now));
                     inner.timers.lock().unwrap_or_else(|e| e.into_inner()).push(Reverse((slot.due, id.clone())));
                     inner.timer_wake.notify_one();
                     ("retry", false)

@@ -11,8 +11,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use davpush_core::feedback::{Feedback, FeedbackReceiver};
 use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
 use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
+use davpush_delivery::webpush::vapid::Vapid;
+use davpush_delivery::webpush::{WebPushSender, WebPushTransport};
 use davpush_store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,6 +42,9 @@ pub enum StartError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] davpush_core::StoreError),
+    /// The HTTP client for push services could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(reqwest::Error),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -59,9 +65,27 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
 pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>) -> Result<AppState, StartError> {
     let ws = &config.websocket;
     let hub = Arc::new(Hub::new(ws.queue_frames, ws.max_connections));
+    let metrics = Arc::new(Metrics::default());
+    let (feedback, gone) = Feedback::channel();
     let mut transports = Transports::default();
     if ws.enabled {
         transports = transports.with(Arc::new(WebSocketTransport::new(hub.clone())));
+    }
+    if let Some(wp) = &config.web_push {
+        let vapid = Arc::new(Vapid::new(wp.key.clone(), wp.subject.clone()));
+        let sender = Arc::new(WebPushSender::new(vapid, wp.policy.clone(), &wp.settings).map_err(StartError::Http)?);
+        for kind in &wp.services {
+            let t = WebPushTransport::start(
+                *kind,
+                sender.clone(),
+                &wp.settings,
+                feedback.clone(),
+                metrics.clone(),
+                store.clone(),
+            );
+            transports = transports.with(Arc::new(t));
+        }
+        tracing::info!(vapid_public_key = %wp.key.public_key(), "Web Push enabled");
     }
     if matches!(config.subscription_auth, SubscriptionAuth::None) {
         tracing::warn!(
@@ -69,10 +93,22 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
              WebSockets. Use this for development only. !!!"
         );
     }
-    let service = PushService::new(store, transports, config.limits.clone(), Arc::new(Metrics::default()));
+    let service = Arc::new(PushService::new(store, transports, config.limits.clone(), metrics));
     let loaded = service.load(davpush_core::unix_now()).await?;
     tracing::info!(subscriptions = loaded, "subscriptions loaded from the store");
-    Ok(AppState { service: Arc::new(service), hub, config: Arc::new(config) })
+    tokio::spawn(remove_gone(gone, Arc::downgrade(&service)));
+    Ok(AppState { service, hub, config: Arc::new(config) })
+}
+
+/// Removes the subscriptions that push services report as gone.
+async fn remove_gone(mut gone: FeedbackReceiver, service: std::sync::Weak<PushService>) {
+    while let Some(id) = gone.recv().await {
+        let Some(service) = service.upgrade() else { return };
+        match service.remove_gone(&id).await {
+            Ok(_) => tracing::info!(subscription = %id, "subscription removed: its push service no longer knows it"),
+            Err(e) => tracing::error!(error = %e, subscription = %id, "could not remove a gone subscription"),
+        }
+    }
 }
 
 /// The routes.
@@ -116,6 +152,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     background.abort();
+    state.service.shutdown().await;
     Ok(())
 }
 

@@ -9,7 +9,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use davpush_core::Limits;
+use davpush_delivery::egress::EgressPolicy;
+use davpush_delivery::engine::EngineSettings;
+use davpush_delivery::webpush::WebPushSettings;
+use davpush_delivery::webpush::vapid::VapidKey;
 use serde::{Deserialize, Serialize};
 
 /// The example configuration shipped with the binary (`davpush serve --print-example-config`).
@@ -67,6 +74,8 @@ pub struct RawConfig {
     pub subscription: RawSubscription,
     /// `[websocket]`
     pub websocket: RawWebSocket,
+    /// `[web_push]`
+    pub web_push: RawWebPush,
 }
 
 /// `[server]`
@@ -196,6 +205,82 @@ impl Default for RawWebSocket {
     }
 }
 
+/// `[web_push]`: Web Push and UnifiedPush delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebPush {
+    /// Offer Web Push / UnifiedPush.
+    pub enabled: bool,
+    /// Service names offered: `web_push`, `unified_push`.
+    pub services: Vec<String>,
+    /// VAPID `sub` claim: a `mailto:` or `https:` contact for push services.
+    pub subject: String,
+    /// The VAPID private key (PKCS#8 PEM); empty: `<data_dir>/vapid-key.pem`, generated if missing.
+    pub vapid_key_file: PathBuf,
+    /// Accept subscriptions without `p256dh`/`auth` and send them plain messages.
+    pub allow_unencrypted: bool,
+    /// How long a push service may keep an undelivered message, seconds (`TTL`).
+    pub ttl_secs: u64,
+    /// `Urgency` header: `very-low`, `low`, `normal` or `high`.
+    pub urgency: String,
+    /// Timeout of one request, seconds.
+    pub timeout_secs: u64,
+    /// Requests in flight at once.
+    pub workers: usize,
+    /// Requests in flight per push-service host.
+    pub max_per_host: usize,
+    /// Subscriptions with a pending delivery at most.
+    pub max_pending: usize,
+    /// Attempts per message.
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay, seconds.
+    pub max_backoff_secs: u64,
+    /// Hosts, IP addresses or CIDR networks that endpoints may use although not public.
+    pub allow_hosts: Vec<String>,
+    /// Accept plain `http` endpoints for allow-listed hosts.
+    pub allow_http: bool,
+}
+
+impl Default for RawWebPush {
+    fn default() -> Self {
+        RawWebPush {
+            enabled: true,
+            services: vec!["web_push".into(), "unified_push".into()],
+            subject: "mailto:postmaster@localhost".into(),
+            vapid_key_file: PathBuf::new(),
+            allow_unencrypted: false,
+            ttl_secs: 86_400,
+            urgency: "normal".into(),
+            timeout_secs: 30,
+            workers: 64,
+            max_per_host: 16,
+            max_pending: 100_000,
+            max_attempts: 8,
+            min_backoff_ms: 1000,
+            max_backoff_secs: 600,
+            allow_hosts: Vec::new(),
+            allow_http: false,
+        }
+    }
+}
+
+/// Validated `[web_push]`.
+#[derive(Debug, Clone)]
+pub struct WebPushConfig {
+    /// Service names offered.
+    pub services: Vec<davpush_core::ServiceKind>,
+    /// VAPID `sub`.
+    pub subject: String,
+    /// The VAPID key pair.
+    pub key: Arc<VapidKey>,
+    /// Where endpoints may point.
+    pub policy: EgressPolicy,
+    /// Delivery settings.
+    pub settings: WebPushSettings,
+}
+
 /// A secret string: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -250,6 +335,8 @@ pub struct Config {
     pub limits: Limits,
     /// WebSocket settings.
     pub websocket: RawWebSocket,
+    /// Web Push settings, if enabled.
+    pub web_push: Option<WebPushConfig>,
     /// Secret files generated while loading (printed once by the binary).
     pub generated_secrets: Vec<(&'static str, PathBuf)>,
 }
@@ -372,6 +459,68 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// `[web_push]` validated, before its key is loaded.
+struct PartialWebPush {
+    services: Vec<davpush_core::ServiceKind>,
+    policy: EgressPolicy,
+    settings: WebPushSettings,
+    key_path: PathBuf,
+}
+
+/// Validates `[web_push]`; the key is loaded by the caller once the data directory exists.
+fn web_push_config(w: &RawWebPush, data_dir: &Path) -> Result<Option<PartialWebPush>, ConfigError> {
+    if !w.enabled {
+        return Ok(None);
+    }
+    let mut services = Vec::new();
+    for name in &w.services {
+        match name.parse::<davpush_core::ServiceKind>() {
+            Ok(k @ (davpush_core::ServiceKind::WebPush | davpush_core::ServiceKind::UnifiedPush)) => services.push(k),
+            _ => {
+                return Err(invalid("web_push.services", format!("`{name}` is not one of `web_push`, `unified_push`")));
+            }
+        }
+    }
+    if !(w.subject.starts_with("mailto:") || w.subject.starts_with("https:")) {
+        return Err(invalid("web_push.subject", "must be a mailto: or https: URI (RFC 8292)"));
+    }
+    if !["very-low", "low", "normal", "high"].contains(&w.urgency.as_str()) {
+        return Err(invalid("web_push.urgency", "must be one of very-low, low, normal, high"));
+    }
+    for (key, v) in [
+        ("web_push.ttl_secs", w.ttl_secs),
+        ("web_push.timeout_secs", w.timeout_secs),
+        ("web_push.workers", w.workers as u64),
+        ("web_push.max_per_host", w.max_per_host as u64),
+        ("web_push.max_pending", w.max_pending as u64),
+        ("web_push.max_attempts", u64::from(w.max_attempts)),
+        ("web_push.min_backoff_ms", w.min_backoff_ms),
+        ("web_push.max_backoff_secs", w.max_backoff_secs),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
+    let policy = EgressPolicy::new(&w.allow_hosts, w.allow_http).map_err(|e| invalid("web_push.allow_hosts", e))?;
+    let key_path =
+        if w.vapid_key_file.as_os_str().is_empty() { data_dir.join("vapid-key.pem") } else { w.vapid_key_file.clone() };
+    let settings = WebPushSettings {
+        allow_unencrypted: w.allow_unencrypted,
+        urgency: w.urgency.clone(),
+        max_per_host: w.max_per_host,
+        timeout: Duration::from_secs(w.timeout_secs),
+        engine: EngineSettings {
+            workers: w.workers,
+            max_pending: w.max_pending,
+            max_attempts: w.max_attempts,
+            min_backoff: Duration::from_millis(w.min_backoff_ms),
+            max_backoff: Duration::from_secs(w.max_backoff_secs),
+            ttl: Duration::from_secs(w.ttl_secs),
+        },
+    };
+    Ok(Some(PartialWebPush { services, policy, settings, key_path }))
+}
+
 impl Config {
     /// Validates `raw`; creates the data directory and generates missing secrets in it.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -419,7 +568,9 @@ impl Config {
             return Err(invalid("websocket.max_message_bytes", "must be at least 256"));
         }
 
+        let web_push = web_push_config(&raw.web_push, &s.data_dir)?;
         let needs_dir = raw.store.url.is_empty()
+            || raw.web_push.enabled && raw.web_push.vapid_key_file.as_os_str().is_empty()
             || raw.notify.tokens.is_empty() && raw.notify.token_files.is_empty()
             || sub.auth == "token" && sub.tokens.is_empty() && sub.token_files.is_empty();
         if needs_dir {
@@ -427,6 +578,23 @@ impl Config {
                 .map_err(|e| invalid("server.data_dir", format!("cannot create {}: {e}", s.data_dir.display())))?;
         }
         let mut generated = Vec::new();
+        let web_push = match web_push {
+            None => None,
+            Some(p) => {
+                let (key, created) = VapidKey::load_or_create(&p.key_path)
+                    .map_err(|e| invalid("web_push.vapid_key_file", e.to_string()))?;
+                if created {
+                    generated.push(("web_push.vapid_key_file", p.key_path));
+                }
+                Some(WebPushConfig {
+                    services: p.services,
+                    subject: raw.web_push.subject.clone(),
+                    key: Arc::new(key),
+                    policy: p.policy,
+                    settings: p.settings,
+                })
+            }
+        };
         let mut notify_tokens = read_tokens("notify.tokens", &raw.notify.tokens, &raw.notify.token_files)?;
         if notify_tokens.is_empty() {
             notify_tokens.push(generated_token("notify.tokens", &s.data_dir.join("notify-token"), &mut generated)?);
@@ -478,6 +646,7 @@ impl Config {
             subscription_auth,
             limits,
             websocket: raw.websocket,
+            web_push,
             generated_secrets: generated,
         })
     }

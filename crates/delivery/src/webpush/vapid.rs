@@ -111,14 +111,14 @@ struct Claims<'a> {
 /// Signs and caches `Authorization` headers.
 #[derive(Debug)]
 pub struct Vapid {
-    key: VapidKey,
+    key: Arc<VapidKey>,
     subject: String,
     cache: Mutex<HashMap<String, (Arc<str>, i64)>>,
 }
 
 impl Vapid {
     /// Signs with `key`; `subject` is the `sub` claim (`mailto:` or `https:` contact).
-    pub fn new(key: VapidKey, subject: String) -> Self {
+    pub fn new(key: Arc<VapidKey>, subject: String) -> Self {
         Vapid { key, subject, cache: Mutex::default() }
     }
 
@@ -154,6 +154,42 @@ mod tests {
 
     use super::*;
 
+    /// RFC 8292 §2.4, Figure 1 (the token expired in 2016; it is a format reference).
+    const RFC_T: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFUzI1NiJ9.eyJhdWQiOiJodHRwczovL3B1c2guZXhhbXBsZS5uZXQiLCJleHAiOjE0NTM1MjM3NjgsInN1YiI6Im1haWx0bzpwdXNoQGV4YW1wbGUuY29tIn0.i3CYb7t4xfxCDquptFOepC9GAu_HLGkMlMuCGSK2rpiUfnK9ojFwDXb1JrErtmysazNjjvW2L9OkSSHzvoD1oA";
+    const RFC_K: &str = "BA1Hxzyi1RUM1b5wjxsn7nGxAszw2u61m164i3MrAIxHF6YK5h4SDYic-dRuU_RCPCfA5aq9ojSwk5Y2EmClBPs";
+
+    /// Verifies an `Authorization: vapid` header the way a push service does; returns the claims.
+    fn verify_header(h: &str) -> Option<serde_json::Value> {
+        let (t, k) = h.strip_prefix("vapid t=")?.split_once(", k=")?;
+        let (signed, sig) = t.rsplit_once('.')?;
+        let pubkey = URL_SAFE_NO_PAD.decode(k).ok()?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &pubkey)
+            .verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).ok()?)
+            .ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(signed.split('.').nth(1)?).ok()?).ok()
+    }
+
+    #[test]
+    fn rfc8292_example_verifies_and_our_tokens_have_its_shape() {
+        let claims = verify_header(&format!("vapid t={RFC_T}, k={RFC_K}")).expect("the RFC's example verifies");
+        assert_eq!(
+            claims,
+            serde_json::json!({"aud": "https://push.example.net", "exp": 1453523768, "sub": "mailto:push@example.com"})
+        );
+        assert!(verify_header(&format!("vapid t={}x, k={RFC_K}", RFC_T)).is_none(), "a changed signature fails");
+        // Our header and claims serialize to exactly the RFC's first two segments.
+        let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+        let key = VapidKey::from_pkcs8(der.as_ref()).unwrap();
+        let ours = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &Claims { aud: "https://push.example.net", exp: 1453523768, sub: "mailto:push@example.com" },
+            &key.encoding,
+        )
+        .unwrap();
+        let prefix = |t: &str| t.rsplit_once('.').unwrap().0.to_owned();
+        assert_eq!(prefix(&ours), prefix(RFC_T));
+    }
+
     #[test]
     fn key_is_persisted_and_header_verifies() {
         let dir = std::env::temp_dir().join(format!("davpush-vapid-{}", davpush_core::ids::random_token(6)));
@@ -166,19 +202,12 @@ mod tests {
         assert_eq!(k1.public_key(), k2.public_key());
         assert_eq!(URL_SAFE_NO_PAD.decode(k1.public_key()).unwrap().len(), 65);
 
-        let vapid = Vapid::new(k2, "mailto:ops@example.org".into());
+        let vapid = Vapid::new(Arc::new(k2), "mailto:ops@example.org".into());
         let h = vapid.authorization("https://push.example.net", 1_000_000);
         assert!(Arc::ptr_eq(&h, &vapid.authorization("https://push.example.net", 1_000_000 + 3600)), "cached");
         assert!(!Arc::ptr_eq(&h, &vapid.authorization("https://push.example.net", 1_000_000 + 12 * 3600)), "renewed");
-        let (t, k) = h.strip_prefix("vapid t=").unwrap().split_once(", k=").unwrap();
-        assert_eq!(k, k1.public_key());
-        let (signed, sig) = t.rsplit_once('.').unwrap();
-        let pubkey = URL_SAFE_NO_PAD.decode(k).unwrap();
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &pubkey)
-            .verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).unwrap())
-            .expect("ES256 signature verifies with the advertised key");
-        let claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(signed.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert!(h.ends_with(&format!(", k={}", k1.public_key())));
+        let claims = verify_header(&h).expect("ES256 signature verifies with the advertised key");
         assert_eq!(claims["aud"], "https://push.example.net");
         assert_eq!(claims["exp"], 1_000_000 + 12 * 3600);
         assert_eq!(claims["sub"], "mailto:ops@example.org");

@@ -18,7 +18,8 @@ pub(crate) const SUB_TOKEN: &str = "subscribe-token-0123456789";
 pub(crate) struct TestDirector {
     pub(crate) running: Running,
     pub(crate) http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    toml: String,
+    dir: tempfile::TempDir,
 }
 
 /// Starts a Director with test tokens in a fresh data directory; `extra` is TOML merged over
@@ -45,10 +46,21 @@ pub(crate) async fn start_with(toml: &str, dir: tempfile::TempDir) -> TestDirect
     let raw = RawConfig::from_toml(toml, &BTreeMap::new(), &Overrides::default()).unwrap();
     let config = Config::from_raw(raw).unwrap();
     let running = davpush_director::spawn(config).await.unwrap();
-    TestDirector { running, http: reqwest::Client::new(), _dir: dir }
+    TestDirector { running, http: reqwest::Client::new(), toml: toml.to_owned(), dir }
 }
 
 impl TestDirector {
+    /// Stops gracefully and starts again with the same configuration and data directory.
+    pub(crate) async fn restart(self) -> TestDirector {
+        let TestDirector { running, toml, dir, .. } = self;
+        running.shutdown().await.unwrap();
+        start_with(&toml, dir).await
+    }
+
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.running.url())
     }
@@ -183,4 +195,43 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
+}
+
+/// The Python interpreter with the independent Web Push implementations (`http_ece`,
+/// `py_vapid`): `$DAVPUSH_PYTHON`, else `python3`. Outside CI a test without them is skipped
+/// with a notice; in CI (`CI=true`) their absence fails the test.
+pub(crate) fn interop_python() -> Option<String> {
+    let py = std::env::var("DAVPUSH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import http_ece, py_vapid, cryptography"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{py} lacks http_ece/py_vapid; .ci/run must install them (pip install http_ece py_vapid)");
+    }
+    eprintln!("SKIPPED: {py} lacks http_ece/py_vapid (pip install http_ece py_vapid, or set DAVPUSH_PYTHON)");
+    None
+}
+
+/// Runs `tests/interop/webpush.py CMD` with `stdin`, returns its JSON output.
+pub(crate) fn oracle(py: &str, cmd: &str, stdin: &Value) -> Result<Value, String> {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/webpush.py");
+    let mut child = std::process::Command::new(py)
+        .args([script, cmd])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }
