@@ -3,6 +3,7 @@
 
 mod bench;
 mod config_args;
+mod gateway;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Load tool: WebSocket clients on loopback against a running Director.
     Bench(bench::BenchArgs),
+    /// Run the WebDAV gateway in front of a WebDAV/CalDAV/CardDAV server.
+    Gateway(gateway::GatewayArgs),
+    /// Print the topic of a collection.
+    Topic(gateway::TopicArgs),
+    /// Tell the Director that a collection changed (cron jobs, server hooks).
+    Notify(gateway::NotifyArgs),
     /// Print the Director's VAPID public key (generating the key pair on first use), the
     /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with.
     Vapid(config_args::ConfigArgs),
@@ -39,6 +46,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Gateway(args) => gateway::run_gateway(args).await,
+            Command::Topic(args) => gateway::run_topic(args),
+            Command::Notify(args) => gateway::run_notify(args).await,
             Command::Vapid(args) => match args.load() {
                 Ok(config) => match &config.web_push {
                     Some(wp) => {

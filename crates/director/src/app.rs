@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/unsubscribe", post(http::subscription::unsubscribe))
         .route("/ws", get(http::websocket::upgrade))
         .route("/healthz", get(http::ops::healthz))
+        .route("/info", get(http::ops::info))
         .route("/metrics", get(http::ops::metrics))
         .fallback(http::ops::not_found)
         .layer(axum::middleware::map_response(http::ops::json_405))

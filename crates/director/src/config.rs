@@ -134,8 +134,12 @@ pub struct RawNotify {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSubscription {
-    /// `token` or `none`.
+    /// `token`, `webdav` or `none`.
     pub auth: String,
+    /// For `auth = "webdav"`: the WebDAV URL that credentials are checked against.
+    pub webdav_url: String,
+    /// For `auth = "webdav"`: seconds a successful check is remembered.
+    pub webdav_cache_secs: u64,
     /// Accepted bearer tokens.
     pub tokens: Vec<String>,
     /// Files holding one token each.
@@ -161,6 +165,8 @@ impl Default for RawSubscription {
         let l = Limits::default();
         RawSubscription {
             auth: "token".into(),
+            webdav_url: String::new(),
+            webdav_cache_secs: 60,
             tokens: Vec::new(),
             token_files: Vec::new(),
             default_expiry_secs: l.default_expiry,
@@ -304,6 +310,10 @@ pub enum SubscriptionAuth {
     /// One of these bearer tokens (a token shared by many clients is the draft's
     /// "pseudo-public token").
     Tokens(Vec<Secret>),
+    /// The draft's "same authentication as for WebDAV": the client's `Authorization` is
+    /// verified against a WebDAV server (cached briefly, never stored); the configured tokens
+    /// are accepted too (for gateways that subscribe on behalf of users).
+    Webdav(Arc<crate::http::webdav_auth::WebdavVerifier>, Vec<Secret>),
     /// No authentication (development only; warned about loudly at start).
     None,
 }
@@ -612,8 +622,23 @@ impl Config {
                 }
                 SubscriptionAuth::Tokens(t)
             }
+            "webdav" => {
+                let url = url::Url::parse(&sub.webdav_url)
+                    .map_err(|e| invalid("subscription.webdav_url", format!("must be an http(s) URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid("subscription.webdav_url", "must be an http(s) URL"));
+                }
+                let tokens = read_tokens("subscription.tokens", &sub.tokens, &sub.token_files)?;
+                let verifier = crate::http::webdav_auth::WebdavVerifier::new(
+                    url,
+                    Duration::from_secs(sub.webdav_cache_secs),
+                    Duration::from_secs(s.request_timeout_secs),
+                )
+                .map_err(|e| invalid("subscription.webdav_url", e.to_string()))?;
+                SubscriptionAuth::Webdav(Arc::new(verifier), tokens)
+            }
             other => {
-                return Err(invalid("subscription.auth", format!("`{other}` is not one of `token`, `none`")));
+                return Err(invalid("subscription.auth", format!("`{other}` is not one of `token`, `webdav`, `none`")));
             }
         };
         let store_url = if raw.store.url.is_empty() {

@@ -7,18 +7,21 @@
 //! - [`subscription`]: `POST /subscribe` and `POST /unsubscribe`.
 //! - [`ws`]: WebSocket frames in both directions, protocol version.
 //! - [`error`]: the JSON error body every API answers with.
+//! - [`info`]: `GET /info`, what a Director offers.
 //! - [`xml`]: the WebDAV-Push `push-message` payload.
 //!
 //! Requests are parsed with `deny_unknown_fields`: a misspelt `exclude` or `expires` would silently
 //! change what is delivered, so it is rejected with a 400 that names the field instead.
 
 pub mod error;
+pub mod info;
 pub mod notify;
 pub mod subscription;
 pub mod ws;
 pub mod xml;
 
 pub use error::ErrorBody;
+pub use info::DirectorInfo;
 pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
 pub use subscription::{
     SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse, WebSocketTarget,

@@ -28,11 +28,28 @@ pub(crate) fn check(accepted: &[Secret], given: Option<&str>) -> Result<(), ApiE
     if bool::from(ok) { Ok(()) } else { Err(ApiError::BadToken) }
 }
 
-/// Checks a Subscription API / WebSocket request.
-pub(crate) fn check_subscription(auth: &SubscriptionAuth, given: Option<&str>) -> Result<(), ApiError> {
+/// Checks a Subscription API / WebSocket request: `headers` (for bearer tokens and, in WebDAV
+/// mode, the whole `Authorization`), and the `access_token` query parameter.
+pub(crate) async fn check_subscription(
+    auth: &SubscriptionAuth,
+    headers: &HeaderMap,
+    access_token: Option<&str>,
+) -> Result<(), ApiError> {
     match auth {
         SubscriptionAuth::None => Ok(()),
-        SubscriptionAuth::Tokens(t) => check(t, given),
+        SubscriptionAuth::Tokens(t) => check(t, bearer(headers, access_token)),
+        SubscriptionAuth::Webdav(verifier, tokens) => {
+            if let Some(token) = bearer(headers, access_token)
+                && !tokens.is_empty()
+                && check(tokens, Some(token)).is_ok()
+            {
+                return Ok(());
+            }
+            match headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+                Some(h) => verifier.check(h).await,
+                None => Err(ApiError::MissingToken),
+            }
+        }
     }
 }
 

@@ -9,3 +9,4 @@ pub(crate) mod notify;
 pub(crate) mod ops;
 pub(crate) mod subscription;
 pub(crate) mod websocket;
+pub mod webdav_auth;

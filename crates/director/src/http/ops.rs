@@ -26,6 +26,25 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> Result<impl IntoRespo
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.service.metrics().render(&counts)))
 }
 
+/// `GET /info`: public facts about this Director, for discovery.
+pub(crate) async fn info(State(st): State<AppState>) -> Json<davpush_proto::DirectorInfo> {
+    use crate::config::SubscriptionAuth;
+    let services: Vec<String> = st.service.transports().enabled().map(|k| k.as_str().to_owned()).collect();
+    let websocket = st.config.websocket.enabled;
+    Json(davpush_proto::DirectorInfo {
+        version: davpush_proto::PROTOCOL_VERSION,
+        services,
+        subscription_auth: match st.config.subscription_auth {
+            SubscriptionAuth::Tokens(_) => "token",
+            SubscriptionAuth::Webdav(..) => "webdav",
+            SubscriptionAuth::None => "none",
+        }
+        .into(),
+        vapid_public_key: st.config.web_push.as_ref().map(|w| w.key.public_key()),
+        websocket_path: websocket.then(|| "/ws".to_owned()),
+    })
+}
+
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
 }

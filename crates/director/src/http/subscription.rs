@@ -11,8 +11,8 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use crate::app::AppState;
 
-fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    auth::check_subscription(&st.config.subscription_auth, auth::bearer(headers, None)).inspect_err(|_| {
+async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    auth::check_subscription(&st.config.subscription_auth, headers, None).await.inspect_err(|_| {
         st.service.metrics().reject("subscription_unauthorized");
     })
 }
@@ -22,7 +22,7 @@ pub(crate) async fn subscribe(
     headers: HeaderMap,
     body: Result<JsonBody<SubscribeRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<SubscribeResponse>), ApiError> {
-    authenticate(&st, &headers)?;
+    authenticate(&st, &headers).await?;
     let JsonBody(req) = body?;
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;
@@ -48,7 +48,7 @@ pub(crate) async fn unsubscribe(
     headers: HeaderMap,
     body: Result<JsonBody<UnsubscribeRequest>, ApiError>,
 ) -> Result<Json<UnsubscribeResponse>, ApiError> {
-    authenticate(&st, &headers)?;
+    authenticate(&st, &headers).await?;
     let JsonBody(req) = body?;
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;

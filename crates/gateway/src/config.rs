@@ -1,0 +1,332 @@
+//! Gateway configuration: a TOML file (`--config`) with the keys below at top level, and flags.
+//! See `examples/gateway.toml` for every key, commented.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::topic::TopicKey;
+
+/// A configuration error naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid gateway config: `{key}`: {message}")]
+pub struct ConfigError {
+    /// The key.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key, message: message.into() }
+}
+
+/// The file's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGatewayConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// How clients reach the gateway (scheme, host, path prefix); empty: `http://<listen>`.
+    pub public_url: String,
+    /// The WebDAV server behind the gateway.
+    pub upstream: String,
+    /// The Director, as the gateway reaches it.
+    pub director_url: String,
+    /// The Director, as clients reach it (advertised in PROPFIND); empty: `director_url`.
+    pub director_public_url: String,
+    /// Where the default secret files are.
+    pub data_dir: PathBuf,
+    /// The Director's notify token; empty: `<data_dir>/notify-token`.
+    pub notify_token_file: PathBuf,
+    /// A Director subscription token; empty: `<data_dir>/subscription-token`.
+    pub subscription_token_file: PathBuf,
+    /// The topic secret; empty: `<data_dir>/topic-secret` (generated if missing).
+    pub topic_secret_file: PathBuf,
+    /// Largest request or multistatus body the gateway buffers, bytes.
+    pub max_body_bytes: usize,
+    /// Timeout of requests to the upstream and the Director, seconds.
+    pub timeout_secs: u64,
+    /// Path under `public_url` where registration URLs live.
+    pub registration_path: String,
+    /// Registrations are requested for at least this long, seconds (the spec: at least 3 days).
+    pub min_registration_secs: i64,
+    /// Change notifications waiting for the Director at most.
+    pub notify_queue: usize,
+    /// Attempts to reach the Director per notification.
+    pub notify_attempts: u32,
+    /// Ask the upstream for a collection's new sync-token after a change.
+    pub sync_token_lookup: bool,
+}
+
+impl Default for RawGatewayConfig {
+    fn default() -> Self {
+        RawGatewayConfig {
+            listen: "127.0.0.1:8081".into(),
+            public_url: String::new(),
+            upstream: String::new(),
+            director_url: "http://127.0.0.1:8080".into(),
+            director_public_url: String::new(),
+            data_dir: PathBuf::from("davpush-data"),
+            notify_token_file: PathBuf::new(),
+            subscription_token_file: PathBuf::new(),
+            topic_secret_file: PathBuf::new(),
+            max_body_bytes: 10 * 1024 * 1024,
+            timeout_secs: 60,
+            registration_path: "/.davpush/registrations/".into(),
+            min_registration_secs: 3 * 86_400,
+            notify_queue: 10_000,
+            notify_attempts: 6,
+            sync_token_lookup: true,
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Public base URL (no trailing slash in its path unless root).
+    pub public_url: Url,
+    /// Upstream base URL.
+    pub upstream: Url,
+    /// The Director (gateway side).
+    pub director_url: Url,
+    /// The Director (client side).
+    pub director_public_url: Url,
+    /// Director notify token.
+    pub notify_token: String,
+    /// Director subscription token.
+    pub subscription_token: String,
+    /// Topic key.
+    pub topic_key: TopicKey,
+    /// Buffer limit.
+    pub max_body_bytes: usize,
+    /// Timeout.
+    pub timeout: Duration,
+    /// Registration path (absolute path, ends with `/`).
+    pub registration_path: String,
+    /// Minimum registration time, seconds.
+    pub min_registration_secs: i64,
+    /// Notification queue bound.
+    pub notify_queue: usize,
+    /// Attempts per notification.
+    pub notify_attempts: u32,
+    /// Look up sync-tokens.
+    pub sync_token_lookup: bool,
+    /// The topic secret file, if generated now.
+    pub generated_topic_secret: Option<PathBuf>,
+}
+
+/// Flags that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOverrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--upstream`
+    pub upstream: Option<String>,
+    /// `--director`
+    pub director: Option<String>,
+    /// `--public-url`
+    pub public_url: Option<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+fn read_secret(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e} (start the Director first, or set `{key}`)", path.display())))?;
+    let t = s.trim().to_owned();
+    if t.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(t)
+}
+
+fn parse_url(key: &'static str, s: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(s).map_err(|e| invalid(key, format!("`{s}` is not a URL: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(invalid(key, format!("`{s}` must be an http(s) URL")));
+    }
+    Ok(u)
+}
+
+impl RawGatewayConfig {
+    /// Reads `path` (if any) and applies the flags.
+    pub fn load(path: Option<&Path>, flags: &GatewayOverrides) -> Result<Self, ConfigError> {
+        let mut raw: RawGatewayConfig = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| invalid("--config", format!("cannot read {}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| invalid("--config", e.to_string()))?
+            }
+            None => RawGatewayConfig::default(),
+        };
+        if let Some(v) = &flags.listen {
+            raw.listen = v.clone();
+        }
+        if let Some(v) = &flags.upstream {
+            raw.upstream = v.clone();
+        }
+        if let Some(v) = &flags.director {
+            raw.director_url = v.clone();
+        }
+        if let Some(v) = &flags.public_url {
+            raw.public_url = v.clone();
+        }
+        if let Some(v) = &flags.data_dir {
+            raw.data_dir = v.clone();
+        }
+        Ok(raw)
+    }
+
+    /// The topic key alone (for `davpush topic`), creating the secret if needed.
+    pub fn topic_key(&self) -> Result<(TopicKey, bool), ConfigError> {
+        let path = self.secret_path(&self.topic_secret_file, "topic-secret");
+        TopicKey::load_or_create(&path).map_err(|e| invalid("topic_secret_file", e.to_string()))
+    }
+
+    fn secret_path(&self, configured: &Path, default: &str) -> PathBuf {
+        if configured.as_os_str().is_empty() { self.data_dir.join(default) } else { configured.to_owned() }
+    }
+
+    /// The notify token alone (for `davpush notify`).
+    pub fn notify_token(&self) -> Result<String, ConfigError> {
+        read_secret("notify_token_file", &self.secret_path(&self.notify_token_file, "notify-token"))
+    }
+}
+
+impl GatewayConfig {
+    /// Validates `raw`.
+    pub fn from_raw(raw: RawGatewayConfig) -> Result<Self, ConfigError> {
+        let listen: SocketAddr =
+            raw.listen.parse().map_err(|e| invalid("listen", format!("`{}` is not an address: {e}", raw.listen)))?;
+        if raw.upstream.is_empty() {
+            return Err(invalid("upstream", "is required: the URL of the WebDAV server behind the gateway"));
+        }
+        let upstream = parse_url("upstream", &raw.upstream)?;
+        let public_url =
+            if raw.public_url.is_empty() { parse_url("public_url", &format!("http://{listen}/"))? } else { parse_url("public_url", &raw.public_url)? };
+        let director_url = parse_url("director_url", &raw.director_url)?;
+        let director_public_url = if raw.director_public_url.is_empty() {
+            director_url.clone()
+        } else {
+            parse_url("director_public_url", &raw.director_public_url)?
+        };
+        if !raw.registration_path.starts_with('/') || !raw.registration_path.ends_with('/') {
+            return Err(invalid("registration_path", "must start and end with `/`"));
+        }
+        if raw.max_body_bytes < 4096 {
+            return Err(invalid("max_body_bytes", "must be at least 4096"));
+        }
+        if raw.timeout_secs == 0 {
+            return Err(invalid("timeout_secs", "must be at least 1"));
+        }
+        if raw.notify_queue == 0 || raw.notify_attempts == 0 {
+            return Err(invalid("notify_queue", "notify_queue and notify_attempts must be at least 1"));
+        }
+        let notify_token = raw.notify_token()?;
+        let subscription_token = read_secret(
+            "subscription_token_file",
+            &raw.secret_path(&raw.subscription_token_file, "subscription-token"),
+        )?;
+        let (topic_key, created) = raw.topic_key()?;
+        let generated_topic_secret = created.then(|| raw.secret_path(&raw.topic_secret_file, "topic-secret"));
+        Ok(GatewayConfig {
+            listen,
+            public_url,
+            upstream,
+            director_url,
+            director_public_url,
+            notify_token,
+            subscription_token,
+            topic_key,
+            max_body_bytes: raw.max_body_bytes,
+            timeout: Duration::from_secs(raw.timeout_secs),
+            registration_path: raw.registration_path,
+            min_registration_secs: raw.min_registration_secs,
+            notify_queue: raw.notify_queue,
+            notify_attempts: raw.notify_attempts,
+            sync_token_lookup: raw.sync_token_lookup,
+            generated_topic_secret,
+        })
+    }
+
+    /// The path prefix of the public URL (`/` or `/dav/`).
+    pub fn public_prefix(&self) -> &str {
+        self.public_url.path()
+    }
+
+    /// The path prefix of the upstream URL.
+    pub fn upstream_prefix(&self) -> &str {
+        self.upstream.path()
+    }
+
+    /// Maps a public request path to the upstream path, if it is under the public prefix.
+    pub fn to_upstream_path(&self, public_path: &str) -> Option<String> {
+        let rest = strip_prefix_dir(public_path, self.public_prefix())?;
+        Some(join(self.upstream_prefix(), rest))
+    }
+
+    /// Maps an upstream path back to the public one.
+    pub fn to_public_path(&self, upstream_path: &str) -> Option<String> {
+        let rest = strip_prefix_dir(upstream_path, self.upstream_prefix())?;
+        Some(join(self.public_prefix(), rest))
+    }
+}
+
+fn strip_prefix_dir<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    if let Some(rest) = path.strip_prefix(prefix) {
+        return Some(rest);
+    }
+    // `/dav` for prefix `/dav/`
+    (prefix.ends_with('/') && path == &prefix[..prefix.len() - 1]).then_some("")
+}
+
+fn join(prefix: &str, rest: &str) -> String {
+    if prefix.ends_with('/') { format!("{prefix}{rest}") } else { format!("{prefix}/{rest}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(public: &str, upstream: &str) -> GatewayConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notify-token"), "n-token-0123456789\n").unwrap();
+        std::fs::write(dir.path().join("subscription-token"), "s-token-0123456789\n").unwrap();
+        let raw = RawGatewayConfig {
+            upstream: upstream.into(),
+            public_url: public.into(),
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let c = GatewayConfig::from_raw(raw).unwrap();
+        assert!(c.generated_topic_secret.is_some());
+        c
+    }
+
+    #[test]
+    fn paths_map_between_public_and_upstream() {
+        let c = cfg("https://dav.example.org/dav/", "http://127.0.0.1:5232/");
+        assert_eq!(c.to_upstream_path("/dav/alice/cal/"), Some("/alice/cal/".into()));
+        assert_eq!(c.to_upstream_path("/dav"), Some("/".into()));
+        assert_eq!(c.to_upstream_path("/other"), None);
+        assert_eq!(c.to_public_path("/alice/cal/e.ics"), Some("/dav/alice/cal/e.ics".into()));
+        let same = cfg("", "http://127.0.0.1:5232/");
+        assert_eq!(same.to_upstream_path("/alice/"), Some("/alice/".into()));
+        assert_eq!(same.notify_token, "n-token-0123456789");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = GatewayConfig::from_raw(RawGatewayConfig::default()).unwrap_err();
+        assert_eq!(e.key, "upstream");
+        let e = GatewayConfig::from_raw(RawGatewayConfig { upstream: "ftp://x".into(), ..Default::default() }).unwrap_err();
+        assert_eq!(e.key, "upstream");
+    }
+}

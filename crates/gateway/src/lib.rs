@@ -1,0 +1,29 @@
+//! The davpush gateway: a reverse proxy in front of an unmodified WebDAV/CalDAV/CardDAV server
+//! that plays the Application Server's part of WebDAV Push and speaks the current WebDAV-Push
+//! spec to clients such as DAVx⁵.
+//!
+//! # Layout
+//! - [`config`]: the gateway's configuration.
+//! - [`app`]: request handling: proxying, discovery, registration, change notifications.
+//! - [`dav`]: PROPFIND analysis, multistatus rewrite, `push-register`, `DAV:error`.
+//! - [`xml`]: a small namespace-aware XML tree.
+//! - [`topic`]: canonical collection paths and their keyed topics.
+//! - [`registration`]: self-authenticating registration URLs, owners, `Push-Dont-Notify`.
+//! - [`notifier`]: the bounded queue of change notifications to the Director.
+//! - [`director`]: the client of the Director's APIs.
+//!
+//! The choice a reader may question: registrations are not stored by the gateway. A
+//! registration URL carries its Director subscription and owner under an HMAC, so the gateway
+//! stays stateless and the Director remains the one place that holds subscriptions.
+
+pub mod app;
+pub mod config;
+pub mod dav;
+pub mod director;
+pub mod notifier;
+pub mod registration;
+pub mod topic;
+pub mod xml;
+
+pub use app::{GatewayState, RunningGateway, spawn};
+pub use config::{GatewayConfig, RawGatewayConfig};

@@ -1,0 +1,9 @@
+//! The gateway in front of a real Radicale, with a real Director, a local push service and
+//! independent decryption (Python http_ece).
+#![allow(missing_docs)]
+
+mod util;
+
+mod discovery;
+mod notifications;
+mod registration;

@@ -1,0 +1,31 @@
+//! Test helpers shared by the workspace's integration tests.
+//!
+//! # Layout
+//! - [`fake_push`]: a local RFC 8030 push service that records requests and answers as scripted.
+//! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
+//!   `radicale`), and the Web Push oracle script.
+//! - [`radicale`]: a real Radicale CalDAV/CardDAV server on loopback, per test.
+//!
+//! Everything binds to 127.0.0.1 on free ports. In CI (`CI=true`) a missing tool fails the test;
+//! on a developer's machine the test is skipped with a notice.
+
+pub mod fake_push;
+pub mod python;
+pub mod radicale;
+
+/// Waits until `cond` holds, polling every 20 ms for at most 10 s; panics naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    while tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+        if cond().await {
+            return;
+        }
+    }
+    panic!("condition not met within 10 s: {what}");
+}
