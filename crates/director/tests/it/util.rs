@@ -173,21 +173,7 @@ pub(crate) async fn send_json(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
-/// Waits until `cond` holds, polling for at most 10 s.
-pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not met within 10 s: {what}");
-}
+pub(crate) use davpush_testkit::eventually;
 
 /// The value of one Prometheus series (exact line prefix match), 0 if absent.
 pub(crate) fn metric(text: &str, series: &str) -> f64 {
@@ -198,40 +184,12 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// The Python interpreter with the independent Web Push implementations (`http_ece`,
-/// `py_vapid`): `$DAVPUSH_PYTHON`, else `python3`. Outside CI a test without them is skipped
-/// with a notice; in CI (`CI=true`) their absence fails the test.
+/// `py_vapid`); skips outside CI when they are missing, fails in CI.
 pub(crate) fn interop_python() -> Option<String> {
-    let py = std::env::var("DAVPUSH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import http_ece, py_vapid, cryptography"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{py} lacks http_ece/py_vapid; .ci/run must install them (pip install http_ece py_vapid)");
-    }
-    eprintln!("SKIPPED: {py} lacks http_ece/py_vapid (pip install http_ece py_vapid, or set DAVPUSH_PYTHON)");
-    None
+    davpush_testkit::python::python_with(&["http_ece", "py_vapid", "cryptography"])
 }
 
 /// Runs `tests/interop/webpush.py CMD` with `stdin`, returns its JSON output.
 pub(crate) fn oracle(py: &str, cmd: &str, stdin: &Value) -> Result<Value, String> {
-    use std::io::Write;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/webpush.py");
-    let mut child = std::process::Command::new(py)
-        .args([script, cmd])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    if !out.status.success() {
-        return Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(serde_json::from_slice(&out.stdout).unwrap())
+    davpush_testkit::python::webpush_oracle(py, cmd, stdin)
 }
