@@ -88,11 +88,7 @@ fn plain(status: StatusCode, msg: &str) -> Response {
 }
 
 fn dav_error(status: StatusCode, precondition: &str, description: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-        dav::dav_error(precondition, description),
-    )
+    (status, [(header::CONTENT_TYPE, "application/xml; charset=utf-8")], dav::dav_error(precondition, description))
         .into_response()
 }
 
@@ -142,7 +138,9 @@ impl GatewayState {
     async fn refresh_info(&self) {
         match self.director.info().await {
             Ok(i) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Some(i),
-            Err(e) => tracing::warn!(error = %e, "cannot read the Director's /info; push properties are incomplete until it answers"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the Director's /info; push properties are incomplete until it answers")
+            }
         }
     }
 
@@ -179,7 +177,13 @@ impl GatewayState {
 
     /// Sends a request to the upstream with the client's headers (hop-by-hop removed,
     /// `Destination` mapped).
-    async fn forward(&self, parts: &Parts, path: &str, body: reqwest::Body, skip: &[HeaderName]) -> Result<reqwest::Response, Response> {
+    async fn forward(
+        &self,
+        parts: &Parts,
+        path: &str,
+        body: Option<reqwest::Body>,
+        skip: &[HeaderName],
+    ) -> Result<reqwest::Response, Response> {
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
             .map_err(|_| plain(StatusCode::METHOD_NOT_ALLOWED, "unsupported method"))?;
         let mut headers = HeaderMap::new();
@@ -190,21 +194,22 @@ impl GatewayState {
         if let Some(dest) = parts.headers.get("destination").and_then(|v| v.to_str().ok()) {
             match self.map_destination(dest) {
                 Some(d) => {
-                    headers.insert("destination", HeaderValue::from_str(&d).map_err(|_| plain(StatusCode::BAD_REQUEST, "bad Destination"))?);
+                    headers.insert(
+                        "destination",
+                        HeaderValue::from_str(&d).map_err(|_| plain(StatusCode::BAD_REQUEST, "bad Destination"))?,
+                    );
                 }
                 None => return Err(plain(StatusCode::BAD_GATEWAY, "Destination is outside this server")),
             }
         }
-        self.upstream
-            .request(method, self.upstream_url(path, parts.uri.query()))
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "upstream request failed");
-                plain(StatusCode::BAD_GATEWAY, "the WebDAV server behind this gateway did not answer")
-            })
+        let mut req = self.upstream.request(method, self.upstream_url(path, parts.uri.query())).headers(headers);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        req.send().await.map_err(|e| {
+            tracing::warn!(error = %e, "upstream request failed");
+            plain(StatusCode::BAD_GATEWAY, "the WebDAV server behind this gateway did not answer")
+        })
     }
 
     /// The upstream form of a `Destination` header (absolute URL or path).
@@ -255,8 +260,17 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
         .map_err(|_| plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large for this gateway"))
 }
 
-fn streamed(body: Body) -> reqwest::Body {
-    reqwest::Body::wrap_stream(body.into_data_stream())
+/// The request body for the upstream: streamed, or none at all when the client sent none (a
+/// chunked empty body would make e.g. MKCOL a request "with a body", which servers refuse).
+fn streamed(parts: &Parts, body: Body) -> Option<reqwest::Body> {
+    let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    has_body.then(|| reqwest::Body::wrap_stream(body.into_data_stream()))
 }
 
 /// The router: everything goes through [`handle`].
@@ -282,7 +296,7 @@ pub async fn handle(State(st): State<GatewayState>, req: Request) -> Response {
         "PUT" | "DELETE" | "MKCOL" | "MKCALENDAR" | "MOVE" | "COPY" | "PROPPATCH" => write(&st, req, &up_path).await,
         _ => {
             let (parts, body) = req.into_parts();
-            st.forward(&parts, &up_path, streamed(body), &[]).await.map(|r| st.respond(r))
+            st.forward(&parts, &up_path, streamed(&parts, body), &[]).await.map(|r| st.respond(r))
         }
     };
     result.unwrap_or_else(|r| r)
@@ -290,7 +304,7 @@ pub async fn handle(State(st): State<GatewayState>, req: Request) -> Response {
 
 async fn options(st: &GatewayState, req: Request, up_path: &str) -> Result<Response, Response> {
     let (parts, body) = req.into_parts();
-    let resp = st.forward(&parts, up_path, streamed(body), &[]).await?;
+    let resp = st.forward(&parts, up_path, streamed(&parts, body), &[]).await?;
     let ok = resp.status().is_success();
     let mut out = st.respond(resp);
     let dav: Vec<HeaderValue> = out.headers().get_all("dav").iter().cloned().collect();
@@ -310,11 +324,12 @@ async fn propfind(st: &GatewayState, req: Request, up_path: &str) -> Result<Resp
     let bytes = read_body(body, st.cfg.max_body_bytes).await?;
     let kind = dav::analyze_propfind(&bytes);
     let Some(kind) = kind.filter(PropfindKind::wants_push) else {
-        let resp = st.forward(&parts, up_path, bytes.into(), &[]).await?;
+        let resp = st.forward(&parts, up_path, (!bytes.is_empty()).then(|| bytes.into()), &[]).await?;
         return Ok(st.respond(resp));
     };
     // We rewrite the answer: ask for it uncompressed.
-    let resp = st.forward(&parts, up_path, bytes.into(), &[header::ACCEPT_ENCODING]).await?;
+    let resp =
+        st.forward(&parts, up_path, (!bytes.is_empty()).then(|| bytes.into()), &[header::ACCEPT_ENCODING]).await?;
     if resp.status().as_u16() != 207 {
         return Ok(st.respond(resp));
     }
@@ -365,7 +380,7 @@ async fn post(st: &GatewayState, req: Request, up_path: &str) -> Result<Response
     if let Some(root) = dav::is_push_register(&bytes) {
         return register(st, &parts, up_path, &root).await;
     }
-    let resp = st.forward(&parts, up_path, bytes.into(), &[]).await?;
+    let resp = st.forward(&parts, up_path, (!bytes.is_empty()).then(|| bytes.into()), &[]).await?;
     if resp.status().is_success() {
         notify_after_write(st, &parts, up_path, None);
     }
@@ -381,7 +396,7 @@ async fn write(st: &GatewayState, req: Request, up_path: &str) -> Result<Respons
         .and_then(|d| st.map_destination(d))
         .and_then(|u| url::Url::parse(&u).ok())
         .map(|u| u.path().to_owned());
-    let resp = st.forward(&parts, up_path, streamed(body), &[]).await?;
+    let resp = st.forward(&parts, up_path, streamed(&parts, body), &[]).await?;
     if resp.status().is_success() {
         notify_after_write(st, &parts, up_path, dest.as_deref());
     }
@@ -424,7 +439,8 @@ fn notify_after_write(st: &GatewayState, parts: &Parts, up_path: &str, dest: Opt
                 for u in urls {
                     let path = url::Url::parse(&u).map(|u| u.path().to_owned()).unwrap_or(u);
                     // Invalid values and other users' registrations are ignored (spec §1.5).
-                    if let Some(reg) = path.strip_prefix(&prefix).and_then(|t| Registration::decode(t, &st.cfg.topic_key))
+                    if let Some(reg) =
+                        path.strip_prefix(&prefix).and_then(|t| Registration::decode(t, &st.cfg.topic_key))
                         && reg.owner == me
                     {
                         exclude.push(reg.subscription_id);
@@ -444,7 +460,9 @@ async fn check_read(st: &GatewayState, up_path: &str, auth: Option<&HeaderValue>
         .request(reqwest::Method::from_bytes(b"PROPFIND").expect("valid"), st.upstream_url(up_path, None))
         .header("Depth", "0")
         .header(header::CONTENT_TYPE, "application/xml; charset=utf-8")
-        .body(r#"<?xml version="1.0" encoding="utf-8"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>"#);
+        .body(
+            r#"<?xml version="1.0" encoding="utf-8"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>"#,
+        );
     if let Some(a) = auth {
         req = req.header(header::AUTHORIZATION, a.clone());
     }
@@ -463,13 +481,20 @@ async fn check_read(st: &GatewayState, up_path: &str, auth: Option<&HeaderValue>
     }
 }
 
-async fn register(st: &GatewayState, parts: &Parts, up_path: &str, root: &crate::xml::Element) -> Result<Response, Response> {
+async fn register(
+    st: &GatewayState,
+    parts: &Parts,
+    up_path: &str,
+    root: &crate::xml::Element,
+) -> Result<Response, Response> {
     let auth = parts.headers.get(header::AUTHORIZATION);
     check_read(st, up_path, auth).await?;
     let reg = dav::parse_push_register(root).map_err(|e| match e {
-        RegisterError::NoSupportedTrigger => {
-            dav_error(StatusCode::FORBIDDEN, "no-supported-trigger", "neither content-update nor property-update requested")
-        }
+        RegisterError::NoSupportedTrigger => dav_error(
+            StatusCode::FORBIDDEN,
+            "no-supported-trigger",
+            "neither content-update nor property-update requested",
+        ),
         RegisterError::InvalidSubscription(m) => dav_error(StatusCode::FORBIDDEN, "invalid-subscription", &m),
         RegisterError::Malformed(m) => plain(StatusCode::BAD_REQUEST, &m),
     })?;
@@ -494,13 +519,18 @@ async fn register(st: &GatewayState, parts: &Parts, up_path: &str, root: &crate:
         DirectorError::Refused { status: 400, body } => {
             dav_error(StatusCode::FORBIDDEN, "invalid-subscription", &body.message)
         }
-        DirectorError::Refused { status: 409, body } => dav_error(StatusCode::FORBIDDEN, "push-not-available", &body.message),
+        DirectorError::Refused { status: 409, body } => {
+            dav_error(StatusCode::FORBIDDEN, "push-not-available", &body.message)
+        }
         other => {
             tracing::error!(error = %other, "registration failed at the Director");
             plain(StatusCode::SERVICE_UNAVAILABLE, "push is temporarily unavailable")
         }
     })?;
-    let sub = answer.subscriptions.first().ok_or_else(|| plain(StatusCode::BAD_GATEWAY, "the Director answered no subscription"))?;
+    let sub = answer
+        .subscriptions
+        .first()
+        .ok_or_else(|| plain(StatusCode::BAD_GATEWAY, "the Director answered no subscription"))?;
     let token = Registration {
         subscription_id: sub.id.clone(),
         client_id,
@@ -515,8 +545,15 @@ async fn register(st: &GatewayState, parts: &Parts, up_path: &str, root: &crate:
     let mut out = Response::new(Body::empty());
     *out.status_mut() = if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT };
     let h = out.headers_mut();
-    h.insert(header::LOCATION, HeaderValue::from_str(location.as_str()).map_err(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "bad Location"))?);
-    h.insert(header::EXPIRES, HeaderValue::from_str(&httpdate::fmt_http_date(expires_at)).expect("IMF-fixdate is ASCII"));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(location.as_str())
+            .map_err(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "bad Location"))?,
+    );
+    h.insert(
+        header::EXPIRES,
+        HeaderValue::from_str(&httpdate::fmt_http_date(expires_at)).expect("IMF-fixdate is ASCII"),
+    );
     Ok(out)
 }
 
@@ -546,7 +583,11 @@ async fn registration_request(st: &GatewayState, req: Request, token: &str) -> R
             tracing::error!(error = %e, "unregistration failed at the Director");
             plain(StatusCode::SERVICE_UNAVAILABLE, "push is temporarily unavailable")
         })?;
-    Ok(if removed { StatusCode::NO_CONTENT.into_response() } else { plain(StatusCode::NOT_FOUND, "no such registration") })
+    Ok(if removed {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        plain(StatusCode::NOT_FOUND, "no such registration")
+    })
 }
 
 /// Serves on `listener` until `shutdown`.

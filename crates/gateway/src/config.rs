@@ -138,8 +138,9 @@ pub struct GatewayOverrides {
 }
 
 fn read_secret(key: &'static str, path: &Path) -> Result<String, ConfigError> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e} (start the Director first, or set `{key}`)", path.display())))?;
+    let s = std::fs::read_to_string(path).map_err(|e| {
+        invalid(key, format!("cannot read {}: {e} (start the Director first, or set `{key}`)", path.display()))
+    })?;
     let t = s.trim().to_owned();
     if t.is_empty() {
         return Err(invalid(key, format!("{} is empty", path.display())));
@@ -209,8 +210,11 @@ impl GatewayConfig {
             return Err(invalid("upstream", "is required: the URL of the WebDAV server behind the gateway"));
         }
         let upstream = parse_url("upstream", &raw.upstream)?;
-        let public_url =
-            if raw.public_url.is_empty() { parse_url("public_url", &format!("http://{listen}/"))? } else { parse_url("public_url", &raw.public_url)? };
+        let public_url = if raw.public_url.is_empty() {
+            parse_url("public_url", &format!("http://{listen}/"))?
+        } else {
+            parse_url("public_url", &raw.public_url)?
+        };
         let director_url = parse_url("director_url", &raw.director_url)?;
         let director_public_url = if raw.director_public_url.is_empty() {
             director_url.clone()
@@ -326,7 +330,8 @@ mod tests {
     fn errors_name_the_key() {
         let e = GatewayConfig::from_raw(RawGatewayConfig::default()).unwrap_err();
         assert_eq!(e.key, "upstream");
-        let e = GatewayConfig::from_raw(RawGatewayConfig { upstream: "ftp://x".into(), ..Default::default() }).unwrap_err();
+        let e =
+            GatewayConfig::from_raw(RawGatewayConfig { upstream: "ftp://x".into(), ..Default::default() }).unwrap_err();
         assert_eq!(e.key, "upstream");
     }
 }

@@ -95,10 +95,9 @@ fn value(ns: &str, name: &str, v: &PushValues) -> Element {
             .with_child(Element::new(PUSH, "content-update").with_child(Element::new(DAV, "depth").with_text("1")))
             .with_child(Element::new(PUSH, "property-update").with_child(Element::new(DAV, "depth").with_text("0"))),
         (DAVPUSH, "director") => el.with_text(&v.director),
-        (DAVPUSH, "push-services") => v
-            .services
-            .iter()
-            .fold(el, |el, s| el.with_child(Element::new(DAVPUSH, "service").with_text(s))),
+        (DAVPUSH, "push-services") => {
+            v.services.iter().fold(el, |el, s| el.with_child(Element::new(DAVPUSH, "service").with_text(s)))
+        }
         (DAVPUSH, "subscription-auth") => el.with_text(&v.subscription_auth),
         (DAVPUSH, "websocket-url") => el.with_text(v.websocket_url.as_deref().unwrap_or("")),
         _ => el,
@@ -167,9 +166,9 @@ pub fn rewrite_multistatus(
             ours.children.push(Node::Element(el));
         }
         // Merge into an existing 200 propstat, or add one.
-        let ok = resp.elements_mut().find(|e| {
-            e.is(DAV, "propstat") && e.child(DAV, "status").is_some_and(|s| s.text().contains(" 200 "))
-        });
+        let ok = resp
+            .elements_mut()
+            .find(|e| e.is(DAV, "propstat") && e.child(DAV, "status").is_some_and(|s| s.text().contains(" 200 ")));
         match ok.and_then(|ps| ps.elements_mut().find(|e| e.is(DAV, "prop"))) {
             Some(prop) => prop.children.extend(ours.children),
             None => {
@@ -178,7 +177,9 @@ pub fn rewrite_multistatus(
                 let at = resp
                     .children
                     .iter()
-                    .position(|n| matches!(n, Node::Element(e) if e.is(DAV, "responsedescription") || e.is(DAV, "location")))
+                    .position(
+                        |n| matches!(n, Node::Element(e) if e.is(DAV, "responsedescription") || e.is(DAV, "location")),
+                    )
                     .unwrap_or(resp.children.len());
                 resp.children.insert(at, Node::Element(ps));
             }

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use davpush_proto::{
-    DirectorInfo, ErrorBody, NotifyRequest, SubscribeRequest, SubscribeResponse, UnsubscribeRequest,
-};
+use davpush_proto::{DirectorInfo, ErrorBody, NotifyRequest, SubscribeRequest, SubscribeResponse, UnsubscribeRequest};
 use url::Url;
 
 /// A Director call failed.
@@ -34,7 +32,12 @@ pub struct DirectorClient {
 
 impl DirectorClient {
     /// A client of the Director at `base`.
-    pub fn new(base: Url, notify_token: String, subscription_token: String, timeout: Duration) -> reqwest::Result<Self> {
+    pub fn new(
+        base: Url,
+        notify_token: String,
+        subscription_token: String,
+        timeout: Duration,
+    ) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -78,7 +81,8 @@ impl DirectorClient {
 
     /// `GET /info`.
     pub async fn info(&self) -> Result<DirectorInfo, DirectorError> {
-        let resp = self.http.get(self.url("info")).send().await.map_err(|e| DirectorError::Unreachable(e.to_string()))?;
+        let resp =
+            self.http.get(self.url("info")).send().await.map_err(|e| DirectorError::Unreachable(e.to_string()))?;
         resp.json().await.map_err(|e| DirectorError::Unreachable(e.to_string()))
     }
 

@@ -96,12 +96,7 @@ pub fn parse_dont_notify(value: &str) -> DontNotify {
     if v == "*" {
         return DontNotify::All;
     }
-    DontNotify::Urls(
-        v.split(',')
-            .map(|s| s.trim().trim_matches('"').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
-    )
+    DontNotify::Urls(v.split(',').map(|s| s.trim().trim_matches('"').to_owned()).filter(|s| !s.is_empty()).collect())
 }
 
 /// A parsed `Push-Dont-Notify` header.

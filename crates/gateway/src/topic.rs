@@ -90,11 +90,14 @@ impl TopicKey {
     pub fn load_or_create(path: &Path) -> std::io::Result<(Self, bool)> {
         match std::fs::read_to_string(path) {
             Ok(s) => {
-                let bytes = B64
-                    .decode(s.trim())
-                    .map_err(|_| std::io::Error::other(format!("{} does not hold a base64url secret", path.display())))?;
+                let bytes = B64.decode(s.trim()).map_err(|_| {
+                    std::io::Error::other(format!("{} does not hold a base64url secret", path.display()))
+                })?;
                 if bytes.len() < 16 {
-                    return Err(std::io::Error::other(format!("{} holds a secret shorter than 16 bytes", path.display())));
+                    return Err(std::io::Error::other(format!(
+                        "{} holds a secret shorter than 16 bytes",
+                        path.display()
+                    )));
                 }
                 Ok((Self::new(&bytes), false))
             }
@@ -162,7 +165,9 @@ mod tests {
     fn aliases_have_one_canonical_path() {
         let c = canonical_path("/alice/cal%201/").unwrap();
         assert_eq!(c, "/alice/cal%201/");
-        for alias in ["/alice/cal 1", "/alice//cal%201", "/alice/./cal%201/", "/alice/x/../cal%201", "/%61lice/cal%201/"] {
+        for alias in
+            ["/alice/cal 1", "/alice//cal%201", "/alice/./cal%201/", "/alice/x/../cal%201", "/%61lice/cal%201/"]
+        {
             assert_eq!(canonical_path(alias).unwrap(), c, "{alias}");
         }
         assert_eq!(canonical_path("/"), Some("/".into()));

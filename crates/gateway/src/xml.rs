@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use quick_xml::NsReader;
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
 
 /// The `DAV:` namespace.
 pub const DAV: &str = "DAV:";
@@ -163,11 +163,7 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError("elements nested too deeply".into()));
                 }
-                let mut el = Element {
-                    ns,
-                    name: e.local_name().as_ref().to_owned(),
-                    ..Default::default()
-                };
+                let mut el = Element { ns, name: e.local_name().as_ref().to_owned(), ..Default::default() };
                 for a in e.attributes() {
                     let a = a.map_err(|e| XmlError(e.to_string()))?;
                     if a.key.as_namespace_binding().is_some() {
@@ -206,11 +202,7 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 }
             }
             Event::GeneralRef(r) => {
-                let c = if r.is_char_ref() {
-                    r.resolve_char_ref().map_err(err)?
-                } else {
-                    entity(&r)
-                };
+                let c = if r.is_char_ref() { r.resolve_char_ref().map_err(err)? } else { entity(&r) };
                 let c = c.ok_or_else(|| XmlError(format!("unknown entity `&{};`", &*r)))?;
                 if let Some(parent) = stack.last_mut() {
                     push_text(parent, c.encode_utf8(&mut [0; 4]));

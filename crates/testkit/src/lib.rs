@@ -1,6 +1,7 @@
 //! Test helpers shared by the workspace's integration tests.
 //!
 //! # Layout
+//! - [`apache`]: Apache httpd with mod_dav and the litmus WebDAV compliance suite.
 //! - [`fake_push`]: a local RFC 8030 push service that records requests and answers as scripted.
 //! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
 //!   `radicale`), and the Web Push oracle script.
@@ -9,6 +10,7 @@
 //! Everything binds to 127.0.0.1 on free ports. In CI (`CI=true`) a missing tool fails the test;
 //! on a developer's machine the test is skipped with a notice.
 
+pub mod apache;
 pub mod fake_push;
 pub mod python;
 pub mod radicale;

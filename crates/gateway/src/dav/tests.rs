@@ -29,10 +29,7 @@ fn requested_push_props_are_answered_200_for_collections_only() {
         br#"<propfind xmlns="DAV:" xmlns:P="https://bitfire.at/webdav-push"><prop><resourcetype/><P:topic/><P:transports/></prop></propfind>"#,
     )
     .unwrap();
-    assert_eq!(
-        kind,
-        PropfindKind::Props(vec![(PUSH.into(), "topic".into()), (PUSH.into(), "transports".into())])
-    );
+    assert_eq!(kind, PropfindKind::Props(vec![(PUSH.into(), "topic".into()), (PUSH.into(), "transports".into())]));
     let out = rewrite_multistatus(UPSTREAM_404, &kind, |href| Some(vals(&format!("T{href}")))).unwrap();
     let root = xml::parse(&out).unwrap();
     let responses: Vec<_> = root.elements().filter(|e| e.is(DAV, "response")).collect();
@@ -41,12 +38,19 @@ fn requested_push_props_are_answered_200_for_collections_only() {
     assert_eq!(propstats.len(), 1, "the 404 propstat emptied out and was dropped: {out}");
     let prop = propstats[0].child(DAV, "prop").unwrap();
     assert_eq!(prop.child(PUSH, "topic").unwrap().text(), "T/alice/cal/");
-    let key = prop.child(PUSH, "transports").unwrap().child(PUSH, "web-push").unwrap().child(PUSH, "vapid-public-key").unwrap();
+    let key = prop
+        .child(PUSH, "transports")
+        .unwrap()
+        .child(PUSH, "web-push")
+        .unwrap()
+        .child(PUSH, "vapid-public-key")
+        .unwrap();
     assert_eq!((key.text().as_str(), key.attr("type")), ("BKEY", Some("p256ecdsa")));
     assert!(prop.child("http://calendarserver.org/ns/", "getctag").is_some(), "upstream props kept");
     // The member keeps its 404 for our properties: it is not push-capable.
     let item = responses[1];
-    let statuses: Vec<String> = item.elements().filter(|e| e.is(DAV, "propstat")).map(|p| p.child(DAV, "status").unwrap().text()).collect();
+    let statuses: Vec<String> =
+        item.elements().filter(|e| e.is(DAV, "propstat")).map(|p| p.child(DAV, "status").unwrap().text()).collect();
     assert_eq!(statuses, vec!["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found"]);
     assert!(item.elements().any(|p| p.child(DAV, "prop").is_some_and(|p| p.child(PUSH, "topic").is_some())));
 }
@@ -65,7 +69,10 @@ fn propname_lists_names_and_allprop_adds_values() {
     let out = rewrite_multistatus(UPSTREAM_404, &PropfindKind::PropName, |_| Some(vals("t"))).unwrap();
     let root = xml::parse(&out).unwrap();
     let coll = root.child(DAV, "response").unwrap();
-    let ok = coll.elements().find(|p| p.is(DAV, "propstat") && p.child(DAV, "status").unwrap().text().contains("200")).unwrap();
+    let ok = coll
+        .elements()
+        .find(|p| p.is(DAV, "propstat") && p.child(DAV, "status").unwrap().text().contains("200"))
+        .unwrap();
     let topic = ok.child(DAV, "prop").unwrap().child(PUSH, "topic").unwrap();
     assert!(topic.children.is_empty(), "propname gives empty elements");
     let out = rewrite_multistatus(UPSTREAM_404, &PropfindKind::AllProp, |_| Some(vals("t"))).unwrap();
@@ -109,11 +116,20 @@ fn spec_sample_registration_and_refusals() {
         "<property-update><D:depth>0</D:depth><D:prop><D:displayname/><D:owner/></D:prop></property-update>",
         "",
     );
-    assert_eq!(parse_push_register(&is_push_register(no_trigger.as_bytes()).unwrap()), Err(RegisterError::NoSupportedTrigger));
+    assert_eq!(
+        parse_push_register(&is_push_register(no_trigger.as_bytes()).unwrap()),
+        Err(RegisterError::NoSupportedTrigger)
+    );
     let bad_enc = spec.replace("aes128gcm", "aesgcm");
-    assert!(matches!(parse_push_register(&is_push_register(bad_enc.as_bytes()).unwrap()), Err(RegisterError::InvalidSubscription(_))));
+    assert!(matches!(
+        parse_push_register(&is_push_register(bad_enc.as_bytes()).unwrap()),
+        Err(RegisterError::InvalidSubscription(_))
+    ));
     let relative = spec.replace("https://up.example.net/yohd4yai5Phiz1wi", "/relative");
-    assert!(matches!(parse_push_register(&is_push_register(relative.as_bytes()).unwrap()), Err(RegisterError::InvalidSubscription(_))));
+    assert!(matches!(
+        parse_push_register(&is_push_register(relative.as_bytes()).unwrap()),
+        Err(RegisterError::InvalidSubscription(_))
+    ));
     assert!(is_push_register(b"<other xmlns='DAV:'/>").is_none());
     assert!(is_push_register(b"").is_none());
     let e = dav_error("no-supported-trigger", "x");

@@ -19,7 +19,8 @@ async fn collections_advertise_push_and_members_do_not() {
 
     let body = r#"<propfind xmlns="DAV:" xmlns:P="https://bitfire.at/webdav-push" xmlns:X="urn:davpush:1">
       <prop><resourcetype/><P:transports/><P:topic/><P:supported-triggers/><X:director/><X:push-services/><X:websocket-url/><X:subscription-auth/></prop></propfind>"#;
-    let (st, _, text) = s.dav("PROPFIND", &cal, "alice", &[("Depth", "1"), ("Content-Type", "application/xml")], body).await;
+    let (st, _, text) =
+        s.dav("PROPFIND", &cal, "alice", &[("Depth", "1"), ("Content-Type", "application/xml")], body).await;
     assert_eq!(st, 207, "{text}");
     let root = xml::parse(&text).unwrap();
     let mut seen_collection = false;
@@ -34,7 +35,12 @@ async fn collections_advertise_push_and_members_do_not() {
         let prop = |ns: &str, n: &str| ok.iter().find_map(|p| p.child(ns, n));
         if href.ends_with('/') {
             seen_collection = true;
-            let key = prop(PUSH, "transports").unwrap().child(PUSH, "web-push").unwrap().child(PUSH, "vapid-public-key").unwrap();
+            let key = prop(PUSH, "transports")
+                .unwrap()
+                .child(PUSH, "web-push")
+                .unwrap()
+                .child(PUSH, "vapid-public-key")
+                .unwrap();
             assert_eq!(key.attr("type"), Some("p256ecdsa"));
             assert_eq!(key.text(), s.director.state.config.web_push.as_ref().unwrap().key.public_key());
             assert_eq!(prop(PUSH, "topic").unwrap().text().len(), 22);
@@ -42,7 +48,10 @@ async fn collections_advertise_push_and_members_do_not() {
             assert_eq!(triggers.child(PUSH, "content-update").unwrap().child(DAV, "depth").unwrap().text(), "1");
             assert_eq!(prop(DAVPUSH, "director").unwrap().text(), format!("{}/", s.director.url()));
             let services: Vec<String> = prop(DAVPUSH, "push-services").unwrap().elements().map(|e| e.text()).collect();
-            assert!(services.contains(&"websocket".to_owned()) && services.contains(&"web_push".to_owned()), "{services:?}");
+            assert!(
+                services.contains(&"websocket".to_owned()) && services.contains(&"web_push".to_owned()),
+                "{services:?}"
+            );
             assert_eq!(prop(DAVPUSH, "websocket-url").unwrap().text(), format!("ws://{}/ws", s.director.addr));
             assert_eq!(prop(DAVPUSH, "subscription-auth").unwrap().text(), "token");
         } else {
@@ -72,7 +81,13 @@ async fn allprop_and_propname_are_handled() {
     let Some(s) = stack("").await else { return };
     let cal = s.mkcalendar("alice", "c").await;
     let (st, _, text) = s
-        .dav("PROPFIND", &cal, "alice", &[("Depth", "0"), ("Content-Type", "application/xml")], r#"<propfind xmlns="DAV:"><propname/></propfind>"#)
+        .dav(
+            "PROPFIND",
+            &cal,
+            "alice",
+            &[("Depth", "0"), ("Content-Type", "application/xml")],
+            r#"<propfind xmlns="DAV:"><propname/></propfind>"#,
+        )
         .await;
     assert_eq!(st, 207);
     assert!(text.contains("<P:topic/>") && text.contains("<P:transports/>"), "{text}");

@@ -5,5 +5,6 @@
 mod util;
 
 mod discovery;
+mod litmus;
 mod notifications;
 mod registration;

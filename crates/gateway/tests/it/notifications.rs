@@ -16,7 +16,10 @@ async fn ws(s: &Stack) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::
     ws
 }
 
-async fn subscribe(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, topic: &str) {
+async fn subscribe(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    topic: &str,
+) {
     use futures_util::StreamExt;
     ws.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into())).await.unwrap();
     loop {
@@ -34,7 +37,8 @@ async fn create_change_move_delete_reach_websocket_subscribers() {
     let work = s.mkcalendar("alice", "work").await;
     let home = s.mkcalendar("alice", "home").await;
     let book = s.mkaddressbook("alice", "book").await;
-    let (t_work, t_home, t_book) = (s.topic("alice", &work).await, s.topic("alice", &home).await, s.topic("alice", &book).await);
+    let (t_work, t_home, t_book) =
+        (s.topic("alice", &work).await, s.topic("alice", &home).await, s.topic("alice", &book).await);
     let mut c = ws(&s).await;
     for t in [&t_work, &t_home, &t_book] {
         subscribe(&mut c, t).await;
@@ -72,7 +76,8 @@ async fn create_change_move_delete_reach_websocket_subscribers() {
     assert_eq!(st, 201);
     assert_eq!(next_notify(&mut c).await["topic"], t_book.as_str());
     // A property change of the calendar: a property trigger.
-    let pp = r#"<propertyupdate xmlns="DAV:"><set><prop><displayname>Work!</displayname></prop></set></propertyupdate>"#;
+    let pp =
+        r#"<propertyupdate xmlns="DAV:"><set><prop><displayname>Work!</displayname></prop></set></propertyupdate>"#;
     let (st, _, _) = s.dav("PROPPATCH", &work, "alice", &[("Content-Type", "application/xml")], pp).await;
     assert_eq!(st, 207);
     let f = next_notify(&mut c).await;
@@ -133,6 +138,17 @@ async fn an_unreachable_director_does_not_fail_or_delay_writes() {
     assert_eq!(resp.status().as_u16(), 201);
     assert!(start.elapsed() < std::time::Duration::from_secs(5), "the write waited for the Director");
     // Reads through it still work: the Director is only needed for push.
-    let (st, _, _) = (s.http.get(format!("{}{cal}z.ics", gw.url())).header("Authorization", basic("alice")).send().await.unwrap().status().as_u16(), (), ());
+    let (st, _, _) = (
+        s.http
+            .get(format!("{}{cal}z.ics", gw.url()))
+            .header("Authorization", basic("alice"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        (),
+        (),
+    );
     assert_eq!(st, 200);
 }

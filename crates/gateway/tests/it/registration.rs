@@ -73,7 +73,10 @@ async fn davx5_registration_yields_an_encrypted_push_message() {
     let (st, h, body) = s.dav("POST", &cal, "alice", &[XML], &davx5_register(&endpoint, &keys, &in_3_days)).await;
     assert_eq!(st, 201, "{body}");
     let location = h.get("location").unwrap().to_str().unwrap().to_owned();
-    assert!(location.starts_with(&format!("{}/.davpush/registrations/", s.gateway.url())), "absolute Location: {location}");
+    assert!(
+        location.starts_with(&format!("{}/.davpush/registrations/", s.gateway.url())),
+        "absolute Location: {location}"
+    );
     let expires = httpdate::parse_http_date(h.get("expires").unwrap().to_str().unwrap()).unwrap();
     assert!(expires >= SystemTime::now() + Duration::from_secs(3 * 86_400 - 60), "at least 3 days granted");
 
@@ -128,7 +131,8 @@ async fn refusals_carry_the_spec_preconditions() {
     assert_eq!(st, 403);
     assert!(body.contains("no-supported-trigger") && body.contains("DAV:"), "{body}");
 
-    let no_sub = r#"<push-register xmlns="https://bitfire.at/webdav-push"><trigger><content-update/></trigger></push-register>"#;
+    let no_sub =
+        r#"<push-register xmlns="https://bitfire.at/webdav-push"><trigger><content-update/></trigger></push-register>"#;
     let (st, _, body) = s.dav("POST", &cal, "alice", &[XML], no_sub).await;
     assert_eq!((st, body.contains("invalid-subscription")), (403, true), "{body}");
 
@@ -142,10 +146,12 @@ async fn refusals_carry_the_spec_preconditions() {
     let (st, _, _) = s.dav("POST", &cal, "alice", &[XML], "<push-register").await;
     assert!((400..500).contains(&st), "{st}");
     // A registration for a collection the user may not read.
-    let (st, _, body) = s.dav("POST", &cal, "bob", &[XML], &davx5_register("https://up.example.net/x", &keys, "x")).await;
+    let (st, _, body) =
+        s.dav("POST", &cal, "bob", &[XML], &davx5_register("https://up.example.net/x", &keys, "x")).await;
     assert_eq!((st, body.contains("push-not-available")), (403, true), "{body}");
     // Wrong password: the upstream's challenge is passed on.
-    let (st, h, _) = s.dav("POST", &cal, "mallory", &[XML], &davx5_register("https://up.example.net/x", &keys, "x")).await;
+    let (st, h, _) =
+        s.dav("POST", &cal, "mallory", &[XML], &davx5_register("https://up.example.net/x", &keys, "x")).await;
     assert_eq!(st, 401);
     assert!(h.get("www-authenticate").is_some());
 }
@@ -196,13 +202,23 @@ async fn push_dont_notify_suppresses_the_registrants_own_echo() {
     let location = h.get("location").unwrap().to_str().unwrap().to_owned();
     let own = format!("\"{location}\"");
     // The phone's own upload carries Push-Dont-Notify with its registration URL: no echo.
-    assert_eq!(s.put_event("alice", &format!("{cal}a.ics"), "a", "from phone", &[("Push-Dont-Notify", &own)]).await, 201);
+    assert_eq!(
+        s.put_event("alice", &format!("{cal}a.ics"), "a", "from phone", &[("Push-Dont-Notify", &own)]).await,
+        201
+    );
     s.push.assert_none(1000).await;
     // `*` silences everything; other values are ignored.
     assert_eq!(s.put_event("alice", &format!("{cal}b.ics"), "b", "batch", &[("Push-Dont-Notify", "*")]).await, 201);
     s.push.assert_none(500).await;
     assert_eq!(
-        s.put_event("alice", &format!("{cal}c.ics"), "c", "x", &[("Push-Dont-Notify", "\"https://elsewhere.example/r/1\"")]).await,
+        s.put_event(
+            "alice",
+            &format!("{cal}c.ics"),
+            "c",
+            "x",
+            &[("Push-Dont-Notify", "\"https://elsewhere.example/r/1\"")]
+        )
+        .await,
         201
     );
     s.push.next().await;

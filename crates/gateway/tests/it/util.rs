@@ -28,6 +28,17 @@ pub(crate) fn basic(user: &str) -> String {
 /// Starts the stack; `None` if Radicale is unavailable outside CI.
 pub(crate) async fn stack(director_extra: &str) -> Option<Stack> {
     let radicale = Radicale::start(&[])?;
+    let upstream = radicale.url.clone();
+    stack_on(radicale, &upstream, director_extra).await
+}
+
+/// A stack whose gateway fronts `upstream` instead of Radicale (Radicale still runs, unused).
+pub(crate) async fn stack_with_upstream(upstream: &str) -> Option<Stack> {
+    let radicale = Radicale::start(&[])?;
+    stack_on(radicale, upstream, "").await
+}
+
+async fn stack_on(radicale: Radicale, upstream: &str, director_extra: &str) -> Option<Stack> {
     let data = tempfile::tempdir().unwrap();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\n{director_extra}",
@@ -39,7 +50,7 @@ pub(crate) async fn stack(director_extra: &str) -> Option<Stack> {
     let gw_addr = listener.local_addr().unwrap();
     let cfg = GatewayConfig::from_raw(RawGatewayConfig {
         listen: gw_addr.to_string(),
-        upstream: radicale.url.clone(),
+        upstream: upstream.to_owned(),
         director_url: director.url(),
         data_dir: data.path().to_owned(),
         ..Default::default()
@@ -55,7 +66,14 @@ impl Stack {
         format!("{}{path}", self.gateway.url())
     }
 
-    pub(crate) async fn dav(&self, method: &str, path: &str, user: &str, headers: &[(&str, &str)], body: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    pub(crate) async fn dav(
+        &self,
+        method: &str,
+        path: &str,
+        user: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
         let mut req = self
             .http
             .request(Method::from_bytes(method.as_bytes()).unwrap(), self.url(path))
@@ -89,7 +107,14 @@ impl Stack {
         path
     }
 
-    pub(crate) async fn put_event(&self, user: &str, path: &str, uid: &str, summary: &str, headers: &[(&str, &str)]) -> u16 {
+    pub(crate) async fn put_event(
+        &self,
+        user: &str,
+        path: &str,
+        uid: &str,
+        summary: &str,
+        headers: &[(&str, &str)],
+    ) -> u16 {
         let ics = format!(
             "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//davpush//test//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20261201T100000Z\r\nDTEND:20261201T110000Z\r\nSUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
         );
@@ -103,7 +128,10 @@ impl Stack {
         let body = r#"<propfind xmlns="DAV:"><prop><sync-token/></prop></propfind>"#;
         let resp = self
             .http
-            .request(Method::from_bytes(b"PROPFIND").unwrap(), format!("{}{}", self.radicale.url.trim_end_matches('/'), path))
+            .request(
+                Method::from_bytes(b"PROPFIND").unwrap(),
+                format!("{}{}", self.radicale.url.trim_end_matches('/'), path),
+            )
             .header("Authorization", basic(user))
             .header("Depth", "0")
             .body(body)
@@ -122,15 +150,21 @@ impl Stack {
 
     /// The collection's topic, as the gateway advertises it in PROPFIND.
     pub(crate) async fn topic(&self, user: &str, path: &str) -> String {
-        let body = r#"<propfind xmlns="DAV:" xmlns:P="https://bitfire.at/webdav-push"><prop><P:topic/></prop></propfind>"#;
-        let (s, _, text) = self.dav("PROPFIND", path, user, &[("Depth", "0"), ("Content-Type", "application/xml")], body).await;
+        let body =
+            r#"<propfind xmlns="DAV:" xmlns:P="https://bitfire.at/webdav-push"><prop><P:topic/></prop></propfind>"#;
+        let (s, _, text) =
+            self.dav("PROPFIND", path, user, &[("Depth", "0"), ("Content-Type", "application/xml")], body).await;
         assert_eq!(s, 207, "{text}");
         let root = davpush_gateway::xml::parse(&text).unwrap();
         let t = root
             .child(davpush_gateway::xml::DAV, "response")
             .into_iter()
             .flat_map(|r| r.elements().filter(|e| e.is(davpush_gateway::xml::DAV, "propstat")))
-            .find_map(|ps| ps.child(davpush_gateway::xml::DAV, "prop")?.child(davpush_gateway::xml::PUSH, "topic").map(|t| t.text()))
+            .find_map(|ps| {
+                ps.child(davpush_gateway::xml::DAV, "prop")?
+                    .child(davpush_gateway::xml::PUSH, "topic")
+                    .map(|t| t.text())
+            })
             .expect("a topic");
         assert!(!t.is_empty());
         t
@@ -143,7 +177,8 @@ pub(crate) async fn next_notify(
 ) -> Value {
     use futures_util::StreamExt;
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no frame in 10 s").unwrap().unwrap();
+        let msg =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no frame in 10 s").unwrap().unwrap();
         if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
             let v: Value = serde_json::from_str(t.as_str()).unwrap();
             if v["type"] == "notify" {
