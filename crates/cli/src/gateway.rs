@@ -67,6 +67,10 @@ pub(crate) struct NotifyArgs {
     /// A member (URL or path) that changed: its collection is notified.
     #[arg(long)]
     item: Option<String>,
+    /// Remove this prefix from --collection/--item first: for hooks that pass a file path,
+    /// e.g. Radicale's `%(path)s` with `--strip-prefix /var/lib/radicale/collections/collection-root`.
+    #[arg(long)]
+    strip_prefix: Option<String>,
     /// The collection's new sync-token.
     #[arg(long)]
     sync_token: Option<String>,
@@ -167,9 +171,24 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            let strip = |p: &str| -> String {
+                let p = path_of(p);
+                match &args.strip_prefix {
+                    Some(prefix) => p.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(&p).to_owned(),
+                    None => p,
+                }
+            };
             let path = match (c, i) {
-                (Some(c), _) => canonical_path(&path_of(c)),
-                (None, Some(i)) => parent_path(&path_of(i)),
+                (Some(c), _) => canonical_path(&strip(c)),
+                (None, Some(i)) => {
+                    let item = strip(i);
+                    if canonical_path(&item).as_deref() == Some("/") {
+                        // The root has no collection above it (Radicale's hook also runs for it).
+                        eprintln!("davpush: {item} is the root: nothing to notify");
+                        return ExitCode::SUCCESS;
+                    }
+                    parent_path(&item)
+                }
                 (None, None) => None,
             };
             match path {
@@ -190,7 +209,11 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
     };
     let trigger = if args.property { Trigger::Property } else { Trigger::Content };
     let req = NotifyRequest {
-        topics: Some(vec![NotifyTopic::Detailed(TopicEntry { topic, sync_token: args.sync_token, trigger: Some(trigger) })]),
+        topics: Some(vec![NotifyTopic::Detailed(TopicEntry {
+            topic,
+            sync_token: args.sync_token,
+            trigger: Some(trigger),
+        })]),
         ..Default::default()
     };
     let url = format!("{}/notify", raw.director_url.trim_end_matches('/'));

@@ -38,7 +38,9 @@ pub(crate) async fn stack_with_upstream(upstream: &str) -> Option<Stack> {
     stack_on(radicale, upstream, "").await
 }
 
+/// `{radicale}` in `director_extra` stands for Radicale's URL.
 async fn stack_on(radicale: Radicale, upstream: &str, director_extra: &str) -> Option<Stack> {
+    let director_extra = director_extra.replace("{radicale}", &radicale.url);
     let data = tempfile::tempdir().unwrap();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\n{director_extra}",
