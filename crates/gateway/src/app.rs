@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use davpush_proto::{DirectorInfo, SubscribeRequest, Trigger, UnsubscribeRequest};
 use futures_util::TryStreamExt;
 use tokio::net::TcpListener;
@@ -596,6 +597,9 @@ pub async fn serve(
     state: GatewayState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 

@@ -49,10 +49,14 @@ pub(crate) async fn upgrade(
         .protocols([SUBPROTOCOL])
         // Our frames are ~100 bytes; library defaults (128 KiB buffers) would cost that much per
         // idle connection. Client frames are bounded by max_message_bytes.
-        .read_buffer_size(512)
+        .read_buffer_size(128)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| crate::ws::run(socket, st)))
+        .on_upgrade(move |socket| {
+            let task = crate::ws::run(socket, st);
+            debug_assert!(std::mem::size_of_val(&task) <= crate::ws::MAX_TASK_SIZE, "connection task grew");
+            task
+        }))
 }

@@ -8,6 +8,10 @@
 
 pub(crate) mod session;
 
+/// Upper bound for the size of one connection's task (its future), checked in debug builds:
+/// the task is held by every idle connection, so growth shows directly in memory per connection.
+pub(crate) const MAX_TASK_SIZE: usize = 1024;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,36 +46,45 @@ fn reason_label(r: CloseReason) -> &'static str {
 }
 
 /// Serves one upgraded connection until it closes.
-pub(crate) async fn run(socket: WebSocket, st: AppState) {
-    let conn = match st.hub.open(davpush_core::unix_now()) {
-        Ok(c) => c,
-        Err(full) => {
-            let mut socket = socket;
-            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(full.to_string()) };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-            return;
-        }
-    };
-    let metrics = st.service.metrics().clone();
-    metrics.ws_connections.inc();
-    let reason = serve(socket, &conn, &st).await;
-    conn.close(CloseReason::Shutdown);
-    st.service.connection_closed(&conn);
-    st.hub.remove(conn.id());
-    metrics.ws_connections.dec();
-    metrics.ws_closed.get_or_create(&davpush_core::metrics::ReasonLabel { reason }).inc();
+///
+/// Written as a plain function returning an `async move` block that uses its captured socket in
+/// place, with the loop taking `&mut WebSocket`: an `async fn` taking the socket by value would
+/// keep it twice in its state (once as argument, once as local). This future lives as long as
+/// the connection, tens of thousands of times over: everything that is only needed while
+/// writing or answering a request is boxed, so that an idle connection's task holds little more
+/// than the socket (see [`MAX_TASK_SIZE`]).
+pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let write_timeout = Duration::from_secs(st.config.websocket.write_timeout_secs);
+        let conn = match st.hub.open(davpush_core::unix_now()) {
+            Ok(c) => c,
+            Err(full) => {
+                let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(full.to_string()) };
+                let _ = Box::pin(send_one(&mut socket, Message::Close(Some(frame)), write_timeout)).await;
+                return;
+            }
+        };
+        let metrics = st.service.metrics().clone();
+        metrics.ws_connections.inc();
+        let reason = serve(&mut socket, &conn, &st, write_timeout).await;
+        conn.close(CloseReason::Shutdown);
+        st.service.connection_closed(&conn);
+        st.hub.remove(conn.id());
+        metrics.ws_connections.dec();
+        metrics.ws_closed.get_or_create(&davpush_core::metrics::ReasonLabel { reason }).inc();
+    }
 }
 
-async fn serve(mut socket: WebSocket, conn: &Arc<Connection>, st: &AppState) -> &'static str {
-    let cfg = &st.config.websocket;
-    let write_timeout = Duration::from_secs(cfg.write_timeout_secs);
-    let hello = ServerFrame::Hello {
-        version: PROTOCOL_VERSION,
-        connection_id: conn.id().to_owned(),
-        ping_interval: cfg.ping_interval_secs,
-    };
-    if socket.send(text(&hello)).await.is_err() {
-        return "client_gone";
+async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, write_timeout: Duration) -> &'static str {
+    {
+        let hello = text(&ServerFrame::Hello {
+            version: PROTOCOL_VERSION,
+            connection_id: conn.id().to_owned(),
+            ping_interval: st.config.websocket.ping_interval_secs,
+        });
+        if let Err(reason) = Box::pin(send_one(socket, hello, write_timeout)).await {
+            return reason;
+        }
     }
     let mut frames: Vec<Bytes> = Vec::new();
     loop {
@@ -80,24 +93,9 @@ async fn serve(mut socket: WebSocket, conn: &Arc<Connection>, st: &AppState) -> 
             () = conn.ready() => {
                 let work = conn.take(&mut frames);
                 let n = frames.len() as u64;
-                let write = async {
-                    for f in frames.drain(..) {
-                        // The frame is JSON we serialized ourselves: valid UTF-8; the check is cheap.
-                        let t = Utf8Bytes::try_from(f).expect("frames are UTF-8");
-                        socket.feed(Message::Text(t)).await?;
-                    }
-                    if work.ping {
-                        socket.feed(Message::Ping(Bytes::new())).await?;
-                    }
-                    if let Some(reason) = work.close {
-                        socket.feed(Message::Close(Some(close_frame(reason)))).await?;
-                    }
-                    socket.flush().await
-                };
-                match tokio::time::timeout(write_timeout, write).await {
-                    Ok(Ok(())) => st.service.metrics().delivered(davpush_core::ServiceKind::WebSocket, "sent", n),
-                    Ok(Err(_)) => return "client_gone",
-                    Err(_) => return "write_timeout",
+                match Box::pin(write_burst(socket, &mut frames, work, write_timeout)).await {
+                    Ok(()) => st.service.metrics().delivered(davpush_core::ServiceKind::WebSocket, "sent", n),
+                    Err(reason) => return reason,
                 }
                 frames = Vec::new();
                 if let Some(reason) = work.close {
@@ -107,20 +105,68 @@ async fn serve(mut socket: WebSocket, conn: &Arc<Connection>, st: &AppState) -> 
             msg = socket.next() => {
                 let Some(Ok(msg)) = msg else { return "client_gone" };
                 conn.touch(davpush_core::unix_now());
-                let reply = match msg {
-                    Message::Text(t) => Some(session::handle(st, conn, t.as_str()).await),
-                    Message::Binary(_) => Some(session::error(None, "unsupported_frame", "binary frames are not part of the protocol; send JSON text frames")),
-                    Message::Close(_) => return "client_closed",
-                    Message::Ping(_) | Message::Pong(_) => None,
-                };
-                if let Some(reply) = reply {
-                    match tokio::time::timeout(write_timeout, socket.send(text(&reply))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return "client_gone",
-                        Err(_) => return "write_timeout",
-                    }
+                if let Err(reason) = Box::pin(answer(socket, conn, st, msg, write_timeout)).await {
+                    return reason;
                 }
             }
         }
+    }
+}
+
+/// Handles one client frame and writes the reply, if any.
+async fn answer(
+    socket: &mut WebSocket,
+    conn: &Arc<Connection>,
+    st: &AppState,
+    msg: Message,
+    write_timeout: Duration,
+) -> Result<(), &'static str> {
+    let reply = match msg {
+        Message::Text(t) => session::handle(st, conn, t.as_str()).await,
+        Message::Binary(_) => session::error(
+            None,
+            "unsupported_frame",
+            "binary frames are not part of the protocol; send JSON text frames",
+        ),
+        Message::Close(_) => return Err("client_closed"),
+        Message::Ping(_) | Message::Pong(_) => return Ok(()),
+    };
+    send_one(socket, text(&reply), write_timeout).await
+}
+
+/// Sends one frame within the write timeout.
+async fn send_one(socket: &mut WebSocket, msg: Message, timeout: Duration) -> Result<(), &'static str> {
+    match tokio::time::timeout(timeout, socket.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("client_gone"),
+        Err(_) => Err("write_timeout"),
+    }
+}
+
+/// Writes the queued frames (and a ping or close frame if due) with one flush.
+async fn write_burst(
+    socket: &mut WebSocket,
+    frames: &mut Vec<Bytes>,
+    work: davpush_core::live::Work,
+    timeout: Duration,
+) -> Result<(), &'static str> {
+    let write = async {
+        for f in frames.drain(..) {
+            // The frame is JSON we serialized ourselves: valid UTF-8; the check is cheap.
+            let t = Utf8Bytes::try_from(f).expect("frames are UTF-8");
+            socket.feed(Message::Text(t)).await?;
+        }
+        if work.ping {
+            socket.feed(Message::Ping(Bytes::new())).await?;
+        }
+        if let Some(reason) = work.close {
+            socket.feed(Message::Close(Some(close_frame(reason)))).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("client_gone"),
+        Err(_) => Err("write_timeout"),
     }
 }
