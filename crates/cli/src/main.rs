@@ -4,6 +4,7 @@
 mod bench;
 mod config_args;
 mod gateway;
+mod relay;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the WebDAV gateway in front of a WebDAV/CalDAV/CardDAV server.
     Gateway(gateway::GatewayArgs),
+    /// Run the FCM relay (for client vendors), or manage its keys.
+    Relay(relay::RelayArgs),
     /// Print the topic of a collection.
     Topic(gateway::TopicArgs),
     /// Tell the Director that a collection changed (cron jobs, server hooks).
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Gateway(args) => gateway::run_gateway(args).await,
+            Command::Relay(args) => relay::run(args).await,
             Command::Topic(args) => gateway::run_topic(args),
             Command::Notify(args) => gateway::run_notify(args).await,
             Command::Vapid(args) => match args.load() {

@@ -345,6 +345,15 @@ impl PushService {
             }
             let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires };
             let (sub, previous) = self.index.insert(sub, self.limits.max_subscriptions_per_client)?;
+            if let Some(t) = self.transports.get(kind).filter(|t| t.tracks_membership()) {
+                let moved = previous.as_ref().filter(|p| !sub.target.same_destination(&p.target));
+                if let Some(prev) = moved {
+                    self.leave_unused(vec![prev.clone()]).await;
+                }
+                if previous.is_none() || moved.is_some() {
+                    t.added(&sub).await;
+                }
+            }
             if let Some(prev) = &previous
                 && let Some(old) = prev.target.connection()
                 && !sub.target.same_destination(&prev.target)
@@ -379,12 +388,14 @@ impl PushService {
 
     async fn remove(&self, subs: Vec<Arc<Subscription>>) -> Result<u64, ServiceError> {
         let mut durable = Vec::new();
+        let mut left = Vec::new();
         let mut n = 0;
         for s in subs {
             if self.index.remove_if(&s.id, |cur| std::ptr::eq(cur, &*s)).is_none() {
                 continue;
             }
             n += 1;
+            left.push(s.clone());
             if let Some(conn) = s.target.connection() {
                 conn.remove_subscription(&s.id);
             }
@@ -395,7 +406,35 @@ impl PushService {
         if !durable.is_empty() {
             self.store.delete(&durable).await?;
         }
+        self.leave_unused(left).await;
         Ok(n)
+    }
+
+    /// Tells membership-tracking transports about ended subscriptions whose destination no
+    /// remaining subscription of the same topic uses (two clients may share one device token).
+    async fn leave_unused(&self, ended: Vec<Arc<Subscription>>) {
+        use std::collections::{HashMap, HashSet};
+        let mut groups: HashMap<(ServiceKind, Topic), Vec<Arc<Subscription>>> = HashMap::new();
+        for s in ended {
+            if self.transports.get(s.kind()).is_some_and(|t| t.tracks_membership()) {
+                groups.entry((s.kind(), s.topic.clone())).or_default().push(s);
+            }
+        }
+        for ((kind, topic), subs) in groups {
+            let Some(t) = self.transports.get(kind) else { continue };
+            let remaining = self.index.recipients(&topic, i64::MIN, &Exclusions::default());
+            let mut in_use: HashSet<String> = remaining
+                .into_iter()
+                .filter(|(k, _)| *k == kind)
+                .flat_map(|(_, v)| v.into_iter().map(|s| s.target.to_json()))
+                .collect();
+            for s in subs {
+                // `insert` also dedupes: each destination leaves once.
+                if in_use.insert(s.target.to_json()) {
+                    t.removed(&s).await;
+                }
+            }
+        }
     }
 
     fn remove_live(&self, conn: &Arc<Connection>, id: &SubscriptionId) {
@@ -512,5 +551,72 @@ impl PushService {
             }
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::transport::{Dispatched, Transport};
+    use crate::{MemoryStore, RemoteTarget};
+
+    /// A topic-mode transport that records membership changes.
+    #[derive(Default)]
+    struct Members {
+        log: Mutex<Vec<(&'static str, String, String)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Members {
+        fn kind(&self) -> ServiceKind {
+            ServiceKind::Fcm
+        }
+        fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), ())))
+        }
+        fn dispatch(&self, _m: &Arc<PushMessage>, _r: &[Arc<Subscription>]) -> Dispatched {
+            Dispatched::default()
+        }
+        fn tracks_membership(&self) -> bool {
+            true
+        }
+        async fn added(&self, sub: &Arc<Subscription>) {
+            self.log.lock().unwrap().push(("add", sub.topic.to_string(), sub.target.to_json()));
+        }
+        async fn removed(&self, sub: &Arc<Subscription>) {
+            self.log.lock().unwrap().push(("remove", sub.topic.to_string(), sub.target.to_json()));
+        }
+    }
+
+    #[tokio::test]
+    async fn membership_follows_subscriptions_and_shared_tokens_leave_last() {
+        let members = Arc::new(Members::default());
+        let svc = PushService::new(
+            Arc::new(MemoryStore::default()),
+            Transports::default().with(members.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        let target =
+            |tok: &str| svc.transports().get(ServiceKind::Fcm).unwrap().parse_target(&serde_json::json!(tok)).unwrap();
+        let (t, now) = (Topic::parse("t", 8).unwrap(), 1_000);
+        let (a, b) = (ClientId::parse("a", 8).unwrap(), ClientId::parse("b", 8).unwrap());
+        svc.subscribe(a.clone(), t.clone(), vec![target("tok")], None, now).await.unwrap();
+        svc.subscribe(b.clone(), t.clone(), vec![target("tok")], None, now).await.unwrap();
+        // Same destination again: an update, no new membership.
+        svc.subscribe(a.clone(), t.clone(), vec![target("tok")], None, now).await.unwrap();
+        let log = |m: &Members| m.log.lock().unwrap().iter().map(|(op, _, p)| format!("{op} {p}")).collect::<Vec<_>>();
+        assert_eq!(log(&members), ["add \"tok\"", "add \"tok\""]);
+        // A moved destination leaves the old one (unused by others? b still uses "tok").
+        svc.subscribe(a.clone(), t.clone(), vec![target("tok2")], None, now).await.unwrap();
+        assert_eq!(log(&members), ["add \"tok\"", "add \"tok\"", "add \"tok2\""]);
+        svc.unsubscribe(&b, None, None).await.unwrap();
+        assert_eq!(log(&members).last().unwrap(), "remove \"tok\"", "the last user of tok left");
+        // Expiry leaves too.
+        svc.purge_expired(now + 10 * 24 * 3600).await.unwrap();
+        assert_eq!(log(&members).last().unwrap(), "remove \"tok2\"");
+        assert_eq!(log(&members).len(), 5);
     }
 }

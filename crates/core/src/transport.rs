@@ -51,6 +51,19 @@ pub trait Transport: Send + Sync + 'static {
     }
     /// Hands `message` over for every recipient (all of this transport's kind).
     fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched;
+    /// Whether this transport keeps a membership at the push service (topic mode: a device token
+    /// joins a service-side topic). Only then does the core call [`Transport::added`] and
+    /// [`Transport::removed`].
+    fn tracks_membership(&self) -> bool {
+        false
+    }
+    /// A subscription was created, or its destination changed (called after it is stored and
+    /// indexed). Must not wait for the push service: queue the work and return.
+    async fn added(&self, _sub: &Arc<Subscription>) {}
+    /// A subscription ended (unsubscribe, expiry, gone, or replaced by one with another
+    /// destination) and no other subscription of its topic uses the same destination.
+    /// Must not wait for the push service: queue the work and return.
+    async fn removed(&self, _sub: &Arc<Subscription>) {}
     /// Takes back deliveries that were pending when the Director last stopped.
     async fn restore(&self, _pending: Vec<(Arc<Subscription>, PendingDelivery)>) {}
     /// Stops accepting work and keeps what is still pending in the store.

@@ -31,6 +31,16 @@ pub enum EgressError {
         /// The refused address.
         addr: IpAddr,
     },
+    /// Strict privacy: the host is public but not allow-listed.
+    #[error(
+        "the endpoint's host {host} is (or resolves to) {addr}, which is not allow-listed (server.privacy = \"strict\")"
+    )]
+    NotAllowed {
+        /// The URL's host.
+        host: String,
+        /// The refused address.
+        addr: IpAddr,
+    },
     /// DNS resolution failed.
     #[error("the endpoint's host {0} does not resolve")]
     Unresolvable(String),
@@ -47,6 +57,8 @@ enum Allow {
 pub struct EgressPolicy {
     allow: Vec<Allow>,
     allow_http: bool,
+    /// Public addresses are refused too: only allow-listed destinations (`privacy = "strict"`).
+    allowed_only: bool,
 }
 
 fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
@@ -136,7 +148,14 @@ impl EgressPolicy {
                 Err(_) => return Err(format!("`{e}` is neither a host name, an IP address nor a CIDR network")),
             }
         }
-        Ok(EgressPolicy { allow: out, allow_http })
+        Ok(EgressPolicy { allow: out, allow_http, allowed_only: false })
+    }
+
+    /// The same policy, but public addresses are refused as well: only allow-listed hosts and
+    /// networks may be reached (for `server.privacy = "strict"`).
+    pub fn allowed_only(mut self) -> Self {
+        self.allowed_only = true;
+        self
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -148,7 +167,7 @@ impl EgressPolicy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        is_public(ip)
+        (is_public(ip) && !self.allowed_only)
             || self.host_allowed(host)
             || self.allow.iter().any(|a| matches!(a, Allow::Net(n, p) if in_net(ip, *n, *p)))
     }
@@ -169,9 +188,17 @@ impl EgressPolicy {
         if let Some(ip) = literal
             && !self.addr_allowed(&name, ip)
         {
-            return Err(EgressError::NotPublic { host: name, addr: ip });
+            return Err(self.refusal(name, ip));
         }
         Ok(())
+    }
+
+    fn refusal(&self, host: String, addr: IpAddr) -> EgressError {
+        if self.allowed_only && is_public(addr) {
+            EgressError::NotAllowed { host, addr }
+        } else {
+            EgressError::NotPublic { host, addr }
+        }
     }
 
     fn listed(&self, ip: IpAddr) -> bool {
@@ -184,7 +211,7 @@ impl EgressPolicy {
             return Err(EgressError::Unresolvable(host.to_owned()));
         }
         match addrs.iter().find(|a| !self.addr_allowed(host, a.ip())) {
-            Some(bad) => Err(EgressError::NotPublic { host: host.to_owned(), addr: bad.ip() }),
+            Some(bad) => Err(self.refusal(host.to_owned(), bad.ip())),
             None => Ok(()),
         }
     }
@@ -292,6 +319,12 @@ mod tests {
         assert!(matches!(p.check_url(&url("https://127.0.0.2/x")), Err(EgressError::NotPublic { .. })));
         assert!(p.check_url(&url("http://push.example.net/x")).is_err(), "http only for allow-listed hosts");
         assert!(EgressPolicy::new(&["10.0.0.0/33".into()], false).is_err());
+
+        let strict = EgressPolicy::new(&["push.lan".into(), "192.168.1.0/24".into()], false).unwrap().allowed_only();
+        assert!(matches!(strict.check_url(&url("https://1.1.1.1/x")), Err(EgressError::NotAllowed { .. })));
+        assert!(strict.check_url(&url("https://192.168.1.7/x")).is_ok());
+        assert!(strict.check_addrs("push.example.net", &["8.8.8.8:443".parse().unwrap()]).is_err());
+        assert!(strict.check_addrs("push.lan", &["10.9.9.9:443".parse().unwrap()]).is_ok());
     }
 
     #[tokio::test]

@@ -15,6 +15,12 @@
 //!
 //! Bounded everywhere: at most `max_pending` slots (beyond, new deliveries are dropped and
 //! counted as `overflow`), at most `workers` requests in flight.
+//!
+//! **Topic mode.** A push service with topics (FCM, HMS) reaches every device of a topic with
+//! one request. Its transport enqueues with [`Engine::enqueue_topic`]: the slot is then keyed by
+//! the topic instead of a subscription ([`SlotKey`]), delivered through [`Deliver::deliver_topic`],
+//! and coalesces the same way. One of the topic's subscriptions stands for the slot in the
+//! outbox (its row survives a restart, and goes when that subscription goes).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -26,6 +32,7 @@ use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
 use davpush_core::{
     Metrics, Notification, PendingDelivery, PushMessage, ServiceKind, Subscription, SubscriptionId, SubscriptionStore,
+    Topic,
 };
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -48,11 +55,34 @@ pub enum Outcome {
     },
 }
 
-/// One transport's way of delivering one message to one subscription.
+/// One transport's way of delivering one message to one subscription (or to one topic).
 #[async_trait]
 pub trait Deliver: Send + Sync + 'static {
     /// Delivers `message` to `sub`; `ttl` is how long the push service may keep it.
     async fn deliver(&self, sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome;
+    /// Delivers `message` to every device that joined its topic at the push service (topic
+    /// mode). `Gone` makes no sense for a topic and is counted as `Rejected`.
+    async fn deliver_topic(&self, _message: &PushMessage, _ttl: Duration) -> Outcome {
+        Outcome::Rejected("this push service has no topic mode".into())
+    }
+}
+
+/// What a slot is for: one subscription, or (topic mode) one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SlotKey {
+    /// One subscription.
+    Sub(SubscriptionId),
+    /// Every device that joined the topic at the push service.
+    Topic(Topic),
+}
+
+impl std::fmt::Display for SlotKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotKey::Sub(id) => write!(f, "subscription {id}"),
+            SlotKey::Topic(t) => write!(f, "topic {t}"),
+        }
+    }
 }
 
 /// Engine limits.
@@ -93,6 +123,7 @@ enum State {
 }
 
 struct Slot {
+    /// The subscription; for a topic slot the one that stands for it in the outbox.
     sub: Arc<Subscription>,
     message: Arc<PushMessage>,
     attempt: u32,
@@ -120,9 +151,9 @@ struct Inner {
     kind: ServiceKind,
     deliver: Arc<dyn Deliver>,
     settings: EngineSettings,
-    slots: Mutex<HashMap<SubscriptionId, Slot>>,
-    ready: mpsc::Sender<SubscriptionId>,
-    timers: Mutex<BinaryHeap<Reverse<(Instant, SubscriptionId)>>>,
+    slots: Mutex<HashMap<SlotKey, Slot>>,
+    ready: mpsc::Sender<SlotKey>,
+    timers: Mutex<BinaryHeap<Reverse<(Instant, SlotKey)>>>,
     timer_wake: Notify,
     feedback: Feedback,
     metrics: Arc<Metrics>,
@@ -194,15 +225,28 @@ impl Engine {
 
     /// Queues `message` for `sub`, replacing a message still pending for it. Never blocks.
     pub fn enqueue(&self, sub: &Arc<Subscription>, message: &Arc<PushMessage>) -> Enqueued {
+        self.enqueue_key(SlotKey::Sub(sub.id.clone()), sub, message)
+    }
+
+    /// Topic mode: queues `message` once for its topic, replacing a message still pending for
+    /// the topic. `representative` is one of the topic's subscriptions (for the outbox).
+    pub fn enqueue_topic(&self, representative: &Arc<Subscription>, message: &Arc<PushMessage>) -> Enqueued {
+        self.enqueue_key(SlotKey::Topic(message.notification.topic.clone()), representative, message)
+    }
+
+    fn enqueue_key(&self, key: SlotKey, sub: &Arc<Subscription>, message: &Arc<PushMessage>) -> Enqueued {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Enqueued::Dropped;
         }
         let now = Instant::now();
         let mut slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get_mut(&sub.id) {
+        if let Some(slot) = slots.get_mut(&key) {
             slot.message = message.clone();
-            slot.sub = sub.clone();
+            if matches!(key, SlotKey::Sub(_)) {
+                // A topic slot keeps its outbox row's subscription.
+                slot.sub = sub.clone();
+            }
             slot.deadline = now + inner.settings.ttl;
             if slot.state == State::InFlight {
                 slot.dirty = true;
@@ -215,7 +259,7 @@ impl Engine {
             return Enqueued::Dropped;
         }
         slots.insert(
-            sub.id.clone(),
+            key.clone(),
             Slot {
                 sub: sub.clone(),
                 message: message.clone(),
@@ -228,8 +272,8 @@ impl Engine {
             },
         );
         // Capacity equals max_pending and a slot is in the channel at most once: never full.
-        if inner.ready.try_send(sub.id.clone()).is_err() {
-            slots.remove(&sub.id);
+        if inner.ready.try_send(key.clone()).is_err() {
+            slots.remove(&key);
             return Enqueued::Dropped;
         }
         Enqueued::Queued
@@ -237,6 +281,15 @@ impl Engine {
 
     /// Takes back deliveries that were pending at the last stop.
     pub fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
+        self.restore_keyed(pending, false);
+    }
+
+    /// Topic mode: takes back pending deliveries as topic slots (one per topic).
+    pub fn restore_topics(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
+        self.restore_keyed(pending, true);
+    }
+
+    fn restore_keyed(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>, topics: bool) {
         let now = Instant::now();
         let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut timers = self.inner.timers.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,8 +304,13 @@ impl Engine {
                 trigger: p.trigger.as_deref().and_then(|t| serde_json::from_value(serde_json::json!(t)).ok()),
             };
             let due = unix_to_instant(p.due, now);
+            let key = if topics { SlotKey::Topic(notification.topic.clone()) } else { SlotKey::Sub(sub.id.clone()) };
+            if slots.contains_key(&key) {
+                continue;
+            }
+            timers.push(Reverse((due, key.clone())));
             slots.insert(
-                sub.id.clone(),
+                key,
                 Slot {
                     sub: sub.clone(),
                     message: Arc::new(PushMessage::new(notification)),
@@ -264,7 +322,6 @@ impl Engine {
                     persisted: true,
                 },
             );
-            timers.push(Reverse((due, sub.id.clone())));
         }
         drop(timers);
         drop(slots);
@@ -320,7 +377,7 @@ fn backoff(settings: &EngineSettings, attempt: u32, retry_after: Option<Duration
     retry_after.map_or(jittered, |ra| jittered.max(ra))
 }
 
-async fn dispatch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SubscriptionId>) {
+async fn dispatch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SlotKey>) {
     let permits = Arc::new(Semaphore::new(inner.settings.workers.max(1)));
     while let Some(id) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
@@ -336,10 +393,16 @@ async fn dispatch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SubscriptionId>
         let inner = inner.clone();
         tokio::spawn(async move {
             let ttl = deadline.saturating_duration_since(Instant::now());
-            let outcome = if ttl < Duration::from_secs(1) || sub.expires <= davpush_core::unix_now() {
-                Outcome::Rejected("expired before it could be delivered".into())
-            } else {
-                inner.deliver.deliver(&sub, &message, ttl).await
+            let outcome = match &id {
+                _ if ttl < Duration::from_secs(1) => Outcome::Rejected("expired before it could be delivered".into()),
+                SlotKey::Sub(_) if sub.expires <= davpush_core::unix_now() => {
+                    Outcome::Rejected("expired before it could be delivered".into())
+                }
+                SlotKey::Sub(_) => inner.deliver.deliver(&sub, &message, ttl).await,
+                SlotKey::Topic(_) => match inner.deliver.deliver_topic(&message, ttl).await {
+                    Outcome::Gone(reason) => Outcome::Rejected(reason),
+                    o => o,
+                },
             };
             complete(&inner, &id, outcome).await;
             drop(permit);
@@ -347,35 +410,35 @@ async fn dispatch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SubscriptionId>
     }
 }
 
-async fn complete(inner: &Arc<Inner>, id: &SubscriptionId, outcome: Outcome) {
+async fn complete(inner: &Arc<Inner>, id: &SlotKey, outcome: Outcome) {
     let kind = inner.kind;
     let now = Instant::now();
     let mut save = None;
-    let mut forget = false;
+    let mut forget = None;
     {
         let mut slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         let Some(slot) = slots.get_mut(id) else { return };
         let (outcome_label, finished) = match &outcome {
             Outcome::Delivered => ("sent", true),
             Outcome::Gone(reason) => {
-                tracing::info!(service = %kind, subscription = %id, reason, "push service says the subscription is gone");
-                inner.feedback.gone(id.clone());
+                tracing::info!(service = %kind, slot = %id, reason, "push service says the subscription is gone");
+                inner.feedback.gone(slot.sub.id.clone());
                 slot.dirty = false;
                 ("gone", true)
             }
             Outcome::Rejected(reason) => {
-                tracing::warn!(service = %kind, subscription = %id, reason, "push service rejected a message");
+                tracing::warn!(service = %kind, slot = %id, reason, "push service rejected a message");
                 ("rejected", true)
             }
             Outcome::Retry { after, reason } => {
                 slot.attempt += 1;
                 let delay = backoff(&inner.settings, slot.attempt, *after);
                 if slot.attempt >= inner.settings.max_attempts || now + delay > slot.deadline {
-                    tracing::warn!(service = %kind, subscription = %id, reason, attempts = slot.attempt, "giving up on a delivery");
+                    tracing::warn!(service = %kind, slot = %id, reason, attempts = slot.attempt, "giving up on a delivery");
                     slot.dirty = false;
                     ("failed", true)
                 } else {
-                    tracing::debug!(service = %kind, subscription = %id, reason, ?delay, "delivery will be retried");
+                    tracing::debug!(service = %kind, slot = %id, reason, ?delay, "delivery will be retried");
                     slot.state = State::Waiting;
                     slot.due = now + delay;
                     slot.persisted = true;
@@ -395,7 +458,7 @@ async fn complete(inner: &Arc<Inner>, id: &SubscriptionId, outcome: Outcome) {
                 slot.state = State::Ready;
                 let _ = inner.ready.try_send(id.clone());
             } else {
-                forget = slot.persisted;
+                forget = slot.persisted.then(|| slot.sub.id.to_string());
                 slots.remove(id);
             }
         }
@@ -408,7 +471,9 @@ async fn complete(inner: &Arc<Inner>, id: &SubscriptionId, outcome: Outcome) {
     {
         tracing::error!(error = %e, "could not write a pending delivery to the outbox");
     }
-    if forget && let Err(e) = inner.store.delete_pending(&[id.to_string()]).await {
+    if let Some(row) = forget
+        && let Err(e) = inner.store.delete_pending(&[row]).await
+    {
         tracing::error!(error = %e, "could not remove a delivery from the outbox");
     }
 }

@@ -8,13 +8,24 @@
 //!   every connect) and the shared HTTP client built on it.
 //! - [`webpush`]: RFC 8030 Web Push and UnifiedPush, with RFC 8291 encryption ([`webpush::ece`])
 //!   and RFC 8292 VAPID ([`webpush::vapid`]).
+//! - [`fcm`]: Google FCM HTTP v1 (service-account JWT → OAuth token), per token or per topic,
+//!   directly or through an FCM relay ([`fcm::relay`]).
+//! - [`apns`]: Apple Push Notification service, token-based (ES256) over one HTTP/2 connection.
+//! - [`hms`]: Huawei Push Kit, per token or per topic.
+//! - [`auth`]: PEM, RS256 JWTs and the cached OAuth access token the above share.
+//! - [`membership`]: batched topic membership (FCM Instance ID, HMS topics) for topic mode.
 //!
 //! The choice a reader may question: RFC 8291 is implemented here on aws-lc-rs primitives
 //! (~100 lines) rather than with a Web Push crate; the available ones pull in OpenSSL or an old
 //! HTTP stack, and ours is checked against the RFC's test vector and independent decoders.
 
+pub mod apns;
+pub mod auth;
 pub mod egress;
 pub mod engine;
+pub mod fcm;
+pub mod hms;
+pub mod membership;
 pub mod webpush;
 
-pub use engine::{Deliver, Engine, EngineSettings, Outcome};
+pub use engine::{Deliver, Engine, EngineSettings, Outcome, SlotKey};

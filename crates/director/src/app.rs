@@ -11,9 +11,13 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use davpush_core::feedback::{Feedback, FeedbackReceiver};
 use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
 use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
+use davpush_delivery::apns::{ApnsSender, ApnsTransport};
+use davpush_delivery::fcm::{FcmClient, FcmSender, FcmTransport, RelayClient, Upstream};
+use davpush_delivery::hms::{HmsSender, HmsTransport};
 use davpush_delivery::webpush::vapid::Vapid;
 use davpush_delivery::webpush::{WebPushSender, WebPushTransport};
 use davpush_store::SqliteStore;
@@ -22,7 +26,7 @@ use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Config, SubscriptionAuth};
+use crate::config::{Config, FcmUpstream, SubscriptionAuth};
 use crate::http;
 
 /// Shared state of all handlers.
@@ -87,6 +91,36 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
         }
         tracing::info!(vapid_public_key = %wp.key.public_key(), "Web Push enabled");
     }
+    if let Some(f) = &config.fcm {
+        let upstream = match &f.upstream {
+            FcmUpstream::Direct(account) => {
+                tracing::info!(project = %account.project_id, mode = ?f.settings.mode, "FCM enabled");
+                Upstream::Direct(FcmClient::new(account.clone(), &f.settings).map_err(StartError::Http)?)
+            }
+            FcmUpstream::Relay { url, key } => {
+                tracing::info!(relay = %url, mode = ?f.settings.mode, "FCM enabled through a relay");
+                Upstream::Relay(RelayClient::new(url, key.clone(), f.settings.timeout).map_err(StartError::Http)?)
+            }
+        };
+        let sender = Arc::new(FcmSender::new(upstream, f.settings.topic_prefix.clone()));
+        let t = FcmTransport::start(sender, &f.settings, feedback.clone(), metrics.clone(), store.clone());
+        transports = transports.with(Arc::new(t));
+    }
+    if let Some(a) = &config.apns {
+        let sender = Arc::new(ApnsSender::new(a.key.clone(), &a.settings).map_err(StartError::Http)?);
+        let t = ApnsTransport::start(sender, &a.settings, feedback.clone(), metrics.clone(), store.clone());
+        transports = transports.with(Arc::new(t));
+        tracing::info!(url = %a.settings.url(), bundle_id = %a.settings.bundle_id, "APNs enabled");
+    }
+    if let Some(h) = &config.hms {
+        let sender = Arc::new(HmsSender::new(h.secret.clone(), &h.settings).map_err(StartError::Http)?);
+        let t = HmsTransport::start(sender, &h.settings, feedback.clone(), metrics.clone(), store.clone());
+        transports = transports.with(Arc::new(t));
+        tracing::info!(app_id = %h.settings.app_id, topic_mode = h.settings.topic_mode, "HMS enabled");
+    }
+    if config.strict_privacy {
+        tracing::info!("server.privacy = \"strict\": no public third-party push service is enabled");
+    }
     if matches!(config.subscription_auth, SubscriptionAuth::None) {
         tracing::warn!(
             "!!! subscription.auth = \"none\": ANYONE who can reach this Director may subscribe and open \
@@ -147,6 +181,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         hub.close_all(CloseReason::Shutdown);
     };
+    // Frames are small and latency matters: no Nagle delay behind the client's delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_timeout_secs);
     while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {

@@ -19,6 +19,10 @@ use davpush_delivery::webpush::WebPushSettings;
 use davpush_delivery::webpush::vapid::VapidKey;
 use serde::{Deserialize, Serialize};
 
+mod mobile;
+
+pub use mobile::{ApnsConfig, FcmConfig, FcmUpstream, HmsConfig, RawApns, RawFcm, RawHms};
+
 /// The example configuration shipped with the binary (`davpush serve --print-example-config`).
 pub const EXAMPLE: &str = include_str!("../../../examples/davpush.toml");
 
@@ -76,6 +80,12 @@ pub struct RawConfig {
     pub websocket: RawWebSocket,
     /// `[web_push]`
     pub web_push: RawWebPush,
+    /// `[fcm]`
+    pub fcm: RawFcm,
+    /// `[apns]`
+    pub apns: RawApns,
+    /// `[hms]`
+    pub hms: RawHms,
 }
 
 /// `[server]`
@@ -96,6 +106,9 @@ pub struct RawServer {
     pub purge_interval_secs: u64,
     /// Serve `GET /metrics`.
     pub metrics: bool,
+    /// `standard`, or `strict`: refuse to start if a public third-party push service (FCM,
+    /// APNs, HMS, an FCM relay) is enabled, and let Web Push reach allow-listed hosts only.
+    pub privacy: String,
 }
 
 impl Default for RawServer {
@@ -108,6 +121,7 @@ impl Default for RawServer {
             shutdown_timeout_secs: 10,
             purge_interval_secs: 60,
             metrics: true,
+            privacy: "standard".into(),
         }
     }
 }
@@ -347,6 +361,14 @@ pub struct Config {
     pub websocket: RawWebSocket,
     /// Web Push settings, if enabled.
     pub web_push: Option<WebPushConfig>,
+    /// FCM settings, if enabled.
+    pub fcm: Option<FcmConfig>,
+    /// APNs settings, if enabled.
+    pub apns: Option<ApnsConfig>,
+    /// HMS settings, if enabled.
+    pub hms: Option<HmsConfig>,
+    /// `server.privacy = "strict"`.
+    pub strict_privacy: bool,
     /// Secret files generated while loading (printed once by the binary).
     pub generated_secrets: Vec<(&'static str, PathBuf)>,
 }
@@ -578,11 +600,45 @@ impl Config {
             return Err(invalid("websocket.max_message_bytes", "must be at least 256"));
         }
 
-        let web_push = web_push_config(&raw.web_push, &s.data_dir)?;
+        let strict_privacy = match s.privacy.as_str() {
+            "standard" => false,
+            "strict" => true,
+            other => return Err(invalid("server.privacy", format!("`{other}` is not one of `standard`, `strict`"))),
+        };
+        if strict_privacy {
+            for (key, on, what) in [
+                ("fcm.enabled", raw.fcm.enabled, "Google FCM (directly or through a relay)"),
+                ("apns.enabled", raw.apns.enabled, "Apple APNs"),
+                ("hms.enabled", raw.hms.enabled, "Huawei HMS"),
+            ] {
+                if on {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "must be false with server.privacy = \"strict\": {what} is a public third-party push service"
+                        ),
+                    ));
+                }
+            }
+            if raw.web_push.enabled && raw.web_push.allow_hosts.is_empty() {
+                return Err(invalid(
+                    "web_push.enabled",
+                    "with server.privacy = \"strict\" Web Push/UnifiedPush may only reach allow-listed hosts: \
+                     list your own push distributor in web_push.allow_hosts, or set web_push.enabled = false",
+                ));
+            }
+        }
+        let mut web_push = web_push_config(&raw.web_push, &s.data_dir)?;
+        if strict_privacy && let Some(w) = &mut web_push {
+            w.policy = w.policy.clone().allowed_only();
+        }
+        let fcm = mobile::fcm_config(&raw.fcm)?;
+        let apns = mobile::apns_config(&raw.apns)?;
+        let hms = mobile::hms_config(&raw.hms)?;
         let needs_dir = raw.store.url.is_empty()
             || raw.web_push.enabled && raw.web_push.vapid_key_file.as_os_str().is_empty()
             || raw.notify.tokens.is_empty() && raw.notify.token_files.is_empty()
-            || sub.auth == "token" && sub.tokens.is_empty() && sub.token_files.is_empty();
+            || sub.auth != "none" && sub.tokens.is_empty() && sub.token_files.is_empty();
         if needs_dir {
             std::fs::create_dir_all(&s.data_dir)
                 .map_err(|e| invalid("server.data_dir", format!("cannot create {}: {e}", s.data_dir.display())))?;
@@ -628,7 +684,15 @@ impl Config {
                 if !matches!(url.scheme(), "http" | "https") {
                     return Err(invalid("subscription.webdav_url", "must be an http(s) URL"));
                 }
-                let tokens = read_tokens("subscription.tokens", &sub.tokens, &sub.token_files)?;
+                let mut tokens = read_tokens("subscription.tokens", &sub.tokens, &sub.token_files)?;
+                if tokens.is_empty() {
+                    // For gateways that subscribe on behalf of users they authenticated.
+                    tokens.push(generated_token(
+                        "subscription.tokens",
+                        &s.data_dir.join("subscription-token"),
+                        &mut generated,
+                    )?);
+                }
                 let verifier = crate::http::webdav_auth::WebdavVerifier::new(
                     url,
                     Duration::from_secs(sub.webdav_cache_secs),
@@ -672,6 +736,10 @@ impl Config {
             limits,
             websocket: raw.websocket,
             web_push,
+            fcm,
+            apns,
+            hms,
+            strict_privacy,
             generated_secrets: generated,
         })
     }
@@ -717,7 +785,8 @@ mod tests {
 
         raw.subscription.min_expiry_secs = 3600;
         let c = Config::from_raw(raw.clone()).unwrap();
-        assert_eq!(c.generated_secrets.len(), 2);
+        // notify token, subscription token, VAPID key.
+        assert_eq!(c.generated_secrets.len(), 3);
         let token_file = dir.path().join("notify-token");
         #[cfg(unix)]
         {
@@ -731,8 +800,91 @@ mod tests {
     }
 
     #[test]
+    fn strict_privacy_refuses_public_push_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!("[server]\nprivacy = \"strict\"\ndata_dir = {:?}\n", dir.path().display().to_string());
+        let load = |extra: &str| {
+            let raw = RawConfig::from_toml(&format!("{base}{extra}"), &env(&[]), &Overrides::default()).unwrap();
+            Config::from_raw(raw)
+        };
+        let e = load("").unwrap_err();
+        assert!(e.to_string().contains("web_push.enabled"), "default Web Push may reach public services: {e}");
+        for (section, key) in [("fcm", "fcm.enabled"), ("apns", "apns.enabled"), ("hms", "hms.enabled")] {
+            let e = load(&format!("[web_push]\nenabled = false\n[{section}]\nenabled = true\n")).unwrap_err();
+            assert!(e.to_string().contains(key) && e.to_string().contains("strict"), "{e}");
+        }
+        let e = load("[web_push]\nenabled = false\n[fcm]\nenabled = true\nrelay_url = \"https://relay.example\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("fcm.enabled"), "a relay is public too: {e}");
+        let c = load("[web_push]\nallow_hosts = [\"push.lan\"]\n").unwrap();
+        assert!(c.strict_privacy);
+        let policy = &c.web_push.as_ref().unwrap().policy;
+        assert!(policy.check_addrs("push.example.net", &["8.8.8.8:443".parse().unwrap()]).is_err());
+        assert!(policy.check_addrs("push.lan", &["192.168.1.2:443".parse().unwrap()]).is_ok());
+        let e = RawConfig::from_toml("[server]\nprivacy = \"paranoid\"\n", &env(&[]), &Overrides::default())
+            .map(Config::from_raw)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("server.privacy"), "{e}");
+    }
+
+    #[test]
+    fn mobile_services_name_the_missing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |extra: &str| {
+            let t = format!("[server]\ndata_dir = {:?}\n{extra}", dir.path().display().to_string());
+            Config::from_raw(RawConfig::from_toml(&t, &env(&[]), &Overrides::default()).unwrap())
+        };
+        let c = load("").unwrap();
+        assert!(c.fcm.is_none() && c.apns.is_none() && c.hms.is_none(), "off by default");
+        for (extra, key) in [
+            ("[fcm]\nenabled = true\n", "fcm.credentials_file"),
+            ("[fcm]\nenabled = true\nmode = \"fanout\"\n", "fcm.mode"),
+            ("[fcm]\nenabled = true\nrelay_url = \"https://r.example\"\n", "fcm.relay_key_file"),
+            ("[fcm]\nenabled = true\ncredentials_file = \"/nonexistent.json\"\n", "fcm.credentials_file"),
+            ("[apns]\nenabled = true\n", "apns.key_id"),
+            ("[apns]\nenabled = true\nkey_id = \"ABC123DEFG\"\nteam_id = \"DEF123GHIJ\"\n", "apns.bundle_id"),
+            ("[apns]\nenabled = true\npriority = 10\n", "apns.priority"),
+            ("[apns]\nenabled = true\nenvironment = \"dev\"\n", "apns.environment"),
+            ("[hms]\nenabled = true\n", "hms.app_id"),
+            ("[hms]\nenabled = true\napp_id = \"1234\"\n", "hms.client_secret_file"),
+            ("[hms]\nenabled = true\napp_id = \"1234\"\nurgency = \"LOW\"\n", "hms.urgency"),
+        ] {
+            let e = load(extra).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_example_and_the_deployment_profiles_are_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Overrides { listen: None, data_dir: Some(dir.path().to_owned()) };
+        let c = Config::from_raw(RawConfig::from_toml(EXAMPLE, &env(&[]), &flags).unwrap()).unwrap();
+        assert!(c.fcm.is_none() && c.apns.is_none() && c.hms.is_none() && !c.strict_privacy);
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/");
+        for name in ["profile-private", "profile-google-free", "profile-company", "profile-risk-exposed"] {
+            let text = std::fs::read_to_string(format!("{root}{name}.toml")).unwrap();
+            let mut raw = RawConfig::from_toml(&text, &env(&[]), &flags).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Secrets and credentials live on the real host; the rest must validate as is.
+            raw.subscription.token_files.clear();
+            raw.notify.token_files.clear();
+            raw.fcm.enabled = false;
+            raw.apns.enabled = false;
+            let c = Config::from_raw(raw.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.strict_privacy, name == "profile-risk-exposed", "{name}");
+            if c.strict_privacy {
+                raw.fcm.enabled = true;
+                let e = Config::from_raw(raw).unwrap_err().to_string();
+                assert!(e.contains("fcm.enabled"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn short_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
         let mut raw = RawConfig::default();
+        raw.server.data_dir = dir.path().to_owned();
         raw.notify.tokens = vec!["short".into()];
         let e = Config::from_raw(raw).unwrap_err();
         assert!(e.to_string().contains("notify.tokens"), "{e}");

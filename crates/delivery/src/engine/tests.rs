@@ -11,6 +11,7 @@ use super::*;
 struct Script {
     answers: Mutex<VecDeque<Outcome>>,
     calls: Mutex<Vec<(Instant, Option<String>, Duration)>>,
+    topic_calls: Mutex<Vec<(String, Option<String>)>>,
     delivered: Notify,
 }
 
@@ -18,6 +19,14 @@ struct Script {
 impl Deliver for Script {
     async fn deliver(&self, _sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome {
         self.calls.lock().unwrap().push((Instant::now(), message.notification.sync_token.clone(), ttl));
+        let o = self.answers.lock().unwrap().pop_front().unwrap_or(Outcome::Delivered);
+        self.delivered.notify_one();
+        o
+    }
+
+    async fn deliver_topic(&self, message: &PushMessage, _ttl: Duration) -> Outcome {
+        let n = &message.notification;
+        self.topic_calls.lock().unwrap().push((n.topic.to_string(), n.sync_token.clone()));
         let o = self.answers.lock().unwrap().pop_front().unwrap_or(Outcome::Delivered);
         self.delivered.notify_one();
         o
@@ -214,4 +223,58 @@ async fn the_number_of_pending_deliveries_is_bounded() {
     assert_eq!(f.engine.enqueue(&other(2), &msg("1")), Enqueued::Queued);
     assert_eq!(f.engine.enqueue(&other(3), &msg("1")), Enqueued::Dropped);
     assert_eq!(count(&f.metrics, "overflow"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn topic_slots_deliver_once_per_topic_and_coalesce() {
+    let f = fixture(
+        vec![Outcome::Retry { after: Some(Duration::from_secs(5)), reason: "503".into() }],
+        EngineSettings::default(),
+    )
+    .await;
+    let other = Arc::new(Subscription {
+        id: SubscriptionId::random(),
+        client_id: ClientId::parse("c2", 10).unwrap(),
+        topic: f.sub.topic.clone(),
+        target: f.sub.target.clone(),
+        expires: f.sub.expires,
+    });
+    assert_eq!(f.engine.enqueue_topic(&f.sub, &msg("1")), Enqueued::Queued);
+    f.script.delivered.notified().await;
+    tokio::task::yield_now().await;
+    // The retry waits; more changes of the same topic (through any subscription) coalesce.
+    assert_eq!(f.engine.enqueue_topic(&other, &msg("2")), Enqueued::Coalesced);
+    assert_eq!(f.engine.enqueue_topic(&f.sub, &msg("3")), Enqueued::Coalesced);
+    let rows = f.store.load_pending().await.unwrap();
+    assert_eq!(rows.len(), 1, "one outbox row for the topic");
+    assert_eq!(rows[0].subscription_id, f.sub.id.to_string(), "kept by the first subscription");
+    settle(&f).await;
+    let calls = f.script.topic_calls.lock().unwrap().clone();
+    assert_eq!(calls, vec![("t".to_owned(), Some("1".to_owned())), ("t".to_owned(), Some("3".to_owned()))]);
+    assert!(f.script.calls.lock().unwrap().is_empty(), "no per-subscription delivery");
+    assert!(f.store.load_pending().await.unwrap().is_empty());
+    assert_eq!((count(&f.metrics, "retry"), count(&f.metrics, "sent")), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_for_a_topic_is_a_rejection_and_pending_topics_are_restored() {
+    let mut f = fixture(vec![Outcome::Gone("404".into())], EngineSettings::default()).await;
+    f.engine.enqueue_topic(&f.sub, &msg("1"));
+    settle(&f).await;
+    assert!(f.gone.try_recv().is_err(), "a topic is never gone");
+    assert_eq!(count(&f.metrics, "rejected"), 1);
+
+    let row = PendingDelivery {
+        subscription_id: f.sub.id.to_string(),
+        topic: "t".into(),
+        sync_token: Some("9".into()),
+        trigger: None,
+        attempt: 1,
+        due: davpush_core::unix_now(),
+        deadline: davpush_core::unix_now() + 3600,
+    };
+    f.engine.restore_topics(vec![(f.sub.clone(), row.clone()), (f.sub.clone(), row)]);
+    assert_eq!(f.engine.pending(), 1, "one slot per topic");
+    settle(&f).await;
+    assert_eq!(f.script.topic_calls.lock().unwrap().last().unwrap().1.as_deref(), Some("9"));
 }

@@ -254,8 +254,9 @@ impl Deliver for WebPushSender {
             }
             Err(e) => {
                 // The resolver refuses non-public addresses: that is not going to get better.
-                let refused =
-                    std::error::Error::source(&e).map(|s| format!("{s:?}").contains("NotPublic")).unwrap_or(false);
+                let refused = std::error::Error::source(&e)
+                    .map(|s| format!("{s:?}"))
+                    .is_some_and(|s| s.contains("NotPublic") || s.contains("NotAllowed"));
                 if refused {
                     Outcome::Rejected(format!("egress refused: {e}"))
                 } else {

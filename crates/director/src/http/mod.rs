@@ -8,5 +8,5 @@ pub(crate) mod json;
 pub(crate) mod notify;
 pub(crate) mod ops;
 pub(crate) mod subscription;
-pub(crate) mod websocket;
 pub mod webdav_auth;
+pub(crate) mod websocket;

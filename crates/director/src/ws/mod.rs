@@ -53,6 +53,7 @@ fn reason_label(r: CloseReason) -> &'static str {
 /// the connection, tens of thousands of times over: everything that is only needed while
 /// writing or answering a request is boxed, so that an idle connection's task holds little more
 /// than the socket (see [`MAX_TASK_SIZE`]).
+#[allow(clippy::manual_async_fn)] // deliberate: see above
 pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let write_timeout = Duration::from_secs(st.config.websocket.write_timeout_secs);

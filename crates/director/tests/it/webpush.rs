@@ -110,8 +110,11 @@ async fn gone_410_deletes_the_subscription() {
     d.notify(json!({"topic": "t"})).await;
     push.next().await;
     let svc = d.running.state.service.clone();
-    eventually("subscription removed", || async { svc.index().is_empty() }).await;
-    assert!(svc.store().load(0).await.unwrap().is_empty(), "and removed from the store");
+    // The index is updated first, the store right after (an await later): wait for both.
+    eventually("subscription removed from index and store", || async {
+        svc.index().is_empty() && svc.store().load(0).await.unwrap().is_empty()
+    })
+    .await;
     let (_, b) = d.notify(json!({"topic": "t"})).await;
     assert_eq!(b["addressed"], 0);
     push.assert_none(300).await;

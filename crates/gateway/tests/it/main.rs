@@ -8,3 +8,4 @@ mod discovery;
 mod litmus;
 mod notifications;
 mod registration;
+mod webdav_auth;

@@ -1,0 +1,303 @@
+//! Google Firebase Cloud Messaging (HTTP v1), directly or through an FCM relay.
+//!
+//! `push_services.fcm` parameters: `{"registration_token": "<FCM registration token>"}` (the
+//! draft's sample). Messages are data-only and high priority: `data` carries `topic` (and
+//! `sync_token`/`trigger` when known; through a relay only `topic`), `android.collapse_key` is
+//! a hash of the topic, so the device keeps only the newest message of a collection.
+//!
+//! Two modes ([`FcmMode`]): per token (one `messages:send` per subscription), or per topic:
+//! subscribing joins the token to the FCM topic `<prefix>.<hash of the topic>` (Instance ID
+//! `batchAdd`, batched; [`crate::membership`]) and leaving removes it; a notification is then
+//! one message to that topic, however many devices listen.
+
+pub mod client;
+pub mod error;
+pub mod relay;
+pub mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use davpush_core::feedback::Feedback;
+use davpush_core::transport::{Dispatched, TargetError, Transport};
+use davpush_core::{
+    Metrics, Notification, PendingDelivery, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore,
+    Target,
+};
+use serde::{Deserialize, Serialize};
+
+pub use client::{FcmClient, Recipient, ServiceAccount};
+pub use relay::{RelayClient, RelayKey};
+pub use settings::{FcmMode, FcmSettings};
+
+use crate::auth::{is_push_token, topic_hash};
+use crate::engine::{Deliver, Engine, Enqueued, Outcome};
+use crate::membership::{BatchError, Membership, MembershipApi, Op, TokenResult};
+
+/// The subscription parameters as stored (canonical form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmParams {
+    /// The app instance's FCM registration token.
+    pub registration_token: String,
+}
+
+/// A parsed FCM destination.
+#[derive(Debug, Clone)]
+pub struct FcmTarget {
+    token: String,
+}
+
+/// Parses and validates parameters.
+pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
+    let p: FcmParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    if !is_push_token(&p.registration_token) {
+        return Err(TargetError::new(
+            Some("registration_token"),
+            "`registration_token` must be 1–4096 characters of A–Z a–z 0–9 - _ : .".into(),
+        ));
+    }
+    let canonical = serde_json::to_string(&p).expect("params serialize");
+    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, canonical, FcmTarget { token: p.registration_token })))
+}
+
+/// The FCM topic name of a davpush topic.
+pub fn topic_name(prefix: &str, topic: &str) -> String {
+    format!("{prefix}.{}", topic_hash(topic))
+}
+
+/// The `data` of a push message: only strings.
+pub fn message_data(n: &Notification, full: bool) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("topic".into(), n.topic.as_str().into());
+    if full {
+        if let Some(s) = &n.sync_token {
+            m.insert("sync_token".into(), s.as_str().into());
+        }
+        if let Some(t) = n.trigger {
+            m.insert("trigger".into(), t.as_str().into());
+        }
+    }
+    m
+}
+
+/// Where messages go: FCM itself, or a relay.
+#[derive(Debug)]
+pub enum Upstream {
+    /// FCM with our own service account.
+    Direct(FcmClient),
+    /// A relay that holds the credentials.
+    Relay(RelayClient),
+}
+
+/// Delivers through the upstream; also the membership API of topic mode.
+#[derive(Debug)]
+pub struct FcmSender {
+    upstream: Upstream,
+    prefix: String,
+}
+
+impl FcmSender {
+    /// A sender; `prefix` names FCM topics (direct mode).
+    pub fn new(upstream: Upstream, prefix: String) -> Self {
+        FcmSender { upstream, prefix }
+    }
+}
+
+#[async_trait]
+impl Deliver for FcmSender {
+    async fn deliver(&self, sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome {
+        let Some(t) = (match &sub.target {
+            Target::Remote(r) => r.data::<FcmTarget>(),
+            _ => None,
+        }) else {
+            return Outcome::Rejected("not an FCM subscription".into());
+        };
+        let n = &message.notification;
+        match &self.upstream {
+            Upstream::Direct(c) => {
+                c.send(Recipient::Token(&t.token), &message_data(n, true), ttl, &topic_hash(n.topic.as_str())).await
+            }
+            Upstream::Relay(r) => r.push(n.topic.as_str(), Some(&t.token)).await,
+        }
+    }
+
+    async fn deliver_topic(&self, message: &PushMessage, ttl: Duration) -> Outcome {
+        let n = &message.notification;
+        match &self.upstream {
+            Upstream::Direct(c) => {
+                let name = topic_name(&self.prefix, n.topic.as_str());
+                c.send(Recipient::Topic(&name), &message_data(n, true), ttl, &topic_hash(n.topic.as_str())).await
+            }
+            Upstream::Relay(r) => r.push(n.topic.as_str(), None).await,
+        }
+    }
+}
+
+#[async_trait]
+impl MembershipApi for FcmSender {
+    async fn change(&self, op: Op, topic: &str, tokens: &[String]) -> Result<Vec<TokenResult>, BatchError> {
+        match &self.upstream {
+            Upstream::Direct(c) => c.membership(op, &topic_name(&self.prefix, topic), tokens).await,
+            Upstream::Relay(r) => r.membership(op, topic, tokens).await,
+        }
+    }
+}
+
+/// The `fcm` push service.
+pub struct FcmTransport {
+    mode: FcmMode,
+    engine: Engine,
+    membership: Option<Membership>,
+}
+
+impl std::fmt::Debug for FcmTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcmTransport").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+impl FcmTransport {
+    /// Starts the engine (and, in topic mode, the membership task).
+    pub fn start(
+        sender: Arc<FcmSender>,
+        settings: &FcmSettings,
+        feedback: Feedback,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn SubscriptionStore>,
+    ) -> Self {
+        let membership = (settings.mode == FcmMode::Topic).then(|| {
+            Membership::start(
+                ServiceKind::Fcm,
+                sender.clone(),
+                settings.membership.clone(),
+                feedback.clone(),
+                metrics.clone(),
+            )
+        });
+        let engine = Engine::start(ServiceKind::Fcm, sender, settings.engine.clone(), feedback, metrics, store);
+        FcmTransport { mode: settings.mode, engine, membership }
+    }
+
+    /// The delivery engine (for inspection).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn token_of(sub: &Subscription) -> Option<&str> {
+    match &sub.target {
+        Target::Remote(r) => r.data::<FcmTarget>().map(|t| t.token.as_str()),
+        _ => None,
+    }
+}
+
+/// Hands a message to the engine: once per topic in topic mode, else once per subscription.
+pub(crate) fn dispatch_to(
+    engine: &Engine,
+    per_topic: bool,
+    message: &Arc<PushMessage>,
+    recipients: &[Arc<Subscription>],
+) -> Dispatched {
+    let mut d = Dispatched::default();
+    if per_topic {
+        let Some(first) = recipients.first() else { return d };
+        let n = recipients.len() as u64;
+        match engine.enqueue_topic(first, message) {
+            Enqueued::Queued => d.queued = n,
+            Enqueued::Coalesced => d.coalesced = n,
+            Enqueued::Dropped => d.dropped = n,
+        }
+        return d;
+    }
+    for s in recipients {
+        match engine.enqueue(s, message) {
+            Enqueued::Queued => d.queued += 1,
+            Enqueued::Coalesced => d.coalesced += 1,
+            Enqueued::Dropped => d.dropped += 1,
+        }
+    }
+    d
+}
+
+#[async_trait]
+impl Transport for FcmTransport {
+    fn kind(&self) -> ServiceKind {
+        ServiceKind::Fcm
+    }
+
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        parse_params(params)
+    }
+
+    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
+        dispatch_to(&self.engine, self.mode == FcmMode::Topic, message, recipients)
+    }
+
+    fn tracks_membership(&self) -> bool {
+        self.membership.is_some()
+    }
+
+    async fn added(&self, sub: &Arc<Subscription>) {
+        if let (Some(m), Some(token)) = (&self.membership, token_of(sub)) {
+            m.change(Op::Add, sub.topic.as_str(), token, &sub.id).await;
+        }
+    }
+
+    async fn removed(&self, sub: &Arc<Subscription>) {
+        if let (Some(m), Some(token)) = (&self.membership, token_of(sub)) {
+            m.change(Op::Remove, sub.topic.as_str(), token, &sub.id).await;
+        }
+    }
+
+    async fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
+        match self.mode {
+            FcmMode::Topic => self.engine.restore_topics(pending),
+            FcmMode::Token => self.engine.restore(pending),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.engine.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_validated() {
+        let t = parse_params(&serde_json::json!({"registration_token": "dXo1:APA91bH-x_y"})).unwrap();
+        assert!(t.is_durable());
+        assert_eq!(t.to_json(), r#"{"registration_token":"dXo1:APA91bH-x_y"}"#);
+        let e = parse_params(&serde_json::json!({"registration_token": "a b"})).unwrap_err();
+        assert_eq!(e.field, Some("registration_token"));
+        let e = parse_params(&serde_json::json!({"token": "x"})).unwrap_err();
+        assert!(e.message.contains("token"), "{e}");
+    }
+
+    #[test]
+    fn topic_names_are_valid_fcm_topics() {
+        let n = topic_name("davpush", "f0ec984b-4b19-4652-91f2-92c6d81c3c09");
+        assert!(n.starts_with("davpush.") && n.len() == 8 + 32);
+        assert!(n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+    }
+
+    #[test]
+    fn message_body_is_data_only_and_high_priority() {
+        let n = Notification {
+            topic: davpush_core::Topic::parse("cal-1", 64).unwrap(),
+            sync_token: Some("7".into()),
+            trigger: None,
+        };
+        let b = client::message_body(Recipient::Token("tok"), &message_data(&n, true), Duration::from_secs(60), "k");
+        assert_eq!(
+            b,
+            serde_json::json!({"message": {"token": "tok", "data": {"topic": "cal-1", "sync_token": "7"},
+                "android": {"priority": "high", "ttl": "60s", "collapse_key": "k"}}})
+        );
+        assert_eq!(message_data(&n, false).len(), 1);
+    }
+}
