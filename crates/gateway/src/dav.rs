@@ -108,84 +108,190 @@ fn status_ok() -> Element {
     Element::new(DAV, "status").with_text("HTTP/1.1 200 OK")
 }
 
-/// Whether a multistatus `response` is about a collection: its `resourcetype` says so, or,
-/// when not asked for, its href ends with `/` (RFC 4918 §8.3 recommends it).
-fn is_collection(resp: &Element, href: &str, kind: &PropfindKind) -> bool {
-    if matches!(kind, PropfindKind::PropName) {
-        // propname lists `resourcetype` without its value.
-        return href.ends_with('/');
-    }
-    let mut saw_resourcetype = false;
-    for ps in resp.elements().filter(|e| e.is(DAV, "propstat")) {
-        if let Some(rt) = ps.child(DAV, "prop").and_then(|p| p.child(DAV, "resourcetype")) {
-            saw_resourcetype = true;
-            if rt.child(DAV, "collection").is_some() {
-                return true;
+/// What the scan of a multistatus learnt about one `response`.
+struct ResponseSpan {
+    start: usize,
+    end: usize,
+    href: String,
+    saw_resourcetype: bool,
+    collection: bool,
+}
+
+/// Finds the byte spans of the top-level `response` elements and, for each, its href and
+/// whether its `resourcetype` says collection, without building a tree. Returns the root's
+/// namespace declarations (raw) too.
+fn scan_multistatus(body: &str) -> Result<(String, Vec<ResponseSpan>), xml::XmlError> {
+    use quick_xml::NsReader;
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+    let err = |e: quick_xml::Error| xml::XmlError(e.to_string());
+    let is = |r: &ResolveResult<'_>, local: &[u8], name: &[u8]| {
+        matches!(r, ResolveResult::Bound(ns) if ns.0.as_bytes() == DAV.as_bytes()) && local == name
+    };
+    let mut reader = NsReader::from_str(body);
+    let mut depth = 0usize;
+    let mut decls = String::new();
+    let mut spans = Vec::new();
+    let mut cur: Option<ResponseSpan> = None;
+    let mut in_href = false;
+    let mut in_resourcetype = 0usize;
+    loop {
+        let before = reader.buffer_position() as usize;
+        let (resolved, event) = reader.read_resolved_event().map_err(err)?;
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let empty = matches!(event, Event::Empty(_));
+                let local = e.local_name();
+                let local = local.as_ref().as_bytes();
+                if depth == 0 {
+                    if !is(&resolved, local, b"multistatus") {
+                        return Err(xml::XmlError("not a multistatus".into()));
+                    }
+                    for a in e.attributes() {
+                        let a = a.map_err(|e| xml::XmlError(e.to_string()))?;
+                        if a.key.as_namespace_binding().is_some() {
+                            let k = std::str::from_utf8(a.key.as_ref().as_bytes()).unwrap_or("xmlns");
+                            let v: &str = a.value.as_ref();
+                            decls.push_str(&format!(" {k}=\"{v}\""));
+                        }
+                    }
+                } else if depth == 1 && !empty && is(&resolved, local, b"response") {
+                    cur = Some(ResponseSpan {
+                        start: before,
+                        end: 0,
+                        href: String::new(),
+                        saw_resourcetype: false,
+                        collection: false,
+                    });
+                } else if let Some(c) = cur.as_mut() {
+                    if depth == 2 && is(&resolved, local, b"href") {
+                        in_href = !empty;
+                    }
+                    if is(&resolved, local, b"resourcetype") {
+                        c.saw_resourcetype = true;
+                        if !empty {
+                            in_resourcetype = depth;
+                        }
+                    } else if in_resourcetype > 0 && is(&resolved, local, b"collection") {
+                        c.collection = true;
+                    }
+                }
+                if !empty {
+                    depth += 1;
+                }
             }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if in_resourcetype == depth {
+                    in_resourcetype = 0;
+                }
+                in_href = false;
+                if depth == 1
+                    && let Some(mut c) = cur.take()
+                {
+                    c.end = reader.buffer_position() as usize;
+                    spans.push(c);
+                }
+            }
+            Event::Text(t) if in_href => {
+                if let Some(c) = cur.as_mut() {
+                    c.href.push_str(t.xml10_content().trim());
+                }
+            }
+            Event::GeneralRef(r) if in_href => {
+                if let (Some(c), Some(ch)) = (cur.as_mut(), xml::resolve_ref(&r)) {
+                    c.href.push(ch);
+                }
+            }
+            Event::DocType(_) => return Err(xml::XmlError("DTDs are not accepted".into())),
+            Event::Eof => break,
+            _ => {}
         }
     }
-    !saw_resourcetype && href.ends_with('/')
+    Ok((decls, spans))
+}
+
+/// Whether a `response` is about a collection: its `resourcetype` says so, or, when that was not
+/// asked for (or for `propname`, which lists it without value), its href ends with `/`
+/// (RFC 4918 §8.3 recommends it).
+fn is_collection(r: &ResponseSpan, kind: &PropfindKind) -> bool {
+    if matches!(kind, PropfindKind::PropName) || !r.saw_resourcetype {
+        return r.href.ends_with('/');
+    }
+    r.collection
 }
 
 /// Rewrites a multistatus: for every collection, the push properties `kind` asks for are
 /// answered in a 200 propstat (and removed from the upstream's 404 one). `values` gives the
-/// values for a response's href (`None`: not push-capable, left alone).
+/// values for a response's href (`None`: not push-capable, left alone). Responses that are not
+/// rewritten are copied byte for byte: only the collections' are parsed and re-serialized.
 pub fn rewrite_multistatus(
     body: &str,
     kind: &PropfindKind,
     values: impl Fn(&str) -> Option<PushValues>,
 ) -> Result<String, xml::XmlError> {
-    let mut root = xml::parse(body)?;
-    if !root.is(DAV, "multistatus") {
-        return Err(xml::XmlError("not a multistatus".into()));
-    }
-    for resp in root.elements_mut().filter(|e| e.is(DAV, "response")) {
-        let href = resp.child(DAV, "href").map(|h| h.text()).unwrap_or_default();
-        let collection = is_collection(resp, &href, kind);
-        let wanted: Vec<(String, String)> = match kind {
-            PropfindKind::Props(p) => p.clone(),
-            PropfindKind::AllProp | PropfindKind::PropName => {
-                PUSH_PROPS.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
-            }
-        };
-        let v = if collection { values(&href) } else { None };
-        let Some(v) = v else { continue };
-        // Remove our properties from the upstream's propstats (typically its 404 one).
-        resp.children.retain_mut(|n| {
-            let Node::Element(ps) = n else { return true };
-            if !ps.is(DAV, "propstat") {
-                return true;
-            }
-            let Some(prop) = ps.elements_mut().find(|e| e.is(DAV, "prop")) else { return true };
-            prop.children.retain(|c| !matches!(c, Node::Element(e) if is_push_prop(e)));
-            prop.elements().next().is_some() || ps.child(DAV, "status").is_none_or(|s| s.text().contains(" 200 "))
-        });
-        let mut ours = Element::new(DAV, "prop");
-        for (ns, name) in &wanted {
-            let el = if matches!(kind, PropfindKind::PropName) { Element::new(ns, name) } else { value(ns, name, &v) };
-            ours.children.push(Node::Element(el));
+    let (decls, spans) = scan_multistatus(body)?;
+    let mut out = String::with_capacity(body.len() + 1024);
+    let mut copied = 0;
+    for span in spans {
+        if !is_collection(&span, kind) {
+            continue;
         }
-        // Merge into an existing 200 propstat, or add one.
-        let ok = resp
-            .elements_mut()
-            .find(|e| e.is(DAV, "propstat") && e.child(DAV, "status").is_some_and(|s| s.text().contains(" 200 ")));
-        match ok.and_then(|ps| ps.elements_mut().find(|e| e.is(DAV, "prop"))) {
-            Some(prop) => prop.children.extend(ours.children),
-            None => {
-                let ps = Element::new(DAV, "propstat").with_child(ours).with_child(status_ok());
-                // Keep `href` first and `responsedescription` last, as RFC 4918's DTD orders them.
-                let at = resp
-                    .children
-                    .iter()
-                    .position(
-                        |n| matches!(n, Node::Element(e) if e.is(DAV, "responsedescription") || e.is(DAV, "location")),
-                    )
-                    .unwrap_or(resp.children.len());
-                resp.children.insert(at, Node::Element(ps));
-            }
+        let Some(v) = values(&span.href) else { continue };
+        // Parse just this response, with the root's namespace declarations in scope.
+        let wrapped = format!("<w{decls}>{}</w>", &body[span.start..span.end]);
+        let w = xml::parse(&wrapped)?;
+        let Some(mut resp) = w.elements().next().cloned() else { continue };
+        rewrite_response(&mut resp, kind, &v);
+        out.push_str(&body[copied..span.start]);
+        out.push_str(&xml::serialize_fragment(&resp));
+        copied = span.end;
+    }
+    out.push_str(&body[copied..]);
+    Ok(out)
+}
+
+fn rewrite_response(resp: &mut Element, kind: &PropfindKind, v: &PushValues) {
+    let wanted: Vec<(String, String)> = match kind {
+        PropfindKind::Props(p) => p.clone(),
+        PropfindKind::AllProp | PropfindKind::PropName => {
+            PUSH_PROPS.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        }
+    };
+    // Remove our properties from the upstream's propstats (typically its 404 one).
+    resp.children.retain_mut(|n| {
+        let Node::Element(ps) = n else { return true };
+        if !ps.is(DAV, "propstat") {
+            return true;
+        }
+        let Some(prop) = ps.elements_mut().find(|e| e.is(DAV, "prop")) else { return true };
+        prop.children.retain(|c| !matches!(c, Node::Element(e) if is_push_prop(e)));
+        prop.elements().next().is_some() || ps.child(DAV, "status").is_none_or(|s| s.text().contains(" 200 "))
+    });
+    let mut ours = Element::new(DAV, "prop");
+    for (ns, name) in &wanted {
+        let el = if matches!(kind, PropfindKind::PropName) { Element::new(ns, name) } else { value(ns, name, v) };
+        ours.children.push(Node::Element(el));
+    }
+    // Merge into an existing 200 propstat, or add one.
+    let ok = resp
+        .elements_mut()
+        .find(|e| e.is(DAV, "propstat") && e.child(DAV, "status").is_some_and(|s| s.text().contains(" 200 ")));
+    match ok.and_then(|ps| ps.elements_mut().find(|e| e.is(DAV, "prop"))) {
+        Some(prop) => prop.children.extend(ours.children),
+        None => {
+            let ps = Element::new(DAV, "propstat").with_child(ours).with_child(status_ok());
+            // Keep `href` first and `responsedescription` last, as RFC 4918's DTD orders them.
+            let at = resp
+                .children
+                .iter()
+                .position(
+                    |n| matches!(n, Node::Element(e) if e.is(DAV, "responsedescription") || e.is(DAV, "location")),
+                )
+                .unwrap_or(resp.children.len());
+            resp.children.insert(at, Node::Element(ps));
         }
     }
-    Ok(xml::serialize(&root))
 }
 
 /// A parsed `push-register` (the spec's registration body), read liberally: DAVx⁵ ≤ 4.5.19

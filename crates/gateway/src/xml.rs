@@ -135,6 +135,11 @@ fn ns_of(r: &ResolveResult<'_>) -> Result<Option<String>, XmlError> {
     }
 }
 
+/// The character an entity or character reference stands for.
+pub(crate) fn resolve_ref(r: &quick_xml::events::BytesRef<'_>) -> Option<char> {
+    if r.is_char_ref() { r.resolve_char_ref().ok().flatten() } else { entity(r) }
+}
+
 fn entity(name: &str) -> Option<char> {
     Some(match name {
         "amp" => '&',
@@ -304,6 +309,16 @@ fn write_el(e: &Element, prefixes: &BTreeMap<String, String>, root: bool, out: &
     out.push_str("</");
     out.push_str(&qname);
     out.push('>');
+}
+
+/// Serializes one element on its own, declaring the namespaces it uses on itself (for splicing
+/// into a document whose other parts are kept as they are).
+pub fn serialize_fragment(el: &Element) -> String {
+    let mut prefixes = BTreeMap::new();
+    collect_ns(el, &mut prefixes);
+    let mut out = String::new();
+    write_el(el, &prefixes, true, &mut out);
+    out
 }
 
 /// Serializes a document with an XML declaration.
