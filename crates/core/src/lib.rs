@@ -16,6 +16,7 @@
 //! - [`feedback`]: transports report subscriptions that are gone.
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
+//! - [`secrets`]: secret files, mode 0600.
 //! - [`service`]: `PushService`, the one entry point the HTTP layer calls.
 //! - [`metrics`]: Prometheus metrics of the above.
 //!
@@ -30,6 +31,7 @@ pub mod kind;
 pub mod live;
 pub mod metrics;
 pub mod notification;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod subscription;

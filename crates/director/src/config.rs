@@ -474,22 +474,11 @@ fn generated_token(
         Err(e) => return Err(fail(e)),
     }
     let token = davpush_core::ids::random_token(32);
-    write_private(path, &token).map_err(fail)?;
+    davpush_core::secrets::write_private(path, &format!("{token}\n")).map_err(fail)?;
     generated.push((key, path.to_owned()));
     Ok(Secret(token))
 }
 
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(content.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
-}
 
 /// `[web_push]` validated, before its key is loaded.
 struct PartialWebPush {

@@ -75,7 +75,7 @@ impl VapidKey {
                     pem.push('\n');
                 }
                 pem.push_str("-----END PRIVATE KEY-----\n");
-                write_private(path, &pem).map_err(io)?;
+                davpush_core::secrets::write_private(path, &pem).map_err(io)?;
                 let key = Self::from_pkcs8(der).ok_or_else(|| VapidError::BadKey(path.display().to_string()))?;
                 Ok((key, true))
             }
@@ -90,16 +90,6 @@ impl VapidKey {
     }
 }
 
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()
-}
 
 #[derive(Serialize)]
 struct Claims<'a> {
