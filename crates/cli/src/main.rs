@@ -1,9 +1,10 @@
-//! `davpush`: the one binary. Subcommands: `serve` (the Push Director) and `bench` (the load
-//! tool); later ones (gateway, relay, notify, topic, listen, vapid) join here.
+//! `davpush`: the one binary. Subcommands: `serve` (the Push Director), `gateway`, `relay`,
+//! `notify`, `topic`, `listen` (a push client for scripts), `vapid` and `bench` (the load tool).
 
 mod bench;
 mod config_args;
 mod gateway;
+mod listen;
 mod relay;
 mod serve;
 
@@ -31,6 +32,8 @@ enum Command {
     Topic(gateway::TopicArgs),
     /// Tell the Director that a collection changed (cron jobs, server hooks).
     Notify(gateway::NotifyArgs),
+    /// Watch collections: one JSON line per change, or run a command (e.g. vdirsyncer sync).
+    Listen(listen::ListenArgs),
     /// Print the Director's VAPID public key (generating the key pair on first use), the
     /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with.
     Vapid(config_args::ConfigArgs),
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
             Command::Relay(args) => relay::run(args).await,
             Command::Topic(args) => gateway::run_topic(args),
             Command::Notify(args) => gateway::run_notify(args).await,
+            Command::Listen(args) => listen::run(args).await,
             Command::Vapid(args) => match args.load() {
                 Ok(config) => match &config.web_push {
                     Some(wp) => {

@@ -479,7 +479,6 @@ fn generated_token(
     Ok(Secret(token))
 }
 
-
 /// `[web_push]` validated, before its key is loaded.
 struct PartialWebPush {
     services: Vec<davpush_core::ServiceKind>,

@@ -28,7 +28,7 @@ use crate::topic::{canonical_path, parent_path};
 /// Shared state of the gateway.
 #[derive(Clone, Debug)]
 pub struct GatewayState {
-    cfg: Arc<GatewayConfig>,
+    pub(crate) cfg: Arc<GatewayConfig>,
     upstream: reqwest::Client,
     director: DirectorClient,
     notifier: Notifier,
@@ -84,7 +84,7 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip_length: bool) {
     }
 }
 
-fn plain(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn plain(status: StatusCode, msg: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.to_owned()).into_response()
 }
 
@@ -93,7 +93,7 @@ fn dav_error(status: StatusCode, precondition: &str, description: &str) -> Respo
         .into_response()
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
@@ -162,6 +162,16 @@ impl GatewayState {
             None => (Vec::new(), "token".into(), None, None),
         };
         PushValues { topic, vapid_public_key: vapid, director, services, subscription_auth: auth, websocket_url: ws }
+    }
+
+    /// The Director's WebSocket path (from its `/info`; `/ws` until it answered).
+    pub(crate) fn websocket_path(&self) -> String {
+        let info = self.info.read().unwrap_or_else(|e| e.into_inner());
+        info.as_ref().and_then(|i| i.websocket_path.clone()).unwrap_or_else(|| "/ws".to_owned())
+    }
+
+    fn web_prefix(&self) -> String {
+        format!("{}/.davpush/", self.cfg.public_prefix().trim_end_matches('/'))
     }
 
     fn registration_prefix(&self) -> String {
@@ -281,11 +291,41 @@ pub fn router(state: GatewayState) -> Router {
 
 /// Handles one request.
 pub async fn handle(State(st): State<GatewayState>, req: Request) -> Response {
+    let from_script =
+        req.headers().get("x-requested-with").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+    let mut resp = dispatch(&st, req).await;
+    if from_script && resp.status() == StatusCode::UNAUTHORIZED {
+        // A Basic challenge makes browsers show their own login dialog over a page's request
+        // (or, headless, wait for one forever); a script that sent the user's credentials itself
+        // handles the 401 (the convention of Nextcloud and ownCloud).
+        let kept: Vec<HeaderValue> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter(|v| !v.as_bytes().get(..5).is_some_and(|s| s.eq_ignore_ascii_case(b"basic")))
+            .cloned()
+            .collect();
+        resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+        for v in kept {
+            resp.headers_mut().append(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    resp
+}
+
+async fn dispatch(st: &GatewayState, req: Request) -> Response {
+    let st = st.clone();
     let path = req.uri().path().to_owned();
     let reg_prefix = st.registration_prefix();
     if let Some(token) = path.strip_prefix(&reg_prefix) {
         let token = token.to_owned();
         return registration_request(&st, req, &token).await.unwrap_or_else(|r| r);
+    }
+    if st.cfg.web_clients
+        && let Some(rest) = path.strip_prefix(&st.web_prefix())
+    {
+        let rest = rest.to_owned();
+        return crate::web::handle(&st, req, &rest).await;
     }
     let Some(up_path) = st.cfg.to_upstream_path(&path) else {
         return plain(StatusCode::NOT_FOUND, "not under this gateway's public URL");
@@ -455,7 +495,7 @@ fn notify_after_write(st: &GatewayState, parts: &Parts, up_path: &str, dest: Opt
 }
 
 /// May the requester read `up_path`? Asks the upstream with the requester's credentials.
-async fn check_read(st: &GatewayState, up_path: &str, auth: Option<&HeaderValue>) -> Result<(), Response> {
+pub(crate) async fn check_read(st: &GatewayState, up_path: &str, auth: Option<&HeaderValue>) -> Result<(), Response> {
     let mut req = st
         .upstream
         .request(reqwest::Method::from_bytes(b"PROPFIND").expect("valid"), st.upstream_url(up_path, None))

@@ -60,6 +60,9 @@ pub struct RawGatewayConfig {
     pub notify_attempts: u32,
     /// Ask the upstream for a collection's new sync-token after a change.
     pub sync_token_lookup: bool,
+    /// Serve browsers under `<public_url>.davpush/`: the client module, the demo calendar,
+    /// WebSocket tickets and the WebSocket proxy to the Director.
+    pub web_clients: bool,
 }
 
 impl Default for RawGatewayConfig {
@@ -81,6 +84,7 @@ impl Default for RawGatewayConfig {
             notify_queue: 10_000,
             notify_attempts: 6,
             sync_token_lookup: true,
+            web_clients: true,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct GatewayConfig {
     pub notify_attempts: u32,
     /// Look up sync-tokens.
     pub sync_token_lookup: bool,
+    /// Serve the browser module, the demo, tickets and the WebSocket proxy.
+    pub web_clients: bool,
     /// The topic secret file, if generated now.
     pub generated_topic_secret: Option<PathBuf>,
 }
@@ -256,6 +262,7 @@ impl GatewayConfig {
             notify_queue: raw.notify_queue,
             notify_attempts: raw.notify_attempts,
             sync_token_lookup: raw.sync_token_lookup,
+            web_clients: raw.web_clients,
             generated_topic_secret,
         })
     }

@@ -11,6 +11,7 @@
 //! - [`registration`]: self-authenticating registration URLs, owners, `Push-Dont-Notify`.
 //! - [`notifier`]: the bounded queue of change notifications to the Director.
 //! - [`director`]: the client of the Director's APIs.
+//! - `web`: the browser module, the demo calendar, WebSocket tickets and the WebSocket proxy.
 //!
 //! The choice a reader may question: registrations are not stored by the gateway. A
 //! registration URL carries its Director subscription and owner under an HMAC, so the gateway
@@ -23,7 +24,9 @@ pub mod director;
 pub mod notifier;
 pub mod registration;
 pub mod topic;
+mod web;
 pub mod xml;
 
 pub use app::{GatewayState, RunningGateway, spawn};
 pub use config::{GatewayConfig, RawGatewayConfig};
+pub use web::DAVPUSH_JS;

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`apache`]: Apache httpd with mod_dav and the litmus WebDAV compliance suite.
+//! - [`browser`]: headless Chromium driven by ChromeDriver (WebDriver over HTTP).
 //! - [`fake_push`]: a local RFC 8030 push service that records requests and answers as scripted.
 //! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
 //!   `radicale`), and the Web Push oracle script.
@@ -11,6 +12,7 @@
 //! on a developer's machine the test is skipped with a notice.
 
 pub mod apache;
+pub mod browser;
 pub mod fake_push;
 pub mod python;
 pub mod radicale;

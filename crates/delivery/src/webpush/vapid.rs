@@ -90,7 +90,6 @@ impl VapidKey {
     }
 }
 
-
 #[derive(Serialize)]
 struct Claims<'a> {
     aud: &'a str,

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod browser;
 mod discovery;
 mod litmus;
 mod notifications;

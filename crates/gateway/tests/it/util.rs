@@ -18,6 +18,7 @@ pub(crate) struct Stack {
     pub(crate) push: FakePush,
     pub(crate) http: reqwest::Client,
     pub(crate) data: tempfile::TempDir,
+    director_toml: String,
 }
 
 pub(crate) fn basic(user: &str) -> String {
@@ -46,8 +47,7 @@ async fn stack_on(radicale: Radicale, upstream: &str, director_extra: &str) -> O
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\n{director_extra}",
         data.path().display().to_string()
     );
-    let raw = RawConfig::from_toml(&toml, &BTreeMap::new(), &Overrides::default()).unwrap();
-    let director = davpush_director::spawn(davpush_director::Config::from_raw(raw).unwrap()).await.unwrap();
+    let director = spawn_director(&toml).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_addr = listener.local_addr().unwrap();
     let cfg = GatewayConfig::from_raw(RawGatewayConfig {
@@ -60,10 +60,26 @@ async fn stack_on(radicale: Radicale, upstream: &str, director_extra: &str) -> O
     .unwrap();
     let gateway = davpush_gateway::spawn(cfg, listener).await.unwrap();
     let push = FakePush::start().await;
-    Some(Stack { radicale, director, gateway, push, http: reqwest::Client::new(), data })
+    Some(Stack { radicale, director, gateway, push, http: reqwest::Client::new(), data, director_toml: toml })
+}
+
+async fn spawn_director(toml: &str) -> davpush_director::Running {
+    let raw = RawConfig::from_toml(toml, &BTreeMap::new(), &Overrides::default()).unwrap();
+    davpush_director::spawn(davpush_director::Config::from_raw(raw).unwrap()).await.unwrap()
 }
 
 impl Stack {
+    /// Shuts the Director down gracefully (WebSockets closed with 1001) and starts it again on
+    /// the same address with the same data directory.
+    pub(crate) async fn restart_director(self) -> Stack {
+        let Stack { radicale, director, gateway, push, http, data, director_toml } = self;
+        let addr = director.addr;
+        director.shutdown().await.unwrap();
+        let toml = director_toml.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+        let director = spawn_director(&toml).await;
+        Stack { radicale, director, gateway, push, http, data, director_toml }
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.gateway.url())
     }

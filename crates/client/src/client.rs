@@ -1,0 +1,501 @@
+//! The WebSocket push client: one connection to a Director, the watched collections, and a task
+//! that keeps them subscribed across reconnects and expiry.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use davpush_proto::{ClientFrame, SUBPROTOCOL, ServerFrame, Trigger};
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use url::Url;
+
+use crate::Error;
+use crate::backoff::Backoff;
+use crate::discovery::{Collection, Credentials, SubscriptionAuth};
+
+const DIRECTOR: &str = "the Director";
+/// Commands waiting for the connection task at most.
+const COMMAND_QUEUE: usize = 64;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How the client authenticates to the Director's WebSocket.
+#[derive(Clone, Default)]
+pub enum DirectorAuth {
+    /// Nothing (`subscription-auth` `none`).
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>` (`token`).
+    Bearer(String),
+    /// A whole `Authorization` header, e.g. the WebDAV Basic credentials (`webdav`).
+    Authorization(String),
+}
+
+impl std::fmt::Debug for DirectorAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DirectorAuth::None => "None",
+            DirectorAuth::Bearer(_) => "Bearer(<redacted>)",
+            DirectorAuth::Authorization(_) => "Authorization(<redacted>)",
+        })
+    }
+}
+
+impl DirectorAuth {
+    /// What `collection`'s Director asks for: its subscription `token`, the WebDAV
+    /// `credentials`, or nothing.
+    pub fn for_collection(
+        collection: &Collection,
+        credentials: &Credentials,
+        token: Option<&str>,
+    ) -> Result<DirectorAuth, Error> {
+        match (&collection.subscription_auth, token) {
+            (_, Some(t)) => Ok(DirectorAuth::Bearer(t.to_owned())),
+            (SubscriptionAuth::None, None) => Ok(DirectorAuth::None),
+            (SubscriptionAuth::Webdav, None) => credentials
+                .authorization()
+                .map(DirectorAuth::Authorization)
+                .ok_or(Error::Unauthorized { what: DIRECTOR, status: 401 }),
+            (SubscriptionAuth::Token | SubscriptionAuth::Other(_), None) => Err(Error::TokenRequired),
+        }
+    }
+
+    fn header(&self) -> Option<String> {
+        match self {
+            DirectorAuth::None => None,
+            DirectorAuth::Bearer(t) => Some(format!("Bearer {t}")),
+            DirectorAuth::Authorization(a) => Some(a.clone()),
+        }
+    }
+}
+
+/// Options of a [`PushClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The Director's WebSocket URL (`websocket-url`).
+    pub websocket_url: Url,
+    /// Authentication.
+    pub auth: DirectorAuth,
+    /// First reconnect delay (500 ms); doubles up to `max_backoff` (30 s), with jitter.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// Subscriptions are renewed after this fraction of their lifetime (0.8).
+    pub refresh_ratio: f64,
+    /// Handshake timeout (10 s).
+    pub connect_timeout: Duration,
+    /// Events waiting to be read at most (256); the connection waits while it is full.
+    pub event_queue: usize,
+}
+
+impl ClientOptions {
+    /// Defaults for `websocket_url` with `auth`.
+    pub fn new(websocket_url: Url, auth: DirectorAuth) -> Self {
+        ClientOptions {
+            websocket_url,
+            auth,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            refresh_ratio: 0.8,
+            connect_timeout: Duration::from_secs(10),
+            event_queue: 256,
+        }
+    }
+
+    /// Options for `collection`'s Director (its `websocket-url` and authentication).
+    pub fn for_collection(
+        collection: &Collection,
+        credentials: &Credentials,
+        token: Option<&str>,
+    ) -> Result<ClientOptions, Error> {
+        let url = collection.websocket_url.clone().ok_or_else(|| Error::NoPush {
+            url: collection.url.to_string(),
+            detail: "its Director offers no WebSocket endpoint".into(),
+        })?;
+        Ok(ClientOptions::new(url, DirectorAuth::for_collection(collection, credentials, token)?))
+    }
+}
+
+/// A change of a watched collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// The collection.
+    pub collection: Url,
+    /// Its topic.
+    pub topic: String,
+    /// Its new sync-token, when the server sent it.
+    pub sync_token: Option<String>,
+    /// What changed (`content` when the server did not say).
+    pub trigger: Trigger,
+}
+
+/// What a [`PushClient`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A connection is up (after a reconnect, `reconnect` is true).
+    Connected {
+        /// The Director's id of this connection.
+        connection_id: String,
+        /// Whether this replaces a lost connection.
+        reconnect: bool,
+    },
+    /// A collection is subscribed (also after every renewal).
+    Subscribed {
+        /// The collection.
+        collection: Url,
+        /// Granted expiry, unix seconds.
+        expires: i64,
+    },
+    /// A collection changed: sync it.
+    Update(Update),
+    /// After a reconnect: changes may have been missed while disconnected, sync once.
+    Resync {
+        /// The collection.
+        collection: Url,
+    },
+    /// The connection was lost; the next attempt follows after `retry_in`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The Director refused to subscribe a collection (an `error` frame).
+    Refused {
+        /// The collection.
+        collection: Url,
+        /// Error code.
+        error: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+enum Command {
+    Watch(Url, String),
+    Unwatch(String),
+    Close,
+}
+
+/// A WebSocket connection to a Director that keeps watched collections subscribed: it
+/// reconnects with backoff and jitter, subscribes again after a reconnect (the Director gives a
+/// new connection id and subscriptions end with their connection), renews subscriptions before
+/// they expire, and unsubscribes when closed or dropped. A [`Stream`] of [`Event`]s; read it,
+/// since the connection waits while `event_queue` events are unread.
+#[derive(Debug)]
+pub struct PushClient {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PushClient {
+    /// Connects (the first attempt is made now: an unreachable Director or refused credentials
+    /// are errors here; later losses are retried).
+    pub async fn connect(options: ClientOptions) -> Result<PushClient, Error> {
+        let (socket, connection_id) = open(&options).await?;
+        let (commands, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, events) = mpsc::channel(options.event_queue.max(1));
+        let task = Task { options, commands: cmd_rx, events: ev_tx, watched: HashMap::new() };
+        let handle = tokio::spawn(task.run(socket, connection_id));
+        Ok(PushClient { commands, events, task: Some(handle) })
+    }
+
+    /// Watches a collection (subscribes now and after every reconnect).
+    pub async fn watch(&self, collection: &Collection) -> Result<(), Error> {
+        self.watch_topic(collection.url.clone(), &collection.topic).await
+    }
+
+    /// Watches `topic`, reported as `url`.
+    pub async fn watch_topic(&self, url: Url, topic: &str) -> Result<(), Error> {
+        self.commands.send(Command::Watch(url, topic.to_owned())).await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops watching a collection.
+    pub async fn unwatch(&self, collection: &Collection) -> Result<(), Error> {
+        self.commands.send(Command::Unwatch(collection.topic.clone())).await.map_err(|_| Error::Closed)
+    }
+
+    /// Unsubscribes everything, closes the connection and waits for that.
+    pub async fn close(mut self) {
+        let _ = self.commands.send(Command::Close).await;
+        // Unread events must not hold the task up.
+        self.events.close();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Stream for PushClient {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for PushClient {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            // The task unsubscribes and closes; it does not wait for readers any more.
+            let _ = self.commands.try_send(Command::Close);
+            self.events.close();
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Opens a connection and reads the `hello`.
+async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
+    let mut request = options
+        .websocket_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::Protocol { what: DIRECTOR, message: e.to_string() })?;
+    let h = request.headers_mut();
+    h.insert("sec-websocket-protocol", tungstenite::http::HeaderValue::from_static(SUBPROTOCOL));
+    if let Some(a) = options.auth.header() {
+        let v = tungstenite::http::HeaderValue::from_str(&a)
+            .map_err(|_| Error::Protocol { what: DIRECTOR, message: "invalid credentials header".into() })?;
+        h.insert("authorization", v);
+    }
+    let connect = tokio::time::timeout(options.connect_timeout, tokio_tungstenite::connect_async(request));
+    let mut socket = match connect.await {
+        Err(_) => return Err(Error::Unreachable { what: DIRECTOR, message: "the handshake timed out".into() }),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            return Err(if status == 401 || status == 403 {
+                Error::Unauthorized { what: DIRECTOR, status }
+            } else {
+                Error::Http { what: DIRECTOR, status }
+            });
+        }
+        Ok(Err(e)) => return Err(Error::Unreachable { what: DIRECTOR, message: e.to_string() }),
+        Ok(Ok((socket, _))) => socket,
+    };
+    let first = tokio::time::timeout(options.connect_timeout, socket.next()).await;
+    match first {
+        Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ServerFrame>(t.as_str()) {
+            Ok(ServerFrame::Hello { connection_id, ping_interval, .. }) => {
+                Ok((socket, Hello { connection_id, ping_interval: Duration::from_secs(ping_interval.max(1)) }))
+            }
+            _ => Err(Error::Protocol { what: DIRECTOR, message: format!("expected a hello frame, got {t}") }),
+        },
+        Ok(Some(Err(e))) => Err(Error::Unreachable { what: DIRECTOR, message: e.to_string() }),
+        _ => Err(Error::Unreachable { what: DIRECTOR, message: "no hello frame".into() }),
+    }
+}
+
+#[derive(Debug)]
+struct Hello {
+    connection_id: String,
+    ping_interval: Duration,
+}
+
+#[derive(Debug)]
+struct Watched {
+    url: Url,
+    /// When to subscribe again (set from the granted expiry).
+    renew_at: Option<Instant>,
+}
+
+struct Task {
+    options: ClientOptions,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    watched: HashMap<String, Watched>,
+}
+
+enum End {
+    Closed,
+    Lost(String),
+}
+
+fn frame(f: &ClientFrame) -> Message {
+    Message::Text(serde_json::to_string(f).expect("frames serialize").into())
+}
+
+impl Task {
+    async fn emit(&self, e: Event) {
+        // A reader that went away (closed stream) does not stop the connection.
+        let _ = self.events.send(e).await;
+    }
+
+    async fn run(mut self, socket: Socket, hello: Hello) {
+        let mut backoff = Backoff::new(self.options.min_backoff, self.options.max_backoff);
+        let (mut socket, mut hello, mut reconnect) = (socket, hello, false);
+        loop {
+            let mut reason = match self.session(&mut socket, &hello, reconnect).await {
+                End::Closed => return,
+                End::Lost(r) => r,
+            };
+            loop {
+                let delay = backoff.next_delay();
+                tracing::info!(%reason, retry_in = ?delay, "push connection lost");
+                self.emit(Event::Disconnected { reason: reason.clone(), retry_in: delay }).await;
+                if !self.wait(delay).await {
+                    return;
+                }
+                match open(&self.options).await {
+                    Ok((s, h)) => {
+                        (socket, hello, reconnect) = (s, h, true);
+                        backoff.reset();
+                        break;
+                    }
+                    Err(e) => reason = e.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Waits `delay`, still taking commands; `false` when closed.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                c = self.commands.recv() => match c {
+                    Some(Command::Watch(url, topic)) => {
+                        self.watched.insert(topic, Watched { url, renew_at: None });
+                    }
+                    Some(Command::Unwatch(topic)) => {
+                        self.watched.remove(&topic);
+                    }
+                    Some(Command::Close) | None => return false,
+                },
+            }
+        }
+    }
+
+    async fn subscribe(&self, socket: &mut Socket, topic: &str) -> Result<(), tungstenite::Error> {
+        socket
+            .send(frame(&ClientFrame::Subscribe { id: Some(topic.to_owned()), topic: topic.to_owned(), expires: None }))
+            .await
+    }
+
+    async fn session(&mut self, socket: &mut Socket, hello: &Hello, reconnect: bool) -> End {
+        self.emit(Event::Connected { connection_id: hello.connection_id.clone(), reconnect }).await;
+        let topics: Vec<(String, Url)> = self.watched.iter().map(|(t, w)| (t.clone(), w.url.clone())).collect();
+        for (topic, url) in topics {
+            if let Err(e) = self.subscribe(socket, &topic).await {
+                return End::Lost(e.to_string());
+            }
+            if let Some(w) = self.watched.get_mut(&topic) {
+                w.renew_at = None;
+            }
+            if reconnect {
+                self.emit(Event::Resync { collection: url }).await;
+            }
+        }
+        let mut heard = Instant::now();
+        let mut ping = tokio::time::interval_at(Instant::now() + hello.ping_interval, hello.ping_interval);
+        loop {
+            let renew = self.watched.values().filter_map(|w| w.renew_at).min();
+            tokio::select! {
+                c = self.commands.recv() => match c {
+                    Some(Command::Watch(url, topic)) => {
+                        self.watched.insert(topic.clone(), Watched { url, renew_at: None });
+                        if let Err(e) = self.subscribe(socket, &topic).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                    Some(Command::Unwatch(topic)) => {
+                        if self.watched.remove(&topic).is_some() {
+                            let f = ClientFrame::Unsubscribe { id: None, topic };
+                            if let Err(e) = socket.send(frame(&f)).await {
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                    }
+                    Some(Command::Close) | None => {
+                        for topic in self.watched.keys() {
+                            let _ = socket.feed(frame(&ClientFrame::Unsubscribe { id: None, topic: topic.clone() })).await;
+                        }
+                        let _ = socket.close(None).await;
+                        return End::Closed;
+                    }
+                },
+                m = socket.next() => {
+                    heard = Instant::now();
+                    match m {
+                        Some(Ok(Message::Text(t))) => self.on_frame(t.as_str()).await,
+                        Some(Ok(Message::Close(f))) => {
+                            let why = f.map(|f| format!("closed by the Director ({} {})", u16::from(f.code), f.reason))
+                                .unwrap_or_else(|| "closed by the Director".into());
+                            return End::Lost(why);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        None => return End::Lost("the connection ended".into()),
+                    }
+                }
+                _ = tokio::time::sleep_until(renew.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))), if renew.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<String> = self.watched.iter().filter(|(_, w)| w.renew_at.is_some_and(|r| r <= now)).map(|(t, _)| t.clone()).collect();
+                    for topic in due {
+                        if let Some(w) = self.watched.get_mut(&topic) {
+                            w.renew_at = None;
+                        }
+                        if let Err(e) = self.subscribe(socket, &topic).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > 2 * hello.ping_interval {
+                        return End::Lost("the Director stopped answering".into());
+                    }
+                    if let Err(e) = socket.send(Message::Ping(Vec::new().into())).await {
+                        return End::Lost(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, text: &str) {
+        let Ok(f) = serde_json::from_str::<ServerFrame>(text) else {
+            tracing::debug!(frame = text, "unknown frame ignored");
+            return;
+        };
+        match f {
+            ServerFrame::Notify { topic, sync_token, trigger } => {
+                if let Some(w) = self.watched.get(&topic) {
+                    let u = Update {
+                        collection: w.url.clone(),
+                        topic,
+                        sync_token,
+                        trigger: trigger.unwrap_or(Trigger::Content),
+                    };
+                    self.emit(Event::Update(u)).await;
+                }
+            }
+            ServerFrame::Subscribed { topic, expires, .. } => {
+                let ratio = self.options.refresh_ratio.clamp(0.1, 0.95);
+                if let Some(w) = self.watched.get_mut(&topic) {
+                    let lifetime = (expires - unix_now()).max(1) as f64;
+                    w.renew_at = Some(Instant::now() + Duration::from_secs_f64((lifetime * ratio).max(1.0)));
+                    let url = w.url.clone();
+                    self.emit(Event::Subscribed { collection: url, expires }).await;
+                }
+            }
+            ServerFrame::Error { id: Some(topic), error, message } => {
+                if let Some(w) = self.watched.get(&topic) {
+                    let url = w.url.clone();
+                    self.emit(Event::Refused { collection: url, error, message }).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}

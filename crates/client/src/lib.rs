@@ -1,0 +1,51 @@
+//! A WebDAV Push client: discover push support of a WebDAV collection, subscribe to it over a
+//! Director's WebSocket and receive its changes as a [`Stream`](futures_util::Stream), with
+//! reconnects, resubscription and renewal handled.
+//!
+//! ```no_run
+//! use davpush_client::{ClientOptions, Credentials, Discovery, Event, PushClient};
+//! use futures_util::StreamExt;
+//!
+//! # async fn example() -> Result<(), davpush_client::Error> {
+//! let creds = Credentials::Basic { user: "alice".into(), password: "secret".into() };
+//! let url = url::Url::parse("https://dav.example.org/alice/calendar/").unwrap();
+//! let calendar = Discovery::new()?.discover(&url, &creds).await?;
+//! // `token`: the app's subscription token, needed when the Director says `subscription-auth` token.
+//! let mut client = PushClient::connect(ClientOptions::for_collection(&calendar, &creds, None)?).await?;
+//! client.watch(&calendar).await?;
+//! while let Some(event) = client.next().await {
+//!     match event {
+//!         Event::Update(u) => println!("{} changed (sync-token {:?})", u.collection, u.sync_token),
+//!         Event::Resync { collection } => println!("reconnected: sync {collection} once"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`discovery`]: `OPTIONS` + `PROPFIND` of the push properties; [`Credentials`], [`Collection`].
+//! - [`client`]: [`PushClient`], its options and [`Event`]s.
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`error`]: [`Error`], classified by the part that failed.
+//!
+//! The choice a reader may question: subscriptions are made with `subscribe` frames over the
+//! WebSocket (docs/protocol.md §4.2), not with `POST /subscribe`: one round trip fewer, no
+//! client id to keep, and the Director ends them with the connection, so nothing outlives the
+//! client. After a reconnect every watched collection is subscribed again and reported as
+//! [`Event::Resync`], because changes may have happened in between. The spec's `push-register`
+//! is for Web Push receivers (a browser's or phone's push service), which this client is not.
+//!
+//! TLS (`wss://`) is not enabled in this build of the WebSocket library; reach the Director
+//! over `ws://` on loopback or a private network (or through the gateway), or put a TLS proxy
+//! in front of the client.
+
+pub mod backoff;
+pub mod client;
+pub mod discovery;
+pub mod error;
+
+pub use client::{ClientOptions, DirectorAuth, Event, PushClient, Update};
+pub use davpush_proto::Trigger;
+pub use discovery::{Collection, Credentials, Discovery, SubscriptionAuth};
+pub use error::Error;

@@ -1,0 +1,218 @@
+//! What browsers need from the gateway, under `<public_url>.davpush/`:
+//!
+//! - `client/davpush.js`: the dependency-free ES module (`web/davpush.js` in the repository);
+//! - `demo/`: the live web calendar (`web/demo/`);
+//! - `POST ticket`: a short-lived WebSocket ticket for a user the upstream accepts;
+//! - `GET ws?ticket=…`: a WebSocket proxied to the Director's `/ws`.
+//!
+//! Why a proxy: browsers cannot put an `Authorization` header on a WebSocket, and a page should
+//! not carry the Director's subscription token. A page that is logged in to the WebDAV server
+//! (it sends the user's credentials with its `fetch` requests) asks for a ticket, an HMAC over
+//! the user's hash and an expiry under the installation's secret (nothing is stored), and opens
+//! the WebSocket on its own origin with it. The gateway connects to the Director with its own
+//! subscription token, as it does for registrations, and moves frames both ways. Closing either
+//! side closes the other with the same code, so a Director restart (1001) reaches the page.
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::extract::Request;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use davpush_proto::SUBPROTOCOL;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::app::{GatewayState, check_read, plain, unix_now};
+use crate::registration;
+
+/// The browser module.
+pub const DAVPUSH_JS: &str = include_str!("../../../web/davpush.js");
+const DEMO_HTML: &str = include_str!("../../../web/demo/index.html");
+const DEMO_JS: &str = include_str!("../../../web/demo/calendar.js");
+const DEMO_CSS: &str = include_str!("../../../web/demo/calendar.css");
+
+const TICKET_LABEL: &str = "davpush-ws-ticket";
+/// How long a ticket opens WebSockets, seconds.
+const TICKET_SECS: i64 = 60;
+/// How long the gateway waits for the Director's WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ticket {
+    /// Owner hash of the user.
+    u: String,
+    /// Expiry, unix seconds.
+    e: i64,
+}
+
+/// The answer to `POST ticket`.
+#[derive(Debug, Serialize)]
+struct TicketAnswer {
+    ticket: String,
+    expires_in: i64,
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Handles a request under `.davpush/` (`rest` is the path after it).
+pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Response {
+    let method = req.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    match rest {
+        "client/davpush.js" if get => asset("text/javascript; charset=utf-8", DAVPUSH_JS),
+        "demo" if get => {
+            let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            let mut r = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("demo/{q}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        "demo/" | "demo/index.html" if get => asset("text/html; charset=utf-8", DEMO_HTML),
+        "demo/calendar.js" if get => asset("text/javascript; charset=utf-8", DEMO_JS),
+        "demo/calendar.css" if get => asset("text/css; charset=utf-8", DEMO_CSS),
+        "ticket" if method == Method::POST => ticket(st, req).await.unwrap_or_else(|r| r),
+        "ws" if method == Method::GET => proxy(st, req).await.unwrap_or_else(|r| r),
+        "client/davpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js" | "demo/calendar.css" | "ticket"
+        | "ws" => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => plain(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Who the upstream says the requester is: its root must be readable with the credentials.
+async fn authenticate(st: &GatewayState, authorization: Option<&HeaderValue>) -> Result<String, Response> {
+    check_read(st, st.cfg.upstream_prefix(), authorization).await?;
+    Ok(registration::owner_hash(&registration::user_key(authorization.and_then(|a| a.to_str().ok()))))
+}
+
+async fn ticket(st: &GatewayState, req: Request) -> Result<Response, Response> {
+    let owner = authenticate(st, req.headers().get(header::AUTHORIZATION)).await?;
+    let payload = serde_json::to_vec(&Ticket { u: owner, e: unix_now() + TICKET_SECS }).expect("serializes");
+    let mac = st.cfg.topic_key.mac(TICKET_LABEL, &payload);
+    let answer =
+        TicketAnswer { ticket: format!("{}.{}", B64.encode(&payload), B64.encode(mac)), expires_in: TICKET_SECS };
+    let mut r = axum::Json(answer).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+fn ticket_valid(st: &GatewayState, ticket: &str) -> bool {
+    let Some((p, m)) = ticket.split_once('.') else { return false };
+    let (Ok(payload), Ok(mac)) = (B64.decode(p), B64.decode(m)) else { return false };
+    if !st.cfg.topic_key.verify(TICKET_LABEL, &payload, &mac) {
+        return false;
+    }
+    serde_json::from_slice::<Ticket>(&payload).is_ok_and(|t| t.e >= unix_now())
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+type DirectorSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
+    let (mut parts, _) = req.into_parts();
+    match query_param(parts.uri.query(), "ticket") {
+        // Tickets are base64url with a dot: nothing to percent-decode.
+        Some(t) if ticket_valid(st, t) => {}
+        Some(_) => return Err(plain(StatusCode::UNAUTHORIZED, "the ticket is invalid or expired; ask for a new one")),
+        None => {
+            // Native clients (and browsers that send cached credentials) may authenticate directly.
+            authenticate(st, parts.headers.get(header::AUTHORIZATION)).await?;
+        }
+    }
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, st)
+        .await
+        .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("expected a WebSocket upgrade: {e}")))?;
+    let director = connect_director(st).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot open a WebSocket to the Director for a browser");
+        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "push is temporarily unavailable");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        r
+    })?;
+    Ok(upgrade.protocols([SUBPROTOCOL]).max_message_size(64 * 1024).on_upgrade(move |socket| pump(socket, director)))
+}
+
+async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungstenite::Error> {
+    let mut url = st.cfg.director_url.clone();
+    let _ = url.set_scheme(if url.scheme() == "https" { "wss" } else { "ws" });
+    let path = st.websocket_path();
+    url.set_path(&path);
+    let mut request = url.as_str().into_client_request()?;
+    let h = request.headers_mut();
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", st.cfg.subscription_token))
+        .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
+    h.insert(header::AUTHORIZATION, bearer);
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+        Ok(r) => r.map(|(ws, _)| ws),
+        Err(_) => Err(tungstenite::Error::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+    }
+}
+
+/// Moves text frames both ways until either side ends; passes the close code on.
+async fn pump(browser: WebSocket, director: DirectorSocket) {
+    let (mut b_tx, mut b_rx) = browser.split();
+    let (mut d_tx, mut d_rx) = director.split();
+    loop {
+        tokio::select! {
+            m = b_rx.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if d_tx.send(tungstenite::Message::Text(t.as_str().into())).await.is_err() {
+                        let _ = b_tx.send(close(1001, "the push service went away")).await;
+                        return;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = b_tx.send(close(1003, "binary frames are not part of the protocol")).await;
+                    let _ = d_tx.close().await;
+                    return;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    let _ = d_tx.close().await;
+                    return;
+                }
+            },
+            m = d_rx.next() => match m {
+                Some(Ok(tungstenite::Message::Text(t))) => {
+                    if b_tx.send(Message::Text(t.as_str().into())).await.is_err() {
+                        let _ = d_tx.close().await;
+                        return;
+                    }
+                }
+                Some(Ok(tungstenite::Message::Close(f))) => {
+                    let (code, reason) = f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1001, String::new()));
+                    let _ = b_tx.send(close(code, &reason)).await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    let _ = b_tx.send(close(1001, "the push service went away")).await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
