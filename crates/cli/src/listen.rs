@@ -55,6 +55,9 @@ pub(crate) struct ListenArgs {
     /// one run), but never longer than ten times this since the first waiting change.
     #[arg(long, value_name = "MS", default_value_t = 300)]
     settle_ms: u64,
+    /// PEM file of an extra trusted CA for a `wss://` Director (besides the system's roots).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 fn read_secret(path: &PathBuf) -> Result<String, String> {
@@ -227,13 +230,24 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
             Err(e) => return fail(url.as_str(), &e),
         }
     }
+    let extra_ca = match &args.ca_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("davpush listen: cannot read {}: {e}", f.display());
+                return ExitCode::from(64);
+            }
+        },
+        None => None,
+    };
     // One connection per Director (and authentication).
     let mut groups: Vec<(ClientOptions, Vec<Collection>)> = Vec::new();
     for c in collections {
-        let opts = match ClientOptions::for_collection(&c, &credentials, token.as_deref()) {
+        let mut opts = match ClientOptions::for_collection(&c, &credentials, token.as_deref()) {
             Ok(o) => o,
             Err(e) => return fail(c.url.as_str(), &e),
         };
+        opts.extra_ca_pem = extra_ca.clone();
         match groups.iter_mut().find(|(o, _)| o.websocket_url == opts.websocket_url) {
             Some((_, v)) => v.push(c),
             None => groups.push((opts, vec![c])),

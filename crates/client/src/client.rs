@@ -91,6 +91,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Events waiting to be read at most (256); the connection waits while it is full.
     pub event_queue: usize,
+    /// For `wss://`: PEM certificates of extra trusted roots (a private CA), besides the
+    /// platform's.
+    pub extra_ca_pem: Option<String>,
 }
 
 impl ClientOptions {
@@ -104,6 +107,7 @@ impl ClientOptions {
             refresh_ratio: 0.8,
             connect_timeout: Duration::from_secs(10),
             event_queue: 256,
+            extra_ca_pem: None,
         }
     }
 
@@ -269,7 +273,14 @@ async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
             .map_err(|_| Error::Protocol { what: DIRECTOR, message: "invalid credentials header".into() })?;
         h.insert("authorization", v);
     }
-    let connect = tokio::time::timeout(options.connect_timeout, tokio_tungstenite::connect_async(request));
+    let connector = match options.websocket_url.scheme() {
+        "wss" => Some(tokio_tungstenite::Connector::Rustls(tls_config(options.extra_ca_pem.as_deref())?)),
+        _ => None,
+    };
+    let connect = tokio::time::timeout(
+        options.connect_timeout,
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector),
+    );
     let mut socket = match connect.await {
         Err(_) => return Err(Error::Unreachable { what: DIRECTOR, message: "the handshake timed out".into() }),
         Ok(Err(tungstenite::Error::Http(resp))) => {
@@ -294,6 +305,29 @@ async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
         Ok(Some(Err(e))) => Err(Error::Unreachable { what: DIRECTOR, message: e.to_string() }),
         _ => Err(Error::Unreachable { what: DIRECTOR, message: "no hello frame".into() }),
     }
+}
+
+/// TLS for `wss://`: the platform's roots (as reqwest uses them), plus `extra_ca_pem`.
+fn tls_config(extra_ca_pem: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let tls_err = |m: String| Error::Protocol { what: DIRECTOR, message: format!("TLS setup: {m}") };
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let extra: Vec<CertificateDer<'static>> = match extra_ca_pem {
+        Some(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls_err(format!("bad CA certificate: {e}")))?,
+        None => Vec::new(),
+    };
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+        .map_err(|e| tls_err(e.to_string()))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 #[derive(Debug)]

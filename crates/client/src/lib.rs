@@ -36,9 +36,8 @@
 //! [`Event::Resync`], because changes may have happened in between. The spec's `push-register`
 //! is for Web Push receivers (a browser's or phone's push service), which this client is not.
 //!
-//! TLS (`wss://`) is not enabled in this build of the WebSocket library; reach the Director
-//! over `ws://` on loopback or a private network (or through the gateway), or put a TLS proxy
-//! in front of the client.
+//! `wss://` uses rustls with the platform's trusted roots, as the HTTP client does;
+//! [`ClientOptions::extra_ca_pem`] adds a private CA.
 
 pub mod backoff;
 pub mod client;

@@ -1,0 +1,107 @@
+//! `wss://`: the client reaches a Director behind a TLS-terminating proxy (as in production),
+//! trusting a private CA; an untrusted certificate is refused.
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use davpush_client::{ClientOptions, DirectorAuth, Event, PushClient};
+use futures_util::StreamExt;
+use tokio_rustls::rustls;
+
+/// A test CA and a leaf for `localhost` signed by it (rustls refuses a CA used as end entity).
+fn certificates() -> (String, rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "davpush test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    (ca.pem(), leaf.der().clone(), key)
+}
+
+/// Terminates TLS on a free port and forwards to `backend`.
+async fn tls_proxy(backend: std::net::SocketAddr) -> (u16, String) {
+    let (ca_pem, cert, key) = certificates();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (port, ca_pem)
+}
+
+#[tokio::test]
+async fn wss_through_a_tls_proxy_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[subscription]\nauth = \"none\"\n",
+        dir.path().display().to_string()
+    );
+    let raw = davpush_director::RawConfig::from_toml(&toml, &BTreeMap::new(), &Default::default()).unwrap();
+    let director = davpush_director::spawn(davpush_director::Config::from_raw(raw).unwrap()).await.unwrap();
+    let (port, ca_pem) = tls_proxy(director.addr).await;
+    let url = url::Url::parse(&format!("wss://localhost:{port}/ws")).unwrap();
+
+    // Without the private CA the certificate is not trusted.
+    let untrusted = PushClient::connect(ClientOptions::new(url.clone(), DirectorAuth::None)).await;
+    assert!(untrusted.is_err(), "an untrusted certificate must be refused");
+
+    let mut opts = ClientOptions::new(url, DirectorAuth::None);
+    opts.extra_ca_pem = Some(ca_pem);
+    let mut client = PushClient::connect(opts).await.expect("wss with the private CA");
+    let collection = url::Url::parse("https://dav.example.org/alice/cal/").unwrap();
+    client.watch_topic(collection.clone(), "wss-topic").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await.expect("subscribed in time") {
+            Some(Event::Subscribed { .. }) => break,
+            Some(_) => continue,
+            None => panic!("client ended"),
+        }
+    }
+    let token = std::fs::read_to_string(dir.path().join("notify-token")).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/notify", director.url()))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"topic": "wss-topic", "sync_token": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await.expect("update in time") {
+            Some(Event::Update(u)) => {
+                assert_eq!(
+                    (u.collection, u.topic.as_str(), u.sync_token.as_deref()),
+                    (collection, "wss-topic", Some("s1"))
+                );
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("client ended"),
+        }
+    }
+    client.close().await;
+}
