@@ -198,6 +198,27 @@ impl Index {
 
     /// The unexpired, non-excluded subscribers of `topic` at `now`, by service.
     pub fn recipients(&self, topic: &Topic, now: i64, exclude: &Exclusions) -> Recipients {
+        self.select(topic, now, exclude, |_| true)
+    }
+
+    /// Like [`Index::recipients`], only those that want a change of kind `trigger`.
+    pub fn recipients_for(
+        &self,
+        topic: &Topic,
+        now: i64,
+        exclude: &Exclusions,
+        trigger: Option<davpush_proto::Trigger>,
+    ) -> Recipients {
+        self.select(topic, now, exclude, |s| s.triggers.accepts(trigger))
+    }
+
+    fn select(
+        &self,
+        topic: &Topic,
+        now: i64,
+        exclude: &Exclusions,
+        wanted: impl Fn(&Subscription) -> bool,
+    ) -> Recipients {
         let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
         let Some(t) = shard.get(topic) else {
             return Vec::new();
@@ -208,7 +229,8 @@ impl Index {
             if list.is_empty() {
                 continue;
             }
-            let subs: Vec<_> = list.iter().filter(|s| s.expires > now && !exclude.contains(&s.id)).cloned().collect();
+            let subs: Vec<_> =
+                list.iter().filter(|s| s.expires > now && !exclude.contains(&s.id) && wanted(s)).cloned().collect();
             if !subs.is_empty() {
                 out.push((kind, subs));
             }
@@ -250,6 +272,7 @@ mod tests {
             topic: Topic::parse(topic, 64).unwrap(),
             target: Target::WebSocket(hub.open(0).unwrap()),
             expires,
+            triggers: crate::Triggers::ALL,
         }
     }
 

@@ -44,7 +44,7 @@ pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};
 pub use service::{Limits, NotifyReport, PushService, ServiceError, Subscribed};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
-pub use subscription::{RemoteTarget, Subscription, Target};
+pub use subscription::{RemoteTarget, Subscription, Target, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};
 
 /// Seconds since the unix epoch.

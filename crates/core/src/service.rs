@@ -14,6 +14,7 @@ use crate::store::{PendingDelivery, StoreError, StoredSubscription, Subscription
 use crate::transport::{TargetError, Transports};
 use crate::{
     ClientId, Index, Metrics, Notification, PushMessage, ServiceKind, Subscription, SubscriptionId, Target, Topic,
+    Triggers,
 };
 
 /// Limits the Director enforces on clients and application servers.
@@ -223,6 +224,7 @@ impl PushService {
                     topic: Topic::parse(&row.topic, usize::MAX).ok()?,
                     target,
                     expires: row.expires,
+                    triggers: Triggers::from_bits(row.triggers),
                 })
             })();
             match restored {
@@ -308,13 +310,27 @@ impl PushService {
         }
     }
 
-    /// Subscribes `client` to `topic` through each target (updating existing subscriptions).
+    /// Subscribes `client` to `topic` through each target (updating existing subscriptions),
+    /// for every kind of change.
     pub async fn subscribe(
         &self,
         client: ClientId,
         topic: Topic,
         targets: Vec<Target>,
         requested_expiry: Option<i64>,
+        now: i64,
+    ) -> Result<Subscribed, ServiceError> {
+        self.subscribe_with(client, topic, targets, requested_expiry, Triggers::ALL, now).await
+    }
+
+    /// Like [`PushService::subscribe`], for the kinds of change in `triggers` only.
+    pub async fn subscribe_with(
+        &self,
+        client: ClientId,
+        topic: Topic,
+        targets: Vec<Target>,
+        requested_expiry: Option<i64>,
+        triggers: Triggers,
         now: i64,
     ) -> Result<Subscribed, ServiceError> {
         let expires = self.limits.grant_expiry(requested_expiry, now);
@@ -337,13 +353,14 @@ impl PushService {
                         target: target.to_json(),
                         expires,
                         created: now,
+                        triggers: triggers.bits(),
                     })
                     .await?;
                 if kept != id.as_str() {
                     id = SubscriptionId::parse(&kept, 64).map_err(|e| ServiceError::invalid("id", e))?;
                 }
             }
-            let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires };
+            let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires, triggers };
             let (sub, previous) = self.index.insert(sub, self.limits.max_subscriptions_per_client)?;
             if let Some(t) = self.transports.get(kind).filter(|t| t.tracks_membership()) {
                 let moved = previous.as_ref().filter(|p| !sub.target.same_destination(&p.target));
@@ -534,7 +551,7 @@ impl PushService {
         for n in notifications {
             report.topics += 1;
             self.metrics.notifications.inc();
-            let recipients = self.index.recipients(&n.topic, now, exclude);
+            let recipients = self.index.recipients_for(&n.topic, now, exclude, n.trigger);
             if recipients.is_empty() {
                 continue;
             }

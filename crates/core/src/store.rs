@@ -23,6 +23,8 @@ pub struct StoredSubscription {
     pub expires: i64,
     /// Creation time, unix seconds.
     pub created: i64,
+    /// Wanted kinds of change ([`crate::Triggers::bits`]).
+    pub triggers: u8,
 }
 
 /// A delivery that waits for a retry (or was queued at shutdown): the outbox, so that it
@@ -94,6 +96,7 @@ impl SubscriptionStore for MemoryStore {
         if let Some(r) = existing {
             r.target = s.target.clone();
             r.expires = s.expires;
+            r.triggers = s.triggers;
             return Ok(r.id.clone());
         }
         rows.insert(s.id.clone(), s.clone());

@@ -4,6 +4,8 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use davpush_proto::Trigger;
+
 use crate::live::Connection;
 use crate::{ClientId, ServiceKind, SubscriptionId, Topic};
 
@@ -96,6 +98,51 @@ impl Target {
     }
 }
 
+/// Which kinds of change a subscription wants (the spec's triggers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Triggers {
+    /// Members added, changed or removed.
+    pub content: bool,
+    /// Properties of the collection changed.
+    pub property: bool,
+}
+
+impl Triggers {
+    /// Both kinds (the default).
+    pub const ALL: Triggers = Triggers { content: true, property: true };
+
+    /// From a list of triggers; `None` for an empty list.
+    pub fn from_list(list: &[Trigger]) -> Option<Triggers> {
+        let t = Triggers { content: list.contains(&Trigger::Content), property: list.contains(&Trigger::Property) };
+        (t.content || t.property).then_some(t)
+    }
+
+    /// Whether a notification with `trigger` is wanted (no trigger counts as content).
+    pub fn accepts(self, trigger: Option<Trigger>) -> bool {
+        match trigger {
+            None | Some(Trigger::Content) => self.content,
+            Some(Trigger::Property) => self.property,
+        }
+    }
+
+    /// As stored: bit 0 content, bit 1 property.
+    pub fn bits(self) -> u8 {
+        u8::from(self.content) | (u8::from(self.property) << 1)
+    }
+
+    /// From [`Triggers::bits`]; anything without a known bit means both.
+    pub fn from_bits(b: u8) -> Triggers {
+        let t = Triggers { content: b & 1 != 0, property: b & 2 != 0 };
+        if t.content || t.property { t } else { Triggers::ALL }
+    }
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Triggers::ALL
+    }
+}
+
 /// An active subscription. Immutable: an update replaces it (keeping the id).
 #[derive(Debug)]
 pub struct Subscription {
@@ -109,6 +156,8 @@ pub struct Subscription {
     pub target: Target,
     /// Expiry, unix seconds. Never notified at or after this time.
     pub expires: i64,
+    /// The kinds of change it wants.
+    pub triggers: Triggers,
 }
 
 impl Subscription {

@@ -98,6 +98,7 @@ async fn main() {
                 topic: Topic::parse("bench", 64).unwrap(),
                 target: transport.parse_target(&params).unwrap(),
                 expires: i64::MAX / 2,
+                triggers: davpush_core::Triggers::ALL,
             })
         })
         .collect();

@@ -552,6 +552,12 @@ async fn register(
         topic: topic.clone(),
         push_services: [("web_push".to_owned(), params)].into_iter().collect(),
         expires: Some(expires),
+        triggers: Some(
+            [(reg.content, Trigger::Content), (reg.property, Trigger::Property)]
+                .into_iter()
+                .filter_map(|(on, t)| on.then_some(t))
+                .collect(),
+        ),
     };
     let (created, answer) = st.director.subscribe(&req).await.map_err(|e| match e {
         DirectorError::Refused { status: 400, body } if body.error == "push_service_disabled" => {

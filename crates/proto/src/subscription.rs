@@ -19,6 +19,9 @@ pub struct SubscribeRequest {
     /// Requested expiry (unix seconds); the Director clamps it to its limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// The kinds of change wanted (`content`, `property`); absent means both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Vec<crate::Trigger>>,
 }
 
 /// `push_services.websocket`.

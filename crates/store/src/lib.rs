@@ -12,5 +12,8 @@ pub mod sqlite;
 pub use sqlite::SqliteStore;
 
 /// The schema, in order. Entry `i` brings the database from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_subscriptions.sql"), include_str!("../migrations/0002_outbox.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_subscriptions.sql"),
+    include_str!("../migrations/0002_outbox.sql"),
+    include_str!("../migrations/0003_triggers.sql"),
+];

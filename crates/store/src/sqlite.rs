@@ -65,10 +65,10 @@ impl SqliteStore {
 impl SubscriptionStore for SqliteStore {
     async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
         sqlx::query_scalar(
-            "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created, triggers) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (client_id, topic, service) \
-             DO UPDATE SET target = excluded.target, expires = excluded.expires \
+             DO UPDATE SET target = excluded.target, expires = excluded.expires, triggers = excluded.triggers \
              RETURNING id",
         )
         .bind(&s.id)
@@ -78,6 +78,7 @@ impl SubscriptionStore for SqliteStore {
         .bind(&s.target)
         .bind(s.expires)
         .bind(s.created)
+        .bind(i64::from(s.triggers))
         .fetch_one(&self.pool)
         .await
         .map_err(err("upsert a subscription"))
@@ -100,7 +101,7 @@ impl SubscriptionStore for SqliteStore {
 
     async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, client_id, topic, service, target, expires, created FROM subscriptions WHERE expires > ?",
+            "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions WHERE expires > ?",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -116,6 +117,7 @@ impl SubscriptionStore for SqliteStore {
                     target: r.try_get("target")?,
                     expires: r.try_get("expires")?,
                     created: r.try_get("created")?,
+                    triggers: r.try_get::<i64, _>("triggers")?.clamp(0, 255) as u8,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -210,6 +212,7 @@ mod tests {
             target: r#"{"endpoint":"https://push.example/1"}"#.into(),
             expires,
             created: 1,
+            triggers: 3,
         }
     }
 
@@ -221,6 +224,7 @@ mod tests {
         assert_eq!(store.upsert(&row("a", "c1", "t", 100)).await.unwrap(), "a");
         let mut again = row("b", "c1", "t", 200);
         again.target = r#"{"endpoint":"https://push.example/2"}"#.into();
+        again.triggers = 2;
         assert_eq!(store.upsert(&again).await.unwrap(), "a", "same client+topic+service updates");
         store.upsert(&row("c", "c2", "t", 50)).await.unwrap();
         drop(store);
@@ -230,6 +234,7 @@ mod tests {
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(rows.len(), 1, "expired rows are not loaded");
         assert_eq!(rows[0].expires, 200);
+        assert_eq!(rows[0].triggers, 2, "triggers are kept and updated");
         assert!(rows[0].target.contains("/2"));
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.pool).await.unwrap();
         assert_eq!(mode, "wal");

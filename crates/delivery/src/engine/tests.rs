@@ -53,6 +53,7 @@ async fn fixture(answers: Vec<Outcome>, settings: EngineSettings) -> Fixture {
         topic: Topic::parse("t", 10).unwrap(),
         target: Target::Remote(RemoteTarget::new(ServiceKind::WebPush, "{}".into(), ())),
         expires: davpush_core::unix_now() + 100_000_000,
+        triggers: davpush_core::Triggers::ALL,
     });
     store
         .upsert(&davpush_core::StoredSubscription {
@@ -63,6 +64,7 @@ async fn fixture(answers: Vec<Outcome>, settings: EngineSettings) -> Fixture {
             target: "{}".into(),
             expires: sub.expires,
             created: 0,
+            triggers: 3,
         })
         .await
         .unwrap();
@@ -217,6 +219,7 @@ async fn the_number_of_pending_deliveries_is_bounded() {
             topic: f.sub.topic.clone(),
             target: f.sub.target.clone(),
             expires: f.sub.expires,
+            triggers: davpush_core::Triggers::ALL,
         })
     };
     assert_eq!(f.engine.enqueue(&other(1), &msg("1")), Enqueued::Queued);
@@ -238,6 +241,7 @@ async fn topic_slots_deliver_once_per_topic_and_coalesce() {
         topic: f.sub.topic.clone(),
         target: f.sub.target.clone(),
         expires: f.sub.expires,
+        triggers: davpush_core::Triggers::ALL,
     });
     assert_eq!(f.engine.enqueue_topic(&f.sub, &msg("1")), Enqueued::Queued);
     f.script.delivered.notified().await;

@@ -28,7 +28,14 @@ pub(crate) async fn subscribe(
     let client = svc.client_id(&req.client_id)?;
     let topic = svc.topic("topic", &req.topic)?;
     let targets = svc.parse_targets(&req.push_services).await?;
-    let done = svc.subscribe(client, topic, targets, req.expires, davpush_core::unix_now()).await?;
+    let triggers = match &req.triggers {
+        None => davpush_core::Triggers::ALL,
+        Some(list) => davpush_core::Triggers::from_list(list).ok_or_else(|| ServiceError::Invalid {
+            field: "triggers".into(),
+            message: "must name at least one of `content`, `property`".into(),
+        })?,
+    };
+    let done = svc.subscribe_with(client, topic, targets, req.expires, triggers, davpush_core::unix_now()).await?;
     let created = done.subscriptions.iter().any(|(_, c)| *c);
     let subscriptions = done
         .subscriptions

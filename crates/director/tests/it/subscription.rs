@@ -184,3 +184,32 @@ async fn subscription_auth_none_accepts_anyone() {
     let (s, _) = d.post("/notify", None, json!({"topic": "t"})).await;
     assert_eq!(s, 401);
 }
+
+#[tokio::test]
+async fn subscriptions_get_only_the_kinds_of_change_they_asked_for() {
+    let d = start("").await;
+    let (mut props, pc) = d.ws().await;
+    let (mut all, ac) = d.ws().await;
+    let (s, b) = d
+        .subscribe(json!({"client_id": "p", "topic": "t", "triggers": ["property"],
+                          "push_services": {"websocket": {"connection_id": pc}}}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    d.subscribe_ws("a", "t", &ac).await;
+    let (_, b) = d.notify(json!({"topic": "t", "trigger": "content"})).await;
+    assert_eq!(b["addressed"], 1, "only the subscription that wants everything");
+    assert_eq!(next_json(&mut all).await["trigger"], "content");
+    assert_silent(&mut props, 200).await;
+    let (_, b) = d.notify(json!({"topic": "t"})).await;
+    assert_eq!(b["addressed"], 1, "no trigger counts as content");
+    next_json(&mut all).await;
+    let (_, b) = d.notify(json!({"topic": "t", "trigger": "property"})).await;
+    assert_eq!(b["addressed"], 2);
+    assert_eq!(next_json(&mut props).await["trigger"], "property");
+    next_json(&mut all).await;
+    let (s, b) = d
+        .subscribe(json!({"client_id": "x", "topic": "t", "triggers": [],
+                          "push_services": {"websocket": {"connection_id": pc}}}))
+        .await;
+    assert_eq!((s, b["field"].as_str()), (400, Some("triggers")), "{b}");
+}

@@ -229,3 +229,21 @@ async fn push_dont_notify_suppresses_the_registrants_own_echo() {
     assert_eq!(s.put_event("bob", &format!("{bob_cal}x.ics"), "x", "bob", &[("Push-Dont-Notify", &own)]).await, 201);
     s.push.assert_none(500).await;
 }
+
+#[tokio::test]
+async fn a_property_only_registration_is_not_woken_by_content_changes() {
+    let Some(mut s) = stack("").await else { return };
+    let cal = s.mkcalendar("alice", "props").await;
+    let keys = json!({"p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4", "auth": "BTBZMqHH6r4Tts7J_aSIgg"});
+    let body = spec_register(&s.push.endpoint("props"), &keys)
+        .replace("<content-update><D:depth>infinity</D:depth></content-update>", "");
+    let (st, _, b) = s.dav("POST", &cal, "alice", &[XML], &body).await;
+    assert_eq!(st, 201, "{b}");
+    assert_eq!(s.put_event("alice", &format!("{cal}e.ics"), "e", "x", &[]).await, 201);
+    s.push.assert_none(800).await;
+    let pp =
+        r#"<propertyupdate xmlns="DAV:"><set><prop><displayname>Renamed</displayname></prop></set></propertyupdate>"#;
+    let (st, _, _) = s.dav("PROPPATCH", &cal, "alice", &[("Content-Type", "application/xml")], pp).await;
+    assert_eq!(st, 207);
+    s.push.next().await;
+}
