@@ -52,6 +52,9 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Resident memory of the process (set when rendered).
     pub resident_memory: Gauge,
+    /// `deliveries{service="websocket",outcome="sent"}`, resolved once: it is counted by every
+    /// connection's task on every write, where a family lookup would contend.
+    pub ws_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             deliveries: Family::default(),
             resident_memory: Gauge::default(),
+            ws_sent: Counter::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
         r.register("websocket_closed", "WebSocket connections closed by the server or client", m.ws_closed.clone());
@@ -75,7 +79,11 @@ impl Default for Metrics {
         r.register("deliveries", "Deliveries by push service and outcome", m.deliveries.clone());
         r.register("process_resident_memory_bytes", "Resident set size of the process", m.resident_memory.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
-        m
+        let ws_sent = m
+            .deliveries
+            .get_or_create(&DeliveryLabels { service: ServiceKind::WebSocket.as_str(), outcome: "sent" })
+            .clone();
+        Metrics { ws_sent, ..m }
     }
 }
 

@@ -95,7 +95,9 @@ async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, wr
                 let work = conn.take(&mut frames);
                 let n = frames.len() as u64;
                 match Box::pin(write_burst(socket, &mut frames, work, write_timeout)).await {
-                    Ok(()) => st.service.metrics().delivered(davpush_core::ServiceKind::WebSocket, "sent", n),
+                    Ok(()) => {
+                        st.service.metrics().ws_sent.inc_by(n);
+                    }
                     Err(reason) => return reason,
                 }
                 frames = Vec::new();
