@@ -212,6 +212,7 @@ impl PushService {
     pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
         let rows = self.store.load(now).await?;
         let mut n = 0;
+        let mut members = Vec::new();
         for row in rows {
             let restored = (|| {
                 let kind: ServiceKind = row.service.parse().ok()?;
@@ -229,14 +230,28 @@ impl PushService {
             })();
             match restored {
                 Some(sub) => {
-                    if self.index.insert(sub, usize::MAX).is_ok() {
+                    if let Ok((sub, _)) = self.index.insert(sub, usize::MAX) {
                         n += 1;
+                        if self.transports.get(sub.kind()).is_some_and(|t| t.tracks_membership()) {
+                            members.push(sub);
+                        }
                     }
                 }
                 None => tracing::warn!(
                     subscription = %row.id, service = %row.service,
                     "stored subscription not loaded: its push service is disabled or its target invalid"
                 ),
+            }
+        }
+        // Topic memberships at the push service are re-announced (idempotent, batched by the
+        // transport): a Director switched to topic mode, or one whose last changes were lost in
+        // a crash, thus converges without clients subscribing again.
+        let mut announced = std::collections::HashSet::new();
+        for sub in members {
+            if announced.insert((sub.kind(), sub.topic.clone(), sub.target.to_json()))
+                && let Some(t) = self.transports.get(sub.kind())
+            {
+                t.added(&sub).await;
             }
         }
         let pending = self.store.load_pending().await?;
@@ -635,5 +650,68 @@ mod tests {
         svc.purge_expired(now + 10 * 24 * 3600).await.unwrap();
         assert_eq!(log(&members).last().unwrap(), "remove \"tok2\"");
         assert_eq!(log(&members).len(), 5);
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::transport::{Dispatched, Transport};
+    use crate::{MemoryStore, RemoteTarget};
+
+    #[derive(Default)]
+    struct Members(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Transport for Members {
+        fn kind(&self) -> ServiceKind {
+            ServiceKind::Fcm
+        }
+        fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), ())))
+        }
+        fn dispatch(&self, _m: &Arc<PushMessage>, _r: &[Arc<Subscription>]) -> Dispatched {
+            Dispatched::default()
+        }
+        fn tracks_membership(&self) -> bool {
+            true
+        }
+        async fn added(&self, sub: &Arc<Subscription>) {
+            self.0.lock().unwrap().push(format!("{} {}", sub.topic, sub.target.to_json()));
+        }
+    }
+
+    #[tokio::test]
+    async fn memberships_are_announced_again_at_start_once_per_topic_and_token() {
+        let store = Arc::new(MemoryStore::default());
+        for (id, client, topic, token) in [("a", "c1", "t1", "tok"), ("b", "c2", "t1", "tok"), ("c", "c3", "t2", "tok")]
+        {
+            store
+                .upsert(&StoredSubscription {
+                    id: format!("{id}-{}", SubscriptionId::random()),
+                    client_id: client.into(),
+                    topic: topic.into(),
+                    service: "fcm".into(),
+                    target: format!("\"{token}\""),
+                    expires: i64::MAX / 2,
+                    created: 0,
+                    triggers: 3,
+                })
+                .await
+                .unwrap();
+        }
+        let members = Arc::new(Members::default());
+        let svc = PushService::new(
+            store,
+            Transports::default().with(members.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(svc.load(0).await.unwrap(), 3);
+        let mut log = members.0.lock().unwrap().clone();
+        log.sort();
+        assert_eq!(log, ["t1 \"tok\"", "t2 \"tok\""], "two clients sharing a token join once");
     }
 }
