@@ -235,9 +235,23 @@ impl GatewayState {
 
     /// Turns an upstream response into ours: status, headers (hop-by-hop removed, `Location`
     /// mapped back), body streamed.
-    fn respond(&self, resp: reqwest::Response) -> Response {
+    async fn respond(&self, resp: reqwest::Response) -> Response {
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut headers = HeaderMap::new();
+        if status == StatusCode::MULTI_STATUS && self.maps_hrefs() {
+            // The upstream's hrefs are in its URL space: map them to ours (whole body needed).
+            copy_headers(resp.headers(), &mut headers, true);
+            self.map_location(&mut headers);
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                Err(_) => return plain(StatusCode::BAD_GATEWAY, "the upstream's answer broke off"),
+            };
+            let mapped = std::str::from_utf8(&body).ok().and_then(|t| self.map_body_hrefs(t));
+            return match mapped {
+                Some(m) => (status, headers, m).into_response(),
+                None => (status, headers, body).into_response(),
+            };
+        }
         copy_headers(resp.headers(), &mut headers, false);
         self.map_location(&mut headers);
         let body = Body::from_stream(resp.bytes_stream().map_err(std::io::Error::other));
@@ -247,9 +261,14 @@ impl GatewayState {
         out
     }
 
-    fn map_location(&self, headers: &mut HeaderMap) {
-        let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
-        let mapped = match url::Url::parse(loc) {
+    /// Whether the upstream's URL space differs from ours, so hrefs in bodies need mapping.
+    fn maps_hrefs(&self) -> bool {
+        self.cfg.public_prefix() != self.cfg.upstream_prefix()
+    }
+
+    /// The public form of an upstream href (a path, or an absolute URL of the upstream).
+    fn public_href(&self, href: &str) -> Option<String> {
+        match url::Url::parse(href) {
             Ok(u) if u.origin() == self.cfg.upstream.origin() => self.cfg.to_public_path(u.path()).map(|p| {
                 let mut pu = self.cfg.public_url.clone();
                 pu.set_path(&p);
@@ -257,9 +276,23 @@ impl GatewayState {
                 pu.to_string()
             }),
             Ok(_) => None,
-            Err(_) => self.cfg.to_public_path(loc),
-        };
-        if let Some(m) = mapped.and_then(|m| HeaderValue::from_str(&m).ok()) {
+            Err(_) => self.cfg.to_public_path(href),
+        }
+    }
+
+    fn map_body_hrefs(&self, body: &str) -> Option<String> {
+        match dav::map_hrefs(body, |h| self.public_href(h)) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream multistatus could not be parsed; hrefs not mapped");
+                None
+            }
+        }
+    }
+
+    fn map_location(&self, headers: &mut HeaderMap) {
+        let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
+        if let Some(m) = self.public_href(loc).and_then(|m| HeaderValue::from_str(&m).ok()) {
             headers.insert(header::LOCATION, m);
         }
     }
@@ -337,7 +370,10 @@ async fn dispatch(st: &GatewayState, req: Request) -> Response {
         "PUT" | "DELETE" | "MKCOL" | "MKCALENDAR" | "MOVE" | "COPY" | "PROPPATCH" => write(&st, req, &up_path).await,
         _ => {
             let (parts, body) = req.into_parts();
-            st.forward(&parts, &up_path, streamed(&parts, body), &[]).await.map(|r| st.respond(r))
+            match st.forward(&parts, &up_path, streamed(&parts, body), &[]).await {
+                Ok(r) => Ok(st.respond(r).await),
+                Err(e) => Err(e),
+            }
         }
     };
     result.unwrap_or_else(|r| r)
@@ -347,7 +383,7 @@ async fn options(st: &GatewayState, req: Request, up_path: &str) -> Result<Respo
     let (parts, body) = req.into_parts();
     let resp = st.forward(&parts, up_path, streamed(&parts, body), &[]).await?;
     let ok = resp.status().is_success();
-    let mut out = st.respond(resp);
+    let mut out = st.respond(resp).await;
     let dav: Vec<HeaderValue> = out.headers().get_all("dav").iter().cloned().collect();
     if ok && up_path.ends_with('/') && !dav.is_empty() {
         let joined = dav.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ");
@@ -366,13 +402,13 @@ async fn propfind(st: &GatewayState, req: Request, up_path: &str) -> Result<Resp
     let kind = dav::analyze_propfind(&bytes);
     let Some(kind) = kind.filter(PropfindKind::wants_push) else {
         let resp = st.forward(&parts, up_path, (!bytes.is_empty()).then(|| bytes.into()), &[]).await?;
-        return Ok(st.respond(resp));
+        return Ok(st.respond(resp).await);
     };
     // We rewrite the answer: ask for it uncompressed.
     let resp =
         st.forward(&parts, up_path, (!bytes.is_empty()).then(|| bytes.into()), &[header::ACCEPT_ENCODING]).await?;
     if resp.status().as_u16() != 207 {
-        return Ok(st.respond(resp));
+        return Ok(st.respond(resp).await);
     }
     let status = resp.status().as_u16();
     let mut headers = HeaderMap::new();
@@ -391,6 +427,7 @@ async fn propfind(st: &GatewayState, req: Request, up_path: &str) -> Result<Resp
     });
     match rewritten {
         Ok(xml) => {
+            let xml = if st.maps_hrefs() { st.map_body_hrefs(&xml).unwrap_or(xml) } else { xml };
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
             Ok((StatusCode::MULTI_STATUS, headers, xml).into_response())
         }
@@ -425,7 +462,7 @@ async fn post(st: &GatewayState, req: Request, up_path: &str) -> Result<Response
     if resp.status().is_success() {
         notify_after_write(st, &parts, up_path, None);
     }
-    Ok(st.respond(resp))
+    Ok(st.respond(resp).await)
 }
 
 async fn write(st: &GatewayState, req: Request, up_path: &str) -> Result<Response, Response> {
@@ -441,7 +478,7 @@ async fn write(st: &GatewayState, req: Request, up_path: &str) -> Result<Respons
     if resp.status().is_success() {
         notify_after_write(st, &parts, up_path, dest.as_deref());
     }
-    Ok(st.respond(resp))
+    Ok(st.respond(resp).await)
 }
 
 /// The collections a successful write changed, and what changed in them.

@@ -221,6 +221,57 @@ fn is_collection(r: &ResponseSpan, kind: &PropfindKind) -> bool {
     r.collection
 }
 
+/// Maps every `DAV:href` of a multistatus with `map` (from the upstream's URL space to the
+/// public one); hrefs `map` leaves alone (`None`) and everything else are copied byte for byte.
+pub fn map_hrefs(body: &str, map: impl Fn(&str) -> Option<String>) -> Result<String, xml::XmlError> {
+    use quick_xml::NsReader;
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+    let err = |e: quick_xml::Error| xml::XmlError(e.to_string());
+    let mut reader = NsReader::from_str(body);
+    let mut out = String::with_capacity(body.len() + 256);
+    let mut copied = 0;
+    // (content start, decoded text) of the href being read
+    let mut href: Option<(usize, String)> = None;
+    loop {
+        let before = reader.buffer_position() as usize;
+        let (resolved, event) = reader.read_resolved_event().map_err(err)?;
+        match event {
+            Event::Start(ref e) => {
+                let is_href = matches!(&resolved, ResolveResult::Bound(ns) if ns.0.as_bytes() == DAV.as_bytes())
+                    && e.local_name().as_ref() == "href";
+                if is_href {
+                    href = Some((reader.buffer_position() as usize, String::new()));
+                }
+            }
+            Event::Text(t) => {
+                if let Some((_, text)) = href.as_mut() {
+                    text.push_str(&t.xml10_content());
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let (Some((_, text)), Some(c)) = (href.as_mut(), xml::resolve_ref(&r)) {
+                    text.push(c);
+                }
+            }
+            Event::End(_) => {
+                if let Some((start, text)) = href.take()
+                    && let Some(mapped) = map(text.trim())
+                {
+                    out.push_str(&body[copied..start]);
+                    xml::escape_into(&mapped, &mut out);
+                    copied = before;
+                }
+            }
+            Event::DocType(_) => return Err(xml::XmlError("DTDs are not accepted".into())),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    out.push_str(&body[copied..]);
+    Ok(out)
+}
+
 /// Rewrites a multistatus: for every collection, the push properties `kind` asks for are
 /// answered in a 200 propstat (and removed from the upstream's 404 one). `values` gives the
 /// values for a response's href (`None`: not push-capable, left alone). Responses that are not

@@ -232,6 +232,11 @@ fn push_text(parent: &mut Element, s: &str) {
     }
 }
 
+/// Appends `s` escaped for XML text or attribute values.
+pub fn escape_into(s: &str, out: &mut String) {
+    escape(s, out)
+}
+
 fn escape(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {

@@ -135,3 +135,21 @@ fn spec_sample_registration_and_refusals() {
     let e = dav_error("no-supported-trigger", "x");
     assert!(e.contains("<D:error") && e.contains("<P:no-supported-trigger/>"), "{e}");
 }
+
+#[test]
+fn hrefs_are_mapped_everywhere_and_the_rest_is_kept() {
+    let body = r#"<?xml version="1.0"?>
+<d:multistatus xmlns:d="DAV:"><d:response><d:href>/alice/a&amp;b/</d:href><d:propstat><d:prop>
+<d:current-user-principal><d:href>http://up:5232/alice/</d:href></d:current-user-principal>
+<x:other xmlns:x="urn:x"><x:href>/alice/</x:href></x:other></d:prop>
+<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response></d:multistatus>"#;
+    let out = map_hrefs(body, |h| match h.strip_prefix("http://up:5232") {
+        Some(p) => Some(format!("https://dav.example.org/dav{p}")),
+        None => h.starts_with('/').then(|| format!("/dav{h}")),
+    })
+    .unwrap();
+    assert!(out.contains("<d:href>/dav/alice/a&amp;b/</d:href>"), "{out}");
+    assert!(out.contains("<d:href>https://dav.example.org/dav/alice/</d:href>"), "{out}");
+    assert!(out.contains("<x:href>/alice/</x:href>"), "only DAV:href is mapped: {out}");
+    assert!(out.starts_with("<?xml version=\"1.0\"?>\n<d:multistatus xmlns:d=\"DAV:\">"), "{out}");
+}

@@ -8,5 +8,6 @@ mod browser;
 mod discovery;
 mod litmus;
 mod notifications;
+mod prefix;
 mod registration;
 mod webdav_auth;

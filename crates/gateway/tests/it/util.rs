@@ -40,7 +40,23 @@ pub(crate) async fn stack_with_upstream(upstream: &str) -> Option<Stack> {
 }
 
 /// `{radicale}` in `director_extra` stands for Radicale's URL.
+/// A stack whose gateway is published under `path` (e.g. `/dav/`) in front of Radicale at `/`.
+pub(crate) async fn stack_with_public_path(path: &str) -> Option<Stack> {
+    let radicale = Radicale::start(&[])?;
+    let upstream = radicale.url.clone();
+    stack_at(radicale, &upstream, "", Some(path)).await
+}
+
 async fn stack_on(radicale: Radicale, upstream: &str, director_extra: &str) -> Option<Stack> {
+    stack_at(radicale, upstream, director_extra, None).await
+}
+
+async fn stack_at(
+    radicale: Radicale,
+    upstream: &str,
+    director_extra: &str,
+    public_path: Option<&str>,
+) -> Option<Stack> {
     let director_extra = director_extra.replace("{radicale}", &radicale.url);
     let data = tempfile::tempdir().unwrap();
     let toml = format!(
@@ -52,6 +68,7 @@ async fn stack_on(radicale: Radicale, upstream: &str, director_extra: &str) -> O
     let gw_addr = listener.local_addr().unwrap();
     let cfg = GatewayConfig::from_raw(RawGatewayConfig {
         listen: gw_addr.to_string(),
+        public_url: public_path.map(|p| format!("http://{gw_addr}{p}")).unwrap_or_default(),
         upstream: upstream.to_owned(),
         director_url: director.url(),
         data_dir: data.path().to_owned(),
@@ -112,6 +129,13 @@ impl Stack {
         let (s, _, b) = self.dav("MKCALENDAR", &path, user, &[], "").await;
         assert_eq!(s, 201, "MKCALENDAR {path}: {b}");
         path
+    }
+
+    /// MKCALENDAR of the public path `path`; returns the upstream path.
+    pub(crate) async fn mkcalendar_at(&self, path: &str, user: &str) -> String {
+        let (s, _, b) = self.dav("MKCALENDAR", path, user, &[], "").await;
+        assert_eq!(s, 201, "MKCALENDAR {path}: {b}");
+        path.trim_start_matches("/dav").to_owned()
     }
 
     /// An address book through the gateway (extended MKCOL, RFC 5689).
