@@ -153,10 +153,14 @@ export class PushClient extends EventTarget {
   /** Through the gateway that served the page: tickets from `POST <base>/.davpush/ticket`. */
   static viaGateway({ authorization, base = "/", ...options } = {}) {
     const root = new URL(base, location.href);
-    return new PushClient(async () => {
+    // A ticket names the collections it may watch (the gateway checks each with the WebDAV
+    // server): watching another one later means a new ticket, i.e. a reconnect.
+    const client = new PushClient(async () => {
+      const collections = [...client._watched.values()].map((c) => new URL(c.url, location.href).pathname);
       const resp = await request(new URL(".davpush/ticket", root).href, {
         method: "POST",
-        headers: headersWith(authorization),
+        headers: headersWith(authorization, { "Content-Type": "application/json" }),
+        body: JSON.stringify({ collections }),
       });
       if (!resp.ok) throw new DavPushError("http", `ticket: HTTP ${resp.status}`, resp.status);
       const { ticket } = await resp.json();
@@ -164,7 +168,8 @@ export class PushClient extends EventTarget {
       ws.protocol = ws.protocol === "https:" ? "wss:" : "ws:";
       ws.searchParams.set("ticket", ticket);
       return ws.href;
-    }, options);
+    }, { ...options, ticketed: true });
+    return client;
   }
 
   /** Straight to the Director's WebSocket (`websocket-url`), with `?access_token=` if given. */
@@ -183,7 +188,17 @@ export class PushClient extends EventTarget {
 
   /** Watches a collection (the result of `discover`, or `{url, topic}`). */
   watch(collection) {
+    const known = this._watched.has(collection.topic);
     this._watched.set(collection.topic, collection);
+    if (this._opts.ticketed && !known && this._ws) {
+      // The current ticket does not cover it: reconnect with one that does.
+      const ws = this._ws;
+      this._ws = null;
+      clearInterval(this._pingTimer);
+      ws.close(1000, "watching another collection");
+      this._connectNow();
+      return;
+    }
     this._subscribe(collection.topic);
   }
 

@@ -7,9 +7,14 @@
 //!
 //! Why a proxy: browsers cannot put an `Authorization` header on a WebSocket, and a page should
 //! not carry the Director's subscription token. A page that is logged in to the WebDAV server
-//! (it sends the user's credentials with its `fetch` requests) asks for a ticket, an HMAC over
-//! the user's hash and an expiry under the installation's secret (nothing is stored), and opens
-//! the WebSocket on its own origin with it. The gateway connects to the Director with its own
+//! (it sends the user's credentials with its `fetch` requests) asks for a ticket for the
+//! collections it wants to watch; the gateway checks with the upstream that the user may read
+//! each, and signs the user's hash, an expiry and their topics under the installation's secret
+//! (nothing is stored). The page opens the WebSocket on its own origin with it, and the gateway
+//! forwards a `subscribe` only for a topic the ticket names; a native client that authenticates
+//! with its credentials instead names the collection in each `subscribe` (`"collection"`), which
+//! is checked the same way. So the socket never carries changes of collections the user may
+//! not read. The gateway connects to the Director with its own
 //! subscription token, as it does for registrations, and moves frames both ways. Closing either
 //! side closes the other with the same code, so a Director restart (1001) reaches the page.
 
@@ -50,6 +55,27 @@ struct Ticket {
     u: String,
     /// Expiry, unix seconds.
     e: i64,
+    /// Topics the user may subscribe to (their collections were readable when it was issued).
+    #[serde(default)]
+    t: Vec<String>,
+}
+
+/// `POST ticket` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketRequest {
+    /// Collections (paths or URLs under the gateway) the page wants to watch.
+    #[serde(default)]
+    collections: Vec<String>,
+}
+
+/// What a proxied WebSocket may subscribe to.
+#[derive(Debug, Clone)]
+enum Access {
+    /// The topics of a ticket.
+    Topics(std::collections::HashSet<String>),
+    /// A native client's credentials: each `subscribe` names its collection, checked upstream.
+    Credentials(HeaderValue),
 }
 
 /// The answer to `POST ticket`.
@@ -102,8 +128,23 @@ async fn authenticate(st: &GatewayState, authorization: Option<&HeaderValue>) ->
 }
 
 async fn ticket(st: &GatewayState, req: Request) -> Result<Response, Response> {
-    let owner = authenticate(st, req.headers().get(header::AUTHORIZATION)).await?;
-    let payload = serde_json::to_vec(&Ticket { u: owner, e: unix_now() + TICKET_SECS }).expect("serializes");
+    let (parts, body) = req.into_parts();
+    let auth = parts.headers.get(header::AUTHORIZATION);
+    let owner = authenticate(st, auth).await?;
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| plain(StatusCode::PAYLOAD_TOO_LARGE, "ticket request too large"))?;
+    let wanted: TicketRequest = if body.is_empty() {
+        TicketRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("bad ticket request: {e}")))?
+    };
+    let mut topics = Vec::with_capacity(wanted.collections.len());
+    for c in &wanted.collections {
+        topics.push(readable_topic(st, c, auth).await?);
+    }
+    let payload = serde_json::to_vec(&Ticket { u: owner, e: unix_now() + TICKET_SECS, t: topics }).expect("serializes");
     let mac = st.cfg.topic_key.mac(TICKET_LABEL, &payload);
     let answer =
         TicketAnswer { ticket: format!("{}.{}", B64.encode(&payload), B64.encode(mac)), expires_in: TICKET_SECS };
@@ -112,13 +153,28 @@ async fn ticket(st: &GatewayState, req: Request) -> Result<Response, Response> {
     Ok(r)
 }
 
-fn ticket_valid(st: &GatewayState, ticket: &str) -> bool {
-    let Some((p, m)) = ticket.split_once('.') else { return false };
-    let (Ok(payload), Ok(mac)) = (B64.decode(p), B64.decode(m)) else { return false };
+/// The topic of `collection` (a path or URL under the gateway), if the upstream lets the holder
+/// of `auth` read it.
+async fn readable_topic(st: &GatewayState, collection: &str, auth: Option<&HeaderValue>) -> Result<String, Response> {
+    let path = url::Url::parse(collection).map(|u| u.path().to_owned()).unwrap_or_else(|_| collection.to_owned());
+    let up = st
+        .cfg
+        .to_upstream_path(&path)
+        .ok_or_else(|| plain(StatusCode::BAD_REQUEST, &format!("{collection} is not under this gateway")))?;
+    check_read(st, &up, auth).await?;
+    st.cfg
+        .topic_key
+        .topic(&up)
+        .ok_or_else(|| plain(StatusCode::BAD_REQUEST, &format!("{collection} is not a valid path")))
+}
+
+fn ticket_valid(st: &GatewayState, ticket: &str) -> Option<Ticket> {
+    let (p, m) = ticket.split_once('.')?;
+    let (Ok(payload), Ok(mac)) = (B64.decode(p), B64.decode(m)) else { return None };
     if !st.cfg.topic_key.verify(TICKET_LABEL, &payload, &mac) {
-        return false;
+        return None;
     }
-    serde_json::from_slice::<Ticket>(&payload).is_ok_and(|t| t.e >= unix_now())
+    serde_json::from_slice::<Ticket>(&payload).ok().filter(|t| t.e >= unix_now())
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -129,15 +185,23 @@ type DirectorSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::Mayb
 
 async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
     let (mut parts, _) = req.into_parts();
-    match query_param(parts.uri.query(), "ticket") {
+    let access = match query_param(parts.uri.query(), "ticket") {
         // Tickets are base64url with a dot: nothing to percent-decode.
-        Some(t) if ticket_valid(st, t) => {}
-        Some(_) => return Err(plain(StatusCode::UNAUTHORIZED, "the ticket is invalid or expired; ask for a new one")),
+        Some(t) => match ticket_valid(st, t) {
+            Some(t) => Access::Topics(t.t.into_iter().collect()),
+            None => return Err(plain(StatusCode::UNAUTHORIZED, "the ticket is invalid or expired; ask for a new one")),
+        },
         None => {
             // Native clients (and browsers that send cached credentials) may authenticate directly.
-            authenticate(st, parts.headers.get(header::AUTHORIZATION)).await?;
+            let auth = parts.headers.get(header::AUTHORIZATION).cloned();
+            authenticate(st, auth.as_ref()).await?;
+            match auth {
+                Some(a) => Access::Credentials(a),
+                None => return Err(plain(StatusCode::UNAUTHORIZED, "authentication required")),
+            }
         }
-    }
+    };
+    let state = st.clone();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, st)
         .await
         .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("expected a WebSocket upgrade: {e}")))?;
@@ -147,7 +211,10 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         r
     })?;
-    Ok(upgrade.protocols([SUBPROTOCOL]).max_message_size(64 * 1024).on_upgrade(move |socket| pump(socket, director)))
+    Ok(upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| pump(state, access, socket, director)))
 }
 
 async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungstenite::Error> {
@@ -167,19 +234,64 @@ async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungsteni
     }
 }
 
+/// What to do with a frame from the browser.
+enum Verdict {
+    /// Forward this text.
+    Forward(String),
+    /// Answer the browser with this frame instead.
+    Deny(String),
+}
+
+/// Lets a `subscribe` through only for a topic the connection may read; strips `collection`
+/// (the Director's frames have no such field). Other frames pass unchanged.
+async fn check_frame(st: &GatewayState, access: &Access, text: &str) -> Verdict {
+    let Ok(serde_json::Value::Object(mut frame)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Verdict::Forward(text.to_owned());
+    };
+    let collection = frame.remove("collection");
+    if frame.get("type").and_then(|t| t.as_str()) != Some("subscribe") {
+        return Verdict::Forward(serde_json::Value::Object(frame).to_string());
+    }
+    let topic = frame.get("topic").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+    let allowed = match access {
+        Access::Topics(topics) => topics.contains(&topic),
+        Access::Credentials(auth) => match collection.as_ref().and_then(|c| c.as_str()) {
+            Some(c) => readable_topic(st, c, Some(auth)).await.is_ok_and(|t| t == topic),
+            None => false,
+        },
+    };
+    if allowed {
+        return Verdict::Forward(serde_json::Value::Object(frame).to_string());
+    }
+    let id = frame.get("id").cloned().unwrap_or(serde_json::Value::Null);
+    let message = match access {
+        Access::Topics(_) => "this ticket does not cover that topic; ask for a ticket naming its collection",
+        Access::Credentials(_) => "name a collection you may read (`collection`) whose topic this is",
+    };
+    Verdict::Deny(serde_json::json!({"type": "error", "id": id, "error": "forbidden", "message": message}).to_string())
+}
+
 /// Moves text frames both ways until either side ends; passes the close code on.
-async fn pump(browser: WebSocket, director: DirectorSocket) {
+async fn pump(st: GatewayState, access: Access, browser: WebSocket, director: DirectorSocket) {
     let (mut b_tx, mut b_rx) = browser.split();
     let (mut d_tx, mut d_rx) = director.split();
     loop {
         tokio::select! {
             m = b_rx.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    if d_tx.send(tungstenite::Message::Text(t.as_str().into())).await.is_err() {
-                        let _ = b_tx.send(close(1001, "the push service went away")).await;
-                        return;
+                Some(Ok(Message::Text(t))) => match check_frame(&st, &access, t.as_str()).await {
+                    Verdict::Forward(text) => {
+                        if d_tx.send(tungstenite::Message::Text(text.into())).await.is_err() {
+                            let _ = b_tx.send(close(1001, "the push service went away")).await;
+                            return;
+                        }
                     }
-                }
+                    Verdict::Deny(answer) => {
+                        if b_tx.send(Message::Text(answer.into())).await.is_err() {
+                            let _ = d_tx.close().await;
+                            return;
+                        }
+                    }
+                },
                 Some(Ok(Message::Binary(_))) => {
                     let _ = b_tx.send(close(1003, "binary frames are not part of the protocol")).await;
                     let _ = d_tx.close().await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use davpush_testkit::browser::Browser;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -168,12 +168,23 @@ async fn screenshot_of_the_demo_calendar() {
 }
 
 #[tokio::test]
-async fn the_websocket_proxy_opens_for_tickets_only() {
+async fn the_websocket_proxy_opens_for_tickets_and_forwards_only_readable_collections() {
     let Some(s) = stack("").await else { return };
+    let alice_cal = s.mkcalendar("alice", "mine").await;
+    let bob_cal = s.mkcalendar("bob", "his").await;
+    let (alice_topic, bob_topic) = (s.topic("alice", &alice_cal).await, s.topic("bob", &bob_cal).await);
     let ticket_url = format!("{}/.davpush/ticket", s.gateway.url());
-    let r = s.http.post(&ticket_url).header("Authorization", basic("mallory")).send().await.unwrap();
+    let ask = |user: &'static str, collections: Vec<String>| {
+        s.http
+            .post(&ticket_url)
+            .header("Authorization", basic(user))
+            .json(&serde_json::json!({"collections": collections}))
+    };
+    let r = ask("mallory", vec![]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401, "unknown users get no ticket");
-    let r = s.http.post(&ticket_url).header("Authorization", basic("alice")).send().await.unwrap();
+    let r = ask("alice", vec![bob_cal.clone()]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "no ticket for a collection the user may not read");
+    let r = ask("alice", vec![alice_cal.clone()]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let ticket = r.json::<serde_json::Value>().await.unwrap()["ticket"].as_str().unwrap().to_owned();
 
@@ -193,10 +204,43 @@ async fn the_websocket_proxy_opens_for_tickets_only() {
     req.headers_mut().insert("sec-websocket-protocol", "davpush.v1".parse().unwrap());
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "davpush.v1");
-    let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(hello))) = ws.next().await else { panic!("no hello") };
-    assert!(hello.as_str().contains("\"hello\""), "{hello}");
-    // Native clients may authenticate with their credentials instead.
+    assert_eq!(next_frame(&mut ws).await["type"], "hello");
+    // The ticket covers alice's calendar, not bob's.
+    let send = |t: &str| tokio_tungstenite::tungstenite::Message::Text(t.to_owned().into());
+    ws.send(send(&format!(r#"{{"type":"subscribe","id":"a","topic":"{alice_topic}"}}"#))).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await["type"], "subscribed");
+    ws.send(send(&format!(r#"{{"type":"subscribe","id":"b","topic":"{bob_topic}"}}"#))).await.unwrap();
+    let denied = next_frame(&mut ws).await;
+    assert_eq!(
+        (denied["type"].as_str(), denied["error"].as_str(), denied["id"].as_str()),
+        (Some("error"), Some("forbidden"), Some("b"))
+    );
+
+    // Native clients may authenticate with their credentials instead, naming each collection.
     let mut req = ws_url("").into_client_request().unwrap();
     req.headers_mut().insert("authorization", basic("bob").parse().unwrap());
-    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    let (mut native, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_frame(&mut native).await["type"], "hello");
+    native.send(send(&format!(r#"{{"type":"subscribe","id":"1","topic":"{bob_topic}"}}"#))).await.unwrap();
+    assert_eq!(next_frame(&mut native).await["error"], "forbidden", "without `collection`");
+    native
+        .send(send(&format!(r#"{{"type":"subscribe","id":"2","topic":"{alice_topic}","collection":"{alice_cal}"}}"#)))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut native).await["error"], "forbidden", "bob may not read alice's calendar");
+    native
+        .send(send(&format!(r#"{{"type":"subscribe","id":"3","topic":"{bob_topic}","collection":"{bob_cal}"}}"#)))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut native).await["type"], "subscribed");
+}
+
+type TestSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame as JSON, within 5 s.
+async fn next_frame(ws: &mut TestSocket) -> serde_json::Value {
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => serde_json::from_str(t.as_str()).unwrap(),
+        other => panic!("expected a frame, got {other:?}"),
+    }
 }
