@@ -13,6 +13,7 @@
 //! - [`notification`]: a validated notification and the `PushMessage` serialized once per topic.
 //! - [`index`]: the routing index.
 //! - [`live`]: WebSocket connections (bounded mailboxes), their hub and transport.
+//! - [`fanout`]: the `Fanout` seam between the nodes of a cluster and the messages they exchange.
 //! - [`feedback`]: transports report subscriptions that are gone.
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
@@ -24,6 +25,7 @@
 //! hand-off to transports never await; transports that talk to the network queue the work in
 //! their own bounded engines. So a notify answers in microseconds however slow a push service is.
 
+pub mod fanout;
 pub mod feedback;
 pub mod ids;
 pub mod index;
@@ -37,6 +39,7 @@ pub mod store;
 pub mod subscription;
 pub mod transport;
 
+pub use fanout::{Channel, ClusterEvent, ClusterMessage, Fanout};
 pub use ids::{ClientId, IdError, SubscriptionId, Topic};
 pub use index::Index;
 pub use kind::ServiceKind;

@@ -27,6 +27,15 @@ pub struct DeliveryLabels {
     pub outcome: &'static str,
 }
 
+/// Label set `{channel, outcome}` of messages between cluster nodes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// `notify` or `subscriptions`.
+    pub channel: &'static str,
+    /// `published`, `received`, `failed` (not published), `dropped` (queue full), `malformed`.
+    pub outcome: &'static str,
+}
+
 /// Label set `{reason}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -52,6 +61,8 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Resident memory of the process (set when rendered).
     pub resident_memory: Gauge,
+    /// Messages between cluster nodes, by channel and outcome.
+    pub cluster_messages: Family<ClusterLabels, Counter>,
     /// `deliveries{service="websocket",outcome="sent"}`, resolved once: it is counted by every
     /// connection's task on every write, where a family lookup would contend.
     pub ws_sent: Counter,
@@ -69,6 +80,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             deliveries: Family::default(),
             resident_memory: Gauge::default(),
+            cluster_messages: Family::default(),
             ws_sent: Counter::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
@@ -78,6 +90,11 @@ impl Default for Metrics {
         r.register("requests_rejected", "API requests rejected, by reason", m.rejected.clone());
         r.register("deliveries", "Deliveries by push service and outcome", m.deliveries.clone());
         r.register("process_resident_memory_bytes", "Resident set size of the process", m.resident_memory.clone());
+        r.register(
+            "cluster_messages",
+            "Messages between cluster nodes, by channel and outcome",
+            m.cluster_messages.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         let ws_sent = m
             .deliveries
@@ -93,6 +110,11 @@ impl Metrics {
         if n > 0 {
             self.deliveries.get_or_create(&DeliveryLabels { service: service.as_str(), outcome }).inc_by(n);
         }
+    }
+
+    /// Counts a message between cluster nodes.
+    pub fn cluster(&self, channel: &'static str, outcome: &'static str) {
+        self.cluster_messages.get_or_create(&ClusterLabels { channel, outcome }).inc();
     }
 
     /// Counts a rejected request.

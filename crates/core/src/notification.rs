@@ -48,6 +48,10 @@ impl Exclusions {
     pub fn new(ids: Vec<SubscriptionId>) -> Self {
         Exclusions(ids)
     }
+    /// The excluded ids.
+    pub fn ids(&self) -> &[SubscriptionId] {
+        &self.0
+    }
     /// Whether `id` is excluded.
     pub fn contains(&self, id: &SubscriptionId) -> bool {
         !self.0.is_empty() && self.0.iter().any(|x| x == id)

@@ -12,6 +12,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
+use davpush_cluster::{ClusterSettings, Received, RedisFanout};
 use davpush_core::feedback::{Feedback, FeedbackReceiver};
 use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
 use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
@@ -20,7 +21,6 @@ use davpush_delivery::fcm::{FcmClient, FcmSender, FcmTransport, RelayClient, Ups
 use davpush_delivery::hms::{HmsSender, HmsTransport};
 use davpush_delivery::webpush::vapid::Vapid;
 use davpush_delivery::webpush::{WebPushSender, WebPushTransport};
-use davpush_store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
@@ -46,6 +46,9 @@ pub enum StartError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] davpush_core::StoreError),
+    /// The cluster could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] davpush_cluster::ClusterError),
     /// The HTTP client for push services could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(reqwest::Error),
@@ -59,9 +62,10 @@ pub enum StartError {
     },
 }
 
-/// Opens the store, enables the transports and rebuilds the index.
+/// Opens the store `store.url` names (SQLite or PostgreSQL), joins the cluster if
+/// `cluster.redis_url` is set, enables the transports and rebuilds the index.
 pub async fn build(config: Config) -> Result<AppState, StartError> {
-    let store: Arc<dyn SubscriptionStore> = Arc::new(SqliteStore::open(&config.store_url).await?);
+    let store = davpush_store::open(&config.store_url).await?;
     build_with_store(config, store).await
 }
 
@@ -127,11 +131,43 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
              WebSockets. Use this for development only. !!!"
         );
     }
-    let service = Arc::new(PushService::new(store, transports, config.limits.clone(), metrics));
+    let mut service = PushService::new(store, transports, config.limits.clone(), metrics.clone());
+    // Join the cluster before reading the store, so that no change made meanwhile is missed.
+    let mut inbound = None;
+    if let Some(c) = &config.cluster {
+        let settings = ClusterSettings {
+            redis_url: c.redis_url.clone(),
+            node_id: c.node_id.clone(),
+            channel_prefix: c.channel_prefix.clone(),
+            queue: c.queue,
+            ready_timeout: Duration::from_secs(5),
+        };
+        let (fanout, rx) = RedisFanout::start(settings, metrics).await?;
+        service = service.with_fanout(fanout);
+        inbound = Some(rx);
+    }
+    let service = Arc::new(service);
     let loaded = service.load(davpush_core::unix_now()).await?;
     tracing::info!(subscriptions = loaded, "subscriptions loaded from the store");
     tokio::spawn(remove_gone(gone, Arc::downgrade(&service)));
+    if let Some(rx) = inbound {
+        tokio::spawn(apply_cluster(rx, Arc::downgrade(&service)));
+    }
     Ok(AppState { service, hub, config: Arc::new(config) })
+}
+
+/// Applies what the other nodes of the cluster report.
+async fn apply_cluster(mut inbound: davpush_cluster::Inbound, service: std::sync::Weak<PushService>) {
+    while let Some(received) = inbound.recv().await {
+        let Some(service) = service.upgrade() else { return };
+        match received {
+            Received::Message(m) => service.apply(m, davpush_core::unix_now()),
+            Received::Resubscribed => match service.resync(davpush_core::unix_now()).await {
+                Ok(n) => tracing::info!(changed = n, "subscriptions re-read from the store after a cluster outage"),
+                Err(e) => tracing::error!(error = %e, "could not re-read subscriptions after a cluster outage"),
+            },
+        }
+    }
 }
 
 /// Removes the subscriptions that push services report as gone.

@@ -19,7 +19,10 @@ use davpush_delivery::webpush::WebPushSettings;
 use davpush_delivery::webpush::vapid::VapidKey;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod mobile;
+
+pub use cluster::{ClusterConfig, RawCluster};
 
 pub use mobile::{ApnsConfig, FcmConfig, FcmUpstream, HmsConfig, RawApns, RawFcm, RawHms};
 
@@ -86,6 +89,8 @@ pub struct RawConfig {
     pub apns: RawApns,
     /// `[hms]`
     pub hms: RawHms,
+    /// `[cluster]`
+    pub cluster: RawCluster,
 }
 
 /// `[server]`
@@ -130,7 +135,7 @@ impl Default for RawServer {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
-    /// Database URL; empty means `sqlite://<data_dir>/davpush.sqlite`.
+    /// Database URL: `sqlite:…` or `postgres://…`; empty means `sqlite://<data_dir>/davpush.sqlite`.
     pub url: String,
 }
 
@@ -341,6 +346,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database URL.
     pub store_url: String,
+    /// `[cluster]`, if this node is one of several.
+    pub cluster: Option<ClusterConfig>,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Deadline for one HTTP request, seconds.
@@ -403,7 +410,8 @@ impl RawConfig {
             let Some(rest) = name.strip_prefix("DAVPUSH_") else {
                 continue;
             };
-            if rest == "CONFIG" || rest == "LOG" {
+            // DAVPUSH_TEST_* configure the test suite (e.g. DAVPUSH_TEST_POSTGRES), not a Director.
+            if rest == "CONFIG" || rest == "LOG" || rest.starts_with("TEST_") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -437,6 +445,8 @@ impl RawConfig {
         for t in c.notify.tokens.iter_mut().chain(c.subscription.tokens.iter_mut()) {
             *t = "***".into();
         }
+        c.store.url = cluster::redact_url(&c.store.url);
+        c.cluster.redis_url = cluster::redact_url(&c.cluster.redis_url);
         toml::to_string(&c).unwrap_or_default()
     }
 }
@@ -695,11 +705,13 @@ impl Config {
         };
         let store_url = if raw.store.url.is_empty() {
             format!("sqlite://{}", s.data_dir.join("davpush.sqlite").display())
-        } else if raw.store.url.starts_with("sqlite:") {
-            raw.store.url.clone()
         } else {
-            return Err(invalid("store.url", "only sqlite: URLs are supported by this build"));
+            davpush_store::StoreKind::from_url(&raw.store.url).map_err(|e| invalid("store.url", e.to_string()))?;
+            raw.store.url.clone()
         };
+        let shared_store =
+            davpush_store::StoreKind::from_url(&store_url).is_ok_and(|k| k == davpush_store::StoreKind::Postgres);
+        let cluster = cluster::cluster_config(&raw.cluster, shared_store)?;
         let limits = Limits {
             max_topic_len: sub.max_topic_len,
             max_client_id_len: sub.max_client_id_len,
@@ -714,6 +726,7 @@ impl Config {
             listen,
             data_dir: s.data_dir.clone(),
             store_url,
+            cluster,
             max_body_bytes: s.max_body_bytes,
             request_timeout_secs: s.request_timeout_secs,
             shutdown_timeout_secs: s.shutdown_timeout_secs,

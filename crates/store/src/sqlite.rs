@@ -8,9 +8,7 @@ use davpush_core::{PendingDelivery, StoreError, StoredSubscription, Subscription
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError { op, source: Box::new(e) }
-}
+use crate::err;
 
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]

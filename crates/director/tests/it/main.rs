@@ -10,6 +10,7 @@ mod fake_push;
 mod util;
 
 mod apns;
+mod cluster;
 mod draft;
 mod errors;
 mod fcm;

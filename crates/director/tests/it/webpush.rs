@@ -13,7 +13,7 @@ use crate::util::*;
 /// Loopback push endpoints are allow-listed for these tests, over plain http.
 const WEB_PUSH: &str = "[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\nmin_backoff_ms = 200\n";
 
-fn ua_keys(py: Option<&str>) -> Value {
+pub(crate) fn ua_keys(py: Option<&str>) -> Value {
     match py {
         Some(py) => oracle(py, "keys", &json!({})).unwrap(),
         // Without Python the tests that only need *some* valid key use the RFC 8291 one.
@@ -28,7 +28,7 @@ async fn subscribe_push(d: &TestDirector, service: &str, client: &str, topic: &s
     d.subscribe(json!({"client_id": client, "topic": topic, "push_services": {service: params}})).await
 }
 
-fn web_push_params(endpoint: &str, keys: &Value, format: &str) -> Value {
+pub(crate) fn web_push_params(endpoint: &str, keys: &Value, format: &str) -> Value {
     json!({"endpoint": endpoint, "p256dh": keys["p256dh"], "auth": keys["auth"], "format": format})
 }
 

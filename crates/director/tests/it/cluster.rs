@@ -1,0 +1,125 @@
+//! Scale-out: two Director nodes in this process sharing one PostgreSQL schema and one Redis
+//! (channels of their own per test), as in `docs/scale-out.md`.
+
+use davpush_core::ServiceKind;
+use davpush_testkit::services::{PgSchema, postgres_schema, redis_url, unique_suffix};
+use serde_json::json;
+
+use crate::fake_push::FakePush;
+use crate::util::*;
+use crate::webpush::{ua_keys, web_push_params};
+
+struct Cluster {
+    a: TestDirector,
+    b: TestDirector,
+    schema: PgSchema,
+    _shared: tempfile::TempDir,
+}
+
+/// Nodes `a` and `b`, started one after the other (`a` generates the VAPID key both use).
+async fn cluster() -> Option<Cluster> {
+    let schema = postgres_schema().await?;
+    let redis = redis_url().await?;
+    let prefix = format!("davpush-test-{}", unique_suffix());
+    let shared = tempfile::tempdir().unwrap();
+    let vapid = shared.path().join("vapid-key.pem").display().to_string();
+    let conf = |node: &str| {
+        format!(
+            "[store]\nurl = {:?}\n[cluster]\nredis_url = {redis:?}\nnode_id = {node:?}\nchannel_prefix = {prefix:?}\n\
+             [web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\nvapid_key_file = {vapid:?}\n",
+            schema.url()
+        )
+    };
+    let a = start(&conf("node-a")).await;
+    let b = start(&conf("node-b")).await;
+    Some(Cluster { a, b, schema, _shared: shared })
+}
+
+impl Cluster {
+    async fn stop(self) {
+        self.a.running.shutdown().await.unwrap();
+        self.b.running.shutdown().await.unwrap();
+        self.schema.drop_schema().await;
+    }
+}
+
+fn web_push_count(d: &TestDirector) -> usize {
+    d.running.state.service.index().counts()[ServiceKind::WebPush.index()]
+}
+
+#[tokio::test]
+async fn a_notify_to_one_node_reaches_websockets_on_every_node_once() {
+    let Some(c) = cluster().await else { return };
+    let (mut on_b, conn_b) = c.b.ws().await;
+    c.b.subscribe_ws("cb", "cal-1", &conn_b).await;
+    let (mut on_a, conn_a) = c.a.ws().await;
+    c.a.subscribe_ws("ca", "cal-1", &conn_a).await;
+
+    let (s, _) = c.a.notify(json!({"topic": "cal-1", "sync_token": "http://dav.example/sync/7"})).await;
+    assert_eq!(s, 202);
+    let frame = json!({"type": "notify", "topic": "cal-1", "sync_token": "http://dav.example/sync/7"});
+    assert_eq!(next_json(&mut on_b).await, frame, "the other node's connection gets it");
+    assert_eq!(next_json(&mut on_a).await, frame, "the receiving node's own connection gets it");
+
+    // The other direction, with a trigger; then nothing more: each frame arrived exactly once.
+    c.b.notify(json!({"topic": "cal-1", "trigger": "property"})).await;
+    let frame = json!({"type": "notify", "topic": "cal-1", "trigger": "property"});
+    assert_eq!(next_json(&mut on_a).await, frame);
+    assert_eq!(next_json(&mut on_b).await, frame);
+    assert_silent(&mut on_a, 300).await;
+    assert_silent(&mut on_b, 10).await;
+
+    let m = c.a.metrics().await;
+    assert_eq!(metric(&m, "davpush_cluster_messages_total{channel=\"notify\",outcome=\"published\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "davpush_cluster_messages_total{channel=\"notify\",outcome=\"received\"}"), 1.0, "{m}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_web_push_subscription_made_on_one_node_is_delivered_once_by_the_notified_node() {
+    let Some(c) = cluster().await else { return };
+    let mut push = FakePush::start().await;
+    let keys = ua_keys(None);
+    let (s, b) =
+        c.b.subscribe(json!({
+            "client_id": "phone", "topic": "cal-1",
+            "push_services": {"web_push": web_push_params(&push.endpoint("a"), &keys, "topic-json")}
+        }))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    eventually("node a learns the subscription", || async { web_push_count(&c.a) == 1 }).await;
+
+    let (_, report) = c.a.notify(json!({"topic": "cal-1", "sync_token": "s1"})).await;
+    assert_eq!(report["services"], json!({"web_push": 1}), "node a delivers it");
+    let req = push.next().await;
+    assert_eq!(req.path, "/push/a");
+    push.assert_none(500).await;
+
+    // Unsubscribing through node b stops node a.
+    let (s, b) = c.b.post("/unsubscribe", Some(SUB_TOKEN), json!({"client_id": "phone", "topic": "cal-1"})).await;
+    assert_eq!(s, 200, "{b}");
+    eventually("node a forgets the subscription", || async { web_push_count(&c.a) == 0 }).await;
+    let (_, report) = c.a.notify(json!({"topic": "cal-1", "sync_token": "s2"})).await;
+    assert_eq!(report["services"], json!({}), "{report}");
+    c.b.notify(json!({"topic": "cal-1", "sync_token": "s3"})).await;
+    push.assert_none(500).await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_started_later_loads_the_shared_subscriptions() {
+    let Some(c) = cluster().await else { return };
+    let mut push = FakePush::start().await;
+    let keys = ua_keys(None);
+    let params = web_push_params(&push.endpoint("p"), &keys, "topic-json");
+    let (s, _) = c.a.subscribe(json!({"client_id": "p", "topic": "t", "push_services": {"web_push": params}})).await;
+    assert_eq!(s, 201);
+    // Restarting node b: it reads the subscription from PostgreSQL, not from a message.
+    let b = c.b.restart().await;
+    assert_eq!(web_push_count(&b), 1);
+    b.notify(json!({"topic": "t"})).await;
+    assert_eq!(push.next().await.path, "/push/p");
+    push.assert_none(500).await;
+    let c = Cluster { b, ..c };
+    c.stop().await;
+}

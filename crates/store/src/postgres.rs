@@ -1,0 +1,215 @@
+//! The PostgreSQL store: one database shared by every Director node of a cluster.
+//!
+//! The schema lives in the connection's `search_path` (usually `public`; tests and shared
+//! databases may pick a schema with `?options=-csearch_path%3Dname` in the URL). Migrations run in
+//! one transaction under a transaction-scoped advisory lock, so nodes that start together apply
+//! each migration once; `davpush_schema_version` records how far.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use crate::err;
+
+/// The schema, in order. Entry `i` brings the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_subscriptions.sql"),
+    include_str!("../migrations/postgres/0002_outbox.sql"),
+];
+
+/// Key of the advisory lock taken while migrating ("davpush" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0064_6176_7075_7368;
+
+/// Subscriptions in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url).map_err(err("parse the database URL"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .max_lifetime(Some(Duration::from_secs(3600)))
+            .connect_with(opts)
+            .await
+            .map_err(err("connect to the database"))?;
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(err("begin migration"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("lock the schema for migration"))?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS davpush_schema_version (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(err("create the schema version table"))?;
+        let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM davpush_schema_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err("read schema version"))?;
+        let version = version.unwrap_or(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(err("apply a migration"))?;
+            sqlx::query("INSERT INTO davpush_schema_version (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("record schema version"))?;
+            tracing::info!(version = i + 1, "database schema migrated");
+        }
+        tx.commit().await.map_err(err("commit migration"))
+    }
+}
+
+#[async_trait]
+impl SubscriptionStore for PostgresStore {
+    async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created, triggers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (client_id, topic, service) \
+             DO UPDATE SET target = excluded.target, expires = excluded.expires, triggers = excluded.triggers \
+             RETURNING id",
+        )
+        .bind(&s.id)
+        .bind(&s.client_id)
+        .bind(&s.topic)
+        .bind(&s.service)
+        .bind(&s.target)
+        .bind(s.expires)
+        .bind(s.created)
+        .bind(i16::from(s.triggers))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err("upsert a subscription"))
+    }
+
+    async fn delete(&self, ids: &[String]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query("DELETE FROM subscriptions WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete subscriptions"))?
+            .rows_affected())
+    }
+
+    async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions WHERE expires > $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("load subscriptions"))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredSubscription {
+                    id: r.try_get("id")?,
+                    client_id: r.try_get("client_id")?,
+                    topic: r.try_get("topic")?,
+                    service: r.try_get("service")?,
+                    target: r.try_get("target")?,
+                    expires: r.try_get("expires")?,
+                    created: r.try_get("created")?,
+                    triggers: r.try_get::<i16, _>("triggers")?.clamp(0, 255) as u8,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err("read a subscription row"))
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM subscriptions WHERE expires <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(err("purge expired subscriptions"))?
+            .rows_affected())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
+        Ok(())
+    }
+
+    async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(err("begin outbox write"))?;
+        for r in rows {
+            // A subscription deleted meanwhile has no row to refer to: nothing to keep then.
+            sqlx::query(
+                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
+                 ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
+                 sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
+                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline",
+            )
+            .bind(&r.subscription_id)
+            .bind(&r.topic)
+            .bind(&r.sync_token)
+            .bind(&r.trigger)
+            .bind(i64::from(r.attempt))
+            .bind(r.due)
+            .bind(r.deadline)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("save a pending delivery"))?;
+        }
+        tx.commit().await.map_err(err("commit outbox write"))
+    }
+
+    async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError> {
+        if subscription_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM outbox WHERE subscription_id = ANY($1)")
+            .bind(subscription_ids)
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete pending deliveries"))?;
+        Ok(())
+    }
+
+    async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows =
+            sqlx::query("SELECT subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline FROM outbox")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("load pending deliveries"))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PendingDelivery {
+                    subscription_id: r.try_get("subscription_id")?,
+                    topic: r.try_get("topic")?,
+                    sync_token: r.try_get("sync_token")?,
+                    trigger: r.try_get("trigger_kind")?,
+                    attempt: r.try_get::<i64, _>("attempt")?.clamp(0, u32::MAX as i64) as u32,
+                    due: r.try_get("due")?,
+                    deadline: r.try_get("deadline")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err("read a pending delivery row"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

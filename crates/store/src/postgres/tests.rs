@@ -1,0 +1,110 @@
+//! Against the real PostgreSQL (see `davpush_testkit::services`), each test in a schema of its own.
+
+use davpush_testkit::services::postgres_schema;
+
+use super::*;
+
+fn row(id: &str, client: &str, topic: &str, expires: i64) -> StoredSubscription {
+    StoredSubscription {
+        id: id.into(),
+        client_id: client.into(),
+        topic: topic.into(),
+        service: "web_push".into(),
+        target: r#"{"endpoint":"https://push.example/1"}"#.into(),
+        expires,
+        created: 1,
+        triggers: 3,
+    }
+}
+
+#[tokio::test]
+async fn upsert_keeps_the_first_id_and_survives_reopen() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    assert_eq!(store.upsert(&row("a", "c1", "t", 100)).await.unwrap(), "a");
+    let mut again = row("b", "c1", "t", 200);
+    again.target = r#"{"endpoint":"https://push.example/2"}"#.into();
+    again.triggers = 2;
+    assert_eq!(store.upsert(&again).await.unwrap(), "a", "same client+topic+service updates");
+    store.upsert(&row("c", "c2", "t", 50)).await.unwrap();
+    store.pool.close().await;
+    drop(store);
+
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    let mut rows = store.load(60).await.unwrap();
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(rows.len(), 1, "expired rows are not loaded");
+    assert_eq!(rows[0].id, "a");
+    assert_eq!(rows[0].expires, 200);
+    assert_eq!(rows[0].triggers, 2, "triggers are kept and updated");
+    assert!(rows[0].target.contains("/2"));
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM davpush_schema_version ORDER BY version")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, [1, 2], "reopening applies no migration twice");
+    assert_eq!(store.purge_expired(60).await.unwrap(), 1);
+    assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
+    assert_eq!(store.delete(&[]).await.unwrap(), 0);
+    assert!(store.load(0).await.unwrap().is_empty());
+    store.ping().await.unwrap();
+    store.pool.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn outbox_rows_replace_each_other_and_die_with_their_subscription() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    store.upsert(&row("a", "c1", "t", 100)).await.unwrap();
+    let p = |token: &str, attempt| PendingDelivery {
+        subscription_id: "a".into(),
+        topic: "t".into(),
+        sync_token: Some(token.into()),
+        trigger: None,
+        attempt,
+        due: 5,
+        deadline: 50,
+    };
+    store.save_pending(&[p("s1", 1)]).await.unwrap();
+    store.save_pending(&[p("s2", 2)]).await.unwrap();
+    let mut orphan = p("x", 1);
+    orphan.subscription_id = "no-such-subscription".into();
+    store.save_pending(&[orphan]).await.unwrap();
+    assert_eq!(store.load_pending().await.unwrap(), vec![p("s2", 2)]);
+    store.delete(&["a".into()]).await.unwrap();
+    assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
+    store.upsert(&row("b", "c2", "t", 100)).await.unwrap();
+    let mut pb = p("s3", 1);
+    pb.subscription_id = "b".into();
+    store.save_pending(&[pb]).await.unwrap();
+    store.delete_pending(&["b".into()]).await.unwrap();
+    assert!(store.load_pending().await.unwrap().is_empty());
+    store.pool.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn nodes_starting_together_migrate_once() {
+    let Some(schema) = postgres_schema().await else { return };
+    let url = schema.url();
+    let (a, b) = tokio::join!(PostgresStore::open(&url), PostgresStore::open(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    a.upsert(&row("a", "c1", "t", 100)).await.unwrap();
+    assert_eq!(b.load(0).await.unwrap().len(), 1, "both nodes see one database");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM davpush_schema_version").fetch_one(&a.pool).await.unwrap();
+    assert_eq!(n, 2);
+    a.pool.close().await;
+    b.pool.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn the_url_picks_the_store() {
+    use crate::StoreKind;
+    assert_eq!(StoreKind::from_url("sqlite::memory:").unwrap(), StoreKind::Sqlite);
+    assert_eq!(StoreKind::from_url("postgres://u@h/db").unwrap(), StoreKind::Postgres);
+    assert_eq!(StoreKind::from_url("postgresql://u@h/db").unwrap(), StoreKind::Postgres);
+    let e = StoreKind::from_url("mysql://user:secret@h/db").unwrap_err().to_string();
+    assert!(e.contains("mysql:") && !e.contains("secret"), "{e}");
+}
