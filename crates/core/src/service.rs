@@ -479,7 +479,19 @@ impl PushService {
                 stored = Some(row);
             }
             let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires, triggers };
-            let (sub, previous) = self.index.insert(sub, self.limits.max_subscriptions_per_client)?;
+            let (sub, previous) = match self.index.insert(sub, self.limits.max_subscriptions_per_client) {
+                Ok(done) => done,
+                Err(limit) => {
+                    // A concurrent subscribe took the last place after the check above: the row
+                    // just stored must not come back at the next start.
+                    if let Some(row) = &stored
+                        && let Err(e) = self.store.delete(std::slice::from_ref(&row.id)).await
+                    {
+                        tracing::error!(error = %e, "could not remove a refused subscription from the store");
+                    }
+                    return Err(limit.into());
+                }
+            };
             if let Some(row) = &stored {
                 self.publish(ClusterEvent::Subscribed { subscription: WireSubscription::from(row) });
             }

@@ -205,14 +205,33 @@ impl ConnectionGate {
     }
 }
 
-/// Parses a `Retry-After` header (seconds or HTTP date).
+/// At most `max` bytes of a response body, as text (the rest is not read): for error bodies of
+/// endpoints a client chose.
+pub async fn bounded_text(mut resp: reqwest::Response, max: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(max - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The longest `Retry-After` honoured: a push service (or an endpoint a client chose) cannot
+/// park a delivery longer than a day, nor overflow the engine's clock with a huge value.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// Parses a `Retry-After` header (seconds or HTTP date), at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(h: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
     let v = h?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    let d = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let when = httpdate::parse_http_date(v).ok()?;
+        when.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+    };
+    Some(d.min(MAX_RETRY_AFTER))
 }
 
 /// The hex SHA-256 of `topic`, cut to 32 characters (128 bits): the name part a push service

@@ -84,8 +84,12 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public_v4(v4);
             }
-            let special: [(Ipv6Addr, u8); 10] = [
+            let special: [(Ipv6Addr, u8); 14] = [
                 (Ipv6Addr::UNSPECIFIED, 128),
+                (Ipv6Addr::UNSPECIFIED, 96), // IPv4-compatible (deprecated): ::a.b.c.d
+                (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16), // 6to4: would reach an embedded IPv4
+                (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32), // Teredo
+                (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use NAT64
                 (Ipv6Addr::LOCALHOST, 128),
                 (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96), // IPv4-mapped (handled above)
                 (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96), // NAT64: could reach private v4

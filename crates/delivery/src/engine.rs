@@ -433,19 +433,22 @@ async fn complete(inner: &Arc<Inner>, id: &SlotKey, outcome: Outcome) {
             Outcome::Retry { after, reason } => {
                 slot.attempt += 1;
                 let delay = backoff(&inner.settings, slot.attempt, *after);
-                if slot.attempt >= inner.settings.max_attempts || now + delay > slot.deadline {
-                    tracing::warn!(service = %kind, slot = %id, reason, attempts = slot.attempt, "giving up on a delivery");
-                    slot.dirty = false;
-                    ("failed", true)
-                } else {
+                let due = now
+                    .checked_add(delay)
+                    .filter(|due| *due <= slot.deadline && slot.attempt < inner.settings.max_attempts);
+                if let Some(due) = due {
                     tracing::debug!(service = %kind, slot = %id, reason, ?delay, "delivery will be retried");
                     slot.state = State::Waiting;
-                    slot.due = now + delay;
+                    slot.due = due;
                     slot.persisted = true;
                     save = Some(pending_row(slot, now));
                     inner.timers.lock().unwrap_or_else(|e| e.into_inner()).push(Reverse((slot.due, id.clone())));
                     inner.timer_wake.notify_one();
                     ("retry", false)
+                } else {
+                    tracing::warn!(service = %kind, slot = %id, reason, attempts = slot.attempt, "giving up on a delivery");
+                    slot.dirty = false;
+                    ("failed", true)
                 }
             }
         };

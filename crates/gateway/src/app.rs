@@ -202,7 +202,12 @@ impl GatewayState {
         for h in skip {
             headers.remove(h);
         }
-        if let Some(dest) = parts.headers.get("destination").and_then(|v| v.to_str().ok()) {
+        if self.maps_hrefs() {
+            // Multistatus answers are rewritten then: they must come uncompressed.
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+        if let Some(dest) = parts.headers.get("destination") {
+            let dest = dest.to_str().map_err(|_| plain(StatusCode::BAD_REQUEST, "Destination is not valid text"))?;
             match self.map_destination(dest) {
                 Some(d) => {
                     headers.insert(
@@ -210,7 +215,12 @@ impl GatewayState {
                         HeaderValue::from_str(&d).map_err(|_| plain(StatusCode::BAD_REQUEST, "bad Destination"))?,
                     );
                 }
-                None => return Err(plain(StatusCode::BAD_GATEWAY, "Destination is outside this server")),
+                None => {
+                    return Err(plain(
+                        StatusCode::BAD_GATEWAY,
+                        "Destination is outside this server, or not a safe path",
+                    ));
+                }
             }
         }
         let mut req = self.upstream.request(method, self.upstream_url(path, parts.uri.query())).headers(headers);
@@ -359,6 +369,12 @@ async fn dispatch(st: &GatewayState, req: Request) -> Response {
     {
         let rest = rest.to_owned();
         return crate::web::handle(&st, req, &rest).await;
+    }
+    if !crate::topic::path_is_safe(&path) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "paths with `.`/`..` segments, backslashes or encoded slashes are refused",
+        );
     }
     let Some(up_path) = st.cfg.to_upstream_path(&path) else {
         return plain(StatusCode::NOT_FOUND, "not under this gateway's public URL");

@@ -278,7 +278,11 @@ impl GatewayConfig {
     }
 
     /// Maps a public request path to the upstream path, if it is under the public prefix.
+    /// Paths that are not [`crate::topic::path_is_safe`] are refused (`None`).
     pub fn to_upstream_path(&self, public_path: &str) -> Option<String> {
+        if !crate::topic::path_is_safe(public_path) {
+            return None;
+        }
         let rest = strip_prefix_dir(public_path, self.public_prefix())?;
         Some(join(self.upstream_prefix(), rest))
     }

@@ -19,7 +19,7 @@ impl std::fmt::Debug for TopicKey {
     }
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -46,6 +46,21 @@ fn percent_encode_segment(seg: &[u8], out: &mut String) {
             out.push_str(&format!("%{c:02X}"));
         }
     }
+}
+
+/// Whether a request path is free of what could make the upstream resolve it differently from
+/// the gateway: backslashes, encoded slashes or backslashes, and `.`/`..` segments (also
+/// percent-encoded). The gateway refuses such paths, so that the path it checks permissions on,
+/// the topic it computes and the path it forwards are one and the same.
+pub fn path_is_safe(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if path.contains('\\') || lower.contains("%5c") || lower.contains("%2f") {
+        return false;
+    }
+    path.split('/').all(|seg| {
+        let d = percent_decode(seg);
+        d != b"." && d != b".."
+    })
 }
 
 /// The canonical form of a collection path: decoded, dot segments resolved, empty segments
@@ -175,6 +190,18 @@ mod tests {
         assert_eq!(parent_path("/alice/cal/e1.ics"), Some("/alice/cal/".into()));
         assert_eq!(parent_path("/alice/cal/"), Some("/alice/".into()));
         assert_eq!(parent_path("/"), None);
+    }
+
+    #[test]
+    fn unsafe_paths_are_recognised() {
+        for p in ["/alice/cal/", "/alice/cal%201/e.ics", "/a/.hidden/", "/"] {
+            assert!(path_is_safe(p), "{p}");
+        }
+        for p in
+            ["/bob/cal/x\\..\\..\\alice", "/bob/%5c..", "/a/%2e%2e/etc", "/a/../b", "/a/./b", "/a/%2E/b", "/a%2fb/"]
+        {
+            assert!(!path_is_safe(p), "{p}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use davpush_proto::SUBPROTOCOL;
+use davpush_proto::{ClientFrame, SUBPROTOCOL, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite;
@@ -46,6 +46,8 @@ const DEMO_CSS: &str = include_str!("../../../web/demo/calendar.css");
 const TICKET_LABEL: &str = "davpush-ws-ticket";
 /// How long a ticket opens WebSockets, seconds.
 const TICKET_SECS: i64 = 60;
+/// How often the gateway pings a proxied browser connection.
+const BROWSER_PING: Duration = Duration::from_secs(30);
 /// How long the gateway waits for the Director's WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -242,62 +244,91 @@ enum Verdict {
     Deny(String),
 }
 
-/// Lets a `subscribe` through only for a topic the connection may read; strips `collection`
-/// (the Director's frames have no such field). Other frames pass unchanged.
+/// Lets a `subscribe` through only for a topic the connection may read. Only frames that parse
+/// as the protocol's client frames are forwarded, re-serialized from their typed form (so no
+/// other JSON shape the Director might also accept slips past the check); `collection` is taken
+/// off first (the Director's frames have no such field).
 async fn check_frame(st: &GatewayState, access: &Access, text: &str) -> Verdict {
-    let Ok(serde_json::Value::Object(mut frame)) = serde_json::from_str::<serde_json::Value>(text) else {
-        return Verdict::Forward(text.to_owned());
+    let deny = |id: Option<String>, error: &str, message: &str| {
+        Verdict::Deny(
+            serde_json::to_string(&ServerFrame::Error { id, error: error.into(), message: message.into() })
+                .expect("frames serialize"),
+        )
     };
-    let collection = frame.remove("collection");
-    if frame.get("type").and_then(|t| t.as_str()) != Some("subscribe") {
-        return Verdict::Forward(serde_json::Value::Object(frame).to_string());
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return deny(None, "invalid_json", "frames are JSON objects");
+    };
+    let collection = object.remove("collection");
+    let frame: ClientFrame = match serde_json::from_value(serde_json::Value::Object(object)) {
+        Ok(f) => f,
+        Err(e) => return deny(None, "invalid_request", &e.to_string()),
+    };
+    if let ClientFrame::Subscribe { id, topic, .. } = &frame {
+        let allowed = match access {
+            Access::Topics(topics) => topics.contains(topic),
+            Access::Credentials(auth) => match collection.as_ref().and_then(|c| c.as_str()) {
+                Some(c) => readable_topic(st, c, Some(auth)).await.is_ok_and(|t| &t == topic),
+                None => false,
+            },
+        };
+        if !allowed {
+            let message = match access {
+                Access::Topics(_) => "this ticket does not cover that topic; ask for a ticket naming its collection",
+                Access::Credentials(_) => "name a collection you may read (`collection`) whose topic this is",
+            };
+            return deny(id.clone(), "forbidden", message);
+        }
     }
-    let topic = frame.get("topic").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
-    let allowed = match access {
-        Access::Topics(topics) => topics.contains(&topic),
-        Access::Credentials(auth) => match collection.as_ref().and_then(|c| c.as_str()) {
-            Some(c) => readable_topic(st, c, Some(auth)).await.is_ok_and(|t| t == topic),
-            None => false,
-        },
-    };
-    if allowed {
-        return Verdict::Forward(serde_json::Value::Object(frame).to_string());
-    }
-    let id = frame.get("id").cloned().unwrap_or(serde_json::Value::Null);
-    let message = match access {
-        Access::Topics(_) => "this ticket does not cover that topic; ask for a ticket naming its collection",
-        Access::Credentials(_) => "name a collection you may read (`collection`) whose topic this is",
-    };
-    Verdict::Deny(serde_json::json!({"type": "error", "id": id, "error": "forbidden", "message": message}).to_string())
+    Verdict::Forward(serde_json::to_string(&frame).expect("frames serialize"))
 }
 
 /// Moves text frames both ways until either side ends; passes the close code on.
 async fn pump(st: GatewayState, access: Access, browser: WebSocket, director: DirectorSocket) {
     let (mut b_tx, mut b_rx) = browser.split();
     let (mut d_tx, mut d_rx) = director.split();
+    // The Director sees the gateway answer its pings, not the browser: the gateway pings the
+    // browser itself and ends a connection that stays silent (its pongs count), so that dead
+    // browsers do not hold Director connections.
+    let mut keepalive = tokio::time::interval(BROWSER_PING);
+    keepalive.tick().await;
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = keepalive.tick() => {
+                if heard.elapsed() > 2 * BROWSER_PING + Duration::from_secs(5) {
+                    let _ = b_tx.send(close(1001, "no answer to pings")).await;
+                    let _ = d_tx.close().await;
+                    return;
+                }
+                if b_tx.send(Message::Ping(Default::default())).await.is_err() {
+                    let _ = d_tx.close().await;
+                    return;
+                }
+            }
             m = b_rx.next() => match m {
-                Some(Ok(Message::Text(t))) => match check_frame(&st, &access, t.as_str()).await {
-                    Verdict::Forward(text) => {
-                        if d_tx.send(tungstenite::Message::Text(text.into())).await.is_err() {
-                            let _ = b_tx.send(close(1001, "the push service went away")).await;
-                            return;
+                Some(Ok(Message::Text(t))) => {
+                    heard = tokio::time::Instant::now();
+                    match check_frame(&st, &access, t.as_str()).await {
+                        Verdict::Forward(text) => {
+                            if d_tx.send(tungstenite::Message::Text(text.into())).await.is_err() {
+                                let _ = b_tx.send(close(1001, "the push service went away")).await;
+                                return;
+                            }
+                        }
+                        Verdict::Deny(answer) => {
+                            if b_tx.send(Message::Text(answer.into())).await.is_err() {
+                                let _ = d_tx.close().await;
+                                return;
+                            }
                         }
                     }
-                    Verdict::Deny(answer) => {
-                        if b_tx.send(Message::Text(answer.into())).await.is_err() {
-                            let _ = d_tx.close().await;
-                            return;
-                        }
-                    }
-                },
+                }
                 Some(Ok(Message::Binary(_))) => {
                     let _ = b_tx.send(close(1003, "binary frames are not part of the protocol")).await;
                     let _ = d_tx.close().await;
                     return;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => heard = tokio::time::Instant::now(),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     let _ = d_tx.close().await;
                     return;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use url::Url;
 
+use crate::auth::{bounded_text, retry_after};
 use crate::egress::EgressPolicy;
 use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, Outcome};
 use vapid::Vapid;
@@ -181,15 +182,6 @@ impl WebPushSender {
     }
 }
 
-fn retry_after(h: Option<&HeaderValue>) -> Option<Duration> {
-    let v = h?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
-}
-
 /// Classifies a push service's answer (RFC 8030 §5, §6).
 pub fn classify(status: u16, retry: Option<Duration>, body: &str) -> Outcome {
     let detail = || format!("HTTP {status}: {}", body.chars().take(200).collect::<String>());
@@ -248,8 +240,7 @@ impl Deliver for WebPushSender {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let retry = retry_after(resp.headers().get(RETRY_AFTER));
-                let body =
-                    if resp.status().is_success() { String::new() } else { resp.text().await.unwrap_or_default() };
+                let body = if resp.status().is_success() { String::new() } else { bounded_text(resp, 4096).await };
                 classify(status, retry, &body)
             }
             Err(e) => {
@@ -369,6 +360,11 @@ mod tests {
     #[test]
     fn retry_after_in_seconds_and_as_date() {
         assert_eq!(retry_after(Some(&HeaderValue::from_static("120"))), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after(Some(&HeaderValue::from_static("18446744073709551615"))),
+            Some(crate::auth::MAX_RETRY_AFTER),
+            "capped: a hostile endpoint cannot overflow the engine's clock"
+        );
         let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
         let d = retry_after(Some(&HeaderValue::from_str(&future).unwrap())).unwrap();
         assert!(d > Duration::from_secs(55) && d <= Duration::from_secs(60), "{d:?}");

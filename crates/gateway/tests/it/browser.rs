@@ -211,6 +211,9 @@ async fn the_websocket_proxy_opens_for_tickets_and_forwards_only_readable_collec
     assert_eq!(next_frame(&mut ws).await["type"], "subscribed");
     ws.send(send(&format!(r#"{{"type":"subscribe","id":"b","topic":"{bob_topic}"}}"#))).await.unwrap();
     let denied = next_frame(&mut ws).await;
+    // Another JSON shape the Director's parser would also take for a subscribe is not forwarded.
+    ws.send(send(&format!(r#"["subscribe",null,"{bob_topic}"]"#))).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await["error"], "invalid_json", "only protocol frames pass");
     assert_eq!(
         (denied["type"].as_str(), denied["error"].as_str(), denied["id"].as_str()),
         (Some("error"), Some("forbidden"), Some("b"))

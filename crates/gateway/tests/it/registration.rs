@@ -247,3 +247,41 @@ async fn a_property_only_registration_is_not_woken_by_content_changes() {
     assert_eq!(st, 207);
     s.push.next().await;
 }
+
+/// Sends a request with its path exactly as given (HTTP clients would normalise `\\` and `..`).
+async fn raw_status(s: &Stack, method: &str, path: &str, user: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.gateway.addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/xml\r\nDepth: 0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        s.gateway.addr,
+        basic(user),
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status: {text}"))
+}
+
+#[tokio::test]
+async fn paths_that_could_resolve_elsewhere_upstream_are_refused() {
+    let Some(s) = stack("").await else { return };
+    let bob_cal = s.mkcalendar("bob", "private").await;
+    s.mkcalendar("alice", "own").await;
+    let keys = json!({"p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4", "auth": "BTBZMqHH6r4Tts7J_aSIgg"});
+    let register = davx5_register("https://up.example.net/x", &keys, "x");
+    // Checked by the upstream as alice's collection, topic of bob's: must not be possible.
+    for path in [
+        format!("{bob_cal}x\\..\\..\\..\\alice\\y/.."),
+        format!("{bob_cal}%2e%2e/%2e%2e/alice/own/"),
+        format!("{bob_cal}../../alice/own/"),
+        format!("{bob_cal}x%2f..%2f..%2falice"),
+    ] {
+        assert_eq!(raw_status(&s, "POST", &path, "alice", &register).await, 400, "POST {path}");
+        assert_eq!(raw_status(&s, "PROPFIND", &path, "alice", "").await, 400, "PROPFIND {path}");
+    }
+    // A plain path still works.
+    assert_eq!(raw_status(&s, "PROPFIND", "/alice/own/", "alice", "").await, 207);
+}
