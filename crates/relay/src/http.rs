@@ -93,9 +93,22 @@ fn client_ip(st: &RelayState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let last = headers.get_all("x-forwarded-for").iter().next_back()?;
         last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
     };
-    match st.trust_forwarded_for.then(forwarded).flatten() {
+    let ip = match st.trust_forwarded_for.then(forwarded).flatten() {
         Some(ip) => ip,
         None => peer.ip(),
+    };
+    limit_key(ip)
+}
+
+/// The key an address is limited under: IPv6 by its /64 (one subscriber usually holds a whole
+/// /64, and would otherwise have 2^64 fresh buckets), IPv4 (also mapped) as it is.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
     }
 }
 
@@ -372,4 +385,19 @@ pub(crate) async fn metrics(State(st): State<Arc<RelayState>>) -> Response {
 
 pub(crate) async fn not_found() -> RelayError {
     RelayError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+#[cfg(test)]
+mod limit_key_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_callers_are_limited_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limit_key(a), limit_key(b));
+        assert_ne!(limit_key(a), limit_key(c));
+        assert_eq!(limit_key("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
 }

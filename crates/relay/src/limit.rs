@@ -1,7 +1,8 @@
 //! Keyed token buckets: each key (a relay key, a source address, a push token) may spend
 //! `burst` requests at once and earns `per_minute` per minute back. The table is bounded: when
-//! it is full, buckets that are full again (idle keys) are dropped; if none is, a new key is
-//! refused (fail closed) rather than letting the table grow under a flood of distinct keys.
+//! it is full, buckets that are full again (idle keys) are dropped; if none is, the bucket used
+//! least recently is. A flood of distinct keys thus costs the flooder's own limits, never locks
+//! everybody else out (callers' addresses are keyed per IPv6 /64, see `http.rs`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -64,8 +65,10 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
                     }
                 }
             }
-            if m.len() >= self.max_keys {
-                return Err(Duration::from_secs(1));
+            if m.len() >= self.max_keys
+                && let Some(oldest) = m.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| k.clone())
+            {
+                m.remove(&oldest);
             }
         }
         let b = m.entry(key.clone()).or_insert(Bucket { tokens: f64::from(self.rate.burst), at: now });
@@ -110,13 +113,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_table_is_bounded_and_idle_keys_make_room() {
+    async fn the_table_is_bounded_and_never_locks_new_callers_out() {
         let l = KeyedLimiter::new(Rate { per_minute: 60, burst: 1 }, 2);
         l.check(&1).unwrap();
         l.check(&2).unwrap();
-        assert!(l.check(&3).is_err(), "full of busy keys: a new key is refused");
+        l.check(&3).expect("full of busy keys: the least recently used one makes room");
+        assert_eq!(l.len(), 2, "the table never grows past its bound");
+        assert!(l.check(&3).is_err(), "the new key's own limit holds");
         tokio::time::advance(Duration::from_secs(2)).await;
-        l.check(&3).expect("idle keys were dropped");
+        l.check(&4).expect("idle keys were dropped");
         assert!(l.len() <= 2);
     }
 }
