@@ -33,6 +33,8 @@ pub struct GatewayState {
     director: DirectorClient,
     notifier: Notifier,
     info: Arc<RwLock<Option<DirectorInfo>>>,
+    /// Proxied browser WebSockets per user (owner hash), bounded by `max_sockets_per_user`.
+    pub(crate) sockets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 /// Starting failed.
@@ -123,7 +125,14 @@ impl GatewayState {
             },
             cfg.notify_queue,
         );
-        let state = GatewayState { cfg: Arc::new(cfg), upstream, director, notifier, info: Arc::default() };
+        let state = GatewayState {
+            cfg: Arc::new(cfg),
+            upstream,
+            director,
+            notifier,
+            info: Arc::default(),
+            sockets: Arc::default(),
+        };
         state.refresh_info().await;
         let s = state.clone();
         tokio::spawn(async move {

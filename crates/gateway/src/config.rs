@@ -63,6 +63,8 @@ pub struct RawGatewayConfig {
     /// Serve browsers under `<public_url>.davpush/`: the client module, the demo calendar,
     /// WebSocket tickets and the WebSocket proxy to the Director.
     pub web_clients: bool,
+    /// Proxied browser WebSockets one user may hold at once (`/.davpush/ws`).
+    pub max_sockets_per_user: usize,
 }
 
 impl Default for RawGatewayConfig {
@@ -85,6 +87,7 @@ impl Default for RawGatewayConfig {
             notify_attempts: 6,
             sync_token_lookup: true,
             web_clients: true,
+            max_sockets_per_user: 16,
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct GatewayConfig {
     pub sync_token_lookup: bool,
     /// Serve the browser module, the demo, tickets and the WebSocket proxy.
     pub web_clients: bool,
+    /// Proxied browser WebSockets one user may hold at once.
+    pub max_sockets_per_user: usize,
     /// The topic secret file, if generated now.
     pub generated_topic_secret: Option<PathBuf>,
 }
@@ -263,6 +268,7 @@ impl GatewayConfig {
             notify_attempts: raw.notify_attempts,
             sync_token_lookup: raw.sync_token_lookup,
             web_clients: raw.web_clients,
+            max_sockets_per_user: raw.max_sockets_per_user.max(1),
             generated_topic_secret,
         })
     }

@@ -187,22 +187,27 @@ type DirectorSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::Mayb
 
 async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
     let (mut parts, _) = req.into_parts();
-    let access = match query_param(parts.uri.query(), "ticket") {
+    let (owner, access) = match query_param(parts.uri.query(), "ticket") {
         // Tickets are base64url with a dot: nothing to percent-decode.
         Some(t) => match ticket_valid(st, t) {
-            Some(t) => Access::Topics(t.t.into_iter().collect()),
+            Some(t) => (t.u, Access::Topics(t.t.into_iter().collect())),
             None => return Err(plain(StatusCode::UNAUTHORIZED, "the ticket is invalid or expired; ask for a new one")),
         },
         None => {
             // Native clients (and browsers that send cached credentials) may authenticate directly.
             let auth = parts.headers.get(header::AUTHORIZATION).cloned();
-            authenticate(st, auth.as_ref()).await?;
+            let owner = authenticate(st, auth.as_ref()).await?;
             match auth {
-                Some(a) => Access::Credentials(a),
+                Some(a) => (owner, Access::Credentials(a)),
                 None => return Err(plain(StatusCode::UNAUTHORIZED, "authentication required")),
             }
         }
     };
+    let slot = SocketSlot::take(st, owner).ok_or_else(|| {
+        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many push connections for this user");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        r
+    })?;
     let state = st.clone();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, st)
         .await
@@ -213,10 +218,10 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         r
     })?;
-    Ok(upgrade
-        .protocols([SUBPROTOCOL])
-        .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| pump(state, access, socket, director)))
+    Ok(upgrade.protocols([SUBPROTOCOL]).max_message_size(64 * 1024).on_upgrade(move |socket| async move {
+        pump(state, access, socket, director).await;
+        drop(slot);
+    }))
 }
 
 async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungstenite::Error> {
@@ -233,6 +238,36 @@ async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungsteni
     match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
         Ok(r) => r.map(|(ws, _)| ws),
         Err(_) => Err(tungstenite::Error::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+    }
+}
+
+/// One user's claim on a proxied socket; released when dropped.
+struct SocketSlot {
+    sockets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl SocketSlot {
+    fn take(st: &GatewayState, owner: String) -> Option<SocketSlot> {
+        let mut m = st.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(owner.clone()).or_insert(0);
+        if *n >= st.cfg.max_sockets_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot { sockets: st.sockets.clone(), owner })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut m = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.owner);
+            }
+        }
     }
 }
 

@@ -236,6 +236,21 @@ async fn the_websocket_proxy_opens_for_tickets_and_forwards_only_readable_collec
         .await
         .unwrap();
     assert_eq!(next_frame(&mut native).await["type"], "subscribed");
+
+    // One user holds at most 16 proxied sockets (max_sockets_per_user): bob has one open.
+    let mut held = Vec::new();
+    for _ in 0..15 {
+        let mut req = ws_url("").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", basic("bob").parse().unwrap());
+        held.push(tokio_tungstenite::connect_async(req).await.expect("within the limit").0);
+    }
+    let mut req = ws_url("").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", basic("bob").parse().unwrap());
+    assert_eq!(tokio_tungstenite::connect_async(req).await.err().map(status), Some(429));
+    drop(held);
+    let mut req = ws_url("").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", basic("alice").parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok(), "other users are not affected");
 }
 
 type TestSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
