@@ -796,37 +796,6 @@ mod tests {
         assert_eq!(log(&members).last().unwrap(), "remove \"tok2\"");
         assert_eq!(log(&members).len(), 5);
     }
-}
-
-#[cfg(test)]
-mod load_tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::transport::{Dispatched, Transport};
-    use crate::{MemoryStore, RemoteTarget};
-
-    #[derive(Default)]
-    struct Members(Mutex<Vec<String>>);
-
-    #[async_trait::async_trait]
-    impl Transport for Members {
-        fn kind(&self) -> ServiceKind {
-            ServiceKind::Fcm
-        }
-        fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), ())))
-        }
-        fn dispatch(&self, _m: &Arc<PushMessage>, _r: &[Arc<Subscription>]) -> Dispatched {
-            Dispatched::default()
-        }
-        fn tracks_membership(&self) -> bool {
-            true
-        }
-        async fn added(&self, sub: &Arc<Subscription>) {
-            self.0.lock().unwrap().push(format!("{} {}", sub.topic, sub.target.to_json()));
-        }
-    }
 
     #[tokio::test]
     async fn memberships_are_announced_again_at_start_once_per_topic_and_token() {
@@ -855,9 +824,10 @@ mod load_tests {
             Arc::new(Metrics::default()),
         );
         assert_eq!(svc.load(0).await.unwrap(), 3);
-        let mut log = members.0.lock().unwrap().clone();
+        let mut log: Vec<String> =
+            members.log.lock().unwrap().iter().map(|(op, t, p)| format!("{op} {t} {p}")).collect();
         log.sort();
-        assert_eq!(log, ["t1 \"tok\"", "t2 \"tok\""], "two clients sharing a token join once");
+        assert_eq!(log, ["add t1 \"tok\"", "add t2 \"tok\""], "two clients sharing a token join once");
     }
 }
 
