@@ -94,6 +94,9 @@ pub struct ClientOptions {
     /// For `wss://`: PEM certificates of extra trusted roots (a private CA), besides the
     /// platform's.
     pub extra_ca_pem: Option<String>,
+    /// The WebDAV credentials, with which a fresh subscription grant is asked for from a
+    /// collection's server before every subscribe (servers that issue none are fine too).
+    pub credentials: Credentials,
 }
 
 impl ClientOptions {
@@ -108,6 +111,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             event_queue: 256,
             extra_ca_pem: None,
+            credentials: Credentials::None,
         }
     }
 
@@ -121,7 +125,9 @@ impl ClientOptions {
             url: collection.url.to_string(),
             detail: "its Director offers no WebSocket endpoint".into(),
         })?;
-        Ok(ClientOptions::new(url, DirectorAuth::for_collection(collection, credentials, token)?))
+        let mut options = ClientOptions::new(url, DirectorAuth::for_collection(collection, credentials, token)?);
+        options.credentials = credentials.clone();
+        Ok(options)
     }
 }
 
@@ -206,7 +212,8 @@ impl PushClient {
         let (socket, connection_id) = open(&options).await?;
         let (commands, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, events) = mpsc::channel(options.event_queue.max(1));
-        let task = Task { options, commands: cmd_rx, events: ev_tx, watched: HashMap::new() };
+        let discovery = crate::Discovery::new()?;
+        let task = Task { options, discovery, commands: cmd_rx, events: ev_tx, watched: HashMap::new() };
         let handle = tokio::spawn(task.run(socket, connection_id));
         Ok(PushClient { commands, events, task: Some(handle) })
     }
@@ -345,6 +352,7 @@ struct Watched {
 
 struct Task {
     options: ClientOptions,
+    discovery: crate::Discovery,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     watched: HashMap<String, Watched>,
@@ -412,9 +420,24 @@ impl Task {
     }
 
     async fn subscribe(&self, socket: &mut Socket, topic: &str) -> Result<(), tungstenite::Error> {
-        socket
-            .send(frame(&ClientFrame::Subscribe { id: Some(topic.to_owned()), topic: topic.to_owned(), expires: None }))
-            .await
+        let grant = match self.watched.get(topic) {
+            Some(w) => self.grant(&w.url).await,
+            None => None,
+        };
+        let f = ClientFrame::Subscribe { id: Some(topic.to_owned()), topic: topic.to_owned(), expires: None, grant };
+        socket.send(frame(&f)).await
+    }
+
+    /// A fresh grant from the collection's server; without one the Director may refuse, which
+    /// is reported as [`Event::Refused`].
+    async fn grant(&self, url: &Url) -> Option<String> {
+        match self.discovery.grant(url, &self.options.credentials).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(collection = %url, error = %e, "cannot get a subscription grant");
+                None
+            }
+        }
     }
 
     async fn session(&mut self, socket: &mut Socket, hello: &Hello, reconnect: bool) -> End {

@@ -22,8 +22,14 @@ const PROPFIND: &str = concat!(
     r#"<?xml version="1.0" encoding="utf-8"?>"#,
     r#"<d:propfind xmlns:d="DAV:" xmlns:p="https://bitfire.at/webdav-push" xmlns:x="urn:davpush:1"><d:prop>"#,
     "<d:displayname/><d:sync-token/><p:topic/><p:transports/>",
-    "<x:director/><x:push-services/><x:subscription-auth/><x:websocket-url/>",
+    "<x:director/><x:push-services/><x:subscription-auth/><x:websocket-url/><x:grant/>",
     "</d:prop></d:propfind>"
+);
+
+/// Only the subscription grant (asked again before every subscribe: grants are short-lived).
+const GRANT_PROPFIND: &str = concat!(
+    r#"<?xml version="1.0" encoding="utf-8"?>"#,
+    r#"<d:propfind xmlns:d="DAV:" xmlns:x="urn:davpush:1"><d:prop><x:grant/></d:prop></d:propfind>"#,
 );
 
 /// The user's credentials for the WebDAV server.
@@ -103,6 +109,9 @@ pub struct Collection {
     pub websocket_url: Option<Url>,
     /// The VAPID public key for Web Push subscriptions.
     pub vapid_public_key: Option<String>,
+    /// A short-lived subscription grant for `topic`, when the server issues them (the davpush
+    /// gateway does, to users who may read the collection; docs/protocol.md §3.3).
+    pub grant: Option<String>,
 }
 
 /// Discovers collections with one HTTP client.
@@ -148,20 +157,7 @@ impl Discovery {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim() == "webdav-push");
-        let resp = with_auth(self.http.request(reqwest::Method::from_bytes(b"PROPFIND").expect("method"), url.clone()))
-            .header("Depth", "0")
-            .header(reqwest::header::CONTENT_TYPE, "application/xml; charset=utf-8")
-            .body(PROPFIND)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = resp.status().as_u16();
-        check_auth(status)?;
-        if status != 207 {
-            return Err(Error::Http { what: WEBDAV, status });
-        }
-        let text = resp.text().await.map_err(unreachable)?;
-        let props = parse_props(&text).map_err(|message| Error::Protocol { what: WEBDAV, message })?;
+        let props = self.propfind(url, credentials, PROPFIND).await?;
         let get = |ns: &str, name: &str| props.text.get(&(ns.to_owned(), name.to_owned())).filter(|s| !s.is_empty());
         let Some(topic) = get(PUSH, "topic").cloned() else {
             let detail = if webdav_push { "no push topic" } else { "no `webdav-push` in DAV, no push topic" };
@@ -184,7 +180,35 @@ impl Discovery {
             },
             websocket_url: url_prop(DAVPUSH, "websocket-url"),
             vapid_public_key: get(PUSH, "vapid-public-key").cloned(),
+            grant: get(DAVPUSH, "grant").cloned(),
         })
+    }
+
+    /// A fresh subscription grant for the collection at `url`, if its server issues them.
+    pub async fn grant(&self, url: &Url, credentials: &Credentials) -> Result<Option<String>, Error> {
+        let props = self.propfind(url, credentials, GRANT_PROPFIND).await?;
+        Ok(props.text.get(&(DAVPUSH.to_owned(), "grant".to_owned())).filter(|s| !s.is_empty()).cloned())
+    }
+
+    /// `PROPFIND Depth: 0` of `body` at `url`: the first response's properties.
+    async fn propfind(&self, url: &Url, credentials: &Credentials, body: &'static str) -> Result<Props, Error> {
+        let mut req = self
+            .http
+            .request(reqwest::Method::from_bytes(b"PROPFIND").expect("method"), url.clone())
+            .header("Depth", "0")
+            .header(reqwest::header::CONTENT_TYPE, "application/xml; charset=utf-8")
+            .body(body);
+        if let Some(a) = credentials.authorization() {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        check_auth(status)?;
+        if status != 207 {
+            return Err(Error::Http { what: WEBDAV, status });
+        }
+        let text = resp.text().await.map_err(unreachable)?;
+        parse_props(&text).map_err(|message| Error::Protocol { what: WEBDAV, message })
     }
 }
 

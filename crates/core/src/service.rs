@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use davpush_proto::{NotifyRequest, NotifyTopic};
+use davpush_proto::{GrantError, GrantKeys, NotifyRequest, NotifyTopic};
 
 use crate::fanout::{ClusterEvent, ClusterMessage, Fanout, WireNotification, WireSubscription};
 use crate::ids::IdError;
@@ -95,6 +95,10 @@ pub enum ServiceError {
     /// The client holds as many subscriptions as allowed.
     #[error(transparent)]
     LimitReached(#[from] LimitReached),
+    /// The subscriber did not prove that it may read the topic's collection (no grant, or one
+    /// that is invalid, expired or for other topics).
+    #[error(transparent)]
+    Grant(#[from] GrantError),
     /// Nothing matched (unsubscribe).
     #[error("no matching subscription")]
     NotFound,
@@ -118,6 +122,7 @@ impl ServiceError {
                 Some(f) => format!("push_services.{service}.{f}"),
                 None => format!("push_services.{service}"),
             }),
+            ServiceError::Grant(_) => Some("grant".into()),
             _ => None,
         }
     }
@@ -156,6 +161,7 @@ pub struct PushService {
     limits: Limits,
     metrics: Arc<Metrics>,
     fanout: Option<Arc<dyn Fanout>>,
+    grants: Option<GrantKeys>,
 }
 
 impl std::fmt::Debug for PushService {
@@ -172,7 +178,26 @@ impl PushService {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        PushService { index: Index::default(), store, transports, limits, metrics, fanout: None }
+        PushService { index: Index::default(), store, transports, limits, metrics, fanout: None, grants: None }
+    }
+
+    /// Requires a grant for every subscription (`subscription.grants = "required"`): a topic is
+    /// public, so a subscriber must prove with a grant signed by one of `keys` that it may read
+    /// the topic's collection ([`davpush_proto::grant`]).
+    pub fn with_grants(mut self, keys: GrantKeys) -> Self {
+        self.grants = Some(keys);
+        self
+    }
+
+    /// May a subscriber with `grant` subscribe to `topic` at `now`? Every subscription, over
+    /// the Subscription API or a WebSocket and for every push service, is checked here before
+    /// anything else about it; refusals are counted as `grant_refused`.
+    pub fn authorize(&self, topic: &Topic, grant: Option<&str>, now: i64) -> Result<(), ServiceError> {
+        let Some(keys) = &self.grants else { return Ok(()) };
+        keys.verify(grant, topic.as_str(), now).map_err(|e| {
+            self.metrics.reject("grant_refused");
+            ServiceError::Grant(e)
+        })
     }
 
     /// Makes this service one node of a cluster: notifications and changes of durable

@@ -132,6 +132,9 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
         );
     }
     let mut service = PushService::new(store, transports, config.limits.clone(), metrics.clone());
+    if let Some(keys) = &config.grant_keys {
+        service = service.with_grants(keys.clone());
+    }
     // Join the cluster before reading the store, so that no change made meanwhile is missed.
     let mut inbound = None;
     if let Some(c) = &config.cluster {

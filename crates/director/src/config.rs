@@ -177,6 +177,12 @@ pub struct RawSubscription {
     pub max_client_id_len: usize,
     /// Topics per notify request.
     pub max_topics_per_notify: usize,
+    /// `required`: every subscription needs a grant (docs/protocol.md §3.3); `off`: a topic is
+    /// enough (for Directors whose topics are secrets of their own, e.g. a client vendor's).
+    pub grants: String,
+    /// The keys grants are signed with, one per line; empty: `<data_dir>/grant-key`
+    /// (generated if missing). Shared with the gateway or application server that signs them.
+    pub grant_key_file: PathBuf,
 }
 
 impl Default for RawSubscription {
@@ -195,6 +201,8 @@ impl Default for RawSubscription {
             max_topic_len: l.max_topic_len,
             max_client_id_len: l.max_client_id_len,
             max_topics_per_notify: l.max_topics_per_notify,
+            grants: "required".into(),
+            grant_key_file: PathBuf::new(),
         }
     }
 }
@@ -376,6 +384,8 @@ pub struct Config {
     pub hms: Option<HmsConfig>,
     /// `server.privacy = "strict"`.
     pub strict_privacy: bool,
+    /// The grant keys, when subscriptions need grants (`subscription.grants = "required"`).
+    pub grant_keys: Option<davpush_proto::GrantKeys>,
     /// Secret files generated while loading (printed once by the binary).
     pub generated_secrets: Vec<(&'static str, PathBuf)>,
 }
@@ -487,6 +497,27 @@ fn generated_token(
     davpush_core::secrets::write_private(path, &format!("{token}\n")).map_err(fail)?;
     generated.push((key, path.to_owned()));
     Ok(Secret(token))
+}
+
+/// Reads the grant keys in `path`, or creates the file (mode 0600) with a fresh key.
+fn grant_keys(
+    path: &Path,
+    generated: &mut Vec<(&'static str, PathBuf)>,
+) -> Result<davpush_proto::GrantKeys, ConfigError> {
+    const KEY: &str = "subscription.grant_key_file";
+    let text =
+        match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let line = davpush_proto::GrantKeys::generate_line();
+                davpush_core::secrets::write_private(path, &format!("{line}\n"))
+                    .map_err(|source| ConfigError::Secret { key: KEY, path: path.into(), source })?;
+                generated.push((KEY, path.to_owned()));
+                line
+            }
+            Err(source) => return Err(ConfigError::Secret { key: KEY, path: path.into(), source }),
+        };
+    davpush_proto::GrantKeys::parse(&text).map_err(|e| invalid(KEY, format!("{}: {e}", path.display())))
 }
 
 /// `[web_push]` validated, before its key is loaded.
@@ -636,7 +667,8 @@ impl Config {
         let needs_dir = raw.store.url.is_empty()
             || raw.web_push.enabled && raw.web_push.vapid_key_file.as_os_str().is_empty()
             || raw.notify.tokens.is_empty() && raw.notify.token_files.is_empty()
-            || sub.auth != "none" && sub.tokens.is_empty() && sub.token_files.is_empty();
+            || sub.auth != "none" && sub.tokens.is_empty() && sub.token_files.is_empty()
+            || sub.grant_key_file.as_os_str().is_empty();
         if needs_dir {
             std::fs::create_dir_all(&s.data_dir)
                 .map_err(|e| invalid("server.data_dir", format!("cannot create {}: {e}", s.data_dir.display())))?;
@@ -703,6 +735,19 @@ impl Config {
                 return Err(invalid("subscription.auth", format!("`{other}` is not one of `token`, `webdav`, `none`")));
             }
         };
+        // The key file exists in both modes, so a gateway sharing the data directory can start
+        // (and sign) whatever the Director's setting.
+        let grant_key_path = if sub.grant_key_file.as_os_str().is_empty() {
+            s.data_dir.join("grant-key")
+        } else {
+            sub.grant_key_file.clone()
+        };
+        let keys = grant_keys(&grant_key_path, &mut generated)?;
+        let grant_keys = match sub.grants.as_str() {
+            "off" => None,
+            "required" => Some(keys),
+            other => return Err(invalid("subscription.grants", format!("`{other}` is not one of `required`, `off`"))),
+        };
         let store_url = if raw.store.url.is_empty() {
             format!("sqlite://{}", s.data_dir.join("davpush.sqlite").display())
         } else {
@@ -741,6 +786,7 @@ impl Config {
             apns,
             hms,
             strict_privacy,
+            grant_keys,
             generated_secrets: generated,
         })
     }
@@ -786,8 +832,15 @@ mod tests {
 
         raw.subscription.min_expiry_secs = 3600;
         let c = Config::from_raw(raw.clone()).unwrap();
-        // notify token, subscription token, VAPID key.
-        assert_eq!(c.generated_secrets.len(), 3);
+        // notify token, subscription token, VAPID key, grant key.
+        assert_eq!(c.generated_secrets.len(), 4);
+        assert!(c.grant_keys.is_some(), "grants are required by default");
+        let grant_key = dir.path().join("grant-key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&grant_key).unwrap().permissions().mode() & 0o777, 0o600);
+        }
         let token_file = dir.path().join("notify-token");
         #[cfg(unix)]
         {

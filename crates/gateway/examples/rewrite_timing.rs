@@ -33,6 +33,7 @@ fn main() {
             services: vec!["websocket".into(), "web_push".into()],
             subscription_auth: "token".into(),
             websocket_url: Some("ws://127.0.0.1:8080/ws".into()),
+            grant: None,
         })
     };
     let n = 2000u32;

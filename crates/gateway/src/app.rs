@@ -53,6 +53,10 @@ pub enum StartError {
     },
 }
 
+/// How long a grant the gateway signs may be used to subscribe, seconds. Only subscribing
+/// needs it: a client asks again (and its access is checked again) when it subscribes anew.
+pub(crate) const GRANT_SECS: i64 = 300;
+
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -86,6 +90,58 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip_length: bool) {
     }
 }
 
+/// Request headers through which a client could tell the upstream where the request came from,
+/// under which path or host the server is published, who the user is, or which method to run
+/// instead. A client that could set them might make the upstream resolve paths or users
+/// differently from the gateway (Radicale's `X-Script-Name` moved a PROPFIND's hrefs, and so its
+/// topics, into another user's collection; a server trusting `X-Remote-User` from the gateway's
+/// address would take the client's word for who it is), so the gateway removes them and sets its
+/// own (`upstream_headers`).
+const CLIENT_ROUTING: &[&str] = &[
+    "forwarded",
+    "x-script-name",
+    "script-name",
+    "x-remote-user",
+    "remote-user",
+    "x-remote-addr",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-authenticated-user",
+    "x-webauth-user",
+    "x-user",
+    "x-email",
+];
+/// Prefixes of such headers (`X-Forwarded-For`, `-Host`, `-Proto`, `-Prefix`, `-User`, …,
+/// `X-Auth-Request-User`, `X-Remote-*`).
+const CLIENT_ROUTING_PREFIXES: &[&str] = &["x-forwarded-", "x-auth-request-", "x-remote-", "x-proxy-"];
+
+/// Whether `name` is a routing or identity header that only the gateway may set upstream.
+pub(crate) fn is_client_routing(name: &str) -> bool {
+    CLIENT_ROUTING.contains(&name) || CLIENT_ROUTING_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Removes the client's routing and identity headers and sets the configured ones.
+fn upstream_identity(cfg: &GatewayConfig, headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| is_client_routing(k.as_str())).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
+    for (n, v) in &cfg.upstream_headers {
+        headers.insert(n.clone(), v.clone());
+    }
+}
+
 pub(crate) fn plain(status: StatusCode, msg: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.to_owned()).into_response()
 }
@@ -103,6 +159,9 @@ impl GatewayState {
     /// Builds the clients, starts the notifier and the refresh of the Director's info.
     pub async fn build(cfg: GatewayConfig) -> Result<GatewayState, StartError> {
         let upstream = reqwest::Client::builder()
+            // The gateway's own requests (permission checks, sync-token look-ups) carry the
+            // configured identity headers too; forwarded requests set them explicitly.
+            .default_headers(cfg.upstream_headers.iter().cloned().collect())
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -170,7 +229,21 @@ impl GatewayState {
             }
             None => (Vec::new(), "token".into(), None, None),
         };
-        PushValues { topic, vapid_public_key: vapid, director, services, subscription_auth: auth, websocket_url: ws }
+        PushValues {
+            topic,
+            vapid_public_key: vapid,
+            director,
+            services,
+            subscription_auth: auth,
+            websocket_url: ws,
+            grant: None,
+        }
+    }
+
+    /// A grant for `topics`, whose collections the requester was just found to be allowed to
+    /// read (docs/protocol.md §3.3).
+    pub(crate) fn grant(&self, topics: &[&str]) -> String {
+        self.cfg.grant_keys.sign(topics.iter().copied(), unix_now() + GRANT_SECS)
     }
 
     /// The Director's WebSocket path (from its `/info`; `/ws` until it answered).
@@ -208,6 +281,7 @@ impl GatewayState {
             .map_err(|_| plain(StatusCode::METHOD_NOT_ALLOWED, "unsupported method"))?;
         let mut headers = HeaderMap::new();
         copy_headers(&parts.headers, &mut headers, false);
+        upstream_identity(&self.cfg, &mut headers);
         for h in skip {
             headers.remove(h);
         }
@@ -442,13 +516,28 @@ async fn propfind(st: &GatewayState, req: Request, up_path: &str) -> Result<Resp
     let Ok(text) = std::str::from_utf8(&body) else {
         return Ok((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), headers, body).into_response());
     };
+    // Topics only for what the request asked about: the request path and what lies under it.
+    // An href elsewhere (an upstream that was told another base path, or that lists other
+    // users' collections) gets no push properties, so no topic of a collection the request
+    // did not name.
+    let Some(base) = canonical_path(up_path) else {
+        return Ok((StatusCode::MULTI_STATUS, headers, body).into_response());
+    };
+    let grant_ok =
+        kind.wants_grant() && check_read(st, up_path, parts.headers.get(header::AUTHORIZATION)).await.is_ok();
     let rewritten = dav::rewrite_multistatus(text, &kind, |href| {
         let path = match url::Url::parse(href) {
-            Ok(u) => u.path().to_owned(),
+            Ok(u) if u.origin() == st.cfg.upstream.origin() => u.path().to_owned(),
+            Ok(_) => return None,
             Err(_) => href.to_owned(),
         };
         let canonical = canonical_path(&path)?;
-        Some(st.push_values(st.cfg.topic_key.topic_of_canonical(&canonical)))
+        if !canonical.starts_with(&base) {
+            return None;
+        }
+        let topic = st.cfg.topic_key.topic_of_canonical(&canonical);
+        let grant = (grant_ok && canonical == base).then(|| st.grant(&[&topic]));
+        Some(PushValues { grant, ..st.push_values(topic) })
     });
     match rewritten {
         Ok(xml) => {
@@ -580,6 +669,12 @@ pub(crate) async fn check_read(st: &GatewayState, up_path: &str, auth: Option<&H
             Err(out)
         }
         403 | 404 => Err(dav_error(StatusCode::FORBIDDEN, "push-not-available", "you may not read this collection")),
+        // The upstream refused the request itself (a malformed path, a method it does not allow
+        // there): the client's error, passed on as such.
+        s @ 400..=499 => Err(plain(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+            &format!("the WebDAV server refused this request ({s})"),
+        )),
         s => Err(plain(StatusCode::BAD_GATEWAY, &format!("the WebDAV server answered {s}"))),
     }
 }
@@ -610,6 +705,7 @@ async fn register(
         "endpoint": reg.push_resource, "p256dh": reg.p256dh, "auth": reg.auth, "format": "webdav-push-xml"
     });
     let req = SubscribeRequest {
+        grant: Some(st.grant(&[&topic])),
         client_id: client_id.clone(),
         topic: topic.clone(),
         push_services: [("web_push".to_owned(), params)].into_iter().collect(),

@@ -46,6 +46,11 @@ pub struct RawGatewayConfig {
     pub subscription_token_file: PathBuf,
     /// The topic secret; empty: `<data_dir>/topic-secret` (generated if missing).
     pub topic_secret_file: PathBuf,
+    /// The Director's grant keys (the first signs); empty: `<data_dir>/grant-key`.
+    pub grant_key_file: PathBuf,
+    /// Headers the gateway sets on every request to the upstream (e.g. `X-Forwarded-Proto`),
+    /// after removing whatever the client sent under routing and identity headers.
+    pub upstream_headers: std::collections::BTreeMap<String, String>,
     /// Largest request or multistatus body the gateway buffers, bytes.
     pub max_body_bytes: usize,
     /// Timeout of requests to the upstream and the Director, seconds.
@@ -79,6 +84,8 @@ impl Default for RawGatewayConfig {
             notify_token_file: PathBuf::new(),
             subscription_token_file: PathBuf::new(),
             topic_secret_file: PathBuf::new(),
+            grant_key_file: PathBuf::new(),
+            upstream_headers: Default::default(),
             max_body_bytes: 10 * 1024 * 1024,
             timeout_secs: 60,
             registration_path: "/.davpush/registrations/".into(),
@@ -111,6 +118,10 @@ pub struct GatewayConfig {
     pub subscription_token: String,
     /// Topic key.
     pub topic_key: TopicKey,
+    /// Signs grants for the topics of collections a user may read.
+    pub grant_keys: davpush_proto::GrantKeys,
+    /// Headers set on every upstream request.
+    pub upstream_headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
     /// Buffer limit.
     pub max_body_bytes: usize,
     /// Timeout.
@@ -249,6 +260,30 @@ impl GatewayConfig {
             "subscription_token_file",
             &raw.secret_path(&raw.subscription_token_file, "subscription-token"),
         )?;
+        let grant_key_path = raw.secret_path(&raw.grant_key_file, "grant-key");
+        let grant_keys = std::fs::read_to_string(&grant_key_path)
+            .map_err(|e| {
+                invalid(
+                    "grant_key_file",
+                    format!(
+                        "cannot read {}: {e} (start the Director first, or set `grant_key_file`)",
+                        grant_key_path.display()
+                    ),
+                )
+            })
+            .and_then(|text| {
+                davpush_proto::GrantKeys::parse(&text)
+                    .map_err(|e| invalid("grant_key_file", format!("{}: {e}", grant_key_path.display())))
+            })?;
+        let mut upstream_headers = Vec::with_capacity(raw.upstream_headers.len());
+        for (name, value) in &raw.upstream_headers {
+            let n = axum::http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid("upstream_headers", format!("`{name}` is not a header name")))?;
+            let v = axum::http::HeaderValue::from_str(value).map_err(|_| {
+                invalid("upstream_headers", format!("the value of `{name}` is not a valid header value"))
+            })?;
+            upstream_headers.push((n, v));
+        }
         let (topic_key, created) = raw.topic_key()?;
         let generated_topic_secret = created.then(|| raw.secret_path(&raw.topic_secret_file, "topic-secret"));
         Ok(GatewayConfig {
@@ -260,6 +295,8 @@ impl GatewayConfig {
             notify_token,
             subscription_token,
             topic_key,
+            grant_keys,
+            upstream_headers,
             max_body_bytes: raw.max_body_bytes,
             timeout: Duration::from_secs(raw.timeout_secs),
             registration_path: raw.registration_path,
@@ -320,6 +357,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notify-token"), "n-token-0123456789\n").unwrap();
         std::fs::write(dir.path().join("subscription-token"), "s-token-0123456789\n").unwrap();
+        std::fs::write(dir.path().join("grant-key"), davpush_proto::GrantKeys::generate_line()).unwrap();
         let raw = RawGatewayConfig {
             upstream: upstream.into(),
             public_url: public.into(),

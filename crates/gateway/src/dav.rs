@@ -14,8 +14,12 @@ pub const PUSH_PROPS: &[(&str, &str)] = &[
     (DAVPUSH, "websocket-url"),
 ];
 
+/// The subscription grant for the requested collection (docs/protocol.md §3.3): answered only
+/// when asked for by name, never in `allprop` or `propname` (it is a per-user credential).
+pub const GRANT_PROP: (&str, &str) = (DAVPUSH, "grant");
+
 fn is_push_prop(e: &Element) -> bool {
-    PUSH_PROPS.iter().any(|(ns, n)| e.is(ns, n))
+    PUSH_PROPS.iter().chain([&GRANT_PROP]).any(|(ns, n)| e.is(ns, n))
 }
 
 /// What a PROPFIND asks for, as far as the gateway is concerned.
@@ -33,6 +37,11 @@ impl PropfindKind {
     /// Whether the gateway has anything to add.
     pub fn wants_push(&self) -> bool {
         !matches!(self, PropfindKind::Props(p) if p.is_empty())
+    }
+
+    /// Whether the subscription grant is asked for (by name).
+    pub fn wants_grant(&self) -> bool {
+        matches!(self, PropfindKind::Props(p) if p.iter().any(|(ns, n)| (ns.as_str(), n.as_str()) == GRANT_PROP))
     }
 }
 
@@ -78,6 +87,8 @@ pub struct PushValues {
     pub subscription_auth: String,
     /// The Director's WebSocket URL, when it offers WebSockets.
     pub websocket_url: Option<String>,
+    /// A subscription grant for `topic`, when asked for and the user may read the collection.
+    pub grant: Option<String>,
 }
 
 fn value(ns: &str, name: &str, v: &PushValues) -> Element {
@@ -100,6 +111,7 @@ fn value(ns: &str, name: &str, v: &PushValues) -> Element {
         }
         (DAVPUSH, "subscription-auth") => el.with_text(&v.subscription_auth),
         (DAVPUSH, "websocket-url") => el.with_text(v.websocket_url.as_deref().unwrap_or("")),
+        (DAVPUSH, "grant") => el.with_text(v.grant.as_deref().unwrap_or("")),
         _ => el,
     }
 }
@@ -320,9 +332,30 @@ fn rewrite_response(resp: &mut Element, kind: &PropfindKind, v: &PushValues) {
         prop.elements().next().is_some() || ps.child(DAV, "status").is_none_or(|s| s.text().contains(" 200 "))
     });
     let mut ours = Element::new(DAV, "prop");
+    let mut missing = Element::new(DAV, "prop");
     for (ns, name) in &wanted {
+        if (ns.as_str(), name.as_str()) == GRANT_PROP && v.grant.is_none() {
+            // Not for this response (another collection, or no read access): 404, as RFC 4918
+            // answers a property the resource does not have.
+            missing.children.push(Node::Element(Element::new(ns, name)));
+            continue;
+        }
         let el = if matches!(kind, PropfindKind::PropName) { Element::new(ns, name) } else { value(ns, name, v) };
         ours.children.push(Node::Element(el));
+    }
+    if missing.elements().next().is_some() {
+        let ps = Element::new(DAV, "propstat")
+            .with_child(missing)
+            .with_child(Element::new(DAV, "status").with_text("HTTP/1.1 404 Not Found"));
+        let at = resp
+            .children
+            .iter()
+            .position(|n| matches!(n, Node::Element(e) if e.is(DAV, "responsedescription") || e.is(DAV, "location")))
+            .unwrap_or(resp.children.len());
+        resp.children.insert(at, Node::Element(ps));
+    }
+    if ours.elements().next().is_none() {
+        return;
     }
     // Merge into an existing 200 propstat, or add one.
     let ok = resp

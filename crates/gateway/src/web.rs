@@ -11,7 +11,8 @@
 //! collections it wants to watch; the gateway checks with the upstream that the user may read
 //! each, and signs the user's hash, an expiry and their topics under the installation's secret
 //! (nothing is stored). The page opens the WebSocket on its own origin with it, and the gateway
-//! forwards a `subscribe` only for a topic the ticket names; a native client that authenticates
+//! forwards a `subscribe` only for a topic the ticket names, with a grant for it (the Director
+//! subscribes nobody without one); a native client that authenticates
 //! with its credentials instead names the collection in each `subscribe` (`"collection"`), which
 //! is checked the same way. So the socket never carries changes of collections the user may
 //! not read. The gateway connects to the Director with its own
@@ -314,6 +315,14 @@ async fn check_frame(st: &GatewayState, access: &Access, text: &str) -> Verdict 
             return deny(id.clone(), "forbidden", message);
         }
     }
+    // The gateway vouches for the check it made: the Director subscribes only with a grant.
+    let frame = match frame {
+        ClientFrame::Subscribe { id, topic, expires, .. } => {
+            let grant = Some(st.grant(&[&topic]));
+            ClientFrame::Subscribe { id, topic, expires, grant }
+        }
+        other => other,
+    };
     Verdict::Forward(serde_json::to_string(&frame).expect("frames serialize"))
 }
 

@@ -18,4 +18,11 @@ pub struct DirectorInfo {
     /// The WebSocket endpoint's path when WebSockets are enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket_path: Option<String>,
+    /// `required` when every subscription needs a grant ([`crate::grant`]), else `off`.
+    #[serde(default = "grants_off")]
+    pub grants: String,
+}
+
+fn grants_off() -> String {
+    "off".into()
 }

@@ -1,5 +1,5 @@
 //! Wire types of davpush: the bodies of the Notify API and the Subscription API, the frames of the
-//! WebSocket protocol and the JSON error body. Serde only, no I/O, so that the Director, the client
+//! WebSocket protocol, the JSON error body and subscription grants. No I/O, so that the Director, the client
 //! library and the load tool share one definition (`docs/protocol.md` is the prose of this crate).
 //!
 //! # Layout
@@ -8,12 +8,14 @@
 //! - [`ws`]: WebSocket frames in both directions, protocol version.
 //! - [`error`]: the JSON error body every API answers with.
 //! - [`info`]: `GET /info`, what a Director offers.
+//! - [`grant`]: signed proof that a subscriber may read a topic's collection.
 //! - [`xml`]: the WebDAV-Push `push-message` payload.
 //!
 //! Requests are parsed with `deny_unknown_fields`: a misspelt `exclude` or `expires` would silently
 //! change what is delivered, so it is rejected with a 400 that names the field instead.
 
 pub mod error;
+pub mod grant;
 pub mod info;
 pub mod notify;
 pub mod subscription;
@@ -21,6 +23,7 @@ pub mod ws;
 pub mod xml;
 
 pub use error::ErrorBody;
+pub use grant::{GrantError, GrantKeyError, GrantKeys};
 pub use info::DirectorInfo;
 pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
 pub use subscription::{

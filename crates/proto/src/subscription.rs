@@ -22,6 +22,10 @@ pub struct SubscribeRequest {
     /// The kinds of change wanted (`content`, `property`); absent means both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Vec<crate::Trigger>>,
+    /// Proof that the subscriber may read the topic's collection ([`crate::grant`]); required
+    /// when the Director has `subscription.grants = "required"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// `push_services.websocket`.

@@ -24,6 +24,9 @@ pub enum ClientFrame {
         /// Requested expiry (unix seconds), clamped by the server.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires: Option<i64>,
+        /// Proof that the subscriber may read the topic's collection ([`crate::grant`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<String>,
     },
     /// End this connection's subscription to a topic.
     Unsubscribe {

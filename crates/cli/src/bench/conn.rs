@@ -275,6 +275,8 @@ pub(super) struct ConnSetup {
     pub(super) request: Request,
     pub(super) ws_config: WebSocketConfig,
     pub(super) topics: Box<[String]>,
+    /// A subscription grant per topic, when the Director requires them.
+    pub(super) grants: Box<[Option<String>]>,
     pub(super) limit: Semaphore,
 }
 
@@ -326,7 +328,8 @@ pub(super) async fn open(idx: usize, cs: &ConnSetup) -> Result<Ws, SetupError> {
         _ => return Err(SetupError::Protocol(format!("expected hello, got {hello}"))),
     }
     let topic = cs.topics[cs.topic_of(idx)].clone();
-    let frame = serde_json::to_string(&ClientFrame::Subscribe { id: None, topic, expires: None })
+    let grant = cs.grants[cs.topic_of(idx)].clone();
+    let frame = serde_json::to_string(&ClientFrame::Subscribe { id: None, topic, expires: None, grant })
         .expect("a frame always serializes");
     ws.send(Message::text(frame)).await?;
     loop {

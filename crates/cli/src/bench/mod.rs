@@ -91,6 +91,7 @@ Example:
   davpush bench --url http://127.0.0.1:8080 \\
     --notify-token-file davpush-data/notify-token \\
     --subscription-token-file davpush-data/subscription-token \\
+    --grant-key-file davpush-data/grant-key \\
     --connections 10000 --topics 100 --rate 1000 --duration 10";
 
 /// Options of the load tool (see [`LONG_HELP`]).
@@ -112,6 +113,10 @@ pub(crate) struct BenchArgs {
     /// File holding the subscription token, e.g. davpush-data/subscription-token.
     #[arg(long, value_name = "PATH")]
     subscription_token_file: Option<PathBuf>,
+    /// The Director's grant key file, e.g. davpush-data/grant-key, to sign a subscription grant
+    /// for each topic; leave out when the Director runs with subscription.grants = "off".
+    #[arg(long, value_name = "PATH")]
+    grant_key_file: Option<PathBuf>,
     /// WebSocket connections to open.
     #[arg(long, short = 'n', default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -102,6 +102,16 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let target = Arc::new(Target { base, http, notify_token });
     let run = run_id();
     let topics: Box<[String]> = (0..args.topics).map(|i| format!("bench-{run}-{i}")).collect();
+    let grants: Box<[Option<String>]> = match &args.grant_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let keys = davpush_proto::GrantKeys::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            // Valid for the setup phase; subscriptions outlive their grant.
+            let until = davpush_core::unix_now() + 3600;
+            topics.iter().map(|t| Some(keys.sign([t.as_str()], until))).collect()
+        }
+        None => topics.iter().map(|_| None).collect(),
+    };
 
     // Phase 1: reachability, baseline, notify token.
     let before = scrape(&target).await?;
@@ -136,6 +146,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         request,
         ws_config,
         topics,
+        grants,
         limit: Semaphore::new(args.connect_concurrency as usize),
     });
 

@@ -67,6 +67,7 @@ impl ApiError {
                 | ServiceError::ServiceDisabled(_)
                 | ServiceError::InvalidTarget { .. } => StatusCode::BAD_REQUEST,
                 ServiceError::LimitReached(_) => StatusCode::CONFLICT,
+                ServiceError::Grant(_) => StatusCode::FORBIDDEN,
                 ServiceError::NotFound => StatusCode::NOT_FOUND,
                 ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -112,6 +113,8 @@ pub fn service_code(e: &ServiceError) -> &'static str {
         ServiceError::ServiceDisabled(_) => "push_service_disabled",
         ServiceError::InvalidTarget { .. } => "invalid_push_service",
         ServiceError::LimitReached(_) => "too_many_subscriptions",
+        ServiceError::Grant(davpush_proto::GrantError::Missing) => "grant_required",
+        ServiceError::Grant(_) => "grant_invalid",
         ServiceError::NotFound => "not_found",
         ServiceError::Store(_) => "unavailable",
     }

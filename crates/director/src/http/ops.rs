@@ -42,6 +42,7 @@ pub(crate) async fn info(State(st): State<AppState>) -> Json<davpush_proto::Dire
         .into(),
         vapid_public_key: st.config.web_push.as_ref().map(|w| w.key.public_key()),
         websocket_path: websocket.then(|| "/ws".to_owned()),
+        grants: if st.config.grant_keys.is_some() { "required" } else { "off" }.into(),
     })
 }
 

@@ -27,6 +27,7 @@ pub(crate) async fn subscribe(
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;
     let topic = svc.topic("topic", &req.topic)?;
+    svc.authorize(&topic, req.grant.as_deref(), davpush_core::unix_now())?;
     let targets = svc.parse_targets(&req.push_services).await?;
     let triggers = match &req.triggers {
         None => davpush_core::Triggers::ALL,

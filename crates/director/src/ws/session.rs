@@ -32,11 +32,14 @@ pub(crate) async fn handle(st: &AppState, conn: &Arc<Connection>, text: &str) ->
     };
     match frame {
         ClientFrame::Ping { id } => ServerFrame::Pong { id },
-        ClientFrame::Subscribe { id, topic, expires } => {
+        ClientFrame::Subscribe { id, topic, expires, grant } => {
             let topic_id = match svc.topic("topic", &topic) {
                 Ok(t) => t,
                 Err(e) => return error(id, service_code(&e), &e.to_string()),
             };
+            if let Err(e) = svc.authorize(&topic_id, grant.as_deref(), davpush_core::unix_now()) {
+                return error(id, service_code(&e), &e.to_string());
+            }
             let targets = vec![Target::WebSocket(conn.clone())];
             match svc.subscribe(client, topic_id, targets, expires, davpush_core::unix_now()).await {
                 Ok(done) => {

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use crate::util::*;
 
-/// The draft's tokens, configured so that its samples authenticate.
+/// The draft's tokens, configured so that its samples authenticate. Its samples carry no grant
+/// (the draft has none): they are accepted verbatim by a Director with `grants = "off"`.
 const DRAFT_NOTIFY_TOKEN: &str = "ohb_hLi2ain!oo5d";
 const DRAFT_SUB_TOKEN: &str = "ee2Ewoob#a!ingei";
 
@@ -13,7 +14,7 @@ async fn draft_director() -> TestDirector {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[notify]\ntokens = [{DRAFT_NOTIFY_TOKEN:?}, {NOTIFY_TOKEN:?}]\n\
-         [subscription]\ntokens = [{DRAFT_SUB_TOKEN:?}, {SUB_TOKEN:?}]\n",
+         [subscription]\ntokens = [{DRAFT_SUB_TOKEN:?}, {SUB_TOKEN:?}]\ngrants = \"off\"\n",
         dir.path().display().to_string()
     );
     start_with(&toml, dir).await

@@ -14,6 +14,7 @@ mod cluster;
 mod draft;
 mod errors;
 mod fcm;
+mod grants;
 mod hms;
 mod ops;
 mod relay;

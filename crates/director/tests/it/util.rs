@@ -23,12 +23,13 @@ pub(crate) struct TestDirector {
 }
 
 /// Starts a Director with test tokens in a fresh data directory; `extra` is TOML merged over
-/// the test defaults (its keys win).
+/// the test defaults (its keys win). The defaults turn grants off, so that tests of other parts
+/// can subscribe to made-up topics; `grants.rs` tests the default, `grants = "required"`.
 pub(crate) async fn start(extra: &str) -> TestDirector {
     let dir = tempfile::tempdir().unwrap();
     let base = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[notify]\ntokens = [{NOTIFY_TOKEN:?}]\n\
-         [subscription]\ntokens = [{SUB_TOKEN:?}]\n",
+         [subscription]\ntokens = [{SUB_TOKEN:?}]\ngrants = \"off\"\n",
         dir.path().display().to_string()
     );
     let mut table: toml::Table = toml::from_str(&base).unwrap();

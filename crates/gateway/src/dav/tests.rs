@@ -8,6 +8,7 @@ fn vals(topic: &str) -> PushValues {
         services: vec!["websocket".into(), "web_push".into()],
         subscription_auth: "token".into(),
         websocket_url: Some("ws://127.0.0.1:8080/ws".into()),
+        grant: None,
     }
 }
 
@@ -78,6 +79,37 @@ fn propname_lists_names_and_allprop_adds_values() {
     let out = rewrite_multistatus(UPSTREAM_404, &PropfindKind::AllProp, |_| Some(vals("t"))).unwrap();
     assert!(out.contains("<P:topic>t</P:topic>"), "{out}");
     assert!(out.contains("<X:service>websocket</X:service>"), "{out}");
+}
+
+#[test]
+fn the_grant_is_answered_only_by_name_and_only_where_given() {
+    let kind =
+        analyze_propfind(br#"<propfind xmlns="DAV:" xmlns:X="urn:davpush:1"><prop><X:grant/></prop></propfind>"#)
+            .unwrap();
+    assert!(kind.wants_push() && kind.wants_grant());
+    let out = rewrite_multistatus(UPSTREAM_404, &kind, |href| {
+        Some(PushValues { grant: (href == "/alice/cal/").then(|| "G.S".to_owned()), ..vals("t") })
+    })
+    .unwrap();
+    assert!(out.contains("<X:grant>G.S</X:grant>"), "{out}");
+    // Another collection without a grant: 404 for it, and no empty 200 propstat.
+    let out = rewrite_multistatus(UPSTREAM_404, &kind, |_| Some(vals("t"))).unwrap();
+    let root = xml::parse(&out).unwrap();
+    let coll = root.child(DAV, "response").unwrap();
+    let statuses: Vec<String> = coll
+        .elements()
+        .filter(|e| e.is(DAV, "propstat") && e.child(DAV, "prop").unwrap().child(DAVPUSH, "grant").is_some())
+        .map(|p| p.child(DAV, "status").unwrap().text())
+        .collect();
+    assert_eq!(statuses, vec!["HTTP/1.1 404 Not Found"], "{out}");
+    // allprop and propname never carry it.
+    for k in [PropfindKind::AllProp, PropfindKind::PropName] {
+        assert!(!k.wants_grant());
+        let out =
+            rewrite_multistatus(UPSTREAM_404, &k, |_| Some(PushValues { grant: Some("G.S".into()), ..vals("t") }))
+                .unwrap();
+        assert!(!out.contains("grant"), "{out}");
+    }
 }
 
 const DAVX5_REGISTER: &str = r#"<push-register xmlns="https://bitfire.at/webdav-push">

@@ -10,4 +10,5 @@ mod litmus;
 mod notifications;
 mod prefix;
 mod registration;
+mod security;
 mod webdav_auth;

@@ -16,12 +16,15 @@ async fn ws(s: &Stack) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::
     ws
 }
 
+/// Subscribes with a grant signed with the Director's key (as an application server would).
 async fn subscribe(
+    s: &Stack,
     ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     topic: &str,
 ) {
     use futures_util::StreamExt;
-    ws.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into())).await.unwrap();
+    let frame = json!({"type": "subscribe", "topic": topic, "grant": s.sign(topic)});
+    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
     loop {
         if let Some(Ok(Message::Text(t))) = ws.next().await
             && t.as_str().contains("\"subscribed\"")
@@ -41,7 +44,7 @@ async fn create_change_move_delete_reach_websocket_subscribers() {
         (s.topic("alice", &work).await, s.topic("alice", &home).await, s.topic("alice", &book).await);
     let mut c = ws(&s).await;
     for t in [&t_work, &t_home, &t_book] {
-        subscribe(&mut c, t).await;
+        subscribe(&s, &mut c, t).await;
     }
 
     // Create.
@@ -90,7 +93,7 @@ async fn failed_writes_notify_nobody_and_reads_pass_through() {
     let cal = s.mkcalendar("alice", "c").await;
     let t = s.topic("alice", &cal).await;
     let mut c = ws(&s).await;
-    subscribe(&mut c, &t).await;
+    subscribe(&s, &mut c, &t).await;
     // Bob may not write into alice's calendar: 403 from Radicale, passed on, no notification.
     assert_eq!(s.put_event("bob", &format!("{cal}x.ics"), "x", "intruder", &[]).await, 403);
     assert_eq!(s.put_event("alice", &format!("{cal}y.ics"), "y", "ok", &[]).await, 201);

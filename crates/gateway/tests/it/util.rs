@@ -190,6 +190,27 @@ impl Stack {
             .expect("Radicale offers sync-tokens")
     }
 
+    /// A subscription grant for the collection at `path`, as the gateway issues it to `user` in
+    /// PROPFIND (`None`: none issued).
+    pub(crate) async fn grant(&self, user: &str, path: &str) -> Option<String> {
+        let body = r#"<propfind xmlns="DAV:" xmlns:X="urn:davpush:1"><prop><X:grant/></prop></propfind>"#;
+        let (_, _, text) =
+            self.dav("PROPFIND", path, user, &[("Depth", "0"), ("Content-Type", "application/xml")], body).await;
+        let root = davpush_gateway::xml::parse(&text).ok()?;
+        let g = root.child(davpush_gateway::xml::DAV, "response")?.elements().find_map(|ps| {
+            let ok = ps.child(davpush_gateway::xml::DAV, "status")?.text().contains(" 200 ");
+            let g = ps.child(davpush_gateway::xml::DAV, "prop")?.child(davpush_gateway::xml::DAVPUSH, "grant")?;
+            ok.then(|| g.text())
+        })?;
+        (!g.is_empty()).then_some(g)
+    }
+
+    /// A grant for `topic` signed with the Director's key, as an application server would.
+    pub(crate) fn sign(&self, topic: &str) -> String {
+        let text = std::fs::read_to_string(self.data.path().join("grant-key")).unwrap();
+        davpush_proto::GrantKeys::parse(&text).unwrap().sign([topic], davpush_core_now() + 600)
+    }
+
     /// The collection's topic, as the gateway advertises it in PROPFIND.
     pub(crate) async fn topic(&self, user: &str, path: &str) -> String {
         let body =
@@ -211,6 +232,40 @@ impl Stack {
         assert!(!t.is_empty());
         t
     }
+}
+
+fn davpush_core_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Starts a stack whose gateway's raw configuration `tweak` adjusts (in front of `upstream`, or
+/// Radicale when `None`).
+pub(crate) async fn stack_configured(
+    upstream: Option<&str>,
+    director_extra: &str,
+    tweak: impl FnOnce(&mut RawGatewayConfig),
+) -> Option<Stack> {
+    let radicale = Radicale::start(&[])?;
+    let upstream = upstream.map(str::to_owned).unwrap_or_else(|| radicale.url.clone());
+    let data = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\n{}",
+        data.path().display().to_string(),
+        director_extra.replace("{radicale}", &radicale.url)
+    );
+    let director = spawn_director(&toml).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut raw = RawGatewayConfig {
+        listen: listener.local_addr().unwrap().to_string(),
+        upstream,
+        director_url: director.url(),
+        data_dir: data.path().to_owned(),
+        ..Default::default()
+    };
+    tweak(&mut raw);
+    let gateway = davpush_gateway::spawn(GatewayConfig::from_raw(raw).unwrap(), listener).await.unwrap();
+    let push = FakePush::start().await;
+    Some(Stack { radicale, director, gateway, push, http: reqwest::Client::new(), data, director_toml: toml })
 }
 
 /// Waits for a WebSocket notify frame.

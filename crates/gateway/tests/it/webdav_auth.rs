@@ -29,7 +29,10 @@ async fn webdav_credentials_open_websockets_and_wrong_ones_do_not() {
     let cal = s.mkcalendar("alice", "web").await;
     let topic = s.topic("alice", &cal).await;
     let mut ws = open_ws(&s, &basic("alice")).await.expect("alice's WebDAV login opens a WebSocket");
-    ws.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into())).await.unwrap();
+    let grant = s.grant("alice", &cal).await.expect("the gateway grants alice her calendar");
+    ws.send(Message::Text(json!({"type": "subscribe", "topic": topic, "grant": grant}).to_string().into()))
+        .await
+        .unwrap();
     loop {
         let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
         if t.as_str().contains("subscribed") {
@@ -39,7 +42,10 @@ async fn webdav_credentials_open_websockets_and_wrong_ones_do_not() {
     assert_eq!(open_ws(&s, &basic("mallory")).await.err(), Some(401));
     let wrong = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:nope"));
     assert_eq!(open_ws(&s, &wrong).await.err(), Some(401));
-    // The HTTP Subscription API accepts the same login.
+    // The HTTP Subscription API accepts the same login (with a grant for bob's own calendar).
+    let bob_cal = s.mkcalendar("bob", "web").await;
+    let bob_topic = s.topic("bob", &bob_cal).await;
+    let bob_grant = s.grant("bob", &bob_cal).await.expect("bob may read his calendar");
     let (_bob_ws, conn) = {
         let mut ws2 = open_ws(&s, &basic("bob")).await.unwrap();
         let Some(Ok(Message::Text(hello))) = ws2.next().await else { panic!() };
@@ -50,7 +56,8 @@ async fn webdav_credentials_open_websockets_and_wrong_ones_do_not() {
         .http
         .post(format!("{}/subscribe", s.director.url()))
         .header("Authorization", basic("bob"))
-        .json(&json!({"client_id": "bob-web", "topic": "t", "push_services": {"websocket": {"connection_id": conn}}}))
+        .json(&json!({"client_id": "bob-web", "topic": bob_topic, "grant": bob_grant,
+                      "push_services": {"websocket": {"connection_id": conn}}}))
         .send()
         .await
         .unwrap();
