@@ -120,6 +120,11 @@ impl Host {
         }
     }
 
+    /// Has no slots: kept only for its breaker and latency estimate.
+    fn idle(&self) -> bool {
+        self.ready.is_empty() && self.waiting.is_empty() && self.in_flight == 0
+    }
+
     /// Has a ready slot it may start now, leaving the global limits aside.
     fn can_start(&self, l: &Limits) -> bool {
         !self.ready.is_empty()
@@ -166,7 +171,11 @@ pub(super) struct Pick {
     pub(super) probe: bool,
 }
 
-/// All hosts with slots. Bounded by the number of slots (a host without slots is forgotten).
+/// Hosts without slots kept at most (for their breaker and latency), beyond those with slots.
+const MAX_IDLE_HOSTS: usize = 10_000;
+
+/// All hosts with slots (bounded by the number of slots), and recently seen idle ones (their
+/// breaker state and latency estimate outlive their slots; dropped beyond `MAX_IDLE_HOSTS`).
 #[derive(Debug)]
 pub(super) struct Hosts {
     limits: Limits,
@@ -181,9 +190,18 @@ impl Hosts {
         Hosts { limits, map: HashMap::new(), rr: VecDeque::new(), in_flight: 0 }
     }
 
+    fn host(&mut self, host: &HostKey) -> &mut Host {
+        if !self.map.contains_key(host) && self.map.len() >= MAX_IDLE_HOSTS {
+            let before = self.map.len();
+            self.map.retain(|_, h| !h.idle());
+            tracing::debug!(dropped = before - self.map.len(), "forgot idle push-service hosts");
+        }
+        self.map.entry(host.clone()).or_insert_with(Host::new)
+    }
+
     /// `key` (of `host`) is ready to go.
     pub(super) fn push_ready(&mut self, host: &HostKey, key: SlotKey) {
-        let h = self.map.entry(host.clone()).or_insert_with(Host::new);
+        let h = self.host(host);
         h.waiting.remove(&key);
         h.ready.push_back(key);
         self.requeue(host);
@@ -191,16 +209,13 @@ impl Hosts {
 
     /// `key` (of `host`) waits for a retry.
     pub(super) fn push_waiting(&mut self, host: &HostKey, key: SlotKey) {
-        self.map.entry(host.clone()).or_insert_with(Host::new).waiting.insert(key);
+        self.host(host).waiting.insert(key);
     }
 
-    /// `key` is done; its host is forgotten once it has no slots left.
+    /// `key` is done.
     pub(super) fn forget(&mut self, host: &HostKey, key: &SlotKey) {
         if let Some(h) = self.map.get_mut(host) {
             h.waiting.remove(key);
-            if h.ready.is_empty() && h.waiting.is_empty() && h.in_flight == 0 {
-                self.map.remove(host);
-            }
         }
     }
 
