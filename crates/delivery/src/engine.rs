@@ -49,8 +49,8 @@ use davpush_core::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use hosts::{Health, Hosts, Transition};
 pub use hosts::HostKey;
+use hosts::{Health, Hosts, Transition};
 
 /// How a push service answered one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,9 +438,7 @@ impl Engine {
             t.abort();
         }
         let now = Instant::now();
-        let rows: Vec<PendingDelivery> = {
-            inner.table().slots.values().map(|s| pending_row(s, now)).collect()
-        };
+        let rows: Vec<PendingDelivery> = { inner.table().slots.values().map(|s| pending_row(s, now)).collect() };
         if rows.is_empty() {
             return;
         }
@@ -543,8 +541,8 @@ async fn run(inner: Arc<Inner>, job: Job) {
             },
         }
     };
-    let expired = ttl < Duration::from_secs(1)
-        || matches!(pick.key, SlotKey::Sub(_)) && sub.expires <= davpush_core::unix_now();
+    let expired =
+        ttl < Duration::from_secs(1) || matches!(pick.key, SlotKey::Sub(_)) && sub.expires <= davpush_core::unix_now();
     let (outcome, health) = if expired {
         (Outcome::Rejected("expired before it could be delivered".into()), Health::Skipped)
     } else {
@@ -713,7 +711,9 @@ async fn timer_loop(inner: Arc<Inner>) {
                         let candidate = table
                             .hosts
                             .waiting(&host)
-                            .find(|k| table.slots.get(*k).is_some_and(|s| s.state == State::Waiting && s.not_before <= now))
+                            .find(|k| {
+                                table.slots.get(*k).is_some_and(|s| s.state == State::Waiting && s.not_before <= now)
+                            })
                             .cloned();
                         if let Some(key) = candidate {
                             table.release(&key, now);
