@@ -16,11 +16,23 @@
 //! Bounded everywhere: at most `max_pending` slots (beyond, new deliveries are dropped and
 //! counted as `overflow`), at most `workers` requests in flight.
 //!
+//! **Per host** ([`hosts`]). Slots queue per push-service origin ([`Deliver::origin`]), so a
+//! slow or failing host cannot take the shared workers: hosts with ready slots take turns
+//! (round-robin), each host has at most `per_host_workers` requests in flight, and the last
+//! quarter of the workers only go to hosts with nothing in flight. Each host has a circuit
+//! breaker: after `breaker_failures` consecutive transient failures or timeouts its slots wait
+//! without using workers; after `breaker_cool_down` one probe goes, and an answer closes the
+//! breaker and makes the host's waiting slots ready at once (their own backoff is cut short,
+//! never a `Retry-After`). Each host's timeout adapts to its latency (RFC 6298's `SRTT +
+//! 4·RTTVAR`, doubled per timeout), between `min_timeout` and the transport's request timeout.
+//!
 //! **Topic mode.** A push service with topics (FCM, HMS) reaches every device of a topic with
 //! one request. Its transport enqueues with [`Engine::enqueue_topic`]: the slot is then keyed by
 //! the topic instead of a subscription ([`SlotKey`]), delivered through [`Deliver::deliver_topic`],
 //! and coalesces the same way. One of the topic's subscriptions stands for the slot in the
 //! outbox (its row survives a restart, and goes when that subscription goes).
+
+mod hosts;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -34,8 +46,11 @@ use davpush_core::{
     Metrics, Notification, PendingDelivery, PushMessage, ServiceKind, Subscription, SubscriptionId, SubscriptionStore,
     Topic,
 };
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+
+pub use hosts::HostKey;
+use hosts::{Health, Hosts, Transition};
 
 /// How a push service answered one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +79,12 @@ pub trait Deliver: Send + Sync + 'static {
     /// mode). `Gone` makes no sense for a topic and is counted as `Rejected`.
     async fn deliver_topic(&self, _message: &PushMessage, _ttl: Duration) -> Outcome {
         Outcome::Rejected("this push service has no topic mode".into())
+    }
+    /// The push-service origin `sub`'s deliveries go to: slots of one origin share a queue, a
+    /// share of the workers, a circuit breaker and a timeout. Default: one origin for all
+    /// (a transport that talks to one service). Topic slots always use the default.
+    fn origin(&self, _sub: &Subscription) -> HostKey {
+        HostKey::default()
     }
 }
 
@@ -100,6 +121,16 @@ pub struct EngineSettings {
     pub max_backoff: Duration,
     /// How long a message stays worth delivering (also the `TTL` header).
     pub ttl: Duration,
+    /// Requests in flight per push-service origin at most (capped at `workers`).
+    pub per_host_workers: usize,
+    /// The transport's request timeout: the ceiling of the adaptive per-host timeout.
+    pub request_timeout: Duration,
+    /// The floor of the adaptive per-host timeout.
+    pub min_timeout: Duration,
+    /// Consecutive transient failures or timeouts of one host that open its circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps the host's slots waiting before one probe goes.
+    pub breaker_cool_down: Duration,
 }
 
 impl Default for EngineSettings {
@@ -111,6 +142,33 @@ impl Default for EngineSettings {
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
             ttl: Duration::from_secs(86_400),
+            per_host_workers: 64,
+            request_timeout: Duration::from_secs(30),
+            min_timeout: Duration::from_secs(5),
+            breaker_failures: 5,
+            breaker_cool_down: Duration::from_secs(10),
+        }
+    }
+}
+
+impl EngineSettings {
+    /// These settings with the transport's request timeout as the adaptive timeout's ceiling.
+    pub fn with_request_timeout(&self, timeout: Duration) -> EngineSettings {
+        EngineSettings { request_timeout: timeout, ..self.clone() }
+    }
+
+    fn host_limits(&self) -> hosts::Limits {
+        let workers = self.workers.max(1);
+        let per_host = self.per_host_workers.clamp(1, workers);
+        hosts::Limits {
+            workers,
+            per_host,
+            // Only worth keeping when one host cannot take every worker anyway.
+            reserve: if per_host < workers { workers / 4 } else { 0 },
+            failures: self.breaker_failures.max(1),
+            cool_down: self.breaker_cool_down,
+            min_timeout: self.min_timeout.min(self.request_timeout),
+            max_timeout: self.request_timeout,
         }
     }
 }
@@ -134,6 +192,10 @@ struct Slot {
     deadline: Instant,
     /// A row for this slot may exist in the outbox.
     persisted: bool,
+    /// The push-service origin it goes to (fixed when the slot is created).
+    host: HostKey,
+    /// The last `Retry-After`: a released slot never goes before.
+    not_before: Instant,
 }
 
 /// What happened to an enqueued delivery.
@@ -147,13 +209,43 @@ pub enum Enqueued {
     Dropped,
 }
 
+/// The slots and their hosts, under one lock.
+struct Table {
+    slots: HashMap<SlotKey, Slot>,
+    hosts: Hosts,
+}
+
+impl Table {
+    /// Makes a waiting slot ready now (unless a `Retry-After` still holds it back).
+    fn release(&mut self, key: &SlotKey, now: Instant) -> bool {
+        let Some(slot) = self.slots.get_mut(key) else { return false };
+        if slot.state != State::Waiting || slot.not_before > now {
+            return false;
+        }
+        slot.state = State::Ready;
+        slot.due = now;
+        self.hosts.push_ready(&slot.host, key.clone());
+        true
+    }
+}
+
+/// What the timer wakes up for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A slot's retry is due.
+    Slot(SlotKey),
+    /// A host's breaker cool-down is over.
+    Host(HostKey),
+}
+
 struct Inner {
     kind: ServiceKind,
     deliver: Arc<dyn Deliver>,
     settings: EngineSettings,
-    slots: Mutex<HashMap<SlotKey, Slot>>,
-    ready: mpsc::Sender<SlotKey>,
-    timers: Mutex<BinaryHeap<Reverse<(Instant, SlotKey)>>>,
+    table: Mutex<Table>,
+    /// Wakes the dispatcher: a slot got ready or a worker got free.
+    wake: Notify,
+    timers: Mutex<BinaryHeap<Reverse<(Instant, Timer)>>>,
     timer_wake: Notify,
     feedback: Feedback,
     metrics: Arc<Metrics>,
@@ -199,13 +291,13 @@ impl Engine {
         metrics: Arc<Metrics>,
         store: Arc<dyn SubscriptionStore>,
     ) -> Engine {
-        let (tx, rx) = mpsc::channel(settings.max_pending.max(1));
+        let table = Table { slots: HashMap::new(), hosts: Hosts::new(settings.host_limits()) };
         let inner = Arc::new(Inner {
             kind,
             deliver,
             settings,
-            slots: Mutex::default(),
-            ready: tx,
+            table: Mutex::new(table),
+            wake: Notify::new(),
             timers: Mutex::default(),
             timer_wake: Notify::new(),
             feedback,
@@ -213,14 +305,14 @@ impl Engine {
             store,
             closed: AtomicBool::new(false),
         });
-        let dispatcher = tokio::spawn(dispatch_loop(inner.clone(), rx));
+        let dispatcher = tokio::spawn(dispatch_loop(inner.clone()));
         let timer = tokio::spawn(timer_loop(inner.clone()));
         Engine { inner, tasks: Arc::new(Mutex::new(vec![dispatcher, timer])) }
     }
 
     /// Number of subscriptions with a pending delivery.
     pub fn pending(&self) -> usize {
-        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner.table().slots.len()
     }
 
     /// Queues `message` for `sub`, replacing a message still pending for it. Never blocks.
@@ -240,8 +332,8 @@ impl Engine {
             return Enqueued::Dropped;
         }
         let now = Instant::now();
-        let mut slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get_mut(&key) {
+        let mut table = inner.table();
+        if let Some(slot) = table.slots.get_mut(&key) {
             slot.message = message.clone();
             if matches!(key, SlotKey::Sub(_)) {
                 // A topic slot keeps its outbox row's subscription.
@@ -253,12 +345,18 @@ impl Engine {
             }
             return Enqueued::Coalesced;
         }
-        if slots.len() >= inner.settings.max_pending {
-            drop(slots);
+        if table.slots.len() >= inner.settings.max_pending {
+            drop(table);
             inner.metrics.delivered(inner.kind, "overflow", 1);
             return Enqueued::Dropped;
         }
-        slots.insert(
+        // A subscription whose endpoint changes keeps the slot's origin until the slot is done.
+        let host = match &key {
+            SlotKey::Sub(_) => inner.deliver.origin(sub),
+            SlotKey::Topic(_) => HostKey::default(),
+        };
+        table.hosts.push_ready(&host, key.clone());
+        table.slots.insert(
             key.clone(),
             Slot {
                 sub: sub.clone(),
@@ -269,13 +367,12 @@ impl Engine {
                 due: now,
                 deadline: now + inner.settings.ttl,
                 persisted: false,
+                host,
+                not_before: now,
             },
         );
-        // Capacity equals max_pending and a slot is in the channel at most once: never full.
-        if inner.ready.try_send(key.clone()).is_err() {
-            slots.remove(&key);
-            return Enqueued::Dropped;
-        }
+        drop(table);
+        inner.wake.notify_one();
         Enqueued::Queued
     }
 
@@ -291,10 +388,10 @@ impl Engine {
 
     fn restore_keyed(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>, topics: bool) {
         let now = Instant::now();
-        let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.inner.table();
         let mut timers = self.inner.timers.lock().unwrap_or_else(|e| e.into_inner());
         for (sub, p) in pending {
-            if slots.len() >= self.inner.settings.max_pending {
+            if table.slots.len() >= self.inner.settings.max_pending {
                 break;
             }
             let Ok(topic) = davpush_core::Topic::parse(&p.topic, usize::MAX) else { continue };
@@ -305,11 +402,13 @@ impl Engine {
             };
             let due = unix_to_instant(p.due, now);
             let key = if topics { SlotKey::Topic(notification.topic.clone()) } else { SlotKey::Sub(sub.id.clone()) };
-            if slots.contains_key(&key) {
+            if table.slots.contains_key(&key) {
                 continue;
             }
-            timers.push(Reverse((due, key.clone())));
-            slots.insert(
+            let host = if topics { HostKey::default() } else { self.inner.deliver.origin(&sub) };
+            timers.push(Reverse((due, Timer::Slot(key.clone()))));
+            table.hosts.push_waiting(&host, key.clone());
+            table.slots.insert(
                 key,
                 Slot {
                     sub: sub.clone(),
@@ -320,11 +419,14 @@ impl Engine {
                     due,
                     deadline: unix_to_instant(p.deadline, now),
                     persisted: true,
+                    host,
+                    // The stored due time already honours the last Retry-After.
+                    not_before: due,
                 },
             );
         }
         drop(timers);
-        drop(slots);
+        drop(table);
         self.inner.timer_wake.notify_one();
     }
 
@@ -336,10 +438,7 @@ impl Engine {
             t.abort();
         }
         let now = Instant::now();
-        let rows: Vec<PendingDelivery> = {
-            let slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.values().map(|s| pending_row(s, now)).collect()
-        };
+        let rows: Vec<PendingDelivery> = { inner.table().slots.values().map(|s| pending_row(s, now)).collect() };
         if rows.is_empty() {
             return;
         }
@@ -377,47 +476,131 @@ fn backoff(settings: &EngineSettings, attempt: u32, retry_after: Option<Duration
     retry_after.map_or(jittered, |ra| jittered.max(ra))
 }
 
-async fn dispatch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SlotKey>) {
-    let permits = Arc::new(Semaphore::new(inner.settings.workers.max(1)));
-    while let Some(id) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let taken = {
-            let mut slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.get_mut(&id).filter(|s| s.state == State::Ready).map(|s| {
-                s.state = State::InFlight;
-                s.dirty = false;
-                (s.sub.clone(), s.message.clone(), s.deadline)
-            })
-        };
-        let Some((sub, message, deadline)) = taken else { continue };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let ttl = deadline.saturating_duration_since(Instant::now());
-            let outcome = match &id {
-                _ if ttl < Duration::from_secs(1) => Outcome::Rejected("expired before it could be delivered".into()),
-                SlotKey::Sub(_) if sub.expires <= davpush_core::unix_now() => {
-                    Outcome::Rejected("expired before it could be delivered".into())
-                }
-                SlotKey::Sub(_) => inner.deliver.deliver(&sub, &message, ttl).await,
-                SlotKey::Topic(_) => match inner.deliver.deliver_topic(&message, ttl).await {
-                    Outcome::Gone(reason) => Outcome::Rejected(reason),
-                    o => o,
-                },
-            };
-            complete(&inner, &id, outcome).await;
-            drop(permit);
-        });
+impl Inner {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add_timer(&self, at: Instant, timer: Timer) {
+        self.timers.lock().unwrap_or_else(|e| e.into_inner()).push(Reverse((at, timer)));
+        self.timer_wake.notify_one();
     }
 }
 
-async fn complete(inner: &Arc<Inner>, id: &SlotKey, outcome: Outcome) {
+/// A slot on its way: what one worker delivers.
+struct Job {
+    pick: hosts::Pick,
+    sub: Arc<Subscription>,
+    message: Arc<PushMessage>,
+    deadline: Instant,
+}
+
+/// Starts whatever the hosts' turns and limits allow, then waits for a change.
+async fn dispatch_loop(inner: Arc<Inner>) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut table = inner.table();
+            while let Some(pick) = table.hosts.pick() {
+                let Table { slots, hosts } = &mut *table;
+                match slots.get_mut(&pick.key).filter(|s| s.state == State::Ready) {
+                    Some(s) => {
+                        s.state = State::InFlight;
+                        s.dirty = false;
+                        let (sub, message, deadline) = (s.sub.clone(), s.message.clone(), s.deadline);
+                        jobs.push(Job { pick, sub, message, deadline });
+                    }
+                    // Not expected (a ready queue holds ready slots only); give the worker back.
+                    None => {
+                        hosts.finish(&pick.host, pick.probe, Health::Skipped, Instant::now());
+                    }
+                }
+            }
+        }
+        if jobs.is_empty() {
+            inner.wake.notified().await;
+            continue;
+        }
+        for job in jobs {
+            tokio::spawn(run(inner.clone(), job));
+        }
+    }
+}
+
+/// One request, under the host's timeout.
+async fn run(inner: Arc<Inner>, job: Job) {
+    let Job { pick, sub, message, deadline } = job;
+    let started = Instant::now();
+    let ttl = deadline.saturating_duration_since(started);
+    let request = async {
+        match &pick.key {
+            SlotKey::Sub(_) => inner.deliver.deliver(&sub, &message, ttl).await,
+            SlotKey::Topic(_) => match inner.deliver.deliver_topic(&message, ttl).await {
+                Outcome::Gone(reason) => Outcome::Rejected(reason),
+                o => o,
+            },
+        }
+    };
+    let expired =
+        ttl < Duration::from_secs(1) || matches!(pick.key, SlotKey::Sub(_)) && sub.expires <= davpush_core::unix_now();
+    let (outcome, health) = if expired {
+        (Outcome::Rejected("expired before it could be delivered".into()), Health::Skipped)
+    } else {
+        let answer = match pick.timeout {
+            Some(limit) => tokio::time::timeout(limit, request).await.ok(),
+            None => Some(request.await),
+        };
+        let took = started.elapsed();
+        match answer {
+            Some(o @ Outcome::Retry { .. }) => (o, Health::Failed(took)),
+            Some(o) => (o, Health::Answered(took)),
+            None => {
+                let limit = pick.timeout.unwrap_or_default();
+                (Outcome::Retry { after: None, reason: format!("no answer within {limit:?}") }, Health::TimedOut)
+            }
+        }
+    };
+    complete(&inner, &pick, outcome, health).await;
+}
+
+async fn complete(inner: &Arc<Inner>, pick: &hosts::Pick, outcome: Outcome, health: Health) {
     let kind = inner.kind;
+    let id = &pick.key;
     let now = Instant::now();
     let mut save = None;
     let mut forget = None;
     {
-        let mut slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = slots.get_mut(id) else { return };
+        let mut table = inner.table();
+        let transition = table.hosts.finish(&pick.host, pick.probe, health, now);
+        match &transition {
+            Transition::None => {}
+            Transition::Opened(until) => {
+                tracing::warn!(service = %kind, host = %pick.host, probe = pick.probe, cool_down = ?inner.settings.breaker_cool_down,
+                    "push service host keeps failing: its deliveries wait");
+                inner.metrics.delivered(kind, "host_open", 1);
+                inner.add_timer(*until, Timer::Host(pick.host.clone()));
+            }
+            Transition::Closed => {
+                let waiting = table.hosts.take_waiting(&pick.host);
+                let mut released = 0usize;
+                for key in waiting {
+                    if table.release(&key, now) {
+                        released += 1;
+                    } else if table.slots.get(&key).is_some_and(|s| s.state == State::Waiting) {
+                        table.hosts.push_waiting(&pick.host, key);
+                    }
+                }
+                tracing::info!(service = %kind, host = %pick.host, released, "push service host answers again");
+                inner.metrics.delivered(kind, "host_closed", 1);
+            }
+        }
+        let Table { slots, hosts } = &mut *table;
+        let Some(slot) = slots.get_mut(id) else {
+            hosts.forget(&pick.host, id);
+            drop(table);
+            inner.wake.notify_one();
+            return;
+        };
         let (outcome_label, finished) = match &outcome {
             Outcome::Delivered => ("sent", true),
             Outcome::Gone(reason) => {
@@ -440,10 +623,11 @@ async fn complete(inner: &Arc<Inner>, id: &SlotKey, outcome: Outcome) {
                     tracing::debug!(service = %kind, slot = %id, reason, ?delay, "delivery will be retried");
                     slot.state = State::Waiting;
                     slot.due = due;
+                    slot.not_before = after.and_then(|a| now.checked_add(a)).unwrap_or(now);
                     slot.persisted = true;
                     save = Some(pending_row(slot, now));
-                    inner.timers.lock().unwrap_or_else(|e| e.into_inner()).push(Reverse((slot.due, id.clone())));
-                    inner.timer_wake.notify_one();
+                    hosts.push_waiting(&pick.host, id.clone());
+                    inner.add_timer(due, Timer::Slot(id.clone()));
                     ("retry", false)
                 } else {
                     tracing::warn!(service = %kind, slot = %id, reason, attempts = slot.attempt, "giving up on a delivery");
@@ -459,13 +643,16 @@ async fn complete(inner: &Arc<Inner>, id: &SlotKey, outcome: Outcome) {
                 slot.dirty = false;
                 slot.attempt = 0;
                 slot.state = State::Ready;
-                let _ = inner.ready.try_send(id.clone());
+                hosts.push_ready(&pick.host, id.clone());
             } else {
                 forget = slot.persisted.then(|| slot.sub.id.to_string());
                 slots.remove(id);
+                hosts.forget(&pick.host, id);
             }
         }
     }
+    // A worker is free (and slots may have been released).
+    inner.wake.notify_one();
     if inner.closed.load(Ordering::Acquire) {
         return; // shutdown already wrote the outbox
     }
@@ -495,23 +682,49 @@ async fn timer_loop(inner: Arc<Inner>) {
             Some(_) => {}
         }
         let now = Instant::now();
+        let mut woke = false;
         loop {
             let due = {
                 let mut timers = inner.timers.lock().unwrap_or_else(|e| e.into_inner());
                 match timers.peek() {
-                    Some(Reverse((t, _))) if *t <= now => timers.pop().map(|Reverse((_, id))| id),
+                    Some(Reverse((t, _))) if *t <= now => timers.pop().map(|Reverse((_, timer))| timer),
                     _ => None,
                 }
             };
-            let Some(id) = due else { break };
-            let mut slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(slot) = slots.get_mut(&id)
-                && slot.state == State::Waiting
-                && slot.due <= now
-            {
-                slot.state = State::Ready;
-                let _ = inner.ready.try_send(id);
+            let Some(timer) = due else { break };
+            let mut table = inner.table();
+            match timer {
+                Timer::Slot(id) => {
+                    if let Some(slot) = table.slots.get_mut(&id)
+                        && slot.state == State::Waiting
+                        && slot.due <= now
+                    {
+                        slot.state = State::Ready;
+                        let host = slot.host.clone();
+                        table.hosts.push_ready(&host, id);
+                        woke = true;
+                    }
+                }
+                Timer::Host(host) => {
+                    if table.hosts.cool_down_over(&host, now) && !table.hosts.has_ready(&host) {
+                        // Nothing ready to probe with: the first waiting slot that may go now.
+                        let candidate = table
+                            .hosts
+                            .waiting(&host)
+                            .find(|k| {
+                                table.slots.get(*k).is_some_and(|s| s.state == State::Waiting && s.not_before <= now)
+                            })
+                            .cloned();
+                        if let Some(key) = candidate {
+                            table.release(&key, now);
+                        }
+                    }
+                    woke = true;
+                }
             }
+        }
+        if woke {
+            inner.wake.notify_one();
         }
     }
 }

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`engine`]: retries with backoff and jitter, `Retry-After`, per-subscription coalescing,
 //!   the outbox in the store, outcome metrics and "gone" feedback. Transports only say how to
-//!   deliver one message and classify the answer ([`Outcome`]).
+//!   deliver one message and classify the answer ([`Outcome`]). Per push-service origin
+//!   ([`engine::HostKey`]): fair turns, a share of the workers, a circuit breaker and an
+//!   adaptive timeout, so a slow or failing host cannot hold up the others.
 //! - [`egress`]: the SSRF guard for URLs that clients choose (scheme, addresses after DNS, on
 //!   every connect) and the shared HTTP client built on it.
 //! - [`webpush`]: RFC 8030 Web Push and UnifiedPush, with RFC 8291 encryption ([`webpush::ece`])
@@ -28,4 +30,4 @@ pub mod hms;
 pub mod membership;
 pub mod webpush;
 
-pub use engine::{Deliver, Engine, EngineSettings, Outcome, SlotKey};
+pub use engine::{Deliver, Engine, EngineSettings, HostKey, Outcome, SlotKey};

@@ -260,8 +260,14 @@ pub struct RawWebPush {
     pub timeout_secs: u64,
     /// Requests in flight at once.
     pub workers: usize,
-    /// Requests in flight per push-service host.
+    /// Requests in flight per push-service origin (scheme, host, port).
     pub max_per_host: usize,
+    /// Floor of the per-host adaptive timeout, milliseconds (the ceiling is `timeout_secs`).
+    pub min_timeout_ms: u64,
+    /// Consecutive transient failures or timeouts that open a host's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker holds the host's deliveries before one probe, seconds.
+    pub breaker_cool_down_secs: u64,
     /// Subscriptions with a pending delivery at most.
     pub max_pending: usize,
     /// Attempts per message.
@@ -289,6 +295,9 @@ impl Default for RawWebPush {
             timeout_secs: 30,
             workers: 64,
             max_per_host: 16,
+            min_timeout_ms: 5000,
+            breaker_failures: 5,
+            breaker_cool_down_secs: 10,
             max_pending: 100_000,
             max_attempts: 8,
             min_backoff_ms: 1000,
@@ -553,6 +562,9 @@ fn web_push_config(w: &RawWebPush, data_dir: &Path) -> Result<Option<PartialWebP
         ("web_push.timeout_secs", w.timeout_secs),
         ("web_push.workers", w.workers as u64),
         ("web_push.max_per_host", w.max_per_host as u64),
+        ("web_push.min_timeout_ms", w.min_timeout_ms),
+        ("web_push.breaker_failures", u64::from(w.breaker_failures)),
+        ("web_push.breaker_cool_down_secs", w.breaker_cool_down_secs),
         ("web_push.max_pending", w.max_pending as u64),
         ("web_push.max_attempts", u64::from(w.max_attempts)),
         ("web_push.min_backoff_ms", w.min_backoff_ms),
@@ -577,6 +589,11 @@ fn web_push_config(w: &RawWebPush, data_dir: &Path) -> Result<Option<PartialWebP
             min_backoff: Duration::from_millis(w.min_backoff_ms),
             max_backoff: Duration::from_secs(w.max_backoff_secs),
             ttl: Duration::from_secs(w.ttl_secs),
+            per_host_workers: w.max_per_host,
+            request_timeout: Duration::from_secs(w.timeout_secs),
+            min_timeout: Duration::from_millis(w.min_timeout_ms),
+            breaker_failures: w.breaker_failures,
+            breaker_cool_down: Duration::from_secs(w.breaker_cool_down_secs),
         },
     };
     Ok(Some(PartialWebPush { services, policy, settings, key_path }))

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// One request the push service received.
@@ -41,6 +41,7 @@ type Script = Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>;
 struct Shared {
     script: Script,
     tx: mpsc::Sender<Captured>,
+    hold: watch::Sender<bool>,
 }
 
 /// The local push service.
@@ -49,6 +50,7 @@ pub struct FakePush {
     pub addr: SocketAddr,
     script: Script,
     rx: mpsc::Receiver<Captured>,
+    hold: watch::Sender<bool>,
 }
 
 async fn handle(
@@ -59,6 +61,8 @@ async fn handle(
     body: Bytes,
 ) -> impl IntoResponse {
     let _ = s.tx.send(Captured { at: Instant::now(), method, path: uri.path().to_owned(), headers, body }).await;
+    // A hanging push service: recorded, then no answer until released.
+    let _ = s.hold.subscribe().wait_for(|hold| !*hold).await;
     let (status, retry_after) = s.script.lock().unwrap().pop_front().unwrap_or((201, None));
     let mut h = HeaderMap::new();
     if let Some(r) = retry_after {
@@ -72,11 +76,18 @@ impl FakePush {
     pub async fn start() -> FakePush {
         let (tx, rx) = mpsc::channel(1000);
         let script: Script = Arc::default();
-        let app = axum::Router::new().fallback(handle).with_state(Shared { script: script.clone(), tx });
+        let hold = watch::Sender::new(false);
+        let app =
+            axum::Router::new().fallback(handle).with_state(Shared { script: script.clone(), tx, hold: hold.clone() });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakePush { addr, script, rx }
+        FakePush { addr, script, rx, hold }
+    }
+
+    /// While `true`, requests are recorded but not answered (a push service that hangs).
+    pub fn hold(&self, hold: bool) {
+        self.hold.send_replace(hold);
     }
 
     /// An endpoint URL of it.

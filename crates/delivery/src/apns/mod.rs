@@ -184,7 +184,14 @@ impl ApnsTransport {
         store: Arc<dyn SubscriptionStore>,
     ) -> Self {
         ApnsTransport {
-            engine: Engine::start(ServiceKind::Apns, sender, settings.engine.clone(), feedback, metrics, store),
+            engine: Engine::start(
+                ServiceKind::Apns,
+                sender,
+                settings.engine.with_request_timeout(settings.timeout),
+                feedback,
+                metrics,
+                store,
+            ),
         }
     }
 }

@@ -282,3 +282,224 @@ async fn gone_for_a_topic_is_a_rejection_and_pending_topics_are_restored() {
     settle(&f).await;
     assert_eq!(f.script.topic_calls.lock().unwrap().last().unwrap().1.as_deref(), Some("9"));
 }
+
+/// Push services on several hosts (the host is the client id's part before `-`): `slow…`
+/// answers after 28 s, `bad…` fails while `down`, `flaky…` answers in 100 ms until `hang`,
+/// then never; others answer at once.
+#[derive(Default)]
+struct Farm {
+    down: AtomicBool,
+    hang: AtomicBool,
+    started: Mutex<Vec<(Instant, String)>>,
+    finished: Mutex<Vec<(Instant, String)>>,
+}
+
+fn host_of(sub: &Subscription) -> String {
+    sub.client_id.as_str().split('-').next().unwrap_or_default().to_owned()
+}
+
+#[async_trait]
+impl Deliver for Farm {
+    fn origin(&self, sub: &Subscription) -> HostKey {
+        HostKey::new(&format!("https://{}", host_of(sub)))
+    }
+
+    async fn deliver(&self, sub: &Subscription, _message: &PushMessage, _ttl: Duration) -> Outcome {
+        let (host, client) = (host_of(sub), sub.client_id.as_str().to_owned());
+        self.started.lock().unwrap().push((Instant::now(), client.clone()));
+        let outcome = if host.starts_with("slow") {
+            tokio::time::sleep(Duration::from_secs(28)).await;
+            Outcome::Delivered
+        } else if host.starts_with("bad") && self.down.load(Ordering::SeqCst) {
+            Outcome::Retry { after: None, reason: "503".into() }
+        } else if host.starts_with("flaky") {
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Outcome::Delivered
+        } else {
+            Outcome::Delivered
+        };
+        self.finished.lock().unwrap().push((Instant::now(), client));
+        outcome
+    }
+}
+
+struct FarmFixture {
+    engine: Engine,
+    farm: Arc<Farm>,
+    metrics: Arc<Metrics>,
+}
+
+fn farm(settings: EngineSettings) -> FarmFixture {
+    let farm = Arc::new(Farm::default());
+    let metrics = Arc::new(Metrics::default());
+    let (feedback, _gone) = Feedback::channel();
+    let store = Arc::new(MemoryStore::default());
+    let engine = Engine::start(ServiceKind::WebPush, farm.clone(), settings, feedback, metrics.clone(), store);
+    FarmFixture { engine, farm, metrics }
+}
+
+fn sub_of(client: &str) -> Arc<Subscription> {
+    Arc::new(Subscription {
+        id: SubscriptionId::random(),
+        client_id: ClientId::parse(client, 64).unwrap(),
+        topic: Topic::parse("t", 10).unwrap(),
+        target: Target::Remote(RemoteTarget::new(ServiceKind::WebPush, "{}".into(), ())),
+        expires: davpush_core::unix_now() + 100_000_000,
+        triggers: davpush_core::Triggers::ALL,
+    })
+}
+
+impl Farm {
+    fn started(&self, client: &str) -> Vec<Instant> {
+        self.started.lock().unwrap().iter().filter(|(_, c)| c == client).map(|(t, _)| *t).collect()
+    }
+
+    fn finished_with_prefix(&self, prefix: &str) -> usize {
+        self.finished.lock().unwrap().iter().filter(|(_, c)| c.starts_with(prefix)).count()
+    }
+}
+
+/// Waits (in paused time, advancing it) until `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_a_slow_host_with_many_slots_does_not_delay_a_fast_hosts_push() {
+    // The measurement of issue 9: 200 slow subscriptions on 5 hosts, then a healthy one.
+    let settings = EngineSettings { workers: 16, per_host_workers: 4, ..Default::default() };
+    let f = farm(settings);
+    let start = Instant::now();
+    for n in 0..200 {
+        f.engine.enqueue(&sub_of(&format!("slow{}-{n}", n % 5)), &msg("1"));
+    }
+    f.engine.enqueue(&sub_of("fast-1"), &msg("1"));
+    until("the healthy push", || !f.farm.started("fast-1").is_empty()).await;
+    assert_eq!(f.farm.started("fast-1"), vec![start], "sent in the first scheduling round");
+    assert_eq!(f.farm.finished_with_prefix("slow"), 0, "while the slow hosts still hang");
+    let in_flight = f.farm.started.lock().unwrap().len() - 1;
+    assert_eq!(in_flight, 12, "the slow hosts share 12 workers; the last 4 are kept for hosts with none in flight");
+    settle_engine(&f.engine).await;
+    assert_eq!(f.farm.finished_with_prefix("slow"), 200, "and the slow ones all arrive in the end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_when_every_worker_is_busy_the_next_free_one_goes_to_the_next_host_in_turn() {
+    // One host may take every worker here (no reserve): the healthy push waits for one
+    // completion, not behind the slow host's whole queue.
+    let settings = EngineSettings { workers: 4, per_host_workers: 4, ..Default::default() };
+    let f = farm(settings);
+    for n in 0..20 {
+        f.engine.enqueue(&sub_of(&format!("slow-{n}")), &msg("1"));
+    }
+    until("the slow host holds every worker", || f.farm.started.lock().unwrap().len() == 4).await;
+    let busy_since = f.farm.started.lock().unwrap()[0].0;
+    f.engine.enqueue(&sub_of("fast-1"), &msg("1"));
+    until("the healthy push", || !f.farm.started("fast-1").is_empty()).await;
+    let started = f.farm.started.lock().unwrap().clone();
+    // The fifth request overall: ahead of the 16 slow slots that were queued before it.
+    assert_eq!(started[4], (busy_since + Duration::from_secs(28), "fast-1".to_owned()), "{started:?}");
+    settle_engine(&f.engine).await;
+}
+
+async fn settle_engine(engine: &Engine) {
+    until("nothing pending", || engine.pending() == 0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_a_failing_host_opens_its_breaker_and_a_successful_probe_releases_its_slots_at_once() {
+    let settings = EngineSettings {
+        workers: 8,
+        per_host_workers: 2,
+        breaker_failures: 3,
+        breaker_cool_down: Duration::from_secs(10),
+        // Each slot's own backoff is long: what brings them back early is the probe.
+        min_backoff: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let f = farm(settings);
+    f.farm.down.store(true, Ordering::SeqCst);
+    let bad: Vec<String> = (0..6).map(|n| format!("bad-{n}")).collect();
+    // The push service fails at once (the clock is paused): the breaker opens now.
+    let opened = Instant::now();
+    for c in &bad {
+        f.engine.enqueue(&sub_of(c), &msg("1"));
+    }
+    until("the breaker opens", || count(&f.metrics, "host_open") == 1).await;
+    let tried = f.farm.started.lock().unwrap().len();
+    assert!((3..=4).contains(&tried), "3 failures open it (one more may have been in flight): {tried}");
+
+    // While it is open its slots wait without using workers; other hosts are served.
+    f.engine.enqueue(&sub_of("fast-1"), &msg("1"));
+    until("the healthy push", || !f.farm.started("fast-1").is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(f.farm.started.lock().unwrap().len(), tried + 1, "nothing sent to the open host");
+
+    // The host is back. After the cool-down one probe goes; its answer releases the rest.
+    f.farm.down.store(false, Ordering::SeqCst);
+    until("everything delivered", || f.engine.pending() == 0).await;
+    let probe = opened + Duration::from_secs(10);
+    for c in &bad {
+        let last = *f.farm.started(c).last().unwrap();
+        assert!(last == probe, "{c} was last sent at +{:?}, not at the probe", last - opened);
+    }
+    let at_probe = f.farm.started.lock().unwrap().iter().filter(|(t, _)| *t == probe).count();
+    assert_eq!(at_probe, 6, "the probe, then the 5 others at once");
+    assert_eq!(count(&f.metrics, "host_closed"), 1);
+    assert_eq!(count(&f.metrics, "sent"), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_a_failed_probe_keeps_the_breaker_open_for_another_cool_down() {
+    let settings = EngineSettings {
+        breaker_failures: 1,
+        breaker_cool_down: Duration::from_secs(10),
+        min_backoff: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let f = farm(settings);
+    f.farm.down.store(true, Ordering::SeqCst);
+    let opened = Instant::now();
+    for n in 0..3 {
+        f.engine.enqueue(&sub_of(&format!("bad-{n}")), &msg("1"));
+    }
+    until("the breaker opens", || count(&f.metrics, "host_open") == 1).await;
+    until("a probe fails", || count(&f.metrics, "host_open") == 2).await;
+    let starts = f.farm.started.lock().unwrap().clone();
+    assert_eq!(starts.last().unwrap().0, opened + Duration::from_secs(10), "one probe after the cool-down");
+    let tried = starts.len();
+    f.farm.down.store(false, Ordering::SeqCst);
+    until("everything delivered", || f.engine.pending() == 0).await;
+    let starts = f.farm.started.lock().unwrap().clone();
+    assert!(starts[tried..].iter().all(|(t, _)| *t == opened + Duration::from_secs(20)), "{starts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_a_host_that_stops_answering_is_cut_at_its_adaptive_timeout() {
+    let settings = EngineSettings {
+        min_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let f = farm(settings);
+    for n in 0..3 {
+        f.engine.enqueue(&sub_of(&format!("flaky-{n}")), &msg("1"));
+        settle_engine(&f.engine).await;
+    }
+    f.farm.hang.store(true, Ordering::SeqCst);
+    f.engine.enqueue(&sub_of("flaky-3"), &msg("1"));
+    until("the request starts", || !f.farm.started("flaky-3").is_empty()).await;
+    let sent = f.farm.started("flaky-3")[0];
+    until("the hanging request is given up", || count(&f.metrics, "retry") == 1).await;
+    let waited = Instant::now() - sent;
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "cut after {waited:?}, not 30 s");
+}

@@ -176,7 +176,14 @@ impl FcmTransport {
                 metrics.clone(),
             )
         });
-        let engine = Engine::start(ServiceKind::Fcm, sender, settings.engine.clone(), feedback, metrics, store);
+        let engine = Engine::start(
+            ServiceKind::Fcm,
+            sender,
+            settings.engine.with_request_timeout(settings.timeout),
+            feedback,
+            metrics,
+            store,
+        );
         FcmTransport { mode: settings.mode, engine, membership }
     }
 

@@ -253,7 +253,14 @@ impl HmsTransport {
                 metrics.clone(),
             )
         });
-        let engine = Engine::start(ServiceKind::Hms, sender, settings.engine.clone(), feedback, metrics, store);
+        let engine = Engine::start(
+            ServiceKind::Hms,
+            sender,
+            settings.engine.with_request_timeout(settings.timeout),
+            feedback,
+            metrics,
+            store,
+        );
         HmsTransport { topic_mode: settings.topic_mode, engine, membership }
     }
 }

@@ -10,8 +10,7 @@
 pub mod ece;
 pub mod vapid;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,12 +24,11 @@ use davpush_core::{
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::auth::{bounded_text, retry_after};
 use crate::egress::EgressPolicy;
-use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, Outcome};
+use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, HostKey, Outcome};
 use vapid::Vapid;
 
 /// Payload format of a subscription.
@@ -65,6 +63,7 @@ pub struct WebPushParams {
 #[derive(Debug, Clone)]
 pub struct WebPushTarget {
     endpoint: Url,
+    /// Scheme, host and port: the VAPID audience and the engine's [`HostKey`].
     origin: String,
     keys: Option<(Vec<u8>, Vec<u8>)>,
     format: PayloadFormat,
@@ -77,11 +76,12 @@ pub struct WebPushSettings {
     pub allow_unencrypted: bool,
     /// `Urgency` header (`very-low`, `low`, `normal`, `high`).
     pub urgency: String,
-    /// Requests in flight per push-service host.
+    /// Requests in flight per push-service origin (the engine's `per_host_workers`).
     pub max_per_host: usize,
-    /// Request timeout.
+    /// Request timeout (also the ceiling of the engine's adaptive timeout).
     pub timeout: Duration,
-    /// Engine limits (TTL, retries, workers).
+    /// Engine limits (TTL, retries, workers, breaker); `per_host_workers` and `request_timeout`
+    /// are taken from the two fields above.
     pub engine: EngineSettings,
 }
 
@@ -150,8 +150,6 @@ pub struct WebPushSender {
     vapid: Arc<Vapid>,
     policy: EgressPolicy,
     urgency: HeaderValue,
-    max_per_host: usize,
-    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl std::fmt::Debug for WebPushSender {
@@ -168,17 +166,14 @@ impl WebPushSender {
             vapid,
             urgency: HeaderValue::from_str(&settings.urgency).unwrap_or(HeaderValue::from_static("normal")),
             policy,
-            max_per_host: settings.max_per_host.max(1),
-            per_host: Mutex::default(),
         })
     }
+}
 
-    fn host_permits(&self, origin: &str) -> Arc<Semaphore> {
-        let mut m = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() > 10_000 {
-            m.retain(|_, s| s.available_permits() < self.max_per_host);
-        }
-        m.entry(origin.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.max_per_host))).clone()
+fn web_push_target(sub: &Subscription) -> Option<&WebPushTarget> {
+    match &sub.target {
+        Target::Remote(r) => r.data::<WebPushTarget>(),
+        _ => None,
     }
 }
 
@@ -195,11 +190,14 @@ pub fn classify(status: u16, retry: Option<Duration>, body: &str) -> Outcome {
 
 #[async_trait]
 impl Deliver for WebPushSender {
+    /// Each endpoint's origin is a host of its own: a slow or failing push service (or one a
+    /// subscriber chose to make hang) only holds its own share of the workers.
+    fn origin(&self, sub: &Subscription) -> HostKey {
+        web_push_target(sub).map_or_else(HostKey::default, |t| HostKey::new(&t.origin))
+    }
+
     async fn deliver(&self, sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome {
-        let Some(t) = (match &sub.target {
-            Target::Remote(r) => r.data::<WebPushTarget>(),
-            _ => None,
-        }) else {
+        let Some(t) = web_push_target(sub) else {
             return Outcome::Rejected("not a Web Push subscription".into());
         };
         // IP-literal endpoints are not seen by the resolver: check again before every request.
@@ -231,10 +229,6 @@ impl Deliver for WebPushSender {
                 Err(e) => return Outcome::Gone(format!("encryption failed: {e}")),
             },
             None => req.body(plain.into_owned()),
-        };
-        let permits = self.host_permits(&t.origin);
-        let Ok(_permit) = permits.acquire_owned().await else {
-            return Outcome::Retry { after: None, reason: "shutting down".into() };
         };
         match req.send().await {
             Ok(resp) => {
@@ -283,7 +277,12 @@ impl WebPushTransport {
         store: Arc<dyn SubscriptionStore>,
     ) -> Self {
         let policy = sender.policy.clone();
-        let engine = Engine::start(kind, sender, settings.engine.clone(), feedback, metrics, store);
+        let engine_settings = EngineSettings {
+            per_host_workers: settings.max_per_host,
+            request_timeout: settings.timeout,
+            ..settings.engine.clone()
+        };
+        let engine = Engine::start(kind, sender, engine_settings, feedback, metrics, store);
         WebPushTransport { kind, engine, policy, allow_unencrypted: settings.allow_unencrypted }
     }
 

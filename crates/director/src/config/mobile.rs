@@ -60,6 +60,10 @@ fn engine(
             min_backoff: Duration::from_millis(v.5),
             max_backoff: Duration::from_secs(v.6),
             ttl: Duration::from_secs(v.0),
+            // One origin: every worker may serve it. The breaker and timeouts use the defaults.
+            per_host_workers: v.2,
+            request_timeout: Duration::from_secs(v.1),
+            ..EngineSettings::default()
         },
         Duration::from_secs(v.1),
     ))

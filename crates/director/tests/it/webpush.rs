@@ -172,6 +172,43 @@ async fn server_errors_back_off_exponentially() {
     assert_eq!(metric(&m, "davpush_deliveries_total{service=\"web_push\",outcome=\"retry\"}"), 3.0, "{m}");
 }
 
+/// Issue 9: subscriber-chosen endpoints that hang must not hold up a healthy subscriber's push.
+#[tokio::test]
+async fn issue_9_a_hanging_push_service_does_not_hold_up_a_healthy_one() {
+    let mut slow = FakePush::start().await;
+    let mut fast = FakePush::start().await;
+    slow.hold(true);
+    // Two loopback ports: two origins. Each origin gets at most 2 of the 4 workers.
+    let d = start(&format!("{WEB_PUSH}workers = 4\nmax_per_host = 2\n")).await;
+    let keys = ua_keys(None);
+    for n in 0..10 {
+        let params = web_push_params(&slow.endpoint(&format!("s{n}")), &keys, "topic-json");
+        assert_eq!(subscribe_push(&d, "web_push", &format!("slow{n}"), "slow", params).await.0, 201);
+    }
+    let params = web_push_params(&fast.endpoint("healthy"), &keys, "topic-json");
+    assert_eq!(subscribe_push(&d, "web_push", "healthy", "t", params).await.0, 201);
+    d.notify(json!({"topic": "slow"})).await;
+    // The slow push service has its share of requests, and does not answer them.
+    slow.next().await;
+    slow.next().await;
+
+    d.notify(json!({"topic": "t", "sync_token": "1"})).await;
+    assert_eq!(fast.next().await.path, "/push/healthy", "the healthy push went out meanwhile");
+    slow.assert_none(300).await;
+    let m = d.metrics().await;
+    assert_eq!(metric(&m, "davpush_deliveries_total{service=\"web_push\",outcome=\"sent\"}"), 1.0, "{m}");
+
+    // Once it answers again, the slow push service gets the other eight.
+    slow.hold(false);
+    for _ in 0..8 {
+        slow.next().await;
+    }
+    eventually("all eleven sent", || async {
+        metric(&d.metrics().await, "davpush_deliveries_total{service=\"web_push\",outcome=\"sent\"}") == 11.0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_burst_of_changes_coalesces_into_few_pushes() {
     let mut push = FakePush::start().await;
