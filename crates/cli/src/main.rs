@@ -1,5 +1,6 @@
 //! `davpush`: the one binary. Subcommands: `serve` (the Push Director), `gateway`, `relay`,
-//! `notify`, `topic`, `listen` (a push client for scripts), `vapid` and `bench` (the load tool).
+//! `notify`, `topic`, `grant`, `listen` (a push client for scripts), `vapid` and `bench` (the load
+//! tool).
 
 mod bench;
 mod config_args;
@@ -32,11 +33,47 @@ enum Command {
     Topic(gateway::TopicArgs),
     /// Tell the Director that a collection changed (cron jobs, server hooks).
     Notify(gateway::NotifyArgs),
+    /// Print a subscription grant for topics (what an application server gives users who may
+    /// read the collections), signed with the Director's grant key.
+    Grant(GrantArgs),
     /// Watch collections: one JSON line per change, or run a command (e.g. vdirsyncer sync).
     Listen(listen::ListenArgs),
     /// Print the Director's VAPID public key (generating the key pair on first use), the
     /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with.
     Vapid(config_args::ConfigArgs),
+}
+
+/// `davpush grant`.
+#[derive(Debug, clap::Args)]
+struct GrantArgs {
+    #[command(flatten)]
+    config: config_args::ConfigArgs,
+    /// How long the grant may be used to subscribe, seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    seconds: u32,
+    /// The topics it names.
+    #[arg(required = true)]
+    topics: Vec<String>,
+}
+
+fn grant(args: GrantArgs) -> std::process::ExitCode {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match &config.grant_keys {
+        Some(keys) => {
+            let until = davpush_core::unix_now() + i64::from(args.seconds);
+            println!("{}", keys.sign(args.topics.iter().map(String::as_str), until));
+            std::process::ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "davpush: grants are off on this Director (subscription.grants = \"off\"): subscribe without one"
+            );
+            std::process::ExitCode::from(config_args::EXIT_CONFIG)
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Relay(args) => relay::run(args).await,
             Command::Topic(args) => gateway::run_topic(args),
             Command::Notify(args) => gateway::run_notify(args).await,
+            Command::Grant(args) => grant(args),
             Command::Listen(args) => listen::run(args).await,
             Command::Vapid(args) => match args.load() {
                 Ok(config) => match &config.web_push {

@@ -43,7 +43,18 @@ async fn radicale_storage_hook_notifies_the_director() {
     let mut req = format!("ws://{}/ws", director.addr).into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {}", token.trim()).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into())).await.unwrap();
+    // A grant for the topic, as `davpush grant` prints it with the Director's key.
+    // (The test harness's own DAVPUSH_* variables are not the Director's configuration.)
+    let mut grant_cmd = std::process::Command::new(env!("CARGO_BIN_EXE_davpush"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DAVPUSH_")) {
+        grant_cmd.env_remove(k);
+    }
+    let out = grant_cmd.args(["grant", "--data-dir", &data.path().display().to_string(), &topic]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let grant = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    ws.send(Message::Text(json!({"type": "subscribe", "topic": topic, "grant": grant}).to_string().into()))
+        .await
+        .unwrap();
 
     let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:alice-password"));
     let http = reqwest::Client::new();

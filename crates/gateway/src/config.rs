@@ -370,6 +370,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_and_names_the_defaults() {
+        let example: RawGatewayConfig = toml::from_str(include_str!("../../../examples/gateway.toml")).unwrap();
+        let defaults = RawGatewayConfig::default();
+        assert_eq!(toml::to_string(&example).unwrap(), toml::to_string(&defaults).unwrap());
+    }
+
+    #[test]
     fn paths_map_between_public_and_upstream() {
         let c = cfg("https://dav.example.org/dav/", "http://127.0.0.1:5232/");
         assert_eq!(c.to_upstream_path("/dav/alice/cal/"), Some("/alice/cal/".into()));
