@@ -135,3 +135,20 @@ async fn with_grants_off_a_topic_is_enough_and_info_says_so() {
     let info: Value = d.http.get(d.url("/info")).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["grants"], "off");
 }
+
+#[tokio::test]
+async fn a_grant_signed_by_pythons_standard_library_subscribes() {
+    // An application server's grant, made independently of this code base (examples/grant.py:
+    // Python's hmac, hashlib, base64 and json only), as docs/protocol.md §3.3 documents it.
+    let Some(py) = davpush_testkit::python::python_with(&["hmac", "hashlib"]) else { return };
+    let d = start(REQUIRED).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/grant.py");
+    let key_file = d.data_dir().join("grant-key");
+    let out = std::process::Command::new(py).args([script, key_file.to_str().unwrap(), "cal-py"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let grant = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(keys(&d).verify(Some(&grant), "cal-py", davpush_core::unix_now()), Ok(()));
+    let (mut ws, _) = d.ws().await;
+    send_json(&mut ws, json!({"type": "subscribe", "topic": "cal-py", "grant": grant})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+}
