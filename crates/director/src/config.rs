@@ -820,8 +820,14 @@ mod tests {
         let c = load("[web_push]\nallow_hosts = [\"push.lan\"]\n").unwrap();
         assert!(c.strict_privacy);
         let policy = &c.web_push.as_ref().unwrap().policy;
-        assert!(policy.check_addrs("push.example.net", &["8.8.8.8:443".parse().unwrap()]).is_err());
-        assert!(policy.check_addrs("push.lan", &["192.168.1.2:443".parse().unwrap()]).is_ok());
+        assert!(policy.check_addrs("https", "push.example.net", &["8.8.8.8:443".parse().unwrap()]).is_err());
+        assert!(policy.check_addrs("https", "push.lan", &["192.168.1.2:443".parse().unwrap()]).is_ok());
+        assert!(policy.check_addrs("https", "push.lan", &["192.168.1.2:8443".parse().unwrap()]).is_err());
+        let c = load("[web_push]\nallow_hosts = [\"push.lan:8443\", \"[fd00::1]:8080\"]\n").unwrap();
+        let policy = &c.web_push.as_ref().unwrap().policy;
+        assert!(policy.check_addrs("https", "push.lan", &["192.168.1.2:8443".parse().unwrap()]).is_ok());
+        let e = load("[web_push]\nallow_hosts = [\"push.lan:http\"]\n").unwrap_err();
+        assert!(e.to_string().contains("web_push.allow_hosts"), "{e}");
         let e = RawConfig::from_toml("[server]\nprivacy = \"paranoid\"\n", &env(&[]), &Overrides::default())
             .map(Config::from_raw)
             .unwrap()

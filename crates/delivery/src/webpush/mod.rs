@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::auth::{bounded_text, retry_after};
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressClients, EgressPolicy};
 use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, Outcome};
 use vapid::Vapid;
 
@@ -146,7 +146,7 @@ pub fn parse_params(
 
 /// Sends one message per request.
 pub struct WebPushSender {
-    client: reqwest::Client,
+    clients: EgressClients,
     vapid: Arc<Vapid>,
     policy: EgressPolicy,
     urgency: HeaderValue,
@@ -164,7 +164,7 @@ impl WebPushSender {
     /// A sender with its own HTTP client built on `policy`.
     pub fn new(vapid: Arc<Vapid>, policy: EgressPolicy, settings: &WebPushSettings) -> Result<Self, reqwest::Error> {
         Ok(WebPushSender {
-            client: policy.client(settings.timeout)?,
+            clients: policy.clients(settings.timeout)?,
             vapid,
             urgency: HeaderValue::from_str(&settings.urgency).unwrap_or(HeaderValue::from_static("normal")),
             policy,
@@ -217,7 +217,8 @@ impl Deliver for WebPushSender {
             ),
         };
         let mut req = self
-            .client
+            .clients
+            .for_url(&t.endpoint)
             .post(t.endpoint.clone())
             .header("TTL", ttl.as_secs().to_string())
             .header("Urgency", self.urgency.clone())
