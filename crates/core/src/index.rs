@@ -34,12 +34,92 @@ struct Meta {
     by_key: HashMap<Key, SubscriptionId>,
     by_client: HashMap<ClientId, Vec<SubscriptionId>>,
     per_kind: [usize; KINDS],
+    /// Who made each subscription made through this process since it started.
+    principal_of: HashMap<SubscriptionId, Principal>,
+    per_principal: HashMap<Principal, usize>,
 }
 
-/// A client already has as many subscriptions as allowed.
+impl Meta {
+    fn forget_principal(&mut self, id: &SubscriptionId) {
+        if let Some(p) = self.principal_of.remove(id)
+            && let Some(n) = self.per_principal.get_mut(&p)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_principal.remove(&p);
+            }
+        }
+    }
+
+    /// Whether a new subscription of `client` (made by `caps.principal`) fits.
+    fn room(&self, client: &ClientId, caps: &Caps) -> Result<(), LimitReached> {
+        if self.by_client.get(client).map_or(0, Vec::len) >= caps.per_client {
+            return Err(LimitReached::PerClient(caps.per_client));
+        }
+        if let Some((p, max)) = caps.principal
+            && self.per_principal.get(&p).copied().unwrap_or(0) >= max
+        {
+            return Err(LimitReached::PerPrincipal(max));
+        }
+        if self.by_id.len() >= caps.total {
+            return Err(LimitReached::Total(caps.total));
+        }
+        Ok(())
+    }
+}
+
+/// Who authenticated a subscription: an opaque hash of the subscription token, or of the
+/// WebDAV user, for counting. It is never shown, logged or stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Principal(u64);
+
+impl Principal {
+    /// The principal identified by `bytes` (a token, a user name), hashed.
+    pub fn of(bytes: &[u8]) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        bytes.hash(&mut h);
+        Principal(h.finish())
+    }
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Principal(…)")
+    }
+}
+
+/// The limits a new subscription must fit in; updates of an existing one always fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Subscriptions of one client id.
+    pub per_client: usize,
+    /// Who subscribes, and how many subscriptions it may hold.
+    pub principal: Option<(Principal, usize)>,
+    /// Subscriptions in total.
+    pub total: usize,
+}
+
+impl Caps {
+    /// Only the per-client limit.
+    pub fn per_client(max: usize) -> Self {
+        Caps { per_client: max, principal: None, total: usize::MAX }
+    }
+}
+
+/// A new subscription would exceed a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the client already has the maximum of {0} subscriptions")]
-pub struct LimitReached(pub usize);
+pub enum LimitReached {
+    /// The client (or WebSocket connection) holds as many subscriptions as allowed.
+    #[error("the client already has the maximum of {0} subscriptions")]
+    PerClient(usize),
+    /// The token or WebDAV user holds as many subscriptions as allowed.
+    #[error("the maximum of {0} subscriptions per token or user is reached (subscription.max_per_token)")]
+    PerPrincipal(usize),
+    /// The Director holds as many subscriptions as allowed.
+    #[error("this Director holds its maximum of {0} subscriptions (subscription.max_total)")]
+    Total(usize),
+}
 
 /// Recipients of one topic, grouped by push service (only services with recipients).
 pub type Recipients = Vec<(ServiceKind, Vec<Arc<Subscription>>)>;
@@ -97,24 +177,43 @@ impl Index {
         sub: Subscription,
         max_per_client: usize,
     ) -> Result<(Arc<Subscription>, Option<Arc<Subscription>>), LimitReached> {
+        self.insert_capped(sub, &Caps::per_client(max_per_client))
+    }
+
+    /// Checks whether a new subscription of `client` would fit in `caps` now (the insert checks
+    /// again).
+    pub fn room(&self, client: &ClientId, caps: &Caps) -> Result<(), LimitReached> {
+        self.meta().room(client, caps)
+    }
+
+    /// Like [`Index::insert`], for a new subscription within all of `caps`; the subscription is
+    /// counted for `caps.principal` until it is removed. An update keeps its place whatever the
+    /// limits, and its count moves to the principal that updated it.
+    pub fn insert_capped(
+        &self,
+        sub: Subscription,
+        caps: &Caps,
+    ) -> Result<(Arc<Subscription>, Option<Arc<Subscription>>), LimitReached> {
         let sub = Arc::new(sub);
         let key: Key = (sub.client_id.clone(), sub.topic.clone(), sub.kind());
         let mut m = self.meta();
         let previous = match m.by_key.get(&key).cloned() {
             Some(old_id) => m.by_id.remove(&old_id),
             None => {
-                let n = m.by_client.get(&sub.client_id).map_or(0, Vec::len);
-                if n >= max_per_client {
-                    return Err(LimitReached(max_per_client));
-                }
+                m.room(&sub.client_id, caps)?;
                 None
             }
         };
         if let Some(old) = &previous {
             let ids = m.by_client.entry(old.client_id.clone()).or_default();
             ids.retain(|x| x != &old.id);
+            m.forget_principal(&old.id);
         } else {
             m.per_kind[sub.kind().index()] += 1;
+        }
+        if let Some((p, _)) = caps.principal {
+            m.principal_of.insert(sub.id.clone(), p);
+            *m.per_principal.entry(p).or_default() += 1;
         }
         m.by_key.insert(key, sub.id.clone());
         m.by_id.insert(sub.id.clone(), sub.clone());
@@ -143,6 +242,7 @@ impl Index {
             return None;
         }
         m.by_id.remove(id);
+        m.forget_principal(id);
         m.by_key.remove(&(sub.client_id.clone(), sub.topic.clone(), sub.kind()));
         if let Some(ids) = m.by_client.get_mut(&sub.client_id) {
             ids.retain(|x| x != id);
@@ -265,6 +365,14 @@ mod tests {
     use crate::Target;
     use crate::live::Hub;
 
+    fn client(s: &str) -> ClientId {
+        ClientId::parse(s, 64).unwrap()
+    }
+
+    fn topic(s: &str) -> Topic {
+        Topic::parse(s, 64).unwrap()
+    }
+
     fn sub(hub: &Hub, client: &str, topic: &str, expires: i64) -> Subscription {
         Subscription {
             id: SubscriptionId::random(),
@@ -315,7 +423,7 @@ mod tests {
         let idx = Index::default();
         let (a, _) = idx.insert(sub(&hub, "c1", "t1", 100), 2).unwrap();
         idx.insert(sub(&hub, "c1", "t2", 100), 2).unwrap();
-        assert_eq!(idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap_err(), LimitReached(2));
+        assert_eq!(idx.insert(sub(&hub, "c1", "t3", 100), 2).unwrap_err(), LimitReached::PerClient(2));
         assert!(idx.remove_if(&a.id, |_| false).is_none());
         assert!(idx.remove(&a.id).is_some());
         assert!(idx.remove(&a.id).is_none());
@@ -323,5 +431,36 @@ mod tests {
         assert_eq!(idx.client_count(&a.client_id), 2);
         assert!(idx.recipients(&a.topic, 0, &Exclusions::default()).is_empty());
         assert_eq!(idx.counts()[ServiceKind::WebSocket.index()], 2);
+    }
+
+    #[test]
+    fn issue_9_new_subscriptions_are_capped_per_principal_and_in_total() {
+        let hub = Hub::new(8, 100);
+        let idx = Index::default();
+        let (alice, bob) = (Principal::of(b"alice"), Principal::of(b"bob"));
+        let caps = |p| Caps { per_client: 100, principal: Some((p, 2)), total: 3 };
+        idx.insert_capped(sub(&hub, "c1", "t1", 100), &caps(alice)).unwrap();
+        idx.insert_capped(sub(&hub, "c2", "t1", 100), &caps(alice)).unwrap();
+        assert_eq!(idx.room(&client("c3"), &caps(alice)), Err(LimitReached::PerPrincipal(2)));
+        assert_eq!(
+            idx.insert_capped(sub(&hub, "c3", "t1", 100), &caps(alice)).unwrap_err(),
+            LimitReached::PerPrincipal(2)
+        );
+        // An update is not a new subscription.
+        let (_, previous) = idx.insert_capped(sub(&hub, "c1", "t1", 200), &caps(alice)).unwrap();
+        assert!(previous.is_some());
+        idx.insert_capped(sub(&hub, "c3", "t1", 100), &caps(bob)).unwrap();
+        assert_eq!(idx.insert_capped(sub(&hub, "c4", "t1", 100), &caps(bob)).unwrap_err(), LimitReached::Total(3));
+        // Removing one of alice's frees a place for her, and one in total.
+        let gone = idx.find(&client("c2"), &topic("t1"), ServiceKind::WebSocket).unwrap();
+        idx.remove(&gone.id);
+        idx.insert_capped(sub(&hub, "c5", "t1", 100), &caps(alice)).unwrap();
+        assert_eq!(idx.len(), 3);
+        // Subscriptions loaded from the store or made over a WebSocket count only in total.
+        assert_eq!(
+            idx.insert_capped(sub(&hub, "c6", "t1", 100), &Caps { per_client: 100, principal: None, total: 3 })
+                .unwrap_err(),
+            LimitReached::Total(3)
+        );
     }
 }

@@ -41,7 +41,7 @@ pub mod transport;
 
 pub use fanout::{Channel, ClusterEvent, ClusterMessage, Fanout};
 pub use ids::{ClientId, IdError, SubscriptionId, Topic};
-pub use index::Index;
+pub use index::{Caps, Index, Principal};
 pub use kind::ServiceKind;
 pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};

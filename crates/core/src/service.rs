@@ -14,8 +14,8 @@ use crate::notification::Exclusions;
 use crate::store::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 use crate::transport::{TargetError, Transports};
 use crate::{
-    ClientId, Index, Metrics, Notification, PushMessage, ServiceKind, Subscription, SubscriptionId, Target, Topic,
-    Triggers,
+    Caps, ClientId, Index, Metrics, Notification, Principal, PushMessage, ServiceKind, Subscription, SubscriptionId,
+    Target, Topic, Triggers,
 };
 
 /// Limits the Director enforces on clients and application servers.
@@ -27,6 +27,11 @@ pub struct Limits {
     pub max_client_id_len: usize,
     /// Subscriptions one client (or one WebSocket connection) may hold.
     pub max_subscriptions_per_client: usize,
+    /// Subscriptions one principal (subscription token or WebDAV user) may make, counted
+    /// from what this process has seen since it started.
+    pub max_subscriptions_per_principal: usize,
+    /// Subscriptions this Director holds at most, in total.
+    pub max_subscriptions: usize,
     /// Topics in one notify request.
     pub max_topics_per_notify: usize,
     /// Ids in one notify request's `exclude`.
@@ -47,6 +52,8 @@ impl Default for Limits {
             max_topic_len: 256,
             max_client_id_len: 256,
             max_subscriptions_per_client: 1000,
+            max_subscriptions_per_principal: 10_000,
+            max_subscriptions: 100_000,
             max_topics_per_notify: 1000,
             max_exclude: 100,
             max_sync_token_len: 1024,
@@ -125,6 +132,18 @@ impl ServiceError {
             ServiceError::Grant(_) => Some("grant".into()),
             _ => None,
         }
+    }
+}
+
+impl PushService {
+    /// Counts a subscription refused for a limit (`davpush_requests_rejected_total{reason}`).
+    fn refused(&self, limit: LimitReached) -> ServiceError {
+        self.metrics.reject(match limit {
+            LimitReached::PerClient(_) => "subscription_limit_per_client",
+            LimitReached::PerPrincipal(_) => "subscription_limit_per_token",
+            LimitReached::Total(_) => "subscription_limit_total",
+        });
+        limit.into()
     }
 }
 
@@ -462,10 +481,13 @@ impl PushService {
         requested_expiry: Option<i64>,
         now: i64,
     ) -> Result<Subscribed, ServiceError> {
-        self.subscribe_with(client, topic, targets, requested_expiry, Triggers::ALL, now).await
+        self.subscribe_with(client, topic, targets, requested_expiry, Triggers::ALL, None, now).await
     }
 
-    /// Like [`PushService::subscribe`], for the kinds of change in `triggers` only.
+    /// Like [`PushService::subscribe`], for the kinds of change in `triggers` only, made by
+    /// `principal` (counted against `max_subscriptions_per_principal`; `None`: not counted, as
+    /// for subscriptions over a WebSocket, which end with their connection).
+    #[allow(clippy::too_many_arguments)]
     pub async fn subscribe_with(
         &self,
         client: ClientId,
@@ -473,15 +495,23 @@ impl PushService {
         targets: Vec<Target>,
         requested_expiry: Option<i64>,
         triggers: Triggers,
+        principal: Option<Principal>,
         now: i64,
     ) -> Result<Subscribed, ServiceError> {
         let expires = self.limits.grant_expiry(requested_expiry, now);
+        let caps = Caps {
+            per_client: self.limits.max_subscriptions_per_client,
+            principal: principal.map(|p| (p, self.limits.max_subscriptions_per_principal)),
+            total: self.limits.max_subscriptions,
+        };
         let mut out = Vec::with_capacity(targets.len());
         for target in targets {
             let kind = target.kind();
             let existing = self.index.find(&client, &topic, kind);
-            if existing.is_none() && self.index.client_count(&client) >= self.limits.max_subscriptions_per_client {
-                return Err(LimitReached(self.limits.max_subscriptions_per_client).into());
+            if existing.is_none()
+                && let Err(limit) = self.index.room(&client, &caps)
+            {
+                return Err(self.refused(limit));
             }
             let mut id = existing.as_ref().map_or_else(SubscriptionId::random, |s| s.id.clone());
             let mut stored = None;
@@ -504,7 +534,7 @@ impl PushService {
                 stored = Some(row);
             }
             let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires, triggers };
-            let (sub, previous) = match self.index.insert(sub, self.limits.max_subscriptions_per_client) {
+            let (sub, previous) = match self.index.insert_capped(sub, &caps) {
                 Ok(done) => done,
                 Err(limit) => {
                     // A concurrent subscribe took the last place after the check above: the row
@@ -514,7 +544,7 @@ impl PushService {
                     {
                         tracing::error!(error = %e, "could not remove a refused subscription from the store");
                     }
-                    return Err(limit.into());
+                    return Err(self.refused(limit));
                 }
             };
             if let Some(row) = &stored {

@@ -73,7 +73,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let (key, _) = VapidKey::load_or_create(&dir.join("vapid.pem")).unwrap();
     let vapid = Arc::new(Vapid::new(Arc::new(key), "mailto:bench@example.org".into()));
-    let policy = EgressPolicy::new(&["127.0.0.1".into()], true).unwrap();
+    let policy = EgressPolicy::new(&[format!("127.0.0.1:{}", addr.port())], true).unwrap();
     let settings = WebPushSettings { max_per_host: 64, ..Default::default() };
     let sender = Arc::new(WebPushSender::new(vapid, policy, &settings).unwrap());
     let (feedback, _gone) = Feedback::channel();

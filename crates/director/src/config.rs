@@ -171,6 +171,10 @@ pub struct RawSubscription {
     pub max_expiry_secs: i64,
     /// Subscriptions per client (and per WebSocket connection).
     pub max_per_client: usize,
+    /// Subscriptions per subscription token (or WebDAV user) through the Subscription API.
+    pub max_per_token: usize,
+    /// Subscriptions in total.
+    pub max_total: usize,
     /// Longest topic, bytes.
     pub max_topic_len: usize,
     /// Longest client id, bytes.
@@ -198,6 +202,8 @@ impl Default for RawSubscription {
             min_expiry_secs: l.min_expiry,
             max_expiry_secs: l.max_expiry,
             max_per_client: l.max_subscriptions_per_client,
+            max_per_token: l.max_subscriptions_per_principal,
+            max_total: l.max_subscriptions,
             max_topic_len: l.max_topic_len,
             max_client_id_len: l.max_client_id_len,
             max_topics_per_notify: l.max_topics_per_notify,
@@ -630,6 +636,8 @@ impl Config {
         }
         for (key, v) in [
             ("subscription.max_per_client", sub.max_per_client),
+            ("subscription.max_per_token", sub.max_per_token),
+            ("subscription.max_total", sub.max_total),
             ("subscription.max_topic_len", sub.max_topic_len),
             ("subscription.max_client_id_len", sub.max_client_id_len),
             ("subscription.max_topics_per_notify", sub.max_topics_per_notify),
@@ -778,6 +786,8 @@ impl Config {
             max_topic_len: sub.max_topic_len,
             max_client_id_len: sub.max_client_id_len,
             max_subscriptions_per_client: sub.max_per_client,
+            max_subscriptions_per_principal: sub.max_per_token,
+            max_subscriptions: sub.max_total,
             max_topics_per_notify: sub.max_topics_per_notify,
             default_expiry: sub.default_expiry_secs,
             min_expiry: sub.min_expiry_secs,
@@ -890,8 +900,14 @@ mod tests {
         let c = load("[web_push]\nallow_hosts = [\"push.lan\"]\n").unwrap();
         assert!(c.strict_privacy);
         let policy = &c.web_push.as_ref().unwrap().policy;
-        assert!(policy.check_addrs("push.example.net", &["8.8.8.8:443".parse().unwrap()]).is_err());
-        assert!(policy.check_addrs("push.lan", &["192.168.1.2:443".parse().unwrap()]).is_ok());
+        assert!(policy.check_addrs("https", "push.example.net", &["8.8.8.8:443".parse().unwrap()]).is_err());
+        assert!(policy.check_addrs("https", "push.lan", &["192.168.1.2:443".parse().unwrap()]).is_ok());
+        assert!(policy.check_addrs("https", "push.lan", &["192.168.1.2:8443".parse().unwrap()]).is_err());
+        let c = load("[web_push]\nallow_hosts = [\"push.lan:8443\", \"[fd00::1]:8080\"]\n").unwrap();
+        let policy = &c.web_push.as_ref().unwrap().policy;
+        assert!(policy.check_addrs("https", "push.lan", &["192.168.1.2:8443".parse().unwrap()]).is_ok());
+        let e = load("[web_push]\nallow_hosts = [\"push.lan:http\"]\n").unwrap_err();
+        assert!(e.to_string().contains("web_push.allow_hosts"), "{e}");
         let e = RawConfig::from_toml("[server]\nprivacy = \"paranoid\"\n", &env(&[]), &Overrides::default())
             .map(Config::from_raw)
             .unwrap()

@@ -43,15 +43,16 @@ pub struct ApnsTarget {
     token: String,
 }
 
-/// Parses and validates parameters: an even number (16–400) of hex digits, kept lower-case.
+/// Parses and validates parameters: an even number (16–200) of hex digits, kept lower-case.
+/// Device tokens are 32 bytes today; Apple documents at most 100 bytes (200 hex digits).
 pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
     let mut p: ApnsParams =
         serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
     let t = &p.device_token;
-    if !(16..=400).contains(&t.len()) || !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !(16..=200).contains(&t.len()) || !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TargetError::new(
             Some("device_token"),
-            "`device_token` must be an even number (16–400) of hexadecimal digits".into(),
+            "`device_token` must be an even number (16–200) of hexadecimal digits".into(),
         ));
     }
     p.device_token = p.device_token.to_ascii_lowercase();
@@ -227,7 +228,8 @@ mod tests {
     fn device_tokens_are_validated_and_lower_cased() {
         let t = parse_params(&serde_json::json!({"device_token": "AB".repeat(32)})).unwrap();
         assert_eq!(t.to_json(), format!(r#"{{"device_token":"{}"}}"#, "ab".repeat(32)));
-        for bad in ["abc", "zz".repeat(32).as_str(), ""] {
+        assert!(parse_params(&serde_json::json!({"device_token": "ab".repeat(100)})).is_ok());
+        for bad in ["abc", "zz".repeat(32).as_str(), "", "ab".repeat(101).as_str()] {
             let e = parse_params(&serde_json::json!({"device_token": bad})).unwrap_err();
             assert_eq!(e.field, Some("device_token"), "{bad}");
         }

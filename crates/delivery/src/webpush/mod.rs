@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{bounded_text, retry_after};
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressClients, EgressPolicy};
 use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, HostKey, Outcome};
 use vapid::Vapid;
 
@@ -109,6 +109,15 @@ pub fn topic_header(topic: &str) -> String {
     B64.encode(&h.as_ref()[..24])
 }
 
+/// Longest accepted endpoint URL, bytes. Push services hand out endpoints of 60–400 bytes
+/// (Mozilla's are the longest); the limit bounds what one subscription costs in memory and
+/// in the store.
+pub const MAX_ENDPOINT_LEN: usize = 2048;
+/// Longest base64url text of a 65-byte P-256 public key (87 characters, 88 padded).
+const MAX_P256DH_LEN: usize = 88;
+/// Longest base64url text of a 16-byte auth secret (22 characters, 24 padded).
+const MAX_AUTH_LEN: usize = 24;
+
 /// Parses and validates parameters (no I/O).
 pub fn parse_params(
     kind: ServiceKind,
@@ -117,6 +126,16 @@ pub fn parse_params(
     allow_unencrypted: bool,
 ) -> Result<Target, TargetError> {
     let p: WebPushParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    if p.endpoint.len() > MAX_ENDPOINT_LEN {
+        return Err(TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes")));
+    }
+    // The texts are stored as given: their length is checked, not only what they decode to.
+    if p.p256dh.as_ref().is_some_and(|k| k.len() > MAX_P256DH_LEN) {
+        return Err(TargetError::new(Some("p256dh"), "`p256dh` must be a 65-byte P-256 public key".into()));
+    }
+    if p.auth.as_ref().is_some_and(|a| a.len() > MAX_AUTH_LEN) {
+        return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
+    }
     let endpoint = Url::parse(&p.endpoint)
         .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
     policy.check_url(&endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
@@ -146,7 +165,7 @@ pub fn parse_params(
 
 /// Sends one message per request.
 pub struct WebPushSender {
-    client: reqwest::Client,
+    clients: EgressClients,
     vapid: Arc<Vapid>,
     policy: EgressPolicy,
     urgency: HeaderValue,
@@ -162,7 +181,7 @@ impl WebPushSender {
     /// A sender with its own HTTP client built on `policy`.
     pub fn new(vapid: Arc<Vapid>, policy: EgressPolicy, settings: &WebPushSettings) -> Result<Self, reqwest::Error> {
         Ok(WebPushSender {
-            client: policy.client(settings.timeout)?,
+            clients: policy.clients(settings.timeout)?,
             vapid,
             urgency: HeaderValue::from_str(&settings.urgency).unwrap_or(HeaderValue::from_static("normal")),
             policy,
@@ -215,7 +234,8 @@ impl Deliver for WebPushSender {
             ),
         };
         let mut req = self
-            .client
+            .clients
+            .for_url(&t.endpoint)
             .post(t.endpoint.clone())
             .header("TTL", ttl.as_secs().to_string())
             .header("Urgency", self.urgency.clone())
@@ -395,8 +415,36 @@ mod tests {
         let mut bad_format = ok.clone();
         bad_format["format"] = "yaml".into();
         assert!(parse_params(ServiceKind::WebPush, &bad_format, &policy, false).is_err());
-        let mut bad_auth = ok;
+        let mut bad_auth = ok.clone();
         bad_auth["auth"] = "AAAA".into();
         assert_eq!(parse_params(ServiceKind::WebPush, &bad_auth, &policy, false).unwrap_err().field, Some("auth"));
+    }
+
+    #[test]
+    fn issue_9_endpoints_and_keys_are_bounded() {
+        let policy = EgressPolicy::default();
+        let ok = serde_json::json!({
+            "endpoint": "https://push.example.net/x",
+            "p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+            "auth": "BTBZMqHH6r4Tts7J_aSIgg",
+        });
+        let base = "https://push.example.net/";
+        let mut longest = ok.clone();
+        longest["endpoint"] = format!("{base}{}", "a".repeat(MAX_ENDPOINT_LEN - base.len())).into();
+        assert!(parse_params(ServiceKind::WebPush, &longest, &policy, false).is_ok());
+        let mut long = ok.clone();
+        long["endpoint"] = format!("{base}{}", "a".repeat(60_000)).into();
+        let e = parse_params(ServiceKind::WebPush, &long, &policy, false).unwrap_err();
+        assert_eq!((e.field, e.message.contains("2048")), (Some("endpoint"), true), "{}", e.message);
+        // Padding decodes to nothing but would be stored: the texts are bounded too.
+        let mut padded = ok.clone();
+        padded["p256dh"] = format!("{}{}", ok["p256dh"].as_str().unwrap(), "=".repeat(10_000)).into();
+        assert_eq!(parse_params(ServiceKind::WebPush, &padded, &policy, false).unwrap_err().field, Some("p256dh"));
+        let mut padded = ok.clone();
+        padded["auth"] = format!("{}{}", ok["auth"].as_str().unwrap(), "=".repeat(10_000)).into();
+        assert_eq!(parse_params(ServiceKind::WebPush, &padded, &policy, false).unwrap_err().field, Some("auth"));
+        let mut padded = ok;
+        padded["auth"] = format!("{}==", padded["auth"].as_str().unwrap()).into();
+        assert!(parse_params(ServiceKind::WebPush, &padded, &policy, false).is_ok(), "standard padding is fine");
     }
 }

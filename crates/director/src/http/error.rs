@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use davpush_core::ServiceError;
+use davpush_core::index::LimitReached;
 use davpush_proto::ErrorBody;
 
 /// An API error. Handlers return `Result<_, ApiError>` and use `?`.
@@ -66,7 +67,8 @@ impl ApiError {
                 | ServiceError::UnknownService(_)
                 | ServiceError::ServiceDisabled(_)
                 | ServiceError::InvalidTarget { .. } => StatusCode::BAD_REQUEST,
-                ServiceError::LimitReached(_) => StatusCode::CONFLICT,
+                ServiceError::LimitReached(LimitReached::PerClient(_)) => StatusCode::CONFLICT,
+                ServiceError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Grant(_) => StatusCode::FORBIDDEN,
                 ServiceError::NotFound => StatusCode::NOT_FOUND,
                 ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,7 +114,9 @@ pub fn service_code(e: &ServiceError) -> &'static str {
         ServiceError::UnknownService(_) => "unknown_push_service",
         ServiceError::ServiceDisabled(_) => "push_service_disabled",
         ServiceError::InvalidTarget { .. } => "invalid_push_service",
-        ServiceError::LimitReached(_) => "too_many_subscriptions",
+        ServiceError::LimitReached(LimitReached::PerClient(_)) => "too_many_subscriptions",
+        ServiceError::LimitReached(LimitReached::PerPrincipal(_)) => "too_many_subscriptions_per_token",
+        ServiceError::LimitReached(LimitReached::Total(_)) => "too_many_subscriptions_in_total",
         ServiceError::Grant(davpush_proto::GrantError::Missing) => "grant_required",
         ServiceError::Grant(_) => "grant_invalid",
         ServiceError::NotFound => "not_found",

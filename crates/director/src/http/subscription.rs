@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use crate::app::AppState;
 
-async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<davpush_core::Principal, ApiError> {
     auth::check_subscription(&st.config.subscription_auth, headers, None).await.inspect_err(|_| {
         st.service.metrics().reject("subscription_unauthorized");
     })
@@ -22,7 +22,7 @@ pub(crate) async fn subscribe(
     headers: HeaderMap,
     body: Result<JsonBody<SubscribeRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<SubscribeResponse>), ApiError> {
-    authenticate(&st, &headers).await?;
+    let principal = authenticate(&st, &headers).await?;
     let JsonBody(req) = body?;
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;
@@ -36,7 +36,8 @@ pub(crate) async fn subscribe(
             message: "must name at least one of `content`, `property`".into(),
         })?,
     };
-    let done = svc.subscribe_with(client, topic, targets, req.expires, triggers, davpush_core::unix_now()).await?;
+    let now = davpush_core::unix_now();
+    let done = svc.subscribe_with(client, topic, targets, req.expires, triggers, Some(principal), now).await?;
     let created = done.subscriptions.iter().any(|(_, c)| *c);
     let subscriptions = done
         .subscriptions

@@ -5,6 +5,11 @@
 //! One task per connection, no reader/writer split and no channel: the task waits on either
 //! the socket or the connection's mailbox. Keep-alive pings are requested by one sweeper for all
 //! connections (see `app.rs`) instead of a timer per connection.
+//!
+//! Every end the server chooses is a closing handshake (RFC 6455 §7.1.1): a close frame with a
+//! code saying why, then up to `write_timeout_secs` for the client's close frame, and only then
+//! the TCP connection is dropped (by the server first, as §7.1.1 asks). A client's close frame is
+//! answered with one carrying its code (§5.5.1).
 
 pub(crate) mod session;
 
@@ -20,29 +25,94 @@ use bytes::Bytes;
 use davpush_core::live::{CloseReason, Connection};
 use davpush_proto::{PROTOCOL_VERSION, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
+use tungstenite::error::{Error as WsError, ProtocolError};
 
 use crate::app::AppState;
 
-/// Close codes (RFC 6455 §7.4.1) the server uses.
-fn close_frame(reason: CloseReason) -> CloseFrame {
-    let (code, text) = match reason {
-        CloseReason::TooSlow => (1013, "too slow: notifications were not read in time"),
-        CloseReason::Timeout => (1001, "no pong or message for two ping intervals"),
-        CloseReason::Shutdown => (1001, "server shutting down"),
-    };
-    CloseFrame { code, reason: Utf8Bytes::from_static(text) }
+/// Why the server closes a connection: the close code (RFC 6455 §7.4.1), its reason text and
+/// the `reason` label of `davpush_websocket_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Decided by the routing core (too slow, silent, shutdown).
+    Core(CloseReason),
+    /// A write did not complete within the write timeout: the client stopped reading.
+    WriteTimeout,
+    /// A client frame or message over `websocket.max_message_bytes`.
+    TooBig,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// Any other violation of RFC 6455 (reserved bits, stray continuation, ...).
+    ProtocolError,
+    /// The server's connection limit is reached.
+    Full,
+}
+
+impl Closing {
+    fn code(self) -> u16 {
+        match self {
+            Closing::Core(CloseReason::TooSlow) | Closing::WriteTimeout | Closing::Full => 1013,
+            Closing::Core(CloseReason::Timeout | CloseReason::Shutdown) => 1001,
+            Closing::TooBig => 1009,
+            Closing::InvalidUtf8 => 1007,
+            Closing::ProtocolError => 1002,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Closing::Core(CloseReason::TooSlow) => "too slow: notifications were not read in time",
+            Closing::WriteTimeout => "too slow: a write did not complete in time",
+            Closing::Core(CloseReason::Timeout) => "no pong or message for two ping intervals",
+            Closing::Core(CloseReason::Shutdown) => "server shutting down",
+            Closing::TooBig => "message too big",
+            Closing::InvalidUtf8 => "text frames must be UTF-8",
+            Closing::ProtocolError => "WebSocket protocol error",
+            Closing::Full => "the server has reached its WebSocket connection limit",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Closing::Core(CloseReason::TooSlow) => "too_slow",
+            Closing::Core(CloseReason::Timeout) => "timeout",
+            Closing::Core(CloseReason::Shutdown) => "shutdown",
+            Closing::WriteTimeout => "write_timeout",
+            Closing::TooBig => "too_big",
+            Closing::InvalidUtf8 => "invalid_utf8",
+            Closing::ProtocolError => "protocol_error",
+            Closing::Full => "full",
+        }
+    }
+
+    fn frame(self) -> CloseFrame {
+        CloseFrame { code: self.code(), reason: Utf8Bytes::from_static(self.text()) }
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Nothing more can or need be sent (the client went away, or its close was answered).
+    Done(&'static str),
+    /// The server closes: send a close frame and wait for the client's.
+    Close(Closing),
+}
+
+/// What a read error means: a broken client frame is answered with a close code, a vanished
+/// client with nothing.
+fn read_error(e: &axum::Error) -> End {
+    let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>());
+    match inner {
+        Some(WsError::Capacity(_)) => End::Close(Closing::TooBig),
+        Some(WsError::Utf8(_)) => End::Close(Closing::InvalidUtf8),
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::Done("client_gone"),
+        Some(WsError::Protocol(_)) => End::Close(Closing::ProtocolError),
+        _ => End::Done("client_gone"),
+    }
 }
 
 fn text(frame: &ServerFrame) -> Message {
     Message::Text(Utf8Bytes::from(serde_json::to_string(frame).expect("frames always serialize")))
-}
-
-fn reason_label(r: CloseReason) -> &'static str {
-    match r {
-        CloseReason::TooSlow => "too_slow",
-        CloseReason::Timeout => "timeout",
-        CloseReason::Shutdown => "shutdown",
-    }
 }
 
 /// Serves one upgraded connection until it closes.
@@ -51,40 +121,50 @@ fn reason_label(r: CloseReason) -> &'static str {
 /// place, with the loop taking `&mut WebSocket`: an `async fn` taking the socket by value would
 /// keep it twice in its state (once as argument, once as local). This future lives as long as
 /// the connection, tens of thousands of times over: everything that is only needed while
-/// writing or answering a request is boxed, so that an idle connection's task holds little more
-/// than the socket (see [`MAX_TASK_SIZE`]).
+/// writing, answering a request or closing is boxed, so that an idle connection's task holds
+/// little more than the socket (see [`MAX_TASK_SIZE`]).
 #[allow(clippy::manual_async_fn)] // deliberate: see above
 pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let write_timeout = Duration::from_secs(st.config.websocket.write_timeout_secs);
         let conn = match st.hub.open(davpush_core::unix_now()) {
             Ok(c) => c,
-            Err(full) => {
-                let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(full.to_string()) };
-                let _ = Box::pin(send_one(&mut socket, Message::Close(Some(frame)), write_timeout)).await;
+            Err(_) => {
+                Box::pin(close_handshake(&mut socket, Closing::Full, write_timeout)).await;
                 return;
             }
         };
         let metrics = st.service.metrics().clone();
         metrics.ws_connections.inc();
-        let reason = serve(&mut socket, &conn, &st, write_timeout).await;
+        let end = serve(&mut socket, &conn, &st, write_timeout).await;
+        // Nothing more is queued for a closing connection, and its subscriptions end now, not
+        // when the client has taken its close frame; it is counted as closed now too. It stays
+        // in the hub (and counts against the connection limit, and shutdown waits for it) until
+        // the closing handshake is over.
         conn.close(CloseReason::Shutdown);
         st.service.connection_closed(&conn);
+        let reason = match end {
+            End::Done(reason) => reason,
+            End::Close(closing) => closing.label(),
+        };
+        metrics.ws_closed.get_or_create(&davpush_core::metrics::ReasonLabel { reason }).inc();
+        if let End::Close(closing) = end {
+            Box::pin(close_handshake(&mut socket, closing, write_timeout)).await;
+        }
         st.hub.remove(conn.id());
         metrics.ws_connections.dec();
-        metrics.ws_closed.get_or_create(&davpush_core::metrics::ReasonLabel { reason }).inc();
     }
 }
 
-async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, write_timeout: Duration) -> &'static str {
+async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, write_timeout: Duration) -> End {
     {
         let hello = text(&ServerFrame::Hello {
             version: PROTOCOL_VERSION,
             connection_id: conn.id().to_owned(),
             ping_interval: st.config.websocket.ping_interval_secs,
         });
-        if let Err(reason) = Box::pin(send_one(socket, hello, write_timeout)).await {
-            return reason;
+        if let Err(end) = Box::pin(send_one(socket, hello, write_timeout)).await {
+            return end;
         }
     }
     let mut frames: Vec<Bytes> = Vec::new();
@@ -98,18 +178,22 @@ async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, wr
                     Ok(()) => {
                         st.service.metrics().ws_sent.inc_by(n);
                     }
-                    Err(reason) => return reason,
+                    Err(end) => return end,
                 }
                 frames = Vec::new();
                 if let Some(reason) = work.close {
-                    return reason_label(reason);
+                    return End::Close(Closing::Core(reason));
                 }
             }
             msg = socket.next() => {
-                let Some(Ok(msg)) = msg else { return "client_gone" };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => return read_error(&e),
+                    None => return End::Done("client_gone"),
+                };
                 conn.touch(davpush_core::unix_now());
-                if let Err(reason) = Box::pin(answer(socket, conn, st, msg, write_timeout)).await {
-                    return reason;
+                if let Err(end) = Box::pin(answer(socket, conn, st, msg, write_timeout)).await {
+                    return end;
                 }
             }
         }
@@ -123,7 +207,7 @@ async fn answer(
     st: &AppState,
     msg: Message,
     write_timeout: Duration,
-) -> Result<(), &'static str> {
+) -> Result<(), End> {
     let reply = match msg {
         Message::Text(t) => session::handle(st, conn, t.as_str()).await,
         Message::Binary(_) => session::error(
@@ -131,28 +215,33 @@ async fn answer(
             "unsupported_frame",
             "binary frames are not part of the protocol; send JSON text frames",
         ),
-        Message::Close(_) => return Err("client_closed"),
+        Message::Close(_) => {
+            // The library has queued the answering close frame (same code, RFC 6455 §5.5.1);
+            // flushing sends it and ends the connection.
+            let _ = tokio::time::timeout(write_timeout, socket.flush()).await;
+            return Err(End::Done("client_closed"));
+        }
         Message::Ping(_) | Message::Pong(_) => return Ok(()),
     };
     send_one(socket, text(&reply), write_timeout).await
 }
 
 /// Sends one frame within the write timeout.
-async fn send_one(socket: &mut WebSocket, msg: Message, timeout: Duration) -> Result<(), &'static str> {
+async fn send_one(socket: &mut WebSocket, msg: Message, timeout: Duration) -> Result<(), End> {
     match tokio::time::timeout(timeout, socket.send(msg)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("client_gone"),
-        Err(_) => Err("write_timeout"),
+        Ok(Err(_)) => Err(End::Done("client_gone")),
+        Err(_) => Err(End::Close(Closing::WriteTimeout)),
     }
 }
 
-/// Writes the queued frames (and a ping or close frame if due) with one flush.
+/// Writes the queued frames (and a ping if due) with one flush.
 async fn write_burst(
     socket: &mut WebSocket,
     frames: &mut Vec<Bytes>,
     work: davpush_core::live::Work,
     timeout: Duration,
-) -> Result<(), &'static str> {
+) -> Result<(), End> {
     let write = async {
         for f in frames.drain(..) {
             // The frame is JSON we serialized ourselves: valid UTF-8; the check is cheap.
@@ -162,14 +251,28 @@ async fn write_burst(
         if work.ping {
             socket.feed(Message::Ping(Bytes::new())).await?;
         }
-        if let Some(reason) = work.close {
-            socket.feed(Message::Close(Some(close_frame(reason)))).await?;
-        }
         socket.flush().await
     };
     match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("client_gone"),
-        Err(_) => Err("write_timeout"),
+        Ok(Err(_)) => Err(End::Done("client_gone")),
+        Err(_) => Err(End::Close(Closing::WriteTimeout)),
+    }
+}
+
+/// The server's side of the closing handshake (RFC 6455 §7.1.1), within `timeout` in all: sends
+/// the close frame after whatever is still buffered (a client that stopped reading gets every
+/// frame whole and then the close, if it reads again in time), then reads until the client's
+/// close frame. Frames the client sent meanwhile are discarded. After a broken client frame the
+/// socket cannot be read any more and this ends once the close frame is written.
+async fn close_handshake(socket: &mut WebSocket, closing: Closing, timeout: Duration) {
+    let handshake = async {
+        if socket.send(Message::Close(Some(closing.frame()))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = socket.next().await {}
+    };
+    if tokio::time::timeout(timeout, handshake).await.is_err() {
+        tracing::debug!(code = closing.code(), "WebSocket closing handshake not completed in time");
     }
 }

@@ -18,6 +18,12 @@ struct Cluster {
 
 /// Nodes `a` and `b`, started one after the other (`a` generates the VAPID key both use).
 async fn cluster() -> Option<Cluster> {
+    cluster_pushing_to(None).await
+}
+
+/// Like [`cluster`], with `push`'s port allow-listed for Web Push.
+async fn cluster_pushing_to(push: Option<&FakePush>) -> Option<Cluster> {
+    let allow = push.map(|p| format!("\"127.0.0.1:{}\"", p.addr.port())).unwrap_or_default();
     let schema = postgres_schema().await?;
     let redis = redis_url().await?;
     let prefix = format!("davpush-test-{}", unique_suffix());
@@ -26,7 +32,7 @@ async fn cluster() -> Option<Cluster> {
     let conf = |node: &str| {
         format!(
             "[store]\nurl = {:?}\n[cluster]\nredis_url = {redis:?}\nnode_id = {node:?}\nchannel_prefix = {prefix:?}\n\
-             [web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\nvapid_key_file = {vapid:?}\n",
+             [web_push]\nallow_hosts = [{allow}]\nallow_http = true\nvapid_key_file = {vapid:?}\n",
             schema.url()
         )
     };
@@ -77,8 +83,8 @@ async fn a_notify_to_one_node_reaches_websockets_on_every_node_once() {
 
 #[tokio::test]
 async fn a_web_push_subscription_made_on_one_node_is_delivered_once_by_the_notified_node() {
-    let Some(c) = cluster().await else { return };
     let mut push = FakePush::start().await;
+    let Some(c) = cluster_pushing_to(Some(&push)).await else { return };
     let keys = ua_keys(None);
     let (s, b) =
         c.b.subscribe(json!({
@@ -108,8 +114,8 @@ async fn a_web_push_subscription_made_on_one_node_is_delivered_once_by_the_notif
 
 #[tokio::test]
 async fn a_node_started_later_loads_the_shared_subscriptions() {
-    let Some(c) = cluster().await else { return };
     let mut push = FakePush::start().await;
+    let Some(c) = cluster_pushing_to(Some(&push)).await else { return };
     let keys = ua_keys(None);
     let params = web_push_params(&push.endpoint("p"), &keys, "topic-json");
     let (s, _) = c.a.subscribe(json!({"client_id": "p", "topic": "t", "push_services": {"web_push": params}})).await;

@@ -159,3 +159,63 @@ async fn unsubscribing_nothing_is_404() {
     let (s, b) = d.post("/unsubscribe", Some(SUB_TOKEN), json!({"client_id": "nobody"})).await;
     assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
 }
+
+/// Sends only the head of a POST announcing `content_length` bytes, never the body, and reads
+/// the answer (bounded: 5 s).
+async fn head_only(d: &TestDirector, path: &str, token: Option<&str>, content_length: u64) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(d.running.addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {content_length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before a complete answer: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .expect("the answer has a Content-Length");
+            if body.len() >= length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, serde_json::from_str(&body[..length]).unwrap());
+            }
+        }
+    })
+    .await;
+    answer.expect("no answer within 5 s: the server waits for the announced body")
+}
+
+#[tokio::test]
+async fn issue_9_an_oversized_content_length_is_413_before_the_body_is_read() {
+    let d = start("[server]\nmax_body_bytes = 2048\n").await;
+    let huge = 1 << 40;
+    for path in ["/subscribe", "/unsubscribe"] {
+        let (s, b) = head_only(&d, path, Some(SUB_TOKEN), huge).await;
+        assert_eq!((s, b["error"].as_str()), (413, Some("payload_too_large")), "{path}: {b}");
+        assert!(b["message"].as_str().unwrap().contains("2048"), "{b}");
+    }
+    let (s, b) = head_only(&d, "/notify", Some(NOTIFY_TOKEN), huge).await;
+    assert_eq!((s, b["error"].as_str()), (413, Some("payload_too_large")), "{b}");
+    // The Notify API authenticates before it looks at the body, announced or not.
+    let (s, b) = head_only(&d, "/notify", None, huge).await;
+    assert_eq!((s, b["error"].as_str()), (401, Some("unauthorized")), "{b}");
+    let (s, b) = head_only(&d, "/notify", Some("wrong-token-0123456789"), huge).await;
+    assert_eq!((s, b["error"].as_str()), (401, Some("unauthorized")), "{b}");
+    // The limit itself is allowed; one byte more is not.
+    let auth = format!("Bearer {NOTIFY_TOKEN}");
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+    let body = |len: usize| format!("{:<len$}", r#"{"topic":"t"}"#).into_bytes();
+    let (s, b, _) = raw(&d, "POST", "/notify", &headers, body(2048)).await;
+    assert_eq!(s, 202, "{b}");
+    let (s, b, _) = raw(&d, "POST", "/notify", &headers, body(2049)).await;
+    assert_eq!((s, b["error"].as_str()), (413, Some("payload_too_large")), "{b}");
+}

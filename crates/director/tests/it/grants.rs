@@ -107,7 +107,11 @@ async fn issue_9_a_topic_alone_subscribes_nobody_over_the_api_or_the_socket() {
 #[tokio::test]
 async fn issue_9_every_push_service_needs_a_grant() {
     let push = FakePush::start().await;
-    let d = start(&format!("{REQUIRED}[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\n")).await;
+    let d = start(&format!(
+        "{REQUIRED}[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\n",
+        push.addr.port()
+    ))
+    .await;
     let ua = crate::webpush::ua_keys(None);
     let params = crate::webpush::web_push_params(&push.endpoint("a"), &ua, "topic-json");
     only_with_a_grant(&d, "cal-wp", "web_push", params).await;

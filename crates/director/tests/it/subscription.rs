@@ -213,3 +213,49 @@ async fn subscriptions_get_only_the_kinds_of_change_they_asked_for() {
         .await;
     assert_eq!((s, b["field"].as_str()), (400, Some("triggers")), "{b}");
 }
+
+#[tokio::test]
+async fn issue_9_subscriptions_are_capped_per_token_and_in_total() {
+    const OTHER: &str = "other-subscribe-token-0123456789";
+    let d = start(&format!("[subscription]\ntokens = [{SUB_TOKEN:?}, {OTHER:?}]\nmax_per_token = 3\nmax_total = 5\n"))
+        .await;
+    let (_ws, conn) = d.ws().await;
+    let sub = |client: &str| json!({"client_id": client, "topic": "t", "push_services": {"websocket": {"connection_id": conn}}});
+    for c in ["a1", "a2", "a3"] {
+        assert_eq!(d.post("/subscribe", Some(SUB_TOKEN), sub(c)).await.0, 201);
+    }
+    let (s, b) = d.post("/subscribe", Some(SUB_TOKEN), sub("a4")).await;
+    assert_eq!((s, b["error"].as_str()), (429, Some("too_many_subscriptions_per_token")), "{b}");
+    assert!(b["message"].as_str().unwrap().contains("subscription.max_per_token"), "{b}");
+    // Updates are always allowed; another token has its own count.
+    assert_eq!(d.post("/subscribe", Some(SUB_TOKEN), sub("a1")).await.0, 200);
+    for c in ["b1", "b2"] {
+        assert_eq!(d.post("/subscribe", Some(OTHER), sub(c)).await.0, 201);
+    }
+    let (s, b) = d.post("/subscribe", Some(OTHER), sub("b3")).await;
+    assert_eq!((s, b["error"].as_str()), (429, Some("too_many_subscriptions_in_total")), "{b}");
+    assert_eq!(d.running.state.service.index().len(), 5, "nothing was subscribed beyond the limits");
+    // Unsubscribing frees a place, for the token and in total.
+    let (s, _) = d.post("/unsubscribe", Some(SUB_TOKEN), json!({"client_id": "a2"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(d.post("/subscribe", Some(SUB_TOKEN), sub("a4")).await.0, 201);
+    let m = d.metrics().await;
+    assert_eq!(metric(&m, "davpush_requests_rejected_total{reason=\"subscription_limit_per_token\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "davpush_requests_rejected_total{reason=\"subscription_limit_total\"}"), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn issue_9_a_60_kb_web_push_endpoint_is_refused() {
+    let d = start("[web_push]\nallow_hosts = [\"push.example.net\"]\n").await;
+    let endpoint = format!("https://push.example.net/{}", "a".repeat(60_000));
+    let params = json!({
+        "endpoint": endpoint,
+        "p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+        "auth": "BTBZMqHH6r4Tts7J_aSIgg",
+    });
+    let (s, b) = d.subscribe(json!({"client_id": "c", "topic": "t", "push_services": {"web_push": params}})).await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_push_service")), "{b}");
+    assert_eq!(b["field"], "push_services.web_push.endpoint");
+    assert!(b["message"].as_str().unwrap().contains("at most 2048 bytes"), "{b}");
+    assert!(d.running.state.service.index().is_empty());
+}

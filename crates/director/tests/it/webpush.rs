@@ -10,8 +10,10 @@ use serde_json::{Value, json};
 use crate::fake_push::FakePush;
 use crate::util::*;
 
-/// Loopback push endpoints are allow-listed for these tests, over plain http.
-const WEB_PUSH: &str = "[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\nmin_backoff_ms = 200\n";
+/// The fake's loopback port is allow-listed for these tests, over plain http.
+fn web_push_allowing(push: &FakePush) -> String {
+    format!("[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\nmin_backoff_ms = 200\n", push.addr.port())
+}
 
 pub(crate) fn ua_keys(py: Option<&str>) -> Value {
     match py {
@@ -36,7 +38,7 @@ pub(crate) fn web_push_params(endpoint: &str, keys: &Value, format: &str) -> Val
 async fn encrypted_pushes_decrypt_with_http_ece_and_their_vapid_verifies_with_py_vapid() {
     let Some(py) = interop_python() else { return };
     let mut push = FakePush::start().await;
-    let d = start(&format!("{WEB_PUSH}subject = \"mailto:ops@example.org\"\n")).await;
+    let d = start(&format!("{}subject = \"mailto:ops@example.org\"\n", web_push_allowing(&push))).await;
     let keys = ua_keys(Some(&py));
     let (s, b) =
         subscribe_push(&d, "web_push", "c1", "cal-1", web_push_params(&push.endpoint("a"), &keys, "topic-json")).await;
@@ -103,7 +105,7 @@ async fn encrypted_pushes_decrypt_with_http_ece_and_their_vapid_verifies_with_py
 #[tokio::test]
 async fn gone_410_deletes_the_subscription() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     let keys = ua_keys(None);
     subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &keys, "topic-json")).await;
     push.answer(&[(410, None)]);
@@ -125,7 +127,7 @@ async fn gone_410_deletes_the_subscription() {
 #[tokio::test]
 async fn rejected_messages_are_not_retried_and_the_subscription_stays() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &ua_keys(None), "topic-json")).await;
     push.answer(&[(413, None)]);
     d.notify(json!({"topic": "t"})).await;
@@ -139,7 +141,7 @@ async fn rejected_messages_are_not_retried_and_the_subscription_stays() {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &ua_keys(None), "topic-json")).await;
     push.answer(&[(429, Some("2"))]);
     d.notify(json!({"topic": "t", "sync_token": "1"})).await;
@@ -153,7 +155,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn server_errors_back_off_exponentially() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &ua_keys(None), "topic-json")).await;
     push.answer(&[(500, None), (503, None), (502, None)]);
     d.notify(json!({"topic": "t"})).await;
@@ -179,7 +181,13 @@ async fn issue_9_a_hanging_push_service_does_not_hold_up_a_healthy_one() {
     let mut fast = FakePush::start().await;
     slow.hold(true);
     // Two loopback ports: two origins. Each origin gets at most 2 of the 4 workers.
-    let d = start(&format!("{WEB_PUSH}workers = 4\nmax_per_host = 2\n")).await;
+    let d = start(&format!(
+        "[web_push]\nallow_hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nallow_http = true\nmin_backoff_ms = 200\n\
+         workers = 4\nmax_per_host = 2\n",
+        slow.addr.port(),
+        fast.addr.port()
+    ))
+    .await;
     let keys = ua_keys(None);
     for n in 0..10 {
         let params = web_push_params(&slow.endpoint(&format!("s{n}")), &keys, "topic-json");
@@ -212,7 +220,7 @@ async fn issue_9_a_hanging_push_service_does_not_hold_up_a_healthy_one() {
 #[tokio::test]
 async fn a_burst_of_changes_coalesces_into_few_pushes() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &ua_keys(None), "topic-json")).await;
     // The push service is busy for a second; meanwhile 100 changes happen.
     push.answer(&[(429, Some("1"))]);
@@ -232,7 +240,7 @@ async fn a_burst_of_changes_coalesces_into_few_pushes() {
 async fn the_newest_change_is_what_arrives_after_a_burst() {
     let Some(py) = interop_python() else { return };
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     let keys = ua_keys(Some(&py));
     subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &keys, "topic-json")).await;
     push.answer(&[(429, Some("1"))]);
@@ -256,7 +264,7 @@ async fn the_newest_change_is_what_arrives_after_a_burst() {
 #[tokio::test]
 async fn durable_subscriptions_and_pending_deliveries_survive_a_restart() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     let keys = ua_keys(None);
     let (_, b) =
         subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &keys, "topic-json")).await;
@@ -301,14 +309,38 @@ async fn endpoints_that_point_inside_are_refused_at_subscribe_time() {
 }
 
 #[tokio::test]
+async fn issue_9_an_unlisted_port_of_an_allowed_host_is_refused_at_subscribe_time() {
+    // 127.0.0.1 is allowed on the fake's port only: not on Redis's, nor on the standard ones.
+    let mut push = FakePush::start().await;
+    let d = start(&web_push_allowing(&push)).await;
+    let keys = ua_keys(None);
+    for (endpoint, port) in
+        [("http://127.0.0.1:6379/", 6379), ("https://127.0.0.1/push/x", 443), ("http://127.0.0.1/push/x", 80)]
+    {
+        let (s, b) = subscribe_push(&d, "web_push", "c1", "t", web_push_params(endpoint, &keys, "topic-json")).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid_push_service")), "{endpoint}: {b}");
+        assert_eq!(b["field"], "push_services.web_push.endpoint", "{endpoint}");
+        let msg = b["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("allow-listed for other ports only, not for {port}")), "{endpoint}: {msg}");
+    }
+    assert!(d.running.state.service.index().is_empty());
+    // The listed port works.
+    let (s, b) =
+        subscribe_push(&d, "web_push", "c1", "t", web_push_params(&push.endpoint("a"), &keys, "topic-json")).await;
+    assert_eq!(s, 201, "{b}");
+    d.notify(json!({"topic": "t"})).await;
+    assert_eq!(push.next().await.path, "/push/a");
+}
+
+#[tokio::test]
 async fn plain_messages_only_where_configured() {
     let mut push = FakePush::start().await;
-    let d = start(WEB_PUSH).await;
+    let d = start(&web_push_allowing(&push)).await;
     let plain = json!({"endpoint": push.endpoint("p")});
     let (s, b) = subscribe_push(&d, "unified_push", "c1", "t", plain.clone()).await;
     assert_eq!((s, b["field"].as_str()), (400, Some("push_services.unified_push.p256dh")), "{b}");
 
-    let d = start(&format!("{WEB_PUSH}allow_unencrypted = true\n")).await;
+    let d = start(&format!("{}allow_unencrypted = true\n", web_push_allowing(&push))).await;
     let (s, _) = subscribe_push(&d, "unified_push", "c1", "t", plain).await;
     assert_eq!(s, 201);
     d.notify(json!({"topic": "t"})).await;

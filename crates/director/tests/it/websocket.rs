@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 
 use crate::util::*;
 
@@ -156,7 +159,7 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_others() {
                 seen.insert(f["topic"].as_str().unwrap().to_owned());
             }
         }
-        if d.running.state.hub.len() == 1 {
+        if d.running.state.hub.get(&stuck_conn).is_none_or(|c| c.is_closed()) {
             dropped_after = Some(round);
             break;
         }
@@ -172,7 +175,7 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_others() {
 async fn silent_clients_are_dropped_after_two_ping_intervals() {
     let d = start("[websocket]\nping_interval_secs = 1\n").await;
     let (silent, silent_conn) = d.ws().await; // never polled again: never answers pings
-    let (mut alive, _) = d.ws().await;
+    let (mut alive, alive_conn) = d.ws().await;
     d.subscribe_ws("silent", "t", &silent_conn).await;
     // Keep reading on the live one: tungstenite answers the server's pings while we poll.
     let reader = tokio::spawn(async move {
@@ -197,7 +200,9 @@ async fn silent_clients_are_dropped_after_two_ping_intervals() {
     .await;
     let (pings, _alive) = reader.await.unwrap();
     assert!(pings >= 2, "the live client saw {pings} pings");
-    assert_eq!(d.running.state.hub.len(), 1, "the answering client stays");
+    let hub = &d.running.state.hub;
+    assert!(hub.get(&alive_conn).is_some_and(|c| !c.is_closed()), "the answering client stays");
+    assert!(hub.get(&silent_conn).is_none_or(|c| c.is_closed()));
     assert!(d.running.state.service.index().is_empty());
     drop(silent);
 }
@@ -222,4 +227,120 @@ async fn shutdown_closes_websockets_with_going_away() {
     assert_eq!(frame.unwrap().code, CloseCode::Away);
     drop(ws);
     tokio::time::timeout(Duration::from_secs(15), stop).await.unwrap().unwrap().unwrap();
+}
+
+/// Reads until the server's close frame (skipping data and control frames) within 10 s; `None`
+/// when the connection ended without one.
+async fn close_frame_of(ws: &mut Ws) -> Option<CloseFrame> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("no close frame within 10 s")
+}
+
+#[tokio::test]
+async fn issue_9_a_client_close_is_answered_with_a_close_frame() {
+    let d = start("").await;
+    let (mut ws, _) = d.ws().await;
+    ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await.unwrap();
+    let answer = close_frame_of(&mut ws).await.expect("the server answered with a close frame");
+    assert_eq!(answer.code, CloseCode::Normal);
+    // The handshake is complete: the server then ends the TCP connection, cleanly.
+    assert!(ws.next().await.is_none());
+    eventually("connection counted as closed by the client", || async {
+        metric(&d.metrics().await, "davpush_websocket_closed_total{reason=\"client_closed\"}") == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn issue_9_an_oversized_frame_is_closed_with_1009() {
+    let d = start("").await; // websocket.max_message_bytes = 4096
+    let (mut ws, conn) = d.ws().await;
+    d.subscribe_ws("c1", "t1", &conn).await;
+    ws.send(Message::Text("x".repeat(5000).into())).await.unwrap();
+    let f = close_frame_of(&mut ws).await.expect("a close frame");
+    assert_eq!(f.code, CloseCode::Size);
+    eventually("subscriptions ended", || async { d.running.state.service.index().is_empty() }).await;
+    assert_eq!(metric(&d.metrics().await, "davpush_websocket_closed_total{reason=\"too_big\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn issue_9_protocol_errors_are_closed_with_1002_and_bad_utf8_with_1007() {
+    let d = start("").await;
+    // A data frame with a reserved bit set (no extension was negotiated).
+    let (mut ws, _) = d.ws().await;
+    let mut frame = Frame::message(Bytes::from_static(b"{}"), OpCode::Data(OpData::Text), true);
+    frame.header_mut().rsv1 = true;
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_frame_of(&mut ws).await.expect("a close frame").code, CloseCode::Protocol);
+    // A continuation frame without a message to continue.
+    let (mut ws, _) = d.ws().await;
+    let frame = Frame::message(Bytes::from_static(b"{}"), OpCode::Data(OpData::Continue), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_frame_of(&mut ws).await.expect("a close frame").code, CloseCode::Protocol);
+    // A text frame that is not UTF-8.
+    let (mut ws, _) = d.ws().await;
+    let frame = Frame::message(Bytes::from_static(b"{\"type\": \"\xff\"}"), OpCode::Data(OpData::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_frame_of(&mut ws).await.expect("a close frame").code, CloseCode::Invalid);
+    let m = d.metrics().await;
+    assert_eq!(metric(&m, "davpush_websocket_closed_total{reason=\"protocol_error\"}"), 2.0, "{m}");
+    assert_eq!(metric(&m, "davpush_websocket_closed_total{reason=\"invalid_utf8\"}"), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn issue_9_a_stalled_reader_gets_whole_frames_then_1013() {
+    // The mailbox holds every topic (no overflow): only the write timeout can catch this client.
+    let d = start("[websocket]\nwrite_timeout_secs = 1\nqueue_frames = 1000\n").await;
+    let (mut stalled, conn) = d.ws().await;
+    let topics: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    for t in &topics {
+        d.subscribe_ws("stalled", t, &conn).await;
+    }
+    // The client reads nothing while ~100 KB batches are sent, until the server's writer has
+    // given up on it (the socket buffers are full; a write waited for a whole second).
+    let padding = "x".repeat(900);
+    let mut round = 0;
+    let (d_ref, conn_ref) = (&d, conn.as_str());
+    eventually("the stalled connection is closed", || {
+        round += 1;
+        let body = json!({"topics": topics, "sync_token": format!("{round}-{padding}")});
+        async move {
+            assert_eq!(d_ref.notify(body).await.0, 202);
+            d_ref.running.state.hub.get(conn_ref).is_none_or(|c| c.is_closed())
+        }
+    })
+    .await;
+    // Reading again, the client gets every frame the server had started, each whole, and then
+    // the close frame: 1013 Try Again Later.
+    let mut notifications = 0;
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stalled.next().await.expect("connection ended without a close frame").expect("broken frame") {
+                Message::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    assert_eq!(v["type"], "notify");
+                    notifications += 1;
+                }
+                Message::Close(f) => return f,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no close frame within 10 s");
+    assert_eq!(close.expect("a close frame").code, CloseCode::Again);
+    assert!(notifications > 0);
+    eventually("counted", || async {
+        metric(&d.metrics().await, "davpush_websocket_closed_total{reason=\"write_timeout\"}") == 1.0
+    })
+    .await;
 }

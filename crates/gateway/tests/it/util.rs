@@ -59,9 +59,12 @@ async fn stack_at(
 ) -> Option<Stack> {
     let director_extra = director_extra.replace("{radicale}", &radicale.url);
     let data = tempfile::tempdir().unwrap();
+    // The fake push service's loopback port is allow-listed, over plain http.
+    let push = FakePush::start().await;
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[web_push]\nallow_hosts = [\"127.0.0.1\"]\nallow_http = true\n{director_extra}",
-        data.path().display().to_string()
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\n{director_extra}",
+        data.path().display().to_string(),
+        push.addr.port()
     );
     let director = spawn_director(&toml).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -76,7 +79,6 @@ async fn stack_at(
     })
     .unwrap();
     let gateway = davpush_gateway::spawn(cfg, listener).await.unwrap();
-    let push = FakePush::start().await;
     Some(Stack { radicale, director, gateway, push, http: reqwest::Client::new(), data, director_toml: toml })
 }
 
