@@ -54,11 +54,11 @@ fn start(dir: &std::path::Path) -> (Killed, std::net::SocketAddr) {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if let (Some(addr), Some(t)) = (v["fields"]["addr"].as_str(), tx.as_ref()) {
-                if v["fields"]["message"] == "Push Director listening" {
-                    let _ = t.send(addr.parse::<std::net::SocketAddr>().unwrap());
-                    tx = None;
-                }
+            if let (Some(addr), Some(t)) = (v["fields"]["addr"].as_str(), tx.as_ref())
+                && v["fields"]["message"] == "Push Director listening"
+            {
+                let _ = t.send(addr.parse::<std::net::SocketAddr>().unwrap());
+                tx = None;
             }
         }
     });

@@ -176,20 +176,20 @@ impl Server {
                          consider raising the limit (ulimit -n) or lowering max_pending_connections"
                     );
                 }
-                if shared.registry.shed_oldest(SHED_BATCH, Refusal::FdLimit) == 0 {
-                    if let Some(fd) = reserve.take() {
-                        drop(fd);
-                        let refused = tokio::select! {
-                            biased;
-                            _ = &mut shutdown => break,
-                            r = listener.accept() => r,
-                        };
-                        if let Ok((stream, _)) = refused {
-                            drop(stream);
-                            shared.refused(Refusal::FdLimit);
-                        }
-                        reserve = reserve_fd();
+                if shared.registry.shed_oldest(SHED_BATCH, Refusal::FdLimit) == 0
+                    && let Some(fd) = reserve.take()
+                {
+                    drop(fd);
+                    let refused = tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        r = listener.accept() => r,
+                    };
+                    if let Ok((stream, _)) = refused {
+                        drop(stream);
+                        shared.refused(Refusal::FdLimit);
                     }
+                    reserve = reserve_fd();
                 }
             } else {
                 tracing::error!(error = %error, "accepting a connection failed");
