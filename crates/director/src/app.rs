@@ -11,7 +11,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use davpush_cluster::{ClusterSettings, Received, RedisFanout};
 use davpush_core::feedback::{Feedback, FeedbackReceiver};
 use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
@@ -204,7 +203,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then closes WebSockets (code 1001)
-/// and waits up to `server.shutdown_timeout_secs` for connections to finish.
+/// and waits up to `server.shutdown_timeout_secs` for connections to finish. Connections are
+/// limited by `server.header_read_timeout_secs`, `server.idle_timeout_secs` and
+/// `server.max_pending_connections` (see `davpush_serve`); those closed for it are counted in
+/// `davpush_requests_rejected_total{reason="header_timeout"|"pending_limit"|"fd_limit"}`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -220,11 +222,12 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         hub.close_all(CloseReason::Shutdown);
     };
-    // Frames are small and latency matters: no Nagle delay behind the client's delayed ACKs.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+    // Accepted sockets get TCP_NODELAY: frames are small and latency matters.
+    let metrics = state.service.metrics().clone();
+    davpush_serve::Server::new(state.config.connections)
+        .on_refusal(move |why| metrics.reject(why.as_str()))
+        .serve(listener, app, graceful)
+        .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_timeout_secs);
     while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -107,6 +107,12 @@ pub struct RawServer {
     pub request_timeout_secs: u64,
     /// How long shutdown waits for connections to close, seconds.
     pub shutdown_timeout_secs: u64,
+    /// A new connection must complete its first request head within this, seconds.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in progress is closed after this, seconds.
+    pub idle_timeout_secs: u64,
+    /// Connections without a complete request yet; beyond it the oldest is closed.
+    pub max_pending_connections: usize,
     /// How often expired subscriptions are purged, seconds.
     pub purge_interval_secs: u64,
     /// Serve `GET /metrics`.
@@ -124,6 +130,9 @@ impl Default for RawServer {
             max_body_bytes: 64 * 1024,
             request_timeout_secs: 30,
             shutdown_timeout_secs: 10,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_pending_connections: 1024,
             purge_interval_secs: 60,
             metrics: true,
             privacy: "standard".into(),
@@ -377,6 +386,8 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// How long shutdown waits for connections to close, seconds.
     pub shutdown_timeout_secs: u64,
+    /// Header-read and idle timeouts, pending-connection cap (`server.*`).
+    pub connections: davpush_serve::Limits,
     /// How often expired subscriptions are purged, seconds.
     pub purge_interval_secs: u64,
     /// Serve `GET /metrics`.
@@ -621,6 +632,20 @@ impl Config {
         if s.purge_interval_secs == 0 {
             return Err(invalid("server.purge_interval_secs", "must be at least 1"));
         }
+        for (key, v) in [
+            ("server.header_read_timeout_secs", s.header_read_timeout_secs),
+            ("server.idle_timeout_secs", s.idle_timeout_secs),
+            ("server.max_pending_connections", s.max_pending_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let connections = davpush_serve::Limits {
+            header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+            max_pending_connections: s.max_pending_connections,
+        };
         let sub = &raw.subscription;
         if sub.min_expiry_secs < 60 {
             return Err(invalid("subscription.min_expiry_secs", "must be at least 60"));
@@ -802,6 +827,7 @@ impl Config {
             max_body_bytes: s.max_body_bytes,
             request_timeout_secs: s.request_timeout_secs,
             shutdown_timeout_secs: s.shutdown_timeout_secs,
+            connections,
             purge_interval_secs: s.purge_interval_secs,
             metrics: s.metrics,
             notify_tokens,

@@ -13,7 +13,6 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use davpush_proto::{DirectorInfo, SubscribeRequest, Trigger, UnsubscribeRequest};
 use futures_util::TryStreamExt;
 use tokio::net::TcpListener;
@@ -801,10 +800,9 @@ pub async fn serve(
     state: GatewayState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    // Header-read and idle timeouts, the pending-connection cap, surviving EMFILE: issue 9.
+    let server = davpush_serve::Server::new(state.cfg.connections);
+    server.serve(listener, router(state), shutdown).await
 }
 
 /// A gateway running in this process.

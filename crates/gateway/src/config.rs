@@ -70,6 +70,12 @@ pub struct RawGatewayConfig {
     pub web_clients: bool,
     /// Proxied browser WebSockets one user may hold at once (`/.davpush/ws`).
     pub max_sockets_per_user: usize,
+    /// A new connection must complete its first request head within this, seconds.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in progress is closed after this, seconds.
+    pub idle_timeout_secs: u64,
+    /// Connections without a complete request yet; beyond it the oldest is closed.
+    pub max_pending_connections: usize,
 }
 
 impl Default for RawGatewayConfig {
@@ -95,6 +101,9 @@ impl Default for RawGatewayConfig {
             sync_token_lookup: true,
             web_clients: true,
             max_sockets_per_user: 16,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_pending_connections: 1024,
         }
     }
 }
@@ -140,6 +149,8 @@ pub struct GatewayConfig {
     pub web_clients: bool,
     /// Proxied browser WebSockets one user may hold at once.
     pub max_sockets_per_user: usize,
+    /// Header-read and idle timeouts, pending-connection cap.
+    pub connections: davpush_serve::Limits,
     /// The topic secret file, if generated now.
     pub generated_topic_secret: Option<PathBuf>,
 }
@@ -255,6 +266,20 @@ impl GatewayConfig {
         if raw.notify_queue == 0 || raw.notify_attempts == 0 {
             return Err(invalid("notify_queue", "notify_queue and notify_attempts must be at least 1"));
         }
+        for (key, v) in [
+            ("header_read_timeout_secs", raw.header_read_timeout_secs),
+            ("idle_timeout_secs", raw.idle_timeout_secs),
+            ("max_pending_connections", raw.max_pending_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let connections = davpush_serve::Limits {
+            header_read_timeout: Duration::from_secs(raw.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(raw.idle_timeout_secs),
+            max_pending_connections: raw.max_pending_connections,
+        };
         let notify_token = raw.notify_token()?;
         let subscription_token = read_secret(
             "subscription_token_file",
@@ -306,6 +331,7 @@ impl GatewayConfig {
             sync_token_lookup: raw.sync_token_lookup,
             web_clients: raw.web_clients,
             max_sockets_per_user: raw.max_sockets_per_user.max(1),
+            connections,
             generated_topic_secret,
         })
     }

@@ -65,6 +65,12 @@ pub struct RawServer {
     pub metrics: bool,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+    /// A new connection must complete its first request head within this, seconds.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in progress is closed after this, seconds.
+    pub idle_timeout_secs: u64,
+    /// Connections without a complete request yet; beyond it the oldest is closed.
+    pub max_pending_connections: usize,
 }
 
 impl Default for RawServer {
@@ -74,6 +80,9 @@ impl Default for RawServer {
             trust_forwarded_for: false,
             metrics: true,
             max_body_bytes: 256 * 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_pending_connections: 1024,
         }
     }
 }
@@ -213,6 +222,8 @@ pub struct RelayConfig {
     pub metrics: bool,
     /// Largest body.
     pub max_body_bytes: usize,
+    /// Header-read and idle timeouts, pending-connection cap (`server.*`).
+    pub connections: davpush_serve::Limits,
     /// The vendor's service account.
     pub account: std::sync::Arc<ServiceAccount>,
     /// FCM client settings.
@@ -253,6 +264,21 @@ impl RelayConfig {
         if raw.server.max_body_bytes < 256 {
             return Err(invalid("server.max_body_bytes", "must be at least 256"));
         }
+        let srv = &raw.server;
+        for (key, v) in [
+            ("server.header_read_timeout_secs", srv.header_read_timeout_secs),
+            ("server.idle_timeout_secs", srv.idle_timeout_secs),
+            ("server.max_pending_connections", srv.max_pending_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let connections = davpush_serve::Limits {
+            header_read_timeout: Duration::from_secs(srv.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(srv.idle_timeout_secs),
+            max_pending_connections: srv.max_pending_connections,
+        };
         if raw.fcm.credentials_file.as_os_str().is_empty() {
             return Err(invalid("fcm.credentials_file", "is required: the vendor's FCM service-account JSON key"));
         }
@@ -317,6 +343,7 @@ impl RelayConfig {
             trust_forwarded_for: raw.server.trust_forwarded_for,
             metrics: raw.server.metrics,
             max_body_bytes: raw.server.max_body_bytes,
+            connections,
             account: std::sync::Arc::new(account),
             fcm,
             ttl: Duration::from_secs(raw.fcm.ttl_secs),
@@ -348,5 +375,10 @@ mod tests {
         assert!(e.contains("fcm.credentials_file"), "{e}");
         let e = RawRelayConfig::from_toml("[limits]\nper_token = 1\n").unwrap_err().to_string();
         assert!(e.contains("per_token"), "{e}");
+        for key in ["header_read_timeout_secs", "idle_timeout_secs", "max_pending_connections"] {
+            let raw = RawRelayConfig::from_toml(&format!("[server]\n{key} = 0\n")).unwrap();
+            let e = RelayConfig::from_raw(raw).unwrap_err().to_string();
+            assert!(e.contains(&format!("server.{key}")), "{e}");
+        }
     }
 }

@@ -77,6 +77,7 @@ pub struct RelayState {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_membership_tokens: usize,
     pub(crate) reload: Duration,
+    pub(crate) connections: davpush_serve::Limits,
 }
 
 /// Builds the state from a validated configuration.
@@ -100,6 +101,7 @@ pub fn build(config: RelayConfig) -> Result<Arc<RelayState>, StartError> {
         max_body_bytes: config.max_body_bytes,
         max_membership_tokens: l.max_membership_tokens,
         reload: config.reload,
+        connections: config.connections,
     }))
 }
 
@@ -118,6 +120,8 @@ pub fn router(state: Arc<RelayState>) -> Router {
 }
 
 /// Serves on `listener` until `shutdown` resolves; re-reads the keys file when it changes.
+/// Connections are limited by `server.header_read_timeout_secs`, `server.idle_timeout_secs` and
+/// `server.max_pending_connections` (see `davpush_serve`).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<RelayState>,
@@ -142,8 +146,13 @@ pub async fn serve(
             }
         }
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // Handlers get `ConnectInfo<SocketAddr>` from davpush-serve. Connections closed by its limits
+    // (issue 9) are counted in `davpush_relay_refused_total{reason}`.
+    let st = state.clone();
+    let server = davpush_serve::Server::new(state.connections).on_refusal(move |why| {
+        st.metrics.refused.get_or_create(&metrics::Reason { reason: why.as_str() }).inc();
+    });
+    let r = server.serve(listener, router(state), shutdown).await;
     reload.abort();
     r
 }

@@ -8,6 +8,7 @@
 //!   `radicale`), and the Web Push oracle script.
 //! - [`radicale`]: a real Radicale CalDAV/CardDAV server on loopback, per test.
 //! - [`services`]: the real PostgreSQL (a scratch schema per test) and Redis of the scale-out tests.
+//! - [`sockets`]: raw TCP clients that connect and idle or send half a request (issue 9).
 //!
 //! Everything binds to 127.0.0.1 on free ports. In CI (`CI=true`) a missing tool fails the test;
 //! on a developer's machine the test is skipped with a notice.
@@ -18,6 +19,7 @@ pub mod fake_push;
 pub mod python;
 pub mod radicale;
 pub mod services;
+pub mod sockets;
 
 /// Waits until `cond` holds, polling every 20 ms for at most 10 s; panics naming `what`.
 pub async fn eventually<F, Fut>(what: &str, mut cond: F)

@@ -11,6 +11,7 @@ mod util;
 
 mod apns;
 mod cluster;
+mod connections;
 mod draft;
 mod errors;
 mod fcm;

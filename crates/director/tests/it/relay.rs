@@ -22,6 +22,11 @@ struct Relay {
 }
 
 async fn relay(fcm: &FakeFcm, limits: &str) -> Relay {
+    relay_with(fcm, "", limits).await
+}
+
+/// `server` is TOML added to `[server]`, `limits` to `[limits]`.
+async fn relay_with(fcm: &FakeFcm, server: &str, limits: &str) -> Relay {
     let dir = tempfile::tempdir().unwrap();
     let sa = dir.path().join("sa.json");
     std::fs::write(&sa, &fcm.service_account).unwrap();
@@ -30,7 +35,7 @@ async fn relay(fcm: &FakeFcm, limits: &str) -> Relay {
     let keys_file = dir.path().join("keys.json");
     let (key_id, key) = davpush_relay::keys::issue(&keys_file, "dav.example.org", davpush_core::unix_now()).unwrap();
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ntrust_forwarded_for = true\n[fcm]\ncredentials_file = {:?}\nbase_url = {:?}\niid_url = {:?}\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\ntrust_forwarded_for = true\n{server}[fcm]\ncredentials_file = {:?}\nbase_url = {:?}\niid_url = {:?}\n\
          [keys]\nfile = {:?}\napp_key_files = [{:?}]\nreload_secs = 1\n[limits]\n{limits}",
         sa.display().to_string(),
         fcm.url(),
@@ -253,4 +258,33 @@ async fn a_director_delivers_through_the_relay_to_fcm() {
     assert_eq!(metric(&m, "davpush_relay_forwarded_total{endpoint=\"push\",outcome=\"gone\"}"), 1.0, "{m}");
     assert!(fcm.rejections().is_empty(), "{:?}", fcm.rejections());
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn issue_9_relay_closes_half_sent_heads_and_serves_new_clients_past_the_pending_cap() {
+    use davpush_testkit::sockets::{half_sent_request, idle_connections, wait_closed_by_server};
+    let bound = Duration::from_secs(30);
+    let mut fcm = FakeFcm::start().await;
+    let r = relay_with(&fcm, "header_read_timeout_secs = 1\nmax_pending_connections = 10\n", "").await;
+    let mut half = half_sent_request(r.running.addr).await;
+    wait_closed_by_server(&mut half, bound).await;
+
+    let mut idle = idle_connections(r.running.addr, 60).await;
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let resp = fresh.get(format!("{}/healthz", r.running.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = fresh
+        .post(format!("{}/v1/push", r.running.url()))
+        .bearer_auth(&r.key)
+        .json(&json!({"topic": "cal-1", "token": "tok-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fcm.next().await.message["token"], "tok-1");
+    wait_closed_by_server(&mut idle[0], bound).await;
+    let m = fresh.get(format!("{}/metrics", r.running.url())).send().await.unwrap().text().await.unwrap();
+    assert!(refused(&m, "header_timeout") >= 1.0, "{m}");
+    assert!(refused(&m, "pending_limit") >= 50.0, "{m}");
+    assert!(!m.contains(&r.key), "no key in metrics");
 }

@@ -5,6 +5,7 @@
 mod util;
 
 mod browser;
+mod connections;
 mod discovery;
 mod litmus;
 mod notifications;
