@@ -53,7 +53,7 @@ impl Default for Limits {
             max_client_id_len: 256,
             max_subscriptions_per_client: 1000,
             max_subscriptions_per_principal: 10_000,
-            max_subscriptions: 100_000,
+            max_subscriptions: 1_000_000,
             max_topics_per_notify: 1000,
             max_exclude: 100,
             max_sync_token_len: 1024,
@@ -211,12 +211,18 @@ impl PushService {
     /// May a subscriber with `grant` subscribe to `topic` at `now`? Every subscription, over
     /// the Subscription API or a WebSocket and for every push service, is checked here before
     /// anything else about it; refusals are counted as `grant_refused`.
-    pub fn authorize(&self, topic: &Topic, grant: Option<&str>, now: i64) -> Result<(), ServiceError> {
-        let Some(keys) = &self.grants else { return Ok(()) };
-        keys.verify(grant, topic.as_str(), now).map_err(|e| {
-            self.metrics.reject("grant_refused");
-            ServiceError::Grant(e)
-        })
+    ///
+    /// A grant that names the user its signer checked makes that user the principal its
+    /// subscriptions are counted under (instead of the token a gateway shares for all its users).
+    pub fn authorize(&self, topic: &Topic, grant: Option<&str>, now: i64) -> Result<Option<Principal>, ServiceError> {
+        let Some(keys) = &self.grants else { return Ok(None) };
+        match keys.verify(grant, topic.as_str(), now) {
+            Ok(g) => Ok(g.user.map(|u| Principal::of(format!("grant-user:{u}").as_bytes()))),
+            Err(e) => {
+                self.metrics.reject("grant_refused");
+                Err(ServiceError::Grant(e))
+            }
+        }
     }
 
     /// Makes this service one node of a cluster: notifications and changes of durable

@@ -241,8 +241,9 @@ impl GatewayState {
 
     /// A grant for `topics`, whose collections the requester was just found to be allowed to
     /// read (docs/protocol.md §3.3).
-    pub(crate) fn grant(&self, topics: &[&str]) -> String {
-        self.cfg.grant_keys.sign(topics.iter().copied(), unix_now() + GRANT_SECS)
+    /// The grant names the user (`owner`, a hash), under whom the Director counts subscriptions.
+    pub(crate) fn grant(&self, owner: &str, topics: &[&str]) -> String {
+        self.cfg.grant_keys.sign_for(Some(owner), topics.iter().copied(), unix_now() + GRANT_SECS)
     }
 
     /// The Director's WebSocket path (from its `/info`; `/ws` until it answered).
@@ -522,8 +523,9 @@ async fn propfind(st: &GatewayState, req: Request, up_path: &str) -> Result<Resp
     let Some(base) = canonical_path(up_path) else {
         return Ok((StatusCode::MULTI_STATUS, headers, body).into_response());
     };
-    let grant_ok =
-        kind.wants_grant() && check_read(st, up_path, parts.headers.get(header::AUTHORIZATION)).await.is_ok();
+    let authorization = parts.headers.get(header::AUTHORIZATION);
+    let grant_ok = kind.wants_grant() && check_read(st, up_path, authorization).await.is_ok();
+    let owner = registration::owner_hash(&registration::user_key(authorization.and_then(|a| a.to_str().ok())));
     let rewritten = dav::rewrite_multistatus(text, &kind, |href| {
         let path = match url::Url::parse(href) {
             Ok(u) if u.origin() == st.cfg.upstream.origin() => u.path().to_owned(),
@@ -535,7 +537,7 @@ async fn propfind(st: &GatewayState, req: Request, up_path: &str) -> Result<Resp
             return None;
         }
         let topic = st.cfg.topic_key.topic_of_canonical(&canonical);
-        let grant = (grant_ok && canonical == base).then(|| st.grant(&[&topic]));
+        let grant = (grant_ok && canonical == base).then(|| st.grant(&owner, &[&topic]));
         Some(PushValues { grant, ..st.push_values(topic) })
     });
     match rewritten {
@@ -704,7 +706,7 @@ async fn register(
         "endpoint": reg.push_resource, "p256dh": reg.p256dh, "auth": reg.auth, "format": "webdav-push-xml"
     });
     let req = SubscribeRequest {
-        grant: Some(st.grant(&[&topic])),
+        grant: Some(st.grant(&registration::owner_hash(&user), &[&topic])),
         client_id: client_id.clone(),
         topic: topic.clone(),
         push_services: [("web_push".to_owned(), params)].into_iter().collect(),
@@ -723,7 +725,7 @@ async fn register(
         DirectorError::Refused { status: 400, body } => {
             dav_error(StatusCode::FORBIDDEN, "invalid-subscription", &body.message)
         }
-        DirectorError::Refused { status: 409, body } => {
+        DirectorError::Refused { status: 409 | 429, body } => {
             dav_error(StatusCode::FORBIDDEN, "push-not-available", &body.message)
         }
         other => {

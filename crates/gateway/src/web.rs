@@ -204,7 +204,7 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
             }
         }
     };
-    let slot = SocketSlot::take(st, owner).ok_or_else(|| {
+    let slot = SocketSlot::take(st, owner.clone()).ok_or_else(|| {
         let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many push connections for this user");
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         r
@@ -220,7 +220,7 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
         r
     })?;
     Ok(upgrade.protocols([SUBPROTOCOL]).max_message_size(64 * 1024).on_upgrade(move |socket| async move {
-        pump(state, access, socket, director).await;
+        pump(state, owner, access, socket, director).await;
         drop(slot);
     }))
 }
@@ -284,7 +284,7 @@ enum Verdict {
 /// as the protocol's client frames are forwarded, re-serialized from their typed form (so no
 /// other JSON shape the Director might also accept slips past the check); `collection` is taken
 /// off first (the Director's frames have no such field).
-async fn check_frame(st: &GatewayState, access: &Access, text: &str) -> Verdict {
+async fn check_frame(st: &GatewayState, owner: &str, access: &Access, text: &str) -> Verdict {
     let deny = |id: Option<String>, error: &str, message: &str| {
         Verdict::Deny(
             serde_json::to_string(&ServerFrame::Error { id, error: error.into(), message: message.into() })
@@ -318,7 +318,7 @@ async fn check_frame(st: &GatewayState, access: &Access, text: &str) -> Verdict 
     // The gateway vouches for the check it made: the Director subscribes only with a grant.
     let frame = match frame {
         ClientFrame::Subscribe { id, topic, expires, .. } => {
-            let grant = Some(st.grant(&[&topic]));
+            let grant = Some(st.grant(owner, &[&topic]));
             ClientFrame::Subscribe { id, topic, expires, grant }
         }
         other => other,
@@ -327,7 +327,7 @@ async fn check_frame(st: &GatewayState, access: &Access, text: &str) -> Verdict 
 }
 
 /// Moves text frames both ways until either side ends; passes the close code on.
-async fn pump(st: GatewayState, access: Access, browser: WebSocket, director: DirectorSocket) {
+async fn pump(st: GatewayState, owner: String, access: Access, browser: WebSocket, director: DirectorSocket) {
     let (mut b_tx, mut b_rx) = browser.split();
     let (mut d_tx, mut d_rx) = director.split();
     // The Director sees the gateway answer its pings, not the browser: the gateway pings the
@@ -352,7 +352,7 @@ async fn pump(st: GatewayState, access: Access, browser: WebSocket, director: Di
             m = b_rx.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     heard = tokio::time::Instant::now();
-                    match check_frame(&st, &access, t.as_str()).await {
+                    match check_frame(&st, &owner, &access, t.as_str()).await {
                         Verdict::Forward(text) => {
                             if d_tx.send(tungstenite::Message::Text(text.into())).await.is_err() {
                                 let _ = b_tx.send(close(1001, "the push service went away")).await;

@@ -10,8 +10,11 @@
 //!
 //! ```text
 //! grant   = base64url(payload) "." base64url(HMAC-SHA256(key, "davpush-grant-v1." base64url(payload)))
-//! payload = {"v":1,"e":<expiry, unix seconds>,"t":["<topic>", …]}
+//! payload = {"v":1,"e":<expiry, unix seconds>,"t":["<topic>", …],"u":"<user>"}
 //! ```
+//!
+//! `u` is optional: an opaque name of the user the signer checked (the gateway puts a hash of
+//! the user), under which the Director counts subscriptions (`subscription.max_per_token`).
 //!
 //! base64url without padding. Keys are shared secrets of at least 32 bytes, one per line of a
 //! key file (base64url); the first signs, every one verifies (so keys can be rotated).
@@ -33,6 +36,15 @@ struct Payload {
     v: u8,
     e: i64,
     t: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+}
+
+/// What a valid grant says besides its topics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grant {
+    /// The user the signer checked, if it named one (opaque).
+    pub user: Option<String>,
 }
 
 /// The keys that sign and verify grants.
@@ -110,14 +122,24 @@ impl GrantKeys {
 
     /// A grant for `topics` valid until `expires` (unix seconds), signed with the first key.
     pub fn sign<'a>(&self, topics: impl IntoIterator<Item = &'a str>, expires: i64) -> String {
-        let payload = Payload { v: 1, e: expires, t: topics.into_iter().map(str::to_owned).collect() };
+        self.sign_for(None, topics, expires)
+    }
+
+    /// Like [`GrantKeys::sign`], naming the `user` that was checked.
+    pub fn sign_for<'a>(&self, user: Option<&str>, topics: impl IntoIterator<Item = &'a str>, expires: i64) -> String {
+        let payload = Payload {
+            v: 1,
+            e: expires,
+            t: topics.into_iter().map(str::to_owned).collect(),
+            u: user.map(str::to_owned),
+        };
         let encoded = B64.encode(serde_json::to_vec(&payload).expect("a grant serializes"));
         let tag = hmac::sign(&self.keys[0], &[LABEL, encoded.as_bytes()].concat());
         format!("{encoded}.{}", B64.encode(tag.as_ref()))
     }
 
     /// Checks that `grant` is valid at `now` and names `topic`.
-    pub fn verify(&self, grant: Option<&str>, topic: &str, now: i64) -> Result<(), GrantError> {
+    pub fn verify(&self, grant: Option<&str>, topic: &str, now: i64) -> Result<Grant, GrantError> {
         let grant = grant.ok_or(GrantError::Missing)?;
         if grant.len() > MAX_GRANT_LEN {
             return Err(GrantError::Malformed);
@@ -145,7 +167,7 @@ impl GrantKeys {
         if !payload.t.iter().any(|t| t == topic) {
             return Err(GrantError::OtherTopic);
         }
-        Ok(())
+        Ok(Grant { user: payload.u })
     }
 }
 
@@ -161,8 +183,10 @@ mod tests {
     fn a_grant_verifies_for_its_topics_until_it_expires() {
         let k = keys(&[&GrantKeys::generate_line()]);
         let g = k.sign(["cal-a", "cal-b"], 1000);
-        assert_eq!(k.verify(Some(&g), "cal-a", 999), Ok(()));
-        assert_eq!(k.verify(Some(&g), "cal-b", 1000), Ok(()));
+        assert_eq!(k.verify(Some(&g), "cal-a", 999), Ok(Grant::default()));
+        assert_eq!(k.verify(Some(&g), "cal-b", 1000), Ok(Grant::default()));
+        let g = k.sign_for(Some("u1"), ["cal-a"], 1000);
+        assert_eq!(k.verify(Some(&g), "cal-a", 0), Ok(Grant { user: Some("u1".into()) }));
         assert_eq!(k.verify(Some(&g), "cal-c", 999), Err(GrantError::OtherTopic));
         assert_eq!(k.verify(Some(&g), "cal-a", 1001), Err(GrantError::Expired));
         assert_eq!(k.verify(None, "cal-a", 0), Err(GrantError::Missing));
@@ -189,7 +213,7 @@ mod tests {
         let (a, b) = (GrantKeys::generate_line(), GrantKeys::generate_line());
         let old = keys(&[&a]);
         let rotated = keys(&["# new key first", &b, "", &a]);
-        assert_eq!(rotated.verify(Some(&old.sign(["t"], 10)), "t", 0), Ok(()));
+        assert!(rotated.verify(Some(&old.sign(["t"], 10)), "t", 0).is_ok());
         assert_eq!(old.verify(Some(&rotated.sign(["t"], 10)), "t", 0), Err(GrantError::Signature));
     }
 

@@ -23,7 +23,7 @@ pub mod ws;
 pub mod xml;
 
 pub use error::ErrorBody;
-pub use grant::{GrantError, GrantKeyError, GrantKeys};
+pub use grant::{Grant, GrantError, GrantKeyError, GrantKeys};
 pub use info::DirectorInfo;
 pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
 pub use subscription::{

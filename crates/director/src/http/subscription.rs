@@ -27,7 +27,8 @@ pub(crate) async fn subscribe(
     let svc = &st.service;
     let client = svc.client_id(&req.client_id)?;
     let topic = svc.topic("topic", &req.topic)?;
-    svc.authorize(&topic, req.grant.as_deref(), davpush_core::unix_now())?;
+    // Counted under the user the grant names (a gateway's users share its token), else the token.
+    let principal = svc.authorize(&topic, req.grant.as_deref(), davpush_core::unix_now())?.unwrap_or(principal);
     let targets = svc.parse_targets(&req.push_services).await?;
     let triggers = match &req.triggers {
         None => davpush_core::Triggers::ALL,

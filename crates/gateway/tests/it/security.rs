@@ -235,3 +235,28 @@ async fn next_text(
         }
     }
 }
+
+#[tokio::test]
+async fn issue_9_a_gateways_users_are_counted_one_by_one() {
+    // The gateway registers everybody with one subscription token; its grants name the user, so
+    // `max_per_token` limits each user, not the gateway as a whole.
+    let Some(s) = stack("[subscription]\nmax_per_token = 1\n").await else { return };
+    let register = |endpoint: String| {
+        format!(
+            r#"<push-register xmlns="https://bitfire.at/webdav-push"><subscription><web-push-subscription>
+<push-resource>{endpoint}</push-resource>
+<subscription-public-key type="p256dh">BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4</subscription-public-key>
+<auth-secret>BTBZMqHH6r4Tts7J_aSIgg</auth-secret></web-push-subscription></subscription></push-register>"#
+        )
+    };
+    let xml = [("Content-Type", "application/xml")];
+    let alice = s.mkcalendar("alice", "calendar").await;
+    let bob = s.mkcalendar("bob", "calendar").await;
+    let (st, _, b) = s.dav("POST", &alice, "alice", &xml, &register(s.push.endpoint("alice-1"))).await;
+    assert_eq!(st, 201, "{b}");
+    let (st, _, b) = s.dav("POST", &bob, "bob", &xml, &register(s.push.endpoint("bob-1"))).await;
+    assert_eq!(st, 201, "bob is not counted under alice's (the gateway's) token: {b}");
+    let (st, _, b) = s.dav("POST", &alice, "alice", &xml, &register(s.push.endpoint("alice-2"))).await;
+    assert_eq!(st, 403, "alice's second registration is over her limit: {b}");
+    assert!(b.contains("push-not-available"), "{b}");
+}
