@@ -425,6 +425,14 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// `DAVPUSH_*` variables that are not the Director's keys: those of the other subcommands
+/// (`--config` files of `gateway` and `relay`, `listen`'s credentials), of the tool chain
+/// (`DAVPUSH_PYTHON`, the CI's virtualenv, screenshots of the browser tests) and `DAVPUSH_TEST_*`
+/// of the test suite. Anything else must be `DAVPUSH_<SECTION>__<KEY>` of a known key, so that a
+/// misspelt key still stops the Director with a message naming it.
+const OTHER_VARIABLES: &[&str] =
+    &["CONFIG", "LOG", "GATEWAY_CONFIG", "RELAY_CONFIG", "USER", "TOKEN", "PYTHON", "CI_VENV", "WRITE_SCREENSHOT"];
+
 impl RawConfig {
     /// Reads the file at `path` (if any), applies `DAVPUSH_*` variables from `env` and the flags.
     pub fn load(
@@ -446,8 +454,7 @@ impl RawConfig {
             let Some(rest) = name.strip_prefix("DAVPUSH_") else {
                 continue;
             };
-            // DAVPUSH_TEST_* configure the test suite (e.g. DAVPUSH_TEST_POSTGRES), not a Director.
-            if rest == "CONFIG" || rest == "LOG" || rest.starts_with("TEST_") {
+            if OTHER_VARIABLES.contains(&rest) || rest.starts_with("TEST_") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -872,6 +879,21 @@ mod tests {
         .unwrap();
         assert_eq!(raw.websocket.queue_frames, 16);
         assert_eq!(raw.server.listen, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn davpushs_other_variables_are_not_keys_and_misspelt_keys_still_fail() {
+        let others: Vec<(&str, &str)> = OTHER_VARIABLES
+            .iter()
+            .map(|v| (Box::leak(format!("DAVPUSH_{v}").into_boxed_str()) as &str, "x"))
+            .chain([("DAVPUSH_TEST_POSTGRES", "postgres://x")])
+            .collect();
+        assert!(RawConfig::from_toml("", &env(&others), &Overrides::default()).is_ok());
+        for bad in ["DAVPUSH_SERVER_LISTEN", "DAVPUSH_SERVER__LISTN", "DAVPUSH_TOKENS"] {
+            let e = RawConfig::from_toml("", &env(&[(bad, "127.0.0.1:2")]), &Overrides::default()).unwrap_err();
+            let last = bad.rsplit("__").next().unwrap().trim_start_matches("DAVPUSH_").to_ascii_lowercase();
+            assert!(e.to_string().contains(&last), "{bad}: {e}");
+        }
     }
 
     #[test]
