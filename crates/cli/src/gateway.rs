@@ -126,7 +126,7 @@ async fn gateway(cfg: GatewayConfig) -> anyhow::Result<()> {
     let addr = cfg.listen;
     let upstream = cfg.upstream.clone();
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let state = app::GatewayState::build(cfg).await?;
+    let state = davpush_gateway::GatewayState::build(cfg).await?;
     tracing::info!(addr = %listener.local_addr()?, %upstream, "WebDAV gateway listening");
     app::serve(listener, state, crate::serve::shutdown_signal()).await?;
     Ok(())

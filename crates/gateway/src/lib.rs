@@ -4,7 +4,14 @@
 //!
 //! # Layout
 //! - [`config`]: the gateway's configuration.
-//! - [`app`]: request handling: proxying, discovery, registration, change notifications.
+//! - [`app`]: the router and the server; every request goes through `app::handle`.
+//! - [`state`]: [`GatewayState`] and start-up.
+//! - [`upstream`]: the transparent proxy (headers, `Destination`/`Location`, href mapping) and
+//!   the permission check asked of the upstream.
+//! - [`methods`]: OPTIONS and PROPFIND (discovery), POST and the writes (which collections a
+//!   write changes).
+//! - [`register`]: `push-register` and the `DELETE` of registration URLs.
+//! - [`error`]: [`GatewayError`], every refusal of the gateway's own.
 //! - [`dav`]: PROPFIND analysis, multistatus rewrite, `push-register`, `DAV:error`.
 //! - [`xml`]: a small namespace-aware XML tree.
 //! - [`topic`]: canonical collection paths and their keyed topics.
@@ -21,12 +28,19 @@ pub mod app;
 pub mod config;
 pub mod dav;
 pub mod director;
+pub mod error;
+pub mod methods;
 pub mod notifier;
+pub mod register;
 pub mod registration;
+pub mod state;
 pub mod topic;
+pub mod upstream;
 mod web;
 pub mod xml;
 
-pub use app::{GatewayState, RunningGateway, spawn};
+pub use app::{RunningGateway, spawn};
 pub use config::{GatewayConfig, RawGatewayConfig};
+pub use error::GatewayError;
+pub use state::{GatewayState, StartError};
 pub use web::DAVPUSH_JS;

@@ -35,8 +35,10 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::app::{GatewayState, check_read, plain, unix_now};
+use crate::error::GatewayError;
 use crate::registration;
+use crate::state::{GatewayState, unix_now};
+use crate::upstream::check_read;
 
 /// The browser module.
 pub const DAVPUSH_JS: &str = include_str!("../../../web/davpush.js");
@@ -100,10 +102,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// Handles a request under `.davpush/` (`rest` is the path after it).
-pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Response {
+pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Result<Response, GatewayError> {
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
-    match rest {
+    Ok(match rest {
         "client/davpush.js" if get => asset("text/javascript; charset=utf-8", DAVPUSH_JS),
         "demo" if get => {
             let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -116,32 +118,31 @@ pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Respo
         "demo/" | "demo/index.html" if get => asset("text/html; charset=utf-8", DEMO_HTML),
         "demo/calendar.js" if get => asset("text/javascript; charset=utf-8", DEMO_JS),
         "demo/calendar.css" if get => asset("text/css; charset=utf-8", DEMO_CSS),
-        "ticket" if method == Method::POST => ticket(st, req).await.unwrap_or_else(|r| r),
-        "ws" if method == Method::GET => proxy(st, req).await.unwrap_or_else(|r| r),
+        "ticket" if method == Method::POST => ticket(st, req).await?,
+        "ws" if method == Method::GET => proxy(st, req).await?,
         "client/davpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js" | "demo/calendar.css" | "ticket"
-        | "ws" => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => plain(StatusCode::NOT_FOUND, "not found"),
-    }
+        | "ws" => return Err(GatewayError::MethodNotAllowed { message: "method not allowed", allow: None }),
+        _ => return Err(GatewayError::NotFound("not found")),
+    })
 }
 
 /// Who the upstream says the requester is: its root must be readable with the credentials.
-async fn authenticate(st: &GatewayState, authorization: Option<&HeaderValue>) -> Result<String, Response> {
+async fn authenticate(st: &GatewayState, authorization: Option<&HeaderValue>) -> Result<String, GatewayError> {
     check_read(st, st.cfg.upstream_prefix(), authorization).await?;
     Ok(registration::owner_hash(&registration::user_key(authorization.and_then(|a| a.to_str().ok()))))
 }
 
-async fn ticket(st: &GatewayState, req: Request) -> Result<Response, Response> {
+async fn ticket(st: &GatewayState, req: Request) -> Result<Response, GatewayError> {
     let (parts, body) = req.into_parts();
     let auth = parts.headers.get(header::AUTHORIZATION);
     let owner = authenticate(st, auth).await?;
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
-        .map_err(|_| plain(StatusCode::PAYLOAD_TOO_LARGE, "ticket request too large"))?;
+        .map_err(|_| GatewayError::PayloadTooLarge("ticket request too large"))?;
     let wanted: TicketRequest = if body.is_empty() {
         TicketRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("bad ticket request: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| GatewayError::BadRequest(format!("bad ticket request: {e}")))?
     };
     let mut topics = Vec::with_capacity(wanted.collections.len());
     for c in &wanted.collections {
@@ -158,17 +159,18 @@ async fn ticket(st: &GatewayState, req: Request) -> Result<Response, Response> {
 
 /// The topic of `collection` (a path or URL under the gateway), if the upstream lets the holder
 /// of `auth` read it.
-async fn readable_topic(st: &GatewayState, collection: &str, auth: Option<&HeaderValue>) -> Result<String, Response> {
+async fn readable_topic(
+    st: &GatewayState,
+    collection: &str,
+    auth: Option<&HeaderValue>,
+) -> Result<String, GatewayError> {
     let path = url::Url::parse(collection).map(|u| u.path().to_owned()).unwrap_or_else(|_| collection.to_owned());
     let up = st
         .cfg
         .to_upstream_path(&path)
-        .ok_or_else(|| plain(StatusCode::BAD_REQUEST, &format!("{collection} is not under this gateway")))?;
+        .ok_or_else(|| GatewayError::BadRequest(format!("{collection} is not under this gateway")))?;
     check_read(st, &up, auth).await?;
-    st.cfg
-        .topic_key
-        .topic(&up)
-        .ok_or_else(|| plain(StatusCode::BAD_REQUEST, &format!("{collection} is not a valid path")))
+    st.cfg.topic_key.topic(&up).ok_or_else(|| GatewayError::BadRequest(format!("{collection} is not a valid path")))
 }
 
 fn ticket_valid(st: &GatewayState, ticket: &str) -> Option<Ticket> {
@@ -186,13 +188,18 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 
 type DirectorSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
+async fn proxy(st: &GatewayState, req: Request) -> Result<Response, GatewayError> {
     let (mut parts, _) = req.into_parts();
     let (owner, access) = match query_param(parts.uri.query(), "ticket") {
         // Tickets are base64url with a dot: nothing to percent-decode.
         Some(t) => match ticket_valid(st, t) {
             Some(t) => (t.u, Access::Topics(t.t.into_iter().collect())),
-            None => return Err(plain(StatusCode::UNAUTHORIZED, "the ticket is invalid or expired; ask for a new one")),
+            None => {
+                return Err(GatewayError::Unauthorized {
+                    message: "the ticket is invalid or expired; ask for a new one",
+                    challenges: Vec::new(),
+                });
+            }
         },
         None => {
             // Native clients (and browsers that send cached credentials) may authenticate directly.
@@ -200,24 +207,24 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, Response> {
             let owner = authenticate(st, auth.as_ref()).await?;
             match auth {
                 Some(a) => (owner, Access::Credentials(a)),
-                None => return Err(plain(StatusCode::UNAUTHORIZED, "authentication required")),
+                None => {
+                    return Err(GatewayError::Unauthorized {
+                        message: "authentication required",
+                        challenges: Vec::new(),
+                    });
+                }
             }
         }
     };
-    let slot = SocketSlot::take(st, owner.clone()).ok_or_else(|| {
-        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many push connections for this user");
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        r
-    })?;
+    let slot = SocketSlot::take(st, owner.clone())
+        .ok_or(GatewayError::TooManyRequests { message: "too many push connections for this user", retry_after: 30 })?;
     let state = st.clone();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, st)
         .await
-        .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("expected a WebSocket upgrade: {e}")))?;
+        .map_err(|e| GatewayError::BadRequest(format!("expected a WebSocket upgrade: {e}")))?;
     let director = connect_director(st).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot open a WebSocket to the Director for a browser");
-        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "push is temporarily unavailable");
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-        r
+        GatewayError::Unavailable { message: "push is temporarily unavailable", retry_after: Some(2) }
     })?;
     Ok(upgrade.protocols([SUBPROTOCOL]).max_message_size(64 * 1024).on_upgrade(move |socket| async move {
         pump(state, owner, access, socket, director).await;

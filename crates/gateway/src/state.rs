@@ -1,0 +1,164 @@
+//! The gateway's shared state and its start-up: the configuration, the HTTP clients of the
+//! upstream and the Director, the notifier, and what the Director's `/info` said.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use davpush_proto::DirectorInfo;
+
+use crate::config::GatewayConfig;
+use crate::dav::PushValues;
+use crate::director::DirectorClient;
+use crate::notifier::{Notifier, NotifierParts};
+
+/// Shared state of the gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayState {
+    pub(crate) cfg: Arc<GatewayConfig>,
+    pub(crate) upstream: reqwest::Client,
+    pub(crate) director: DirectorClient,
+    pub(crate) notifier: Notifier,
+    info: Arc<RwLock<Option<DirectorInfo>>>,
+    /// Proxied browser WebSockets per user (owner hash), bounded by `max_sockets_per_user`.
+    pub(crate) sockets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// Starting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An HTTP client could not be built.
+    #[error("cannot build an HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How long a grant the gateway signs may be used to subscribe, seconds. Only subscribing
+/// needs it: a client asks again (and its access is checked again) when it subscribes anew.
+pub(crate) const GRANT_SECS: i64 = 300;
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl GatewayState {
+    /// Builds the clients, starts the notifier and the refresh of the Director's info.
+    pub async fn build(cfg: GatewayConfig) -> Result<GatewayState, StartError> {
+        let upstream = reqwest::Client::builder()
+            // The gateway's own requests (permission checks, sync-token look-ups) carry the
+            // configured identity headers too; forwarded requests set them explicitly.
+            .default_headers(cfg.upstream_headers.iter().cloned().collect())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()?;
+        let director = DirectorClient::new(
+            cfg.director_url.clone(),
+            cfg.notify_token.clone(),
+            cfg.subscription_token.clone(),
+            cfg.timeout,
+        )?;
+        let notifier = Notifier::start(
+            NotifierParts {
+                upstream_http: upstream.clone(),
+                upstream: cfg.upstream.clone(),
+                director: director.clone(),
+                topics: cfg.topic_key.clone(),
+                attempts: cfg.notify_attempts,
+                sync_token_lookup: cfg.sync_token_lookup,
+            },
+            cfg.notify_queue,
+        );
+        let state = GatewayState {
+            cfg: Arc::new(cfg),
+            upstream,
+            director,
+            notifier,
+            info: Arc::default(),
+            sockets: Arc::default(),
+        };
+        state.refresh_info().await;
+        let s = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let known = s.info.read().unwrap_or_else(|e| e.into_inner()).is_some();
+                tokio::time::sleep(Duration::from_secs(if known { 300 } else { 10 })).await;
+                s.refresh_info().await;
+            }
+        });
+        Ok(state)
+    }
+
+    async fn refresh_info(&self) {
+        match self.director.info().await {
+            Ok(i) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Some(i),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the Director's /info; push properties are incomplete until it answers")
+            }
+        }
+    }
+
+    pub(crate) fn push_values(&self, topic: String) -> PushValues {
+        let info = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let director = self.cfg.director_public_url.to_string();
+        let (services, auth, vapid, ws) = match info {
+            Some(i) => {
+                let ws = i.websocket_path.as_ref().map(|p| {
+                    let mut u = self.cfg.director_public_url.clone();
+                    let _ = u.set_scheme(if u.scheme() == "https" { "wss" } else { "ws" });
+                    u.set_path(p);
+                    u.to_string()
+                });
+                let vapid = if i.services.iter().any(|s| s == "web_push") { i.vapid_public_key } else { None };
+                (i.services, i.subscription_auth, vapid, ws)
+            }
+            None => (Vec::new(), "token".into(), None, None),
+        };
+        PushValues {
+            topic,
+            vapid_public_key: vapid,
+            director,
+            services,
+            subscription_auth: auth,
+            websocket_url: ws,
+            grant: None,
+        }
+    }
+
+    /// A grant for `topics`, whose collections the requester was just found to be allowed to
+    /// read (docs/protocol.md §3.3).
+    /// The grant names the user (`owner`, a hash), under whom the Director counts subscriptions.
+    pub(crate) fn grant(&self, owner: &str, topics: &[&str]) -> String {
+        self.cfg.grant_keys.sign_for(Some(owner), topics.iter().copied(), unix_now() + GRANT_SECS)
+    }
+
+    /// The Director's WebSocket path (from its `/info`; `/ws` until it answered).
+    pub(crate) fn websocket_path(&self) -> String {
+        let info = self.info.read().unwrap_or_else(|e| e.into_inner());
+        info.as_ref().and_then(|i| i.websocket_path.clone()).unwrap_or_else(|| "/ws".to_owned())
+    }
+
+    pub(crate) fn web_prefix(&self) -> String {
+        format!("{}/.davpush/", self.cfg.public_prefix().trim_end_matches('/'))
+    }
+
+    pub(crate) fn registration_prefix(&self) -> String {
+        let p = self.cfg.public_prefix().trim_end_matches('/');
+        format!("{p}{}", self.cfg.registration_path)
+    }
+
+    pub(crate) fn upstream_url(&self, path: &str, query: Option<&str>) -> url::Url {
+        let mut u = self.cfg.upstream.clone();
+        u.set_path(path);
+        u.set_query(query);
+        u
+    }
+}

@@ -1,0 +1,274 @@
+//! The transparent proxy: requests go to the upstream with the client's headers (hop-by-hop
+//! ones and the client's routing and identity headers removed, the configured ones set,
+//! `Destination` mapped), answers come back with `Location` and, where the URL spaces differ,
+//! multistatus hrefs mapped; and the one permission check the gateway asks the upstream for.
+
+use axum::body::{Body, Bytes};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{StatusCode, request::Parts};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+
+use crate::config::GatewayConfig;
+use crate::dav;
+use crate::error::GatewayError;
+use crate::state::GatewayState;
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, skip_length: bool) {
+    let named_in_connection: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for (k, v) in from {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name)
+            || named_in_connection.iter().any(|c| c == name)
+            || (skip_length && k == header::CONTENT_LENGTH)
+        {
+            continue;
+        }
+        to.append(k.clone(), v.clone());
+    }
+}
+
+/// Request headers through which a client could tell the upstream where the request came from,
+/// under which path or host the server is published, who the user is, or which method to run
+/// instead. A client that could set them might make the upstream resolve paths or users
+/// differently from the gateway (Radicale's `X-Script-Name` moved a PROPFIND's hrefs, and so its
+/// topics, into another user's collection; a server trusting `X-Remote-User` from the gateway's
+/// address would take the client's word for who it is), so the gateway removes them and sets its
+/// own (`upstream_headers`).
+const CLIENT_ROUTING: &[&str] = &[
+    "forwarded",
+    "x-script-name",
+    "script-name",
+    "x-remote-user",
+    "remote-user",
+    "x-remote-addr",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-authenticated-user",
+    "x-webauth-user",
+    "x-user",
+    "x-email",
+];
+/// Prefixes of such headers (`X-Forwarded-For`, `-Host`, `-Proto`, `-Prefix`, `-User`, …,
+/// `X-Auth-Request-User`, `X-Remote-*`).
+const CLIENT_ROUTING_PREFIXES: &[&str] = &["x-forwarded-", "x-auth-request-", "x-remote-", "x-proxy-"];
+
+/// Whether `name` is a routing or identity header that only the gateway may set upstream.
+pub(crate) fn is_client_routing(name: &str) -> bool {
+    CLIENT_ROUTING.contains(&name) || CLIENT_ROUTING_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Removes the client's routing and identity headers and sets the configured ones.
+fn upstream_identity(cfg: &GatewayConfig, headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| is_client_routing(k.as_str())).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
+    for (n, v) in &cfg.upstream_headers {
+        headers.insert(n.clone(), v.clone());
+    }
+}
+
+impl GatewayState {
+    /// Sends a request to the upstream with the client's headers (hop-by-hop removed,
+    /// `Destination` mapped).
+    pub(crate) async fn forward(
+        &self,
+        parts: &Parts,
+        path: &str,
+        body: Option<reqwest::Body>,
+        skip: &[HeaderName],
+    ) -> Result<reqwest::Response, GatewayError> {
+        let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
+            .map_err(|_| GatewayError::MethodNotAllowed { message: "unsupported method", allow: None })?;
+        let mut headers = HeaderMap::new();
+        copy_headers(&parts.headers, &mut headers, false);
+        upstream_identity(&self.cfg, &mut headers);
+        for h in skip {
+            headers.remove(h);
+        }
+        if self.maps_hrefs() {
+            // Multistatus answers are rewritten then: they must come uncompressed.
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+        if let Some(dest) = parts.headers.get("destination") {
+            let dest = dest.to_str().map_err(|_| GatewayError::BadRequest("Destination is not valid text".into()))?;
+            match self.map_destination(dest) {
+                Some(d) => {
+                    headers.insert(
+                        "destination",
+                        HeaderValue::from_str(&d).map_err(|_| GatewayError::BadRequest("bad Destination".into()))?,
+                    );
+                }
+                None => {
+                    return Err(GatewayError::BadGateway(
+                        "Destination is outside this server, or not a safe path".into(),
+                    ));
+                }
+            }
+        }
+        let mut req = self.upstream.request(method, self.upstream_url(path, parts.uri.query())).headers(headers);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        req.send().await.map_err(|e| {
+            tracing::warn!(error = %e, "upstream request failed");
+            GatewayError::BadGateway("the WebDAV server behind this gateway did not answer".into())
+        })
+    }
+
+    /// The upstream form of a `Destination` header (absolute URL or path).
+    pub(crate) fn map_destination(&self, dest: &str) -> Option<String> {
+        let path = match url::Url::parse(dest) {
+            Ok(u) => u.path().to_owned(),
+            Err(_) => dest.to_owned(),
+        };
+        let up = self.cfg.to_upstream_path(&path)?;
+        Some(self.upstream_url(&up, None).to_string())
+    }
+
+    /// Turns an upstream response into ours: status, headers (hop-by-hop removed, `Location`
+    /// mapped back), body streamed.
+    pub(crate) async fn respond(&self, resp: reqwest::Response) -> Response {
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut headers = HeaderMap::new();
+        if status == StatusCode::MULTI_STATUS && self.maps_hrefs() {
+            // The upstream's hrefs are in its URL space: map them to ours (whole body needed).
+            copy_headers(resp.headers(), &mut headers, true);
+            self.map_location(&mut headers);
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                Err(_) => return GatewayError::BadGateway("the upstream's answer broke off".into()).into_response(),
+            };
+            let mapped = std::str::from_utf8(&body).ok().and_then(|t| self.map_body_hrefs(t));
+            return match mapped {
+                Some(m) => (status, headers, m).into_response(),
+                None => (status, headers, body).into_response(),
+            };
+        }
+        copy_headers(resp.headers(), &mut headers, false);
+        self.map_location(&mut headers);
+        let body = Body::from_stream(resp.bytes_stream().map_err(std::io::Error::other));
+        let mut out = Response::new(body);
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        out
+    }
+
+    /// Whether the upstream's URL space differs from ours, so hrefs in bodies need mapping.
+    pub(crate) fn maps_hrefs(&self) -> bool {
+        self.cfg.public_prefix() != self.cfg.upstream_prefix()
+    }
+
+    /// The public form of an upstream href (a path, or an absolute URL of the upstream).
+    fn public_href(&self, href: &str) -> Option<String> {
+        match url::Url::parse(href) {
+            Ok(u) if u.origin() == self.cfg.upstream.origin() => self.cfg.to_public_path(u.path()).map(|p| {
+                let mut pu = self.cfg.public_url.clone();
+                pu.set_path(&p);
+                pu.set_query(u.query());
+                pu.to_string()
+            }),
+            Ok(_) => None,
+            Err(_) => self.cfg.to_public_path(href),
+        }
+    }
+
+    pub(crate) fn map_body_hrefs(&self, body: &str) -> Option<String> {
+        match dav::map_hrefs(body, |h| self.public_href(h)) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream multistatus could not be parsed; hrefs not mapped");
+                None
+            }
+        }
+    }
+
+    fn map_location(&self, headers: &mut HeaderMap) {
+        let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
+        if let Some(m) = self.public_href(loc).and_then(|m| HeaderValue::from_str(&m).ok()) {
+            headers.insert(header::LOCATION, m);
+        }
+    }
+}
+
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| GatewayError::PayloadTooLarge("request body too large for this gateway"))
+}
+
+/// The request body for the upstream: streamed, or none at all when the client sent none (a
+/// chunked empty body would make e.g. MKCOL a request "with a body", which servers refuse).
+pub(crate) fn streamed(parts: &Parts, body: Body) -> Option<reqwest::Body> {
+    let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    has_body.then(|| reqwest::Body::wrap_stream(body.into_data_stream()))
+}
+
+/// May the requester read `up_path`? Asks the upstream with the requester's credentials.
+pub(crate) async fn check_read(
+    st: &GatewayState,
+    up_path: &str,
+    auth: Option<&HeaderValue>,
+) -> Result<(), GatewayError> {
+    let mut req = st
+        .upstream
+        .request(reqwest::Method::from_bytes(b"PROPFIND").expect("valid"), st.upstream_url(up_path, None))
+        .header("Depth", "0")
+        .header(header::CONTENT_TYPE, "application/xml; charset=utf-8")
+        .body(
+            r#"<?xml version="1.0" encoding="utf-8"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>"#,
+        );
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
+    let resp = req.send().await.map_err(|_| GatewayError::BadGateway("the WebDAV server did not answer".into()))?;
+    match resp.status().as_u16() {
+        200..=299 => Ok(()),
+        401 => Err(GatewayError::Unauthorized {
+            message: "authentication required",
+            challenges: resp.headers().get_all(header::WWW_AUTHENTICATE).iter().cloned().collect(),
+        }),
+        403 | 404 => Err(GatewayError::precondition("push-not-available", "you may not read this collection")),
+        // The upstream refused the request itself (a malformed path, a method it does not allow
+        // there): the client's error, passed on as such.
+        s @ 400..=499 => Err(GatewayError::UpstreamRefused(StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST))),
+        s => Err(GatewayError::BadGateway(format!("the WebDAV server answered {s}"))),
+    }
+}
