@@ -2,8 +2,8 @@
 //! request and maps the result; the WebSocket protocol ([`crate::session`]) calls the same methods.
 //!
 //! # Layout
-//! - [`limits`]: `Limits` and the checks of input against them.
-//! - [`error`]: `ServiceError`, its request field and its wire code.
+//! - `limits`: [`Limits`] and the checks of input against them.
+//! - `error`: [`ServiceError`], its request field and its wire code.
 //! - `subscribe`: grants, targets, subscribe, unsubscribe, closed connections, expiry.
 //! - `notify`: a Notify API request validated and handed to the transports.
 //! - `cluster`: publishing to and applying from the other nodes, resync.
@@ -19,8 +19,8 @@ use crate::transport::Transports;
 use crate::{Index, Metrics};
 
 mod cluster;
-pub mod error;
-pub mod limits;
+mod error;
+mod limits;
 mod notify;
 mod startup;
 mod subscribe;
