@@ -18,7 +18,9 @@
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
 //! - [`secrets`]: secret files, mode 0600.
-//! - [`service`]: `PushService`, the one entry point the HTTP layer calls.
+//! - [`service`]: `PushService`, the one entry point the HTTP layer calls (a folder: limits, error,
+//!   subscribe, notify, cluster, startup).
+//! - [`session`]: the WebSocket protocol, client frame in, server frame out, without a socket.
 //! - [`metrics`]: Prometheus metrics of the above.
 //!
 //! The design choice a reader may question: the notify path is synchronous. Lookup, filtering and
@@ -35,6 +37,7 @@ pub mod metrics;
 pub mod notification;
 pub mod secrets;
 pub mod service;
+pub mod session;
 pub mod store;
 pub mod subscription;
 pub mod transport;

@@ -27,17 +27,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, FcmUpstream, SubscriptionAuth};
 use crate::http;
-
-/// Shared state of all handlers.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    /// The routing core.
-    pub service: Arc<PushService>,
-    /// WebSocket connections of this process.
-    pub hub: Arc<Hub>,
-    /// Configuration.
-    pub config: Arc<Config>,
-}
+use crate::state::AppState;
 
 /// Starting failed.
 #[derive(Debug, thiserror::Error)]

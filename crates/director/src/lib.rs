@@ -3,9 +3,15 @@
 //!
 //! # Layout
 //! - [`config`]: defaults → TOML → `DAVPUSH_*` → flags; validation naming the key.
-//! - [`app`]: state, router, `serve(listener, state, shutdown)`, background sweeps, `spawn`.
+//! - [`app`]: start-up (`build`), router, `serve(listener, state, shutdown)`, background sweeps,
+//!   `spawn`.
+//! - `state`: [`AppState`], what handlers and connection tasks share.
 //! - [`http`]: one module per API; errors mapped to status + JSON in [`http::error`].
-//! - `ws`: the WebSocket connection task and the protocol's request handling.
+//! - `ws`: the WebSocket connection task; it only moves frames between the socket and
+//!   [`davpush_core::session`] (the protocol).
+//!
+//! No file imports one that imports it back: `app` → `http/*` → `ws` → `state` → `config`
+//! (→ `http/webdav_auth` → `http/error`).
 //!
 //! The HTTP layer only extracts and maps: every decision is made by
 //! [`davpush_core::PushService`], so other front ends (the WebDAV gateway, Redis fan-out) reuse it.
@@ -13,7 +19,9 @@
 pub mod app;
 pub mod config;
 pub mod http;
+mod state;
 mod ws;
 
-pub use app::{AppState, Running, build, router, serve, spawn};
+pub use app::{Running, build, router, serve, spawn};
 pub use config::{Config, ConfigError, RawConfig};
+pub use state::AppState;

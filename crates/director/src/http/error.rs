@@ -89,7 +89,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedVersion(_) => "unsupported_version",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::Service(e) => service_code(e),
+            ApiError::Service(e) => e.code(),
         }
     }
 
@@ -104,23 +104,6 @@ impl ApiError {
             _ => None,
         };
         ErrorBody { error: self.code().into(), message, field }
-    }
-}
-
-/// The error code of a domain error (shared with the WebSocket protocol's `error` frames).
-pub fn service_code(e: &ServiceError) -> &'static str {
-    match e {
-        ServiceError::Invalid { .. } => "invalid_request",
-        ServiceError::UnknownService(_) => "unknown_push_service",
-        ServiceError::ServiceDisabled(_) => "push_service_disabled",
-        ServiceError::InvalidTarget { .. } => "invalid_push_service",
-        ServiceError::LimitReached(LimitReached::PerClient(_)) => "too_many_subscriptions",
-        ServiceError::LimitReached(LimitReached::PerPrincipal(_)) => "too_many_subscriptions_per_token",
-        ServiceError::LimitReached(LimitReached::Total(_)) => "too_many_subscriptions_in_total",
-        ServiceError::Grant(davpush_proto::GrantError::Missing) => "grant_required",
-        ServiceError::Grant(_) => "grant_invalid",
-        ServiceError::NotFound => "not_found",
-        ServiceError::Store(_) => "unavailable",
     }
 }
 

@@ -13,7 +13,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// A JSON request body of type `T`.
 pub(crate) struct JsonBody<T>(pub(crate) T);

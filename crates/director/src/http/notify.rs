@@ -11,7 +11,7 @@ use davpush_proto::{NotifyRequest, NotifyResponse};
 use super::auth;
 use super::error::ApiError;
 use super::json::JsonBody;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub(crate) async fn notify(
     State(st): State<AppState>,

@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub(crate) async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
     match st.service.store().ping().await {

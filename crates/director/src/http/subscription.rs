@@ -9,7 +9,7 @@ use davpush_proto::{SubscribeRequest, SubscribeResponse, SubscriptionInfo, Unsub
 use super::auth;
 use super::error::ApiError;
 use super::json::JsonBody;
-use crate::app::AppState;
+use crate::state::AppState;
 
 async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<davpush_core::Principal, ApiError> {
     auth::check_subscription(&st.config.subscription_auth, headers, None).await.inspect_err(|_| {

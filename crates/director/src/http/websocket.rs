@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::auth;
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct WsQuery {

@@ -1,6 +1,6 @@
 //! WebSocket connections: [`run`] moves frames between the socket and the routing core;
-//! [`session`] decides what a client frame means (message in, reply out) and knows nothing of
-//! sockets.
+//! [`davpush_core::session`] decides what a client frame means (frame in, frame out) and knows
+//! nothing of sockets. What is left here is the transport: pings, timeouts and close codes.
 //!
 //! One task per connection, no reader/writer split and no channel: the task waits on either
 //! the socket or the connection's mailbox. Keep-alive pings are requested by one sweeper for all
@@ -10,8 +10,6 @@
 //! code saying why, then up to `write_timeout_secs` for the client's close frame, and only then
 //! the TCP connection is dropped (by the server first, as §7.1.1 asks). A client's close frame is
 //! answered with one carrying its code (§5.5.1).
-
-pub(crate) mod session;
 
 /// Upper bound for the size of one connection's task (its future), checked in debug builds:
 /// the task is held by every idle connection, so growth shows directly in memory per connection.
@@ -23,11 +21,12 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use davpush_core::live::{CloseReason, Connection};
-use davpush_proto::{PROTOCOL_VERSION, ServerFrame};
+use davpush_core::session::{self, Inbound};
+use davpush_proto::ServerFrame;
 use futures_util::{SinkExt, StreamExt};
 use tungstenite::error::{Error as WsError, ProtocolError};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Why the server closes a connection: the close code (RFC 6455 §7.4.1), its reason text and
 /// the `reason` label of `davpush_websocket_closed_total`.
@@ -158,11 +157,7 @@ pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Futu
 
 async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, write_timeout: Duration) -> End {
     {
-        let hello = text(&ServerFrame::Hello {
-            version: PROTOCOL_VERSION,
-            connection_id: conn.id().to_owned(),
-            ping_interval: st.config.websocket.ping_interval_secs,
-        });
+        let hello = text(&session::hello(conn, st.config.websocket.ping_interval_secs));
         if let Err(end) = Box::pin(send_one(socket, hello, write_timeout)).await {
             return end;
         }
@@ -208,13 +203,9 @@ async fn answer(
     msg: Message,
     write_timeout: Duration,
 ) -> Result<(), End> {
-    let reply = match msg {
-        Message::Text(t) => session::handle(st, conn, t.as_str()).await,
-        Message::Binary(_) => session::error(
-            None,
-            "unsupported_frame",
-            "binary frames are not part of the protocol; send JSON text frames",
-        ),
+    let frame = match &msg {
+        Message::Text(t) => Inbound::Text(t.as_str()),
+        Message::Binary(_) => Inbound::Binary,
         Message::Close(_) => {
             // The library has queued the answering close frame (same code, RFC 6455 §5.5.1);
             // flushing sends it and ends the connection.
@@ -223,6 +214,7 @@ async fn answer(
         }
         Message::Ping(_) | Message::Pong(_) => return Ok(()),
     };
+    let reply = session::handle(&st.service, conn, frame, davpush_core::unix_now()).await;
     send_one(socket, text(&reply), write_timeout).await
 }
 

@@ -1,0 +1,153 @@
+//! The notify path: a Notify API request is validated into notifications, which are handed to
+//! the transports without awaiting.
+
+use std::sync::Arc;
+
+use davpush_proto::{NotifyRequest, NotifyTopic};
+
+use crate::fanout::{ClusterEvent, WireNotification};
+use crate::notification::Exclusions;
+use crate::{Notification, PushMessage, PushService, ServiceError, ServiceKind, SubscriptionId};
+
+/// Result of a notify.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NotifyReport {
+    /// Topics processed.
+    pub topics: u64,
+    /// Subscriptions addressed, per service in [`ServiceKind::ALL`] order.
+    pub addressed: [u64; ServiceKind::ALL.len()],
+}
+
+impl NotifyReport {
+    /// Total addressed.
+    pub fn total(&self) -> u64 {
+        self.addressed.iter().sum()
+    }
+}
+
+impl PushService {
+    /// Validates a Notify API request into notifications and exclusions.
+    pub fn parse_notify(&self, req: NotifyRequest) -> Result<(Vec<Notification>, Exclusions), ServiceError> {
+        let check_token = |field: &str, t: &Option<String>| -> Result<(), ServiceError> {
+            match t {
+                Some(t) if t.len() > self.limits.max_sync_token_len => Err(ServiceError::Invalid {
+                    field: field.into(),
+                    message: format!("is longer than {} bytes", self.limits.max_sync_token_len),
+                }),
+                _ => Ok(()),
+            }
+        };
+        check_token("sync_token", &req.sync_token)?;
+        let mut out = Vec::new();
+        if let Some(t) = &req.topic {
+            out.push(Notification {
+                topic: self.topic("topic", t)?,
+                sync_token: req.sync_token.clone(),
+                trigger: req.trigger,
+            });
+        }
+        if let Some(list) = req.topics {
+            if list.len() + out.len() > self.limits.max_topics_per_notify {
+                return Err(ServiceError::Invalid {
+                    field: "topics".into(),
+                    message: format!("has more than {} entries", self.limits.max_topics_per_notify),
+                });
+            }
+            for (i, entry) in list.into_iter().enumerate() {
+                let field = format!("topics[{i}]");
+                out.push(match entry {
+                    NotifyTopic::Plain(t) => Notification {
+                        topic: self.topic(&field, &t)?,
+                        sync_token: req.sync_token.clone(),
+                        trigger: req.trigger,
+                    },
+                    NotifyTopic::Detailed(e) => {
+                        check_token(&format!("{field}.sync_token"), &e.sync_token)?;
+                        Notification {
+                            topic: self.topic(&format!("{field}.topic"), &e.topic)?,
+                            sync_token: e.sync_token.or_else(|| req.sync_token.clone()),
+                            trigger: e.trigger.or(req.trigger),
+                        }
+                    }
+                });
+            }
+        }
+        if out.is_empty() {
+            return Err(ServiceError::Invalid {
+                field: "topic".into(),
+                message: "is required (or a non-empty `topics`)".into(),
+            });
+        }
+        if req.exclude.len() > self.limits.max_exclude {
+            return Err(ServiceError::Invalid {
+                field: "exclude".into(),
+                message: format!("has more than {} entries", self.limits.max_exclude),
+            });
+        }
+        let exclude = req
+            .exclude
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SubscriptionId::parse(s, 64).map_err(|e| ServiceError::invalid(format!("exclude[{i}]"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((out, Exclusions::new(exclude)))
+    }
+
+    /// Delivers notifications to the subscribers of their topics. Never blocks and never awaits:
+    /// each transport only queues.
+    /// In a cluster, the notifications are also published (once) for the other nodes' WebSocket
+    /// connections; this node alone serves durable subscriptions.
+    pub fn notify(&self, notifications: Vec<Notification>, exclude: &Exclusions, now: i64) -> NotifyReport {
+        if self.fanout.is_some() {
+            self.publish(ClusterEvent::Notify {
+                notifications: notifications
+                    .iter()
+                    .map(|n| WireNotification {
+                        topic: n.topic.to_string(),
+                        sync_token: n.sync_token.clone(),
+                        trigger: n.trigger,
+                    })
+                    .collect(),
+                exclude: exclude.ids().iter().map(ToString::to_string).collect(),
+            });
+        }
+        self.deliver(notifications, exclude, now, true)
+    }
+
+    /// Hands notifications to the transports: all of them, or (`durable == false`) only those
+    /// that reach connections of this process.
+    pub(super) fn deliver(
+        &self,
+        notifications: Vec<Notification>,
+        exclude: &Exclusions,
+        now: i64,
+        durable: bool,
+    ) -> NotifyReport {
+        let mut report = NotifyReport::default();
+        for n in notifications {
+            report.topics += 1;
+            if durable {
+                self.metrics.notifications.inc();
+            }
+            let recipients = self.index.recipients_for(&n.topic, now, exclude, n.trigger);
+            if recipients.is_empty() {
+                continue;
+            }
+            let message = Arc::new(PushMessage::new(n));
+            for (kind, subs) in recipients {
+                if !durable && kind != ServiceKind::WebSocket {
+                    continue;
+                }
+                let Some(t) = self.transports.get(kind) else {
+                    continue;
+                };
+                let d = t.dispatch(&message, &subs);
+                report.addressed[kind.index()] += subs.len() as u64;
+                self.metrics.delivered(kind, "queued", d.queued);
+                self.metrics.delivered(kind, "coalesced", d.coalesced);
+                self.metrics.delivered(kind, "dropped", d.dropped);
+            }
+        }
+        report
+    }
+}

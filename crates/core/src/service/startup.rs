@@ -1,0 +1,134 @@
+//! Start and stop: the index rebuilt from the store, topic memberships re-announced, pending
+//! deliveries handed back to their transports; transports stopped.
+
+use std::sync::Arc;
+
+use crate::store::{PendingDelivery, StoreError, StoredSubscription};
+use crate::{ClientId, PushService, ServiceKind, Subscription, SubscriptionId, Topic, Triggers};
+
+impl PushService {
+    /// Turns a stored row into a subscription, if its push service is enabled and its target valid.
+    pub(super) fn restore(&self, row: &StoredSubscription) -> Option<Subscription> {
+        let kind: ServiceKind = row.service.parse().ok()?;
+        let transport = self.transports.get(kind)?;
+        let params: serde_json::Value = serde_json::from_str(&row.target).ok()?;
+        let target = transport.parse_target(&params).ok()?;
+        Some(Subscription {
+            id: SubscriptionId::parse(&row.id, 64).ok()?,
+            client_id: ClientId::parse(&row.client_id, usize::MAX).ok()?,
+            topic: Topic::parse(&row.topic, usize::MAX).ok()?,
+            target,
+            expires: row.expires,
+            triggers: Triggers::from_bits(row.triggers),
+        })
+    }
+
+    /// Rebuilds the index from the store (at start). Returns how many subscriptions were loaded.
+    pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
+        let rows = self.store.load(now).await?;
+        let mut n = 0;
+        let mut members = Vec::new();
+        for row in rows {
+            let restored = self.restore(&row);
+            match restored {
+                Some(sub) => {
+                    if let Ok((sub, _)) = self.index.insert(sub, usize::MAX) {
+                        n += 1;
+                        if self.transports.get(sub.kind()).is_some_and(|t| t.tracks_membership()) {
+                            members.push(sub);
+                        }
+                    }
+                }
+                None => tracing::warn!(
+                    subscription = %row.id, service = %row.service,
+                    "stored subscription not loaded: its push service is disabled or its target invalid"
+                ),
+            }
+        }
+        // Topic memberships at the push service are re-announced (idempotent, batched by the
+        // transport): a Director switched to topic mode, or one whose last changes were lost in
+        // a crash, thus converges without clients subscribing again.
+        let mut announced = std::collections::HashSet::new();
+        for sub in members {
+            if announced.insert((sub.kind(), sub.topic.clone(), sub.target.to_json()))
+                && let Some(t) = self.transports.get(sub.kind())
+            {
+                t.added(&sub).await;
+            }
+        }
+        let pending = self.store.load_pending().await?;
+        let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> = vec![Vec::new(); ServiceKind::ALL.len()];
+        let mut stale = Vec::new();
+        for p in pending {
+            match SubscriptionId::parse(&p.subscription_id, 64).ok().and_then(|id| self.index.get(&id)) {
+                Some(sub) => by_kind[sub.kind().index()].push((sub, p)),
+                None => stale.push(p.subscription_id),
+            }
+        }
+        if !stale.is_empty() {
+            self.store.delete_pending(&stale).await?;
+        }
+        for (kind, list) in ServiceKind::ALL.into_iter().zip(by_kind) {
+            if let (false, Some(t)) = (list.is_empty(), self.transports.get(kind)) {
+                tracing::info!(service = %kind, deliveries = list.len(), "pending deliveries restored");
+                t.restore(list).await;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Stops the transports; deliveries still pending are kept in the store for the next start.
+    pub async fn shutdown(&self) {
+        if let Some(f) = &self.fanout {
+            f.close();
+        }
+        for kind in self.transports.enabled().collect::<Vec<_>>() {
+            if let Some(t) = self.transports.get(kind) {
+                t.shutdown().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::testing::Members;
+    use crate::store::{StoredSubscription, SubscriptionStore};
+    use crate::transport::Transports;
+    use crate::{Limits, MemoryStore, Metrics, PushService, SubscriptionId};
+
+    #[tokio::test]
+    async fn memberships_are_announced_again_at_start_once_per_topic_and_token() {
+        let store = Arc::new(MemoryStore::default());
+        for (id, client, topic, token) in [("a", "c1", "t1", "tok"), ("b", "c2", "t1", "tok"), ("c", "c3", "t2", "tok")]
+        {
+            store
+                .upsert(&StoredSubscription {
+                    id: format!("{id}-{}", SubscriptionId::random()),
+                    client_id: client.into(),
+                    topic: topic.into(),
+                    service: "fcm".into(),
+                    target: format!("\"{token}\""),
+                    expires: i64::MAX / 2,
+                    created: 0,
+                    triggers: 3,
+                })
+                .await
+                .unwrap();
+        }
+        let members = Arc::new(Members::default());
+        let svc = PushService::new(
+            store,
+            Transports::default().with(members.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(svc.load(0).await.unwrap(), 3);
+        let mut log: Vec<String> =
+            members.log.lock().unwrap().iter().map(|(op, t, p)| format!("{op} {t} {p}")).collect();
+        log.sort();
+        assert_eq!(log, ["add t1 \"tok\"", "add t2 \"tok\""], "two clients sharing a token join once");
+    }
+}

@@ -1,0 +1,19 @@
+//! [`AppState`]: what every handler and connection task shares. Built by [`crate::build`].
+
+use std::sync::Arc;
+
+use davpush_core::PushService;
+use davpush_core::live::Hub;
+
+use crate::config::Config;
+
+/// Shared state of all handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The routing core.
+    pub service: Arc<PushService>,
+    /// WebSocket connections of this process.
+    pub hub: Arc<Hub>,
+    /// Configuration.
+    pub config: Arc<Config>,
+}
