@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use davpush_client::{DirectorClient, DirectorError};
 use davpush_gateway::config::{GatewayOverrides, RawGatewayConfig};
 use davpush_gateway::topic::{canonical_path, parent_path};
 use davpush_gateway::{GatewayConfig, app};
@@ -216,19 +218,27 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
         })]),
         ..Default::default()
     };
-    let url = format!("{}/notify", raw.director_url.trim_end_matches('/'));
-    let result = reqwest::Client::new().post(&url).bearer_auth(token).json(&req).send().await;
-    match result {
-        Ok(r) if r.status().is_success() => {
-            println!("{}", r.text().await.unwrap_or_default());
+    let director = match url::Url::parse(&raw.director_url)
+        .map_err(|e| e.to_string())
+        .and_then(|u| DirectorClient::new(u, Duration::from_secs(30)).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d.notify_token(token),
+        Err(e) => {
+            eprintln!("davpush: `director_url` {}: {e}", raw.director_url);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match director.notify(&req).await {
+        Ok(answer) => {
+            println!("{}", serde_json::to_string(&answer).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Ok(r) => {
-            eprintln!("davpush: the Director answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+        Err(e @ DirectorError::Refused { .. }) => {
+            eprintln!("davpush: {e}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("davpush: cannot reach the Director at {url}: {e}");
+            eprintln!("davpush: cannot reach the Director at {}: {e}", raw.director_url);
             ExitCode::from(69) // EX_UNAVAILABLE
         }
     }

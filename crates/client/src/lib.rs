@@ -26,6 +26,8 @@
 //! # Layout
 //! - [`discovery`]: `OPTIONS` + `PROPFIND` of the push properties; [`Credentials`], [`Collection`].
 //! - [`client`]: [`PushClient`], its options and [`Event`]s.
+//! - [`director`]: [`DirectorClient`], the Director's HTTP APIs (info, subscribe, unsubscribe,
+//!   notify), as the gateway, `davpush notify` and the load tool use them.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`error`]: [`Error`], classified by the part that failed.
 //!
@@ -41,10 +43,12 @@
 
 pub mod backoff;
 pub mod client;
+pub mod director;
 pub mod discovery;
 pub mod error;
 
 pub use client::{ClientOptions, DirectorAuth, Event, PushClient, Update};
 pub use davpush_proto::Trigger;
+pub use director::{DirectorClient, DirectorError};
 pub use discovery::{Collection, Credentials, Discovery, SubscriptionAuth};
 pub use error::Error;

@@ -17,7 +17,6 @@
 //! - [`topic`]: canonical collection paths and their keyed topics.
 //! - [`registration`]: self-authenticating registration URLs, owners, `Push-Dont-Notify`.
 //! - [`notifier`]: the bounded queue of change notifications to the Director.
-//! - [`director`]: the client of the Director's APIs.
 //! - `web`: the browser module, the demo calendar, WebSocket tickets and the WebSocket proxy.
 //!
 //! The choice a reader may question: registrations are not stored by the gateway. A
@@ -27,7 +26,6 @@
 pub mod app;
 pub mod config;
 pub mod dav;
-pub mod director;
 pub mod error;
 pub mod methods;
 pub mod notifier;

@@ -12,9 +12,9 @@ use davpush_proto::{NotifyRequest, NotifyTopic, Trigger};
 use reqwest::header::HeaderValue;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::director::{DirectorClient, DirectorError};
 use crate::topic::TopicKey;
 use crate::xml::{self, DAV};
+use davpush_client::{DirectorClient, DirectorError};
 
 /// Notifications handled concurrently.
 const CONCURRENCY: usize = 16;
@@ -111,7 +111,7 @@ async fn deliver(parts: &NotifierParts, job: Job) {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=parts.attempts {
         match parts.director.notify(&req).await {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(DirectorError::Refused { status, body }) if (400..500).contains(&status) && status != 429 => {
                 tracing::error!(status, error = %body.message, "the Director refused a change notification");
                 return;

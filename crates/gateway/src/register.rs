@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use davpush_proto::{SubscribeRequest, Trigger, UnsubscribeRequest};
 
 use crate::dav::{self, RegisterError};
-use crate::director::DirectorError;
 use crate::error::GatewayError;
 use crate::registration::{self, Registration};
 use crate::state::{GatewayState, unix_now};
 use crate::topic::canonical_path;
 use crate::upstream::check_read;
+use davpush_client::DirectorError;
 
 pub(crate) async fn register(
     st: &GatewayState,

@@ -9,8 +9,8 @@ use davpush_proto::DirectorInfo;
 
 use crate::config::GatewayConfig;
 use crate::dav::PushValues;
-use crate::director::DirectorClient;
 use crate::notifier::{Notifier, NotifierParts};
+use davpush_client::DirectorClient;
 
 /// Shared state of the gateway.
 #[derive(Clone, Debug)]
@@ -30,6 +30,9 @@ pub enum StartError {
     /// An HTTP client could not be built.
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The Director's client could not be set up.
+    #[error(transparent)]
+    Director(davpush_client::DirectorError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -60,12 +63,13 @@ impl GatewayState {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()?;
-        let director = DirectorClient::new(
-            cfg.director_url.clone(),
-            cfg.notify_token.clone(),
-            cfg.subscription_token.clone(),
-            cfg.timeout,
-        )?;
+        let director = DirectorClient::new(cfg.director_url.clone(), cfg.timeout)
+            .map_err(|e| match e {
+                davpush_client::DirectorError::Unreachable(e) => StartError::Http(e),
+                other => StartError::Director(other),
+            })?
+            .notify_token(cfg.notify_token.clone())
+            .subscription_token(cfg.subscription_token.clone());
         let notifier = Notifier::start(
             NotifierParts {
                 upstream_http: upstream.clone(),

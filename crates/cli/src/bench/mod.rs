@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use davpush_proto::notify::TopicEntry;
-use davpush_proto::{
-    ClientFrame, NotifyRequest, NotifyResponse, NotifyTopic, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame,
-};
+use davpush_proto::{ClientFrame, NotifyRequest, NotifyTopic, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};

@@ -99,7 +99,8 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     }
 
     let http = http_client(args.notify_concurrency as usize + 2)?;
-    let target = Arc::new(Target { base, http, notify_token });
+    let director = davpush_client::DirectorClient::with_http(base.clone(), http.clone()).notify_token(notify_token);
+    let target = Arc::new(Target { base, http, director });
     let run = run_id();
     let topics: Box<[String]> = (0..args.topics).map(|i| format!("bench-{run}-{i}")).collect();
     let grants: Box<[Option<String>]> = match &args.grant_key_file {
@@ -118,9 +119,8 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if before.is_none() {
         progress!("the Director serves no /metrics (server.metrics = false): memory is not measured");
     }
-    let notify_url = target.endpoint("notify")?;
     let probe = notify_body(vec![(format!("bench-{run}-probe"), "P0".into())]);
-    post_notify(&target.http, &notify_url, &target.notify_token, probe).await.map_err(|e| anyhow!("{e}"))?;
+    target.director.notify_bytes(probe).await.map_err(|e| anyhow!("POST /notify: {e}"))?;
 
     // Phase 2: connections.
     let mut ws_url = target.endpoint("ws")?;
@@ -281,9 +281,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         round.start_ns.store(start, Relaxed);
         let mut addressed = 0;
         for body in bodies {
-            let resp = post_notify(&target.http, &notify_url, &target.notify_token, body)
-                .await
-                .map_err(|e| anyhow!("fan-out: {e}"))?;
+            let resp = target.director.notify_bytes(body).await.map_err(|e| anyhow!("fan-out: POST /notify: {e}"))?;
             addressed += resp.addressed;
         }
         let response_ms = (sh.now_ns() - start) as f64 / 1e6;
@@ -316,7 +314,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let mut last_scrape = after_fanout;
     if planned > 0 {
         progress!("sustained: {} notifications/s for {} s ({planned} notifications)", args.rate, args.duration);
-        let mut st = sustained(&args, &target, &notify_url, &cs, &sh, &subs_per_topic, planned).await;
+        let mut st = sustained(&args, &target, &cs, &sh, &subs_per_topic, planned).await;
         // Flush the per-task buffers, then wait for the rest.
         set_phase(&sh, &wakes, PHASE_DRAIN);
         st.drain_end = wait_for(st.expected, drain, || sh.sustained.count()).await;
@@ -359,7 +357,6 @@ pub(super) fn st_start_ns(sh: &Shared) -> u64 {
 pub(super) async fn sustained(
     args: &BenchArgs,
     target: &Arc<Target>,
-    notify_url: &reqwest::Url,
     cs: &ConnSetup,
     sh: &Shared,
     subs_per_topic: &[u64],
@@ -435,13 +432,12 @@ pub(super) async fn sustained(
                 st.batched_requests += 1;
             }
             let target = target.clone();
-            let url = notify_url.clone();
             inflight.spawn(async move {
-                let r = post_notify(&target.http, &url, &target.notify_token, body).await;
+                let r = target.director.notify_bytes(body).await;
                 drop(permit);
                 match r {
                     Ok(resp) => Outcome { expected, addressed: resp.addressed, error: None },
-                    Err(e) => Outcome { expected: 0, addressed: 0, error: Some(e.to_string()) },
+                    Err(e) => Outcome { expected: 0, addressed: 0, error: Some(format!("POST /notify: {e}")) },
                 }
             });
         }

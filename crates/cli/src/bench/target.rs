@@ -9,7 +9,8 @@ use super::*;
 pub(super) struct Target {
     pub(super) base: reqwest::Url,
     pub(super) http: reqwest::Client,
-    pub(super) notify_token: String,
+    /// The Director's API client (on `http`'s connection pool) with the notify token.
+    pub(super) director: davpush_client::DirectorClient,
 }
 
 impl Target {
