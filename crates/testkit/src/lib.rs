@@ -7,6 +7,7 @@
 //! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
 //!   `radicale`), and the Web Push oracle script.
 //! - [`radicale`]: a real Radicale CalDAV/CardDAV server on loopback, per test.
+//! - [`redis_server`]: a `redis-server` of the test's own, for tests that kill and restart Redis.
 //! - [`services`]: the real PostgreSQL (a scratch schema per test) and Redis of the scale-out tests.
 //!
 //! Everything binds to 127.0.0.1 on free ports. In CI (`CI=true`) a missing tool fails the test;
@@ -17,6 +18,7 @@ pub mod browser;
 pub mod fake_push;
 pub mod python;
 pub mod radicale;
+pub mod redis_server;
 pub mod services;
 
 /// Waits until `cond` holds, polling every 20 ms for at most 10 s; panics naming `what`.
