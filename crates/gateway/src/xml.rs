@@ -129,7 +129,12 @@ impl Element {
 
 fn ns_of(r: &ResolveResult<'_>) -> Result<Option<String>, XmlError> {
     match r {
-        ResolveResult::Bound(ns) => Ok(Some(String::from_utf8_lossy(ns.0.as_bytes()).into_owned())),
+        // quick-xml hands the declaration's value as written: resolve its references.
+        ResolveResult::Bound(ns) => {
+            let raw = String::from_utf8_lossy(ns.0.as_bytes());
+            let name = quick_xml::escape::unescape(&raw).map_err(|e| XmlError(format!("namespace name: {e}")))?;
+            Ok(Some(name.into_owned()))
+        }
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Unknown(p) => Err(XmlError(format!("undeclared namespace prefix `{p}`"))),
     }
@@ -355,6 +360,22 @@ mod tests {
         assert_eq!(prop.child("urn:other", "plain").unwrap().attr("attr"), Some("v<"));
         let again = parse(&serialize(&root)).unwrap();
         assert_eq!(again, root);
+    }
+
+    /// Issue 9 (fuzzing, target `xml_tree`): a namespace name written with a reference
+    /// (`&gt;`, `&#58;`) was kept escaped, so the element was in another namespace than the one
+    /// declared, and every serialization escaped it once more.
+    #[test]
+    fn issue_9_namespace_names_are_unescaped_and_round_trip() {
+        let src = r#"<d:multistatus xmlns:d="DAV&#58;" xmlns:x="urn:a&gt;b&amp;c"><x:p/></d:multistatus>"#;
+        let root = parse(src).unwrap();
+        assert!(root.is(DAV, "multistatus"), "{root:?}");
+        assert!(root.child("urn:a>b&c", "p").is_some(), "{root:?}");
+        let once = serialize(&root);
+        let again = parse(&once).unwrap();
+        assert_eq!(again, root);
+        assert_eq!(serialize(&again), once);
+        assert!(parse(r#"<a xmlns="urn:&bogus;"/>"#).is_err(), "an unknown entity in a namespace name");
     }
 
     #[test]
