@@ -173,6 +173,9 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError("elements nested too deeply".into()));
                 }
+                if e.local_name().as_ref().is_empty() {
+                    return Err(XmlError("an element without a name".into()));
+                }
                 let mut el = Element { ns, name: e.local_name().as_ref().to_owned(), ..Default::default() };
                 for a in e.attributes() {
                     let a = a.map_err(|e| XmlError(e.to_string()))?;
@@ -376,6 +379,15 @@ mod tests {
         assert_eq!(again, root);
         assert_eq!(serialize(&again), once);
         assert!(parse(r#"<a xmlns="urn:&bogus;"/>"#).is_err(), "an unknown entity in a namespace name");
+    }
+
+    /// Issue 9 (fuzzing, target `xml_tree`): `<` and `/>` around whitespace were read as an
+    /// element without a name, which serialized as `</>`.
+    #[test]
+    fn issue_9_elements_without_a_name_are_errors() {
+        for bad in ["<\n/>", "<a><\n/></a>", "<a xmlns:x='urn:x'><x:/></a>"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
