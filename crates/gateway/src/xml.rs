@@ -18,6 +18,11 @@ pub const PUSH: &str = "https://bitfire.at/webdav-push";
 /// davpush's own namespace for what the draft's *Service detection* asks for and the spec lacks.
 pub const DAVPUSH: &str = "urn:davpush:1";
 
+/// The namespace of the predeclared `xml` prefix (`xml:lang`).
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of `xmlns` declarations, which no element or attribute may be in.
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+
 /// Maximum element nesting accepted (bodies are small; deeper is an attack or an error).
 const MAX_DEPTH: usize = 64;
 
@@ -173,8 +178,9 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError("elements nested too deeply".into()));
                 }
-                if e.local_name().as_ref().is_empty() {
-                    return Err(XmlError("an element without a name".into()));
+                check_name(e.local_name().as_ref())?;
+                if ns.as_deref() == Some(XMLNS_NS) {
+                    return Err(XmlError("an element with the reserved prefix `xmlns`".into()));
                 }
                 let mut el = Element { ns, name: e.local_name().as_ref().to_owned(), ..Default::default() };
                 for a in e.attributes() {
@@ -184,6 +190,7 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                     }
                     let (r, local) = reader.resolver_mut().resolve_attribute(a.key);
                     let ans = ns_of(&r)?;
+                    check_name(local.as_ref())?;
                     let value = a.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(err)?.into_owned();
                     el.attrs.push(Attr { ns: ans, name: local.as_ref().to_owned(), value });
                 }
@@ -232,6 +239,19 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
     root.ok_or_else(|| XmlError("no root element".into()))
 }
 
+/// A local name must be an XML name: quick-xml takes whatever stands between `<` and the first
+/// space or `/`, `>`. ASCII is checked exactly; other characters are let through.
+fn check_name(name: &str) -> Result<(), XmlError> {
+    let start_ok = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+    let ok = match name.as_bytes().split_first() {
+        Some((&first, rest)) => {
+            start_ok(first) && rest.iter().all(|&b| start_ok(b) || b.is_ascii_digit() || b == b'-' || b == b'.')
+        }
+        None => false,
+    };
+    if ok { Ok(()) } else { Err(XmlError(format!("`{name}` is not an XML name"))) }
+}
+
 fn push_text(parent: &mut Element, s: &str) {
     if let Some(Node::Text(t)) = parent.children.last_mut() {
         t.push_str(s);
@@ -263,6 +283,7 @@ fn collect_ns(e: &Element, out: &mut BTreeMap<String, String>) {
             && !out.contains_key(ns)
         {
             let prefix = match ns.as_str() {
+                XML_NS => "xml".to_owned(),
                 DAV => "D".to_owned(),
                 PUSH => "P".to_owned(),
                 DAVPUSH => "X".to_owned(),
@@ -291,7 +312,8 @@ fn write_el(e: &Element, prefixes: &BTreeMap<String, String>, root: bool, out: &
     out.push('<');
     out.push_str(&qname);
     if root {
-        for (ns, p) in prefixes {
+        // `xml` is bound by definition (and may not be declared to anything else).
+        for (ns, p) in prefixes.iter().filter(|(ns, _)| *ns != XML_NS) {
             let _ = write!(out, " xmlns:{p}=\"");
             escape(ns, out);
             out.push('"');
@@ -387,6 +409,24 @@ mod tests {
     fn issue_9_elements_without_a_name_are_errors() {
         for bad in ["<\n/>", "<a><\n/></a>", "<a xmlns:x='urn:x'><x:/></a>"] {
             assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Issue 9 (fuzzing, target `xml_tree`): `xml:lang` (common on `DAV:displayname`) was
+    /// serialized with a new prefix bound to the XML namespace, which no parser accepts; and
+    /// names that are not XML names, or elements in the `xmlns` namespace, were accepted.
+    #[test]
+    fn issue_9_xml_lang_round_trips_and_names_are_checked() {
+        let src = r#"<D:displayname xmlns:D="DAV:" xml:lang="en">Work</D:displayname>"#;
+        let root = parse(src).unwrap();
+        let once = serialize(&root);
+        assert!(once.contains(r#" xml:lang="en""#) && !once.contains("xmlns:xml"), "{once}");
+        assert_eq!(parse(&once).unwrap(), root);
+        for bad in ["<xmlns:n/>", "<n/|?/>", "<a b|c='1'/>", "<1a/>"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["<a-b.c_1/>", "<_a/>", "<é/>"] {
+            assert!(parse(good).is_ok(), "{good:?}");
         }
     }
 
