@@ -3,29 +3,36 @@
 //!
 //! Two channels, `<prefix>:notify` and `<prefix>:subscriptions` ([`Channel`]), carry
 //! [`ClusterMessage`]s that [`davpush_core::PushService`] serialized once. [`Fanout::publish`]
-//! only queues (bounded); a publisher task sends each message with one `PUBLISH` over a
-//! reconnecting connection. A subscriber task reads both channels, skips this node's own
-//! messages and hands the others to the caller's [`Inbound`] receiver; after it had to
-//! reconnect it also hands [`Received::Resubscribed`], since messages may have been missed
-//! meanwhile (the caller then re-reads the store).
+//! only queues (bounded); a publisher task sends each message with one `PUBLISH`. A subscriber
+//! task reads both channels, skips this node's own messages and hands the others to the caller's
+//! [`Inbound`] receiver; after it had to reconnect it also hands [`Received::Resubscribed`],
+//! since messages may have been missed meanwhile (the caller then re-reads the store).
 //!
-//! While Redis is unreachable, nothing blocks: this node still delivers what it receives, and
-//! each message it could not publish is logged and counted
-//! (`davpush_cluster_messages_total{outcome="failed"}`).
+//! While Redis is unreachable, nothing blocks: this node still delivers what it receives. The
+//! design choice a reader may question: the publisher does not trust its connection until a
+//! `PUBLISH` fails. It `PING`s it when idle, and a message whose `PUBLISH` fails is sent again on
+//! a new connection for up to [`ClusterSettings::publish_retry`]; only then is it logged and
+//! counted (`davpush_cluster_messages_total{outcome="failed"}`). So a Redis restart loses no
+//! message sent once Redis is back (issue 9), at the price of a possible duplicate.
 //!
 //! # Layout
-//! Everything is here: [`ClusterSettings`], [`RedisFanout::start`], the publisher and the
-//! subscriber tasks.
+//! - here: [`ClusterSettings`], [`RedisFanout::start`] and its [`Fanout`] side (the bounded queue);
+//! - `publisher`: the publisher task (ping, reconnect, retry);
+//! - `subscriber`: the subscriber task.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use davpush_core::{Channel, ClusterMessage, Fanout, Metrics};
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+use publisher::{Outgoing, Publisher};
+use subscriber::Subscriber;
+
+mod publisher;
+mod subscriber;
 
 /// Shortest wait before reconnecting to Redis.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -48,6 +55,11 @@ pub struct ClusterSettings {
     /// How long [`RedisFanout::start`] waits for the first subscription before going on
     /// (it keeps trying in the background).
     pub ready_timeout: Duration,
+    /// How often the idle publishing connection is checked with a `PING`.
+    pub ping_interval: Duration,
+    /// How long a message that could not be published is tried again (on new connections)
+    /// before it is given up and counted `failed`.
+    pub publish_retry: Duration,
 }
 
 /// Joining the cluster failed.
@@ -71,7 +83,7 @@ pub type Inbound = mpsc::Receiver<Received>;
 #[derive(Debug)]
 pub struct RedisFanout {
     node_id: String,
-    queue: mpsc::Sender<(Channel, Bytes)>,
+    queue: mpsc::Sender<Outgoing>,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
 }
@@ -87,7 +99,17 @@ impl RedisFanout {
         let (inbound_tx, inbound) = mpsc::channel(settings.queue.max(1));
         let (stop, stopped) = watch::channel(false);
         let (ready_tx, ready) = oneshot::channel();
-        tokio::spawn(publish_loop(client.clone(), names.clone(), outgoing, metrics.clone(), stopped.clone()));
+        let publisher = Publisher {
+            client: client.clone(),
+            names: names.clone(),
+            client_name: format!("{}:{}:publisher", settings.channel_prefix, settings.node_id),
+            outgoing,
+            metrics: metrics.clone(),
+            stop: stopped.clone(),
+            ping_interval: settings.ping_interval,
+            publish_retry: settings.publish_retry,
+        };
+        tokio::spawn(publisher.run());
         let sub = Subscriber {
             client,
             names,
@@ -116,7 +138,7 @@ impl Fanout for RedisFanout {
     }
 
     fn publish(&self, channel: Channel, payload: Bytes) -> bool {
-        match self.queue.try_send((channel, payload)) {
+        match self.queue.try_send(Outgoing { channel, payload, queued: Instant::now() }) {
             Ok(()) => true,
             Err(e) => {
                 self.metrics.cluster(channel.as_str(), "dropped");
@@ -133,149 +155,6 @@ impl Fanout for RedisFanout {
 
 fn next_backoff(b: Duration) -> Duration {
     (b * 2).min(MAX_BACKOFF)
-}
-
-/// Sends queued messages, one `PUBLISH` each, reconnecting with backoff.
-async fn publish_loop(
-    client: redis::Client,
-    names: [String; 2],
-    mut outgoing: mpsc::Receiver<(Channel, Bytes)>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut conn: Option<ConnectionManager> = None;
-    let mut backoff = MIN_BACKOFF;
-    let mut retry_at = Instant::now();
-    let mut failing = false;
-    loop {
-        let (channel, payload) = tokio::select! {
-            m = outgoing.recv() => match m { Some(m) => m, None => return },
-            _ = stop.changed() => return,
-        };
-        if conn.is_none() && Instant::now() >= retry_at {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(IO_TIMEOUT))
-                .set_response_timeout(Some(IO_TIMEOUT))
-                .set_number_of_retries(1);
-            match tokio::time::timeout(IO_TIMEOUT, client.get_connection_manager_with_config(config)).await {
-                Ok(Ok(c)) => {
-                    conn = Some(c);
-                    backoff = MIN_BACKOFF;
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect to Redis to publish"),
-                Err(_) => tracing::debug!("connecting to Redis to publish timed out"),
-            }
-            if conn.is_none() {
-                retry_at = Instant::now() + backoff;
-                backoff = next_backoff(backoff);
-            }
-        }
-        let name = &names[channel as usize];
-        let result = match conn.as_mut() {
-            // The connection manager reconnects by itself after an error.
-            Some(c) => redis::cmd("PUBLISH").arg(name).arg(payload.as_ref()).query_async::<i64>(c).await,
-            None => Err(redis::RedisError::from(std::io::Error::other("not connected"))),
-        };
-        match result {
-            Ok(_) => {
-                metrics.cluster(channel.as_str(), "published");
-                if std::mem::take(&mut failing) {
-                    tracing::info!("publishing to the cluster works again");
-                }
-            }
-            Err(e) => {
-                metrics.cluster(channel.as_str(), "failed");
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(
-                        error = %e, channel = %name,
-                        "cannot publish to the cluster; other nodes miss messages until Redis is back"
-                    );
-                }
-            }
-        }
-    }
-}
-
-struct Subscriber {
-    client: redis::Client,
-    names: [String; 2],
-    node_id: String,
-    inbound: mpsc::Sender<Received>,
-    metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
-}
-
-impl Subscriber {
-    /// Subscribes, forwards messages, and on a lost connection subscribes again with backoff.
-    async fn run(mut self, ready: oneshot::Sender<()>) {
-        let mut ready = Some(ready);
-        let mut backoff = MIN_BACKOFF;
-        let mut joined_before = false;
-        loop {
-            let attempt = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(&self.names[..]).await?;
-                Ok::<_, redis::RedisError>(ps)
-            };
-            let attempt = tokio::select! {
-                r = tokio::time::timeout(IO_TIMEOUT, attempt) => r,
-                _ = self.stop.changed() => return,
-            };
-            match attempt {
-                Ok(Ok(ps)) => {
-                    backoff = MIN_BACKOFF;
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                    if joined_before {
-                        tracing::info!("subscribed to the cluster again");
-                        if self.inbound.send(Received::Resubscribed).await.is_err() {
-                            return;
-                        }
-                    }
-                    joined_before = true;
-                    if !self.forward(ps).await {
-                        return;
-                    }
-                    tracing::warn!("lost the connection to the cluster's Redis; reconnecting");
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to the cluster's channels"),
-                Err(_) => tracing::warn!("subscribing to the cluster's channels timed out"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = self.stop.changed() => return,
-            }
-            backoff = next_backoff(backoff);
-        }
-    }
-
-    /// Forwards messages until the connection ends (`true`) or this node stops (`false`).
-    async fn forward(&mut self, ps: redis::aio::PubSub) -> bool {
-        let mut stream = ps.into_on_message();
-        loop {
-            let msg = tokio::select! {
-                m = stream.next() => match m { Some(m) => m, None => return true },
-                _ = self.stop.changed() => return false,
-                _ = self.inbound.closed() => return false,
-            };
-            let channel =
-                if msg.get_channel_name() == self.names[0] { Channel::Notify } else { Channel::Subscriptions };
-            match ClusterMessage::decode(msg.get_payload_bytes()) {
-                Ok(m) if m.node == self.node_id => {}
-                Ok(m) => {
-                    self.metrics.cluster(channel.as_str(), "received");
-                    if self.inbound.send(Received::Message(m)).await.is_err() {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    self.metrics.cluster(channel.as_str(), "malformed");
-                    tracing::warn!(error = %e, "ignored a malformed message from the cluster");
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -133,6 +133,8 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
             channel_prefix: c.channel_prefix.clone(),
             queue: c.queue,
             ready_timeout: Duration::from_secs(5),
+            ping_interval: c.ping_interval,
+            publish_retry: c.publish_retry,
         };
         let (fanout, rx) = RedisFanout::start(settings, metrics).await?;
         service = service.with_fanout(fanout);

@@ -18,6 +18,11 @@ pub const PUSH: &str = "https://bitfire.at/webdav-push";
 /// davpush's own namespace for what the draft's *Service detection* asks for and the spec lacks.
 pub const DAVPUSH: &str = "urn:davpush:1";
 
+/// The namespace of the predeclared `xml` prefix (`xml:lang`).
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of `xmlns` declarations, which no element or attribute may be in.
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+
 /// Maximum element nesting accepted (bodies are small; deeper is an attack or an error).
 const MAX_DEPTH: usize = 64;
 
@@ -129,7 +134,12 @@ impl Element {
 
 fn ns_of(r: &ResolveResult<'_>) -> Result<Option<String>, XmlError> {
     match r {
-        ResolveResult::Bound(ns) => Ok(Some(String::from_utf8_lossy(ns.0.as_bytes()).into_owned())),
+        // quick-xml hands the declaration's value as written: resolve its references.
+        ResolveResult::Bound(ns) => {
+            let raw = String::from_utf8_lossy(ns.0.as_bytes());
+            let name = quick_xml::escape::unescape(&raw).map_err(|e| XmlError(format!("namespace name: {e}")))?;
+            Ok(Some(name.into_owned()))
+        }
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Unknown(p) => Err(XmlError(format!("undeclared namespace prefix `{p}`"))),
     }
@@ -168,6 +178,10 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError("elements nested too deeply".into()));
                 }
+                check_name(e.local_name().as_ref())?;
+                if ns.as_deref() == Some(XMLNS_NS) {
+                    return Err(XmlError("an element with the reserved prefix `xmlns`".into()));
+                }
                 let mut el = Element { ns, name: e.local_name().as_ref().to_owned(), ..Default::default() };
                 for a in e.attributes() {
                     let a = a.map_err(|e| XmlError(e.to_string()))?;
@@ -176,6 +190,7 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                     }
                     let (r, local) = reader.resolver_mut().resolve_attribute(a.key);
                     let ans = ns_of(&r)?;
+                    check_name(local.as_ref())?;
                     let value = a.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(err)?.into_owned();
                     el.attrs.push(Attr { ns: ans, name: local.as_ref().to_owned(), value });
                 }
@@ -224,6 +239,19 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
     root.ok_or_else(|| XmlError("no root element".into()))
 }
 
+/// A local name must be an XML name: quick-xml takes whatever stands between `<` and the first
+/// space or `/`, `>`. ASCII is checked exactly; other characters are let through.
+fn check_name(name: &str) -> Result<(), XmlError> {
+    let start_ok = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+    let ok = match name.as_bytes().split_first() {
+        Some((&first, rest)) => {
+            start_ok(first) && rest.iter().all(|&b| start_ok(b) || b.is_ascii_digit() || b == b'-' || b == b'.')
+        }
+        None => false,
+    };
+    if ok { Ok(()) } else { Err(XmlError(format!("`{name}` is not an XML name"))) }
+}
+
 fn push_text(parent: &mut Element, s: &str) {
     if let Some(Node::Text(t)) = parent.children.last_mut() {
         t.push_str(s);
@@ -255,6 +283,7 @@ fn collect_ns(e: &Element, out: &mut BTreeMap<String, String>) {
             && !out.contains_key(ns)
         {
             let prefix = match ns.as_str() {
+                XML_NS => "xml".to_owned(),
                 DAV => "D".to_owned(),
                 PUSH => "P".to_owned(),
                 DAVPUSH => "X".to_owned(),
@@ -283,7 +312,8 @@ fn write_el(e: &Element, prefixes: &BTreeMap<String, String>, root: bool, out: &
     out.push('<');
     out.push_str(&qname);
     if root {
-        for (ns, p) in prefixes {
+        // `xml` is bound by definition (and may not be declared to anything else).
+        for (ns, p) in prefixes.iter().filter(|(ns, _)| *ns != XML_NS) {
             let _ = write!(out, " xmlns:{p}=\"");
             escape(ns, out);
             out.push('"');
@@ -355,6 +385,49 @@ mod tests {
         assert_eq!(prop.child("urn:other", "plain").unwrap().attr("attr"), Some("v<"));
         let again = parse(&serialize(&root)).unwrap();
         assert_eq!(again, root);
+    }
+
+    /// Issue 9 (fuzzing, target `xml_tree`): a namespace name written with a reference
+    /// (`&gt;`, `&#58;`) was kept escaped, so the element was in another namespace than the one
+    /// declared, and every serialization escaped it once more.
+    #[test]
+    fn issue_9_namespace_names_are_unescaped_and_round_trip() {
+        let src = r#"<d:multistatus xmlns:d="DAV&#58;" xmlns:x="urn:a&gt;b&amp;c"><x:p/></d:multistatus>"#;
+        let root = parse(src).unwrap();
+        assert!(root.is(DAV, "multistatus"), "{root:?}");
+        assert!(root.child("urn:a>b&c", "p").is_some(), "{root:?}");
+        let once = serialize(&root);
+        let again = parse(&once).unwrap();
+        assert_eq!(again, root);
+        assert_eq!(serialize(&again), once);
+        assert!(parse(r#"<a xmlns="urn:&bogus;"/>"#).is_err(), "an unknown entity in a namespace name");
+    }
+
+    /// Issue 9 (fuzzing, target `xml_tree`): `<` and `/>` around whitespace were read as an
+    /// element without a name, which serialized as `</>`.
+    #[test]
+    fn issue_9_elements_without_a_name_are_errors() {
+        for bad in ["<\n/>", "<a><\n/></a>", "<a xmlns:x='urn:x'><x:/></a>"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Issue 9 (fuzzing, target `xml_tree`): `xml:lang` (common on `DAV:displayname`) was
+    /// serialized with a new prefix bound to the XML namespace, which no parser accepts; and
+    /// names that are not XML names, or elements in the `xmlns` namespace, were accepted.
+    #[test]
+    fn issue_9_xml_lang_round_trips_and_names_are_checked() {
+        let src = r#"<D:displayname xmlns:D="DAV:" xml:lang="en">Work</D:displayname>"#;
+        let root = parse(src).unwrap();
+        let once = serialize(&root);
+        assert!(once.contains(r#" xml:lang="en""#) && !once.contains("xmlns:xml"), "{once}");
+        assert_eq!(parse(&once).unwrap(), root);
+        for bad in ["<xmlns:n/>", "<n/|?/>", "<a b|c='1'/>", "<1a/>"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["<a-b.c_1/>", "<_a/>", "<é/>"] {
+            assert!(parse(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
 //!   `radicale`), and the Web Push oracle script.
 //! - [`radicale`]: a real Radicale CalDAV/CardDAV server on loopback, per test.
+//! - [`redis_server`]: a `redis-server` of the test's own, for tests that kill and restart Redis.
 //! - [`services`]: the real PostgreSQL (a scratch schema per test) and Redis of the scale-out tests.
 //! - [`sockets`]: raw TCP clients that connect and idle or send half a request (issue 9).
 //!
@@ -18,6 +19,7 @@ pub mod browser;
 pub mod fake_push;
 pub mod python;
 pub mod radicale;
+pub mod redis_server;
 pub mod services;
 pub mod sockets;
 

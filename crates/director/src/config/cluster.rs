@@ -1,5 +1,7 @@
 //! `[cluster]`: scale-out over Redis pub/sub (see `docs/scale-out.md`).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
@@ -16,11 +18,24 @@ pub struct RawCluster {
     pub channel_prefix: String,
     /// Messages queued for publishing (and received ones waiting to be applied).
     pub queue: usize,
+    /// Seconds between `PING`s on the idle publishing connection (a connection Redis dropped is
+    /// replaced before a message needs it).
+    pub ping_interval_secs: u64,
+    /// Seconds a message that could not be published is tried again on new connections before
+    /// it is given up (counted `failed`).
+    pub publish_retry_secs: u64,
 }
 
 impl Default for RawCluster {
     fn default() -> Self {
-        RawCluster { redis_url: String::new(), node_id: String::new(), channel_prefix: "davpush".into(), queue: 4096 }
+        RawCluster {
+            redis_url: String::new(),
+            node_id: String::new(),
+            channel_prefix: "davpush".into(),
+            queue: 4096,
+            ping_interval_secs: 1,
+            publish_retry_secs: 30,
+        }
     }
 }
 
@@ -35,6 +50,10 @@ pub struct ClusterConfig {
     pub channel_prefix: String,
     /// Queue length.
     pub queue: usize,
+    /// Interval of the idle publishing connection's `PING`.
+    pub ping_interval: Duration,
+    /// How long an unpublished message is tried again.
+    pub publish_retry: Duration,
 }
 
 fn is_name(s: &str) -> bool {
@@ -65,11 +84,19 @@ pub(super) fn cluster_config(c: &RawCluster, shared_store: bool) -> Result<Optio
     if c.queue == 0 {
         return Err(invalid("cluster.queue", "must be at least 1"));
     }
+    if !(1..=3600).contains(&c.ping_interval_secs) {
+        return Err(invalid("cluster.ping_interval_secs", "must be 1 to 3600"));
+    }
+    if c.publish_retry_secs > 3600 {
+        return Err(invalid("cluster.publish_retry_secs", "must be 0 to 3600"));
+    }
     Ok(Some(ClusterConfig {
         redis_url: c.redis_url.clone(),
         node_id,
         channel_prefix: c.channel_prefix.clone(),
         queue: c.queue,
+        ping_interval: Duration::from_secs(c.ping_interval_secs),
+        publish_retry: Duration::from_secs(c.publish_retry_secs),
     }))
 }
 
@@ -104,6 +131,15 @@ mod tests {
         let c = cluster_config(&raw("redis://127.0.0.1", ""), true).unwrap().unwrap();
         assert!(is_name(&c.node_id), "a random node id is generated: {}", c.node_id);
         assert_eq!(c.channel_prefix, "davpush");
+        assert_eq!((c.ping_interval, c.publish_retry), (Duration::from_secs(1), Duration::from_secs(30)));
+        let e = cluster_config(&RawCluster { ping_interval_secs: 0, ..raw("redis://127.0.0.1", "") }, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.ping_interval_secs"), "{e}");
+        let e = cluster_config(&RawCluster { publish_retry_secs: 86_400, ..raw("redis://127.0.0.1", "") }, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.publish_retry_secs"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (channels of their own per test), as in `docs/scale-out.md`.
 
 use davpush_core::ServiceKind;
+use davpush_testkit::redis_server::RedisServer;
 use davpush_testkit::services::{PgSchema, postgres_schema, redis_url, unique_suffix};
 use serde_json::json;
 
@@ -14,18 +15,30 @@ struct Cluster {
     b: TestDirector,
     schema: PgSchema,
     _shared: tempfile::TempDir,
+    /// The channel names' prefix.
+    prefix: String,
 }
 
-/// Nodes `a` and `b`, started one after the other (`a` generates the VAPID key both use).
+/// Nodes `a` and `b` on the shared test Redis.
 async fn cluster() -> Option<Cluster> {
     cluster_pushing_to(None).await
 }
 
 /// Like [`cluster`], with `push`'s port allow-listed for Web Push.
 async fn cluster_pushing_to(push: Option<&FakePush>) -> Option<Cluster> {
+    let redis = redis_url().await?;
+    cluster_at(&redis, push).await
+}
+
+/// Nodes `a` and `b` on the Redis at `redis`.
+async fn cluster_on(redis: &str) -> Option<Cluster> {
+    cluster_at(redis, None).await
+}
+
+/// Nodes `a` and `b`, started one after the other (`a` generates the VAPID key both use).
+async fn cluster_at(redis: &str, push: Option<&FakePush>) -> Option<Cluster> {
     let allow = push.map(|p| format!("\"127.0.0.1:{}\"", p.addr.port())).unwrap_or_default();
     let schema = postgres_schema().await?;
-    let redis = redis_url().await?;
     let prefix = format!("davpush-test-{}", unique_suffix());
     let shared = tempfile::tempdir().unwrap();
     let vapid = shared.path().join("vapid-key.pem").display().to_string();
@@ -38,7 +51,7 @@ async fn cluster_pushing_to(push: Option<&FakePush>) -> Option<Cluster> {
     };
     let a = start(&conf("node-a")).await;
     let b = start(&conf("node-b")).await;
-    Some(Cluster { a, b, schema, _shared: shared })
+    Some(Cluster { a, b, schema, _shared: shared, prefix })
 }
 
 impl Cluster {
@@ -127,5 +140,34 @@ async fn a_node_started_later_loads_the_shared_subscriptions() {
     assert_eq!(push.next().await.path, "/push/p");
     push.assert_none(500).await;
     let c = Cluster { b, ..c };
+    c.stop().await;
+}
+
+/// Issue 9, item 10: after a Redis restart the publishing node used to find its connection broken
+/// only at its next publish, and dropped that notification ("cannot publish to the cluster …
+/// broken pipe"). Now the notification is sent again on a new connection.
+#[tokio::test]
+async fn issue_9_a_notification_sent_after_a_redis_restart_reaches_the_other_node() {
+    let Some(mut redis) = RedisServer::start().await else { return };
+    let Some(c) = cluster_on(&redis.url()).await else { return };
+    let (mut on_b, conn_b) = c.b.ws().await;
+    c.b.subscribe_ws("cb", "cal-1", &conn_b).await;
+    // Node a has published once (its publishing connection is open) before Redis goes away.
+    let (s, _) = c.a.notify(json!({"topic": "cal-1", "sync_token": "before"})).await;
+    assert_eq!(s, 202);
+    assert_eq!(next_json(&mut on_b).await["sync_token"], "before");
+
+    redis.restart().await;
+    // Both nodes listen again (Redis pub/sub keeps nothing for absent subscribers).
+    let channel = format!("{}:notify", c.prefix);
+    eventually("both nodes subscribe again", || async { redis.subscribers(&channel).await == 2 }).await;
+
+    let (s, _) = c.a.notify(json!({"topic": "cal-1", "sync_token": "after"})).await;
+    assert_eq!(s, 202);
+    let frame = json!({"type": "notify", "topic": "cal-1", "sync_token": "after"});
+    assert_eq!(next_json(&mut on_b).await, frame, "the first notification after the restart is not lost");
+    let m = c.a.metrics().await;
+    assert_eq!(metric(&m, "davpush_cluster_messages_total{channel=\"notify\",outcome=\"failed\"}"), 0.0, "{m}");
+    assert_eq!(metric(&m, "davpush_cluster_messages_total{channel=\"notify\",outcome=\"published\"}"), 2.0, "{m}");
     c.stop().await;
 }

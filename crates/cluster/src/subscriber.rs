@@ -1,0 +1,93 @@
+//! The subscriber task: listens to both channels on a connection of its own, hands other nodes'
+//! messages on, and subscribes again (with backoff) when the connection is lost.
+
+use std::sync::Arc;
+
+use davpush_core::{Channel, ClusterMessage, Metrics};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{IO_TIMEOUT, MIN_BACKOFF, Received, next_backoff};
+
+/// See the module documentation.
+pub(crate) struct Subscriber {
+    pub(crate) client: redis::Client,
+    pub(crate) names: [String; 2],
+    pub(crate) node_id: String,
+    pub(crate) inbound: mpsc::Sender<Received>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+impl Subscriber {
+    /// Subscribes, forwards messages, and on a lost connection subscribes again with backoff.
+    pub(crate) async fn run(mut self, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut backoff = MIN_BACKOFF;
+        let mut joined_before = false;
+        loop {
+            let attempt = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(&self.names[..]).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(IO_TIMEOUT, attempt) => r,
+                _ = self.stop.changed() => return,
+            };
+            match attempt {
+                Ok(Ok(ps)) => {
+                    backoff = MIN_BACKOFF;
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                    if joined_before {
+                        tracing::info!("subscribed to the cluster again");
+                        if self.inbound.send(Received::Resubscribed).await.is_err() {
+                            return;
+                        }
+                    }
+                    joined_before = true;
+                    if !self.forward(ps).await {
+                        return;
+                    }
+                    tracing::warn!("lost the connection to the cluster's Redis; reconnecting");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to the cluster's channels"),
+                Err(_) => tracing::warn!("subscribing to the cluster's channels timed out"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.changed() => return,
+            }
+            backoff = next_backoff(backoff);
+        }
+    }
+
+    /// Forwards messages until the connection ends (`true`) or this node stops (`false`).
+    async fn forward(&mut self, ps: redis::aio::PubSub) -> bool {
+        let mut stream = ps.into_on_message();
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => match m { Some(m) => m, None => return true },
+                _ = self.stop.changed() => return false,
+                _ = self.inbound.closed() => return false,
+            };
+            let channel =
+                if msg.get_channel_name() == self.names[0] { Channel::Notify } else { Channel::Subscriptions };
+            match ClusterMessage::decode(msg.get_payload_bytes()) {
+                Ok(m) if m.node == self.node_id => {}
+                Ok(m) => {
+                    self.metrics.cluster(channel.as_str(), "received");
+                    if self.inbound.send(Received::Message(m)).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.cluster(channel.as_str(), "malformed");
+                    tracing::warn!(error = %e, "ignored a malformed message from the cluster");
+                }
+            }
+        }
+    }
+}
