@@ -236,6 +236,9 @@ fn is_collection(r: &ResponseSpan, kind: &PropfindKind) -> bool {
 /// Maps every `DAV:href` of a multistatus with `map` (from the upstream's URL space to the
 /// public one); hrefs `map` leaves alone (`None`) and everything else are copied byte for byte.
 pub fn map_hrefs(body: &str, map: impl Fn(&str) -> Option<String>) -> Result<String, xml::XmlError> {
+    // quick-xml skips a byte order mark but does not count it in its positions: drop it first
+    // (the answer is UTF-8 either way).
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     use quick_xml::NsReader;
     use quick_xml::events::Event;
     use quick_xml::name::ResolveResult;
@@ -293,6 +296,8 @@ pub fn rewrite_multistatus(
     kind: &PropfindKind,
     values: impl Fn(&str) -> Option<PushValues>,
 ) -> Result<String, xml::XmlError> {
+    // As in `map_hrefs`: positions must count from the first character quick-xml reads.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let (decls, spans) = scan_multistatus(body)?;
     let mut out = String::with_capacity(body.len() + 1024);
     let mut copied = 0;

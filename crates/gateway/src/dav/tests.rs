@@ -82,6 +82,21 @@ fn propname_lists_names_and_allprop_adds_values() {
 }
 
 #[test]
+fn issue_9_a_multistatus_with_a_byte_order_mark_is_rewritten_and_mapped_in_place() {
+    // Found by the `multistatus` fuzz target: positions were 3 bytes off after a BOM.
+    let body = format!("\u{feff}{UPSTREAM_404}");
+    let kind = analyze_propfind(
+        br#"<propfind xmlns="DAV:" xmlns:P="https://bitfire.at/webdav-push"><prop><P:topic/></prop></propfind>"#,
+    )
+    .unwrap();
+    let out = rewrite_multistatus(&body, &kind, |_| Some(vals("t"))).unwrap();
+    assert!(out.contains("<P:topic>t</P:topic>"), "{out}");
+    let mapped = map_hrefs(&body, |h| Some(format!("/dav{h}"))).unwrap();
+    assert!(mapped.contains("<href>/dav/alice/cal/</href>"), "{mapped}");
+    assert!(xml::parse(&mapped).is_ok(), "{mapped}");
+}
+
+#[test]
 fn the_grant_is_answered_only_by_name_and_only_where_given() {
     let kind =
         analyze_propfind(br#"<propfind xmlns="DAV:" xmlns:X="urn:davpush:1"><prop><X:grant/></prop></propfind>"#)
