@@ -6,7 +6,7 @@ use std::time::Duration;
 use davpush_delivery::auth::topic_hash;
 use serde_json::{Value, json};
 
-use crate::fake_apns::{BUNDLE_ID, FakeApns};
+use davpush_testkit::fakes::apns::{BUNDLE_ID, FakeApns};
 use crate::util::*;
 
 fn token(prefix: &str, i: usize) -> String {

@@ -5,7 +5,7 @@ use davpush_core::ServiceKind;
 use davpush_testkit::services::{PgSchema, postgres_schema, redis_url, unique_suffix};
 use serde_json::json;
 
-use crate::fake_push::FakePush;
+use davpush_testkit::fake_push::FakePush;
 use crate::util::*;
 use crate::webpush::{ua_keys, web_push_params};
 

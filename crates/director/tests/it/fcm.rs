@@ -7,7 +7,7 @@ use davpush_delivery::auth::topic_hash;
 use davpush_delivery::fcm::topic_name;
 use serde_json::{Value, json};
 
-use crate::fake_fcm::{FakeFcm, fcm_error};
+use davpush_testkit::fakes::fcm::{FakeFcm, fcm_error};
 use crate::util::*;
 
 async fn sub(d: &TestDirector, client: &str, topic: &str, token: &str) -> (u16, Value) {

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use davpush_delivery::fcm::topic_name;
 
-use crate::fake_hms::{FakeHms, SECRET};
+use davpush_testkit::fakes::hms::{FakeHms, SECRET};
 use crate::util::*;
 
 async fn sub(d: &TestDirector, client: &str, topic: &str, token: &str) -> (u16, Value) {
