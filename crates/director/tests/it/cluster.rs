@@ -5,9 +5,9 @@ use davpush_core::ServiceKind;
 use davpush_testkit::services::{PgSchema, postgres_schema, redis_url, unique_suffix};
 use serde_json::json;
 
-use davpush_testkit::fake_push::FakePush;
 use crate::util::*;
 use crate::webpush::{ua_keys, web_push_params};
+use davpush_testkit::fake_push::FakePush;
 
 struct Cluster {
     a: TestDirector,

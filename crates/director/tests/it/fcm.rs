@@ -7,8 +7,8 @@ use davpush_delivery::auth::topic_hash;
 use davpush_delivery::fcm::topic_name;
 use serde_json::{Value, json};
 
-use davpush_testkit::fakes::fcm::{FakeFcm, fcm_error};
 use crate::util::*;
+use davpush_testkit::fakes::fcm::{FakeFcm, fcm_error};
 
 async fn sub(d: &TestDirector, client: &str, topic: &str, token: &str) -> (u16, Value) {
     d.subscribe(json!({"client_id": client, "topic": topic, "push_services": {"fcm": {"registration_token": token}}}))

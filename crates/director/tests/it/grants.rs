@@ -5,11 +5,11 @@
 use davpush_proto::GrantKeys;
 use serde_json::{Value, json};
 
+use crate::util::*;
+use davpush_testkit::fake_push::FakePush;
 use davpush_testkit::fakes::apns::FakeApns;
 use davpush_testkit::fakes::fcm::FakeFcm;
 use davpush_testkit::fakes::hms::FakeHms;
-use davpush_testkit::fake_push::FakePush;
-use crate::util::*;
 
 const REQUIRED: &str = "[subscription]\ngrants = \"required\"\n";
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use davpush_relay::config::{RawRelayConfig, RelayConfig};
 use serde_json::{Value, json};
 
-use davpush_testkit::fakes::fcm::FakeFcm;
 use crate::util::*;
+use davpush_testkit::fakes::fcm::FakeFcm;
 
 const APP_KEY: &str = "davx5-app-key-0123456789";
 

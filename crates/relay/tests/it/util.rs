@@ -33,8 +33,14 @@ pub(crate) async fn start(extra: &str) -> TestDirector {
 
 impl TestDirector {
     async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let resp =
-            self.http.post(format!("{}{path}", self.running.url())).bearer_auth(token).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.running.url()))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
