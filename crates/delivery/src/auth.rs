@@ -114,6 +114,36 @@ impl TokenError {
     }
 }
 
+/// Where a [`TokenCache`] reads the time: tokio's clock by default. A test that drives a
+/// client against a push-service fake on real sockets (where tokio's paused clock would also
+/// fire the HTTP timeouts) passes a clock it moves itself.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(now))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new(Instant::now)
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 #[derive(Clone)]
 struct Cached {
     token: Arc<str>,
@@ -128,6 +158,7 @@ pub struct TokenCache {
     /// Serializes fetches; held across the fetch's await on purpose (it is an async mutex and
     /// guards no data).
     fetching: tokio::sync::Mutex<()>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -138,14 +169,20 @@ impl std::fmt::Debug for TokenCache {
 
 impl Default for TokenCache {
     fn default() -> Self {
-        TokenCache { current: Mutex::new(None), fetching: tokio::sync::Mutex::new(()) }
+        TokenCache::with_clock(Clock::default())
     }
 }
 
 impl TokenCache {
+    /// An empty cache that reads the time from `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
+        TokenCache { current: Mutex::new(None), fetching: tokio::sync::Mutex::new(()), clock }
+    }
+
     fn fresh(&self) -> Option<Arc<str>> {
+        let now = self.clock.now();
         let c = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        c.as_ref().filter(|c| Instant::now() < c.renew_at).map(|c| c.token.clone())
+        c.as_ref().filter(|c| now < c.renew_at).map(|c| c.token.clone())
     }
 
     /// The cached token, or a new one from `fetch` (which returns the token and its lifetime).
@@ -164,8 +201,8 @@ impl TokenCache {
         let (token, lifetime) = fetch().await?;
         let margin = (lifetime / 10).min(Duration::from_secs(300));
         let token: Arc<str> = Arc::from(token);
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Cached { token: token.clone(), renew_at: Instant::now() + lifetime.saturating_sub(margin) });
+        let renew_at = self.clock.now() + lifetime.saturating_sub(margin);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached { token: token.clone(), renew_at });
         Ok(token)
     }
 

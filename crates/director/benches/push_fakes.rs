@@ -7,24 +7,12 @@
 //!
 //!     cargo bench -p davpush-director --bench push_fakes [-- N RUNS]
 
-#[allow(dead_code, missing_docs, unreachable_pub)]
-#[path = "../tests/it/fake_apns.rs"]
-mod fake_apns;
-#[allow(dead_code, missing_docs, unreachable_pub)]
-#[path = "../tests/it/fake_fcm.rs"]
-mod fake_fcm;
-#[allow(dead_code, missing_docs, unreachable_pub)]
-#[path = "../tests/it/fake_hms.rs"]
-mod fake_hms;
-#[allow(dead_code, missing_docs, unreachable_pub)]
-#[path = "../tests/it/fake_jwt.rs"]
-mod fake_jwt;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use davpush_director::config::{Overrides, RawConfig};
 use davpush_director::{Config, Running};
+use davpush_testkit::fakes::{apns as fake_apns, fcm as fake_fcm, hms as fake_hms};
 use serde_json::{Value, json};
 
 const NOTIFY: &str = "notify-token-0123456789";

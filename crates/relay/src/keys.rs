@@ -234,8 +234,12 @@ mod tests {
         assert_eq!(keys.check(&format!("{key}x")), Err(Refusal::Unknown));
         assert_eq!(keys.check("dpr1.nope.x"), Err(Refusal::Unknown));
         assert_eq!(keys.check("app-key"), Err(Refusal::Unknown));
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let read_at = std::fs::metadata(&path).unwrap().modified().unwrap();
         revoke(&path, &id, 2).unwrap();
+        // A reload notices a change by (mtime, length); on a filesystem with coarse timestamps
+        // the rewrite may keep the mtime, so the test sets one that differs (no waiting).
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(read_at + std::time::Duration::from_secs(2)).unwrap();
         assert!(matches!(revoke(&path, "zzz", 2), Err(KeysError::Unknown(_))));
         keys.reload().unwrap();
         assert_eq!(keys.check(&key), Err(Refusal::Revoked));

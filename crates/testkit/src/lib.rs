@@ -4,6 +4,8 @@
 //! - [`apache`]: Apache httpd with mod_dav and the litmus WebDAV compliance suite.
 //! - [`browser`]: headless Chromium driven by ChromeDriver (WebDriver over HTTP).
 //! - [`fake_push`]: a local RFC 8030 push service that records requests and answers as scripted.
+//! - [`fakes`]: local FCM (with Google OAuth and Instance ID), APNs (HTTP/2 over TLS) and HMS
+//!   (with Huawei OAuth) that check requests as the real services do and answer with their errors.
 //! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
 //!   `radicale`), and the Web Push oracle script.
 //! - [`radicale`]: a real Radicale CalDAV/CardDAV server on loopback, per test.
@@ -17,6 +19,7 @@
 pub mod apache;
 pub mod browser;
 pub mod fake_push;
+pub mod fakes;
 pub mod python;
 pub mod radicale;
 pub mod redis_server;

@@ -199,6 +199,11 @@ impl FcmClient {
         })
     }
 
+    /// The same client, deciding when its access token is due for renewal by `clock`.
+    pub fn with_clock(self, clock: crate::auth::Clock) -> Self {
+        FcmClient { tokens: TokenCache::with_clock(clock), ..self }
+    }
+
     /// The service account.
     pub fn account(&self) -> &ServiceAccount {
         &self.account

@@ -6,8 +6,8 @@ use std::time::Duration;
 use davpush_delivery::auth::topic_hash;
 use serde_json::{Value, json};
 
-use crate::fake_apns::{BUNDLE_ID, FakeApns};
 use crate::util::*;
+use davpush_testkit::fakes::apns::{BUNDLE_ID, FakeApns};
 
 fn token(prefix: &str, i: usize) -> String {
     format!("{prefix}{i:0>width$x}", width = 64 - prefix.len())

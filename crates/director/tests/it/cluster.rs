@@ -6,9 +6,9 @@ use davpush_testkit::redis_server::RedisServer;
 use davpush_testkit::services::{PgSchema, postgres_schema, redis_url, unique_suffix};
 use serde_json::json;
 
-use crate::fake_push::FakePush;
 use crate::util::*;
 use crate::webpush::{ua_keys, web_push_params};
+use davpush_testkit::fake_push::FakePush;
 
 struct Cluster {
     a: TestDirector,

@@ -5,11 +5,11 @@
 use davpush_proto::GrantKeys;
 use serde_json::{Value, json};
 
-use crate::fake_apns::FakeApns;
-use crate::fake_fcm::FakeFcm;
-use crate::fake_hms::FakeHms;
-use crate::fake_push::FakePush;
 use crate::util::*;
+use davpush_testkit::fake_push::FakePush;
+use davpush_testkit::fakes::apns::FakeApns;
+use davpush_testkit::fakes::fcm::FakeFcm;
+use davpush_testkit::fakes::hms::FakeHms;
 
 const REQUIRED: &str = "[subscription]\ngrants = \"required\"\n";
 

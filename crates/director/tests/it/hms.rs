@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 
 use davpush_delivery::fcm::topic_name;
 
-use crate::fake_hms::{FakeHms, SECRET};
 use crate::util::*;
+use davpush_testkit::fakes::hms::{FakeHms, SECRET};
 
 async fn sub(d: &TestDirector, client: &str, topic: &str, token: &str) -> (u16, Value) {
     d.subscribe(json!({"client_id": client, "topic": topic, "push_services": {"hms": {"token": token}}})).await

@@ -7,8 +7,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
-use crate::fake_push::FakePush;
 use crate::util::*;
+use davpush_testkit::fake_push::FakePush;
 
 /// The fake's loopback port is allow-listed for these tests, over plain http.
 fn web_push_allowing(push: &FakePush) -> String {

@@ -25,19 +25,24 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::fake_jwt;
+use super::jwt;
 
-pub(crate) const PROJECT: &str = "davpush-test";
-pub(crate) const CLIENT_EMAIL: &str = "davpush@davpush-test.iam.gserviceaccount.com";
-pub(crate) const KEY_ID: &str = "0123456789abcdef0123456789abcdef01234567";
+/// The Firebase project id of the service account.
+pub const PROJECT: &str = "davpush-test";
+/// The service account's `client_email` (the assertion's `iss`).
+pub const CLIENT_EMAIL: &str = "davpush@davpush-test.iam.gserviceaccount.com";
+/// The service account's `private_key_id` (the assertion's `kid`).
+pub const KEY_ID: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// One accepted `messages:send`.
 #[derive(Debug, Clone)]
-pub(crate) struct Sent {
-    pub(crate) at: Instant,
-    pub(crate) message: Value,
+pub struct Sent {
+    /// When it was accepted.
+    pub at: Instant,
+    /// The `message` object.
+    pub message: Value,
     /// For a topic message: how many devices had joined the topic.
-    pub(crate) fanout: usize,
+    pub fanout: usize,
 }
 
 #[derive(Default)]
@@ -55,15 +60,18 @@ struct Inner {
     tx: Option<mpsc::Sender<Sent>>,
 }
 
-pub(crate) struct FakeFcm {
-    pub(crate) addr: SocketAddr,
+/// The local Google OAuth, FCM HTTP v1 and Instance ID.
+pub struct FakeFcm {
+    /// Where it listens.
+    pub addr: SocketAddr,
     inner: Arc<Inner>,
     rx: mpsc::Receiver<Sent>,
     /// The service-account JSON key (what the Firebase console downloads).
-    pub(crate) service_account: String,
+    pub service_account: String,
 }
 
-pub(crate) fn fcm_error(code: u16, status: &str, error_code: Option<&str>, message: &str) -> Value {
+/// An FCM error body: `{"error": {code, message, status, details: [FcmError errorCode]}}`.
+pub fn fcm_error(code: u16, status: &str, error_code: Option<&str>, message: &str) -> Value {
     let mut details = vec![];
     if let Some(ec) = error_code {
         details.push(json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": ec}));
@@ -104,7 +112,7 @@ impl Inner {
             return Err("grant_type is not jwt-bearer".into());
         }
         let jwt = form.get("assertion").ok_or("no assertion")?;
-        let (header, claims) = fake_jwt::verify(jwt, &RSA_PKCS1_2048_8192_SHA256, &self.public_key)?;
+        let (header, claims) = jwt::verify(jwt, &RSA_PKCS1_2048_8192_SHA256, &self.public_key)?;
         if header["alg"] != "RS256" || header.get("typ").is_some_and(|t| t != "JWT") {
             return Err(format!("bad header {header}"));
         }
@@ -122,7 +130,7 @@ impl Inner {
             return Err(format!("aud {} is not the token URI", claims["aud"]));
         }
         let (iat, exp) = (claims["iat"].as_i64().ok_or("no iat")?, claims["exp"].as_i64().ok_or("no exp")?);
-        if (iat - fake_jwt::now()).abs() > 60 || exp <= iat || exp - iat > 3600 {
+        if (iat - jwt::now()).abs() > 60 || exp <= iat || exp - iat > 3600 {
             return Err(format!("bad lifetime iat={iat} exp={exp}"));
         }
         Ok(())
@@ -140,7 +148,7 @@ async fn token(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> 
         let why = s.reject(why);
         return reply(400, json!({"error": "invalid_grant", "error_description": why}));
     }
-    let t = format!("ya29.fake-{}", davpush_core::ids::random_token(16));
+    let t = format!("ya29.fake-{}", super::random_token());
     let lifetime = s.expires_in.load(Ordering::SeqCst);
     s.issued.lock().unwrap().insert(t.clone(), Instant::now() + Duration::from_secs(lifetime));
     reply(200, json!({"access_token": t, "expires_in": lifetime, "token_type": "Bearer"}))
@@ -313,7 +321,8 @@ async fn iid(State(s): State<Arc<Inner>>, Path(op): Path<String>, headers: Heade
 }
 
 impl FakeFcm {
-    pub(crate) async fn start() -> FakeFcm {
+    /// Starts it on a free port with a fresh service-account key; access tokens live 3599 s.
+    pub async fn start() -> FakeFcm {
         let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
         let der = AsDer::<Pkcs8V1Der>::as_der(&pair).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
@@ -348,12 +357,13 @@ impl FakeFcm {
         FakeFcm { addr, inner, rx, service_account }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its base URL (for `base_url` and `iid_url`).
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Writes the service-account key to `dir` and returns the `[fcm]` TOML for it.
-    pub(crate) fn director_toml(&self, dir: &std::path::Path, mode: &str) -> String {
+    pub fn director_toml(&self, dir: &std::path::Path, mode: &str) -> String {
         let path = dir.join("service-account.json");
         std::fs::write(&path, &self.service_account).unwrap();
         format!(
@@ -364,54 +374,61 @@ impl FakeFcm {
         )
     }
 
-    pub(crate) fn set_token_lifetime(&self, secs: u64) {
+    /// The `expires_in` of access tokens issued from now on, in seconds.
+    pub fn set_token_lifetime(&self, secs: u64) {
         self.inner.expires_in.store(secs, Ordering::SeqCst);
     }
 
     /// Invalidates every access token issued so far (as if revoked).
-    pub(crate) fn revoke_access_tokens(&self) {
+    pub fn revoke_access_tokens(&self) {
         self.inner.issued.lock().unwrap().clear();
     }
 
     /// The next `messages:send` answers (after validation), in order.
-    pub(crate) fn answer(&self, answers: Vec<(u16, Value, Option<&'static str>)>) {
+    pub fn answer(&self, answers: Vec<(u16, Value, Option<&'static str>)>) {
         self.inner.script.lock().unwrap().extend(answers);
     }
 
-    pub(crate) fn token_requests(&self) -> usize {
+    /// How many token requests arrived.
+    pub fn token_requests(&self) -> usize {
         self.inner.token_requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn send_requests(&self) -> usize {
+    /// How many `messages:send` requests arrived.
+    pub fn send_requests(&self) -> usize {
         self.inner.send_requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn iid_requests(&self) -> usize {
+    /// How many Instance ID requests arrived.
+    pub fn iid_requests(&self) -> usize {
         self.inner.iid_requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn members(&self, topic: &str) -> usize {
+    /// How many tokens joined FCM topic `topic`.
+    pub fn members(&self, topic: &str) -> usize {
         self.inner.topics.lock().unwrap().get(topic).map_or(0, HashSet::len)
     }
 
-    pub(crate) fn topics(&self) -> Vec<String> {
+    /// The FCM topics that have (or had) members.
+    pub fn topics(&self) -> Vec<String> {
         self.inner.topics.lock().unwrap().keys().cloned().collect()
     }
 
     /// What the fake refused and why (a test that expects none asserts this is empty).
-    pub(crate) fn rejections(&self) -> Vec<String> {
+    pub fn rejections(&self) -> Vec<String> {
         self.inner.rejections.lock().unwrap().clone()
     }
 
     /// The next accepted message, within 10 s.
-    pub(crate) async fn next(&mut self) -> Sent {
+    pub async fn next(&mut self) -> Sent {
         tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
             .await
             .unwrap_or_else(|_| panic!("no FCM message within 10 s; fake rejected: {:?}", self.rejections()))
             .expect("fake FCM stopped")
     }
 
-    pub(crate) async fn assert_none(&mut self, ms: u64) {
+    /// Asserts that no message is accepted within `ms`.
+    pub async fn assert_none(&mut self, ms: u64) {
         if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(ms), self.rx.recv()).await {
             panic!("unexpected FCM message {}", s.message);
         }

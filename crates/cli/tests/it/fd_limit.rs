@@ -1,7 +1,6 @@
 //! Issue 9, item 2: the `davpush serve` binary, started with a low file-descriptor limit
 //! (`ulimit -n` in a child process), keeps answering `/healthz` and authenticated notifies on
 //! fresh connections while far more idle connections than it has descriptors are open.
-#![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

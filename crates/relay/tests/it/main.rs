@@ -1,5 +1,10 @@
-//! The FCM relay: authentication (issued, revoked and app keys), rate limits per key, address
-//! and token, the topic-only payload, metrics, and a Director → relay → FCM fake end to end.
+#![allow(missing_docs)]
+//! Integration tests of the FCM relay: a real relay on 127.0.0.1:0 in front of the local FCM
+//! (davpush_testkit::fakes::fcm). Authentication (issued, revoked and app keys), rate limits
+//! per key, address and token, the topic-only payload, metrics, and a Director → relay → FCM
+//! fake end to end.
+
+mod util;
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,8 +12,8 @@ use std::time::Duration;
 use davpush_relay::config::{RawRelayConfig, RelayConfig};
 use serde_json::{Value, json};
 
-use crate::fake_fcm::FakeFcm;
 use crate::util::*;
+use davpush_testkit::fakes::fcm::FakeFcm;
 
 const APP_KEY: &str = "davx5-app-key-0123456789";
 
@@ -257,7 +262,6 @@ async fn a_director_delivers_through_the_relay_to_fcm() {
     let m = r.metrics().await;
     assert_eq!(metric(&m, "davpush_relay_forwarded_total{endpoint=\"push\",outcome=\"gone\"}"), 1.0, "{m}");
     assert!(fcm.rejections().is_empty(), "{:?}", fcm.rejections());
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]

@@ -9,11 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::Value;
 
 /// Verifies `jwt` with `public_key`; returns (header, claims).
-pub(crate) fn verify(
-    jwt: &str,
-    alg: &'static dyn VerificationAlgorithm,
-    public_key: &[u8],
-) -> Result<(Value, Value), String> {
+pub fn verify(jwt: &str, alg: &'static dyn VerificationAlgorithm, public_key: &[u8]) -> Result<(Value, Value), String> {
     let mut parts = jwt.split('.');
     let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err("not a compact JWS".into());
@@ -28,6 +24,7 @@ pub(crate) fn verify(
     Ok((decode(h)?, decode(c)?))
 }
 
-pub(crate) fn now() -> i64 {
-    davpush_core::unix_now()
+/// The Unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -28,24 +28,33 @@ use tokio::time::Instant;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::fake_jwt;
+use super::jwt;
 
-pub(crate) const KEY_ID: &str = "ABC123DEFG";
-pub(crate) const TEAM_ID: &str = "DEF123GHIJ";
-pub(crate) const BUNDLE_ID: &str = "org.example.davpush";
+/// The `.p8` key's id (`kid`) the fake accepts.
+pub const KEY_ID: &str = "ABC123DEFG";
+/// The team id (`iss`) the fake accepts.
+pub const TEAM_ID: &str = "DEF123GHIJ";
+/// The app's bundle id, the only `apns-topic` the fake accepts.
+pub const BUNDLE_ID: &str = "org.example.davpush";
 
 /// One accepted push.
 #[derive(Debug, Clone)]
-pub(crate) struct Pushed {
-    pub(crate) at: Instant,
-    pub(crate) connection: usize,
-    pub(crate) device: String,
-    pub(crate) headers: hyper::HeaderMap,
-    pub(crate) payload: Value,
+pub struct Pushed {
+    /// When it arrived.
+    pub at: Instant,
+    /// The number of the HTTP/2 connection it came on (from 1).
+    pub connection: usize,
+    /// The device token of its path.
+    pub device: String,
+    /// Its headers.
+    pub headers: hyper::HeaderMap,
+    /// Its JSON payload.
+    pub payload: Value,
 }
 
 impl Pushed {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
@@ -70,12 +79,14 @@ struct Conn {
     renewal_allowed: bool,
 }
 
-pub(crate) struct FakeApns {
-    pub(crate) addr: SocketAddr,
+/// The local APNs provider API.
+pub struct FakeApns {
+    /// Where it listens.
+    pub addr: SocketAddr,
     /// The test CA (PEM) the Director must trust.
-    pub(crate) ca_pem: String,
+    pub ca_pem: String,
     /// The `.p8` signing key (PEM) for the Director.
-    pub(crate) p8: String,
+    pub p8: String,
     inner: Arc<Inner>,
     rx: mpsc::Receiver<Pushed>,
 }
@@ -85,7 +96,7 @@ type Resp = Response<Full<Bytes>>;
 fn apns_reply(status: u16, reason: &str) -> Resp {
     let mut body = json!({"reason": reason});
     if status == 410 {
-        body["timestamp"] = json!(fake_jwt::now() * 1000 - 60_000);
+        body["timestamp"] = json!(jwt::now() * 1000 - 60_000);
     }
     Response::builder()
         .status(status)
@@ -118,7 +129,7 @@ impl Inner {
         let Some(jwt) = auth.and_then(|a| a.strip_prefix("bearer ")) else {
             return Err(self.reject(403, "MissingProviderToken", "no bearer token".into()));
         };
-        let (header, claims) = fake_jwt::verify(jwt, &ECDSA_P256_SHA256_FIXED, &self.public_key)
+        let (header, claims) = jwt::verify(jwt, &ECDSA_P256_SHA256_FIXED, &self.public_key)
             .map_err(|e| self.reject(403, "InvalidProviderToken", e))?;
         if header["alg"] != "ES256" || header["kid"] != KEY_ID {
             return Err(self.reject(403, "InvalidProviderToken", format!("header {header}")));
@@ -127,7 +138,7 @@ impl Inner {
             return Err(self.reject(403, "InvalidProviderToken", format!("iss {}", claims["iss"])));
         }
         let iat = claims["iat"].as_i64().ok_or_else(|| self.reject(403, "InvalidProviderToken", "no iat".into()))?;
-        let now = fake_jwt::now();
+        let now = jwt::now();
         if iat > now + 60 {
             return Err(self.reject(403, "InvalidProviderToken", "iat in the future".into()));
         }
@@ -266,7 +277,8 @@ impl Inner {
 }
 
 impl FakeApns {
-    pub(crate) async fn start() -> FakeApns {
+    /// Starts it on a free port, with a fresh test CA and signing key.
+    pub async fn start() -> FakeApns {
         // The provider's signing key (`AuthKey_<kid>.p8`).
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
@@ -339,12 +351,13 @@ impl FakeApns {
         FakeApns { addr, ca_pem: ca.pem(), p8, inner, rx }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its base URL (`https://localhost:<port>`, a name the certificate carries).
+    pub fn url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
     }
 
     /// Writes the key and CA to `dir`; the `[apns]` TOML for them.
-    pub(crate) fn director_toml(&self, dir: &std::path::Path) -> String {
+    pub fn director_toml(&self, dir: &std::path::Path) -> String {
         let (key, ca) = (dir.join("AuthKey.p8"), dir.join("apns-ca.pem"));
         std::fs::write(&key, &self.p8).unwrap();
         std::fs::write(&ca, &self.ca_pem).unwrap();
@@ -357,35 +370,40 @@ impl FakeApns {
     }
 
     /// The next pushes' answers (after validation), in order.
-    pub(crate) fn answer(&self, answers: &[(u16, &'static str, Option<&'static str>)]) {
+    pub fn answer(&self, answers: &[(u16, &'static str, Option<&'static str>)]) {
         self.inner.script.lock().unwrap().extend(answers.iter().copied());
     }
 
     /// The next push with a valid token gets 403 ExpiredProviderToken (and a renewal is allowed).
-    pub(crate) fn expire_provider_token(&self) {
+    pub fn expire_provider_token(&self) {
         self.inner.expire_next.store(true, Ordering::SeqCst);
     }
 
-    pub(crate) fn connections(&self) -> usize {
+    /// How many connections completed the TLS handshake with `h2`.
+    pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn requests(&self) -> usize {
+    /// How many requests arrived.
+    pub fn requests(&self) -> usize {
         self.inner.requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn rejections(&self) -> Vec<String> {
+    /// What the fake refused and why.
+    pub fn rejections(&self) -> Vec<String> {
         self.inner.rejections.lock().unwrap().clone()
     }
 
-    pub(crate) async fn next(&mut self) -> Pushed {
+    /// The next accepted push, within 10 s.
+    pub async fn next(&mut self) -> Pushed {
         tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
             .await
             .unwrap_or_else(|_| panic!("no APNs push within 10 s; fake rejected: {:?}", self.rejections()))
             .expect("fake APNs stopped")
     }
 
-    pub(crate) async fn assert_none(&mut self, ms: u64) {
+    /// Asserts that no push is accepted within `ms`.
+    pub async fn assert_none(&mut self, ms: u64) {
         if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(ms), self.rx.recv()).await {
             panic!("unexpected APNs push to {}", p.device);
         }

@@ -1,6 +1,5 @@
 //! `wss://`: the client reaches a Director behind a TLS-terminating proxy (as in production),
 //! trusting a private CA; an untrusted certificate is refused.
-#![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,5 @@
 //! `davpush notify` as Radicale's storage hook: changes made directly to Radicale (not through
 //! the gateway) reach WebSocket subscribers under the topic the gateway advertises.
-#![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -21,13 +21,18 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub(crate) const APP_ID: &str = "104567891";
-pub(crate) const SECRET: &str = "hms-client-secret-0123456789abcdef";
+/// The app id (OAuth client id) the fake accepts.
+pub const APP_ID: &str = "104567891";
+/// The app's client secret the fake accepts.
+pub const SECRET: &str = "hms-client-secret-0123456789abcdef";
 
+/// One accepted `messages:send`.
 #[derive(Debug, Clone)]
-pub(crate) struct Sent {
-    pub(crate) message: Value,
-    pub(crate) fanout: usize,
+pub struct Sent {
+    /// The `message` object.
+    pub message: Value,
+    /// How many devices it reached (tokens, or members of its topic).
+    pub fanout: usize,
 }
 
 #[derive(Default)]
@@ -43,8 +48,10 @@ struct Inner {
     tx: Option<mpsc::Sender<Sent>>,
 }
 
-pub(crate) struct FakeHms {
-    pub(crate) addr: SocketAddr,
+/// The local Huawei OAuth and Push Kit.
+pub struct FakeHms {
+    /// Where it listens.
+    pub addr: SocketAddr,
     inner: Arc<Inner>,
     rx: mpsc::Receiver<Sent>,
 }
@@ -88,7 +95,7 @@ async fn token(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> 
         )
             .into_response();
     }
-    let t = format!("CF3Xl2XV6jMK{}==", davpush_core::ids::random_token(16));
+    let t = format!("CF3Xl2XV6jMK{}==", super::random_token());
     let life = s.expires_in.load(Ordering::SeqCst);
     s.issued.lock().unwrap().insert(t.clone(), Instant::now() + Duration::from_secs(life));
     axum::Json(json!({"access_token": t, "expires_in": life, "token_type": "Bearer"})).into_response()
@@ -226,7 +233,8 @@ fn topic(s: &Inner, op: &str, v: Value) -> Response {
 }
 
 impl FakeHms {
-    pub(crate) async fn start() -> FakeHms {
+    /// Starts it on a free port; access tokens live 3600 s.
+    pub async fn start() -> FakeHms {
         let (tx, rx) = mpsc::channel(100_000);
         let inner = Arc::new(Inner { expires_in: AtomicU64::new(3600), tx: Some(tx), ..Default::default() });
         let app = axum::Router::new()
@@ -239,11 +247,13 @@ impl FakeHms {
         FakeHms { addr, inner, rx }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its base URL (for `base_url`; the token URL is `<url>/oauth2/v3/token`).
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub(crate) fn director_toml(&self, dir: &std::path::Path, mode: &str, secret: &str) -> String {
+    /// Writes `secret` to `dir`; the `[hms]` TOML for it.
+    pub fn director_toml(&self, dir: &std::path::Path, mode: &str, secret: &str) -> String {
         let path = dir.join("hms-secret");
         std::fs::write(&path, secret).unwrap();
         format!(
@@ -254,45 +264,54 @@ impl FakeHms {
         )
     }
 
-    pub(crate) fn answer(&self, answers: &[(u16, &str, &str)]) {
+    /// The next `messages:send` answers (after validation), in order: (HTTP status, code, msg).
+    pub fn answer(&self, answers: &[(u16, &str, &str)]) {
         let mut s = self.inner.script.lock().unwrap();
         s.extend(answers.iter().map(|(st, c, m)| (*st, c.to_string(), m.to_string())));
     }
 
-    pub(crate) fn expire_access_tokens(&self) {
+    /// Makes every access token issued so far expired.
+    pub fn expire_access_tokens(&self) {
         for exp in self.inner.issued.lock().unwrap().values_mut() {
             *exp = Instant::now();
         }
     }
 
-    pub(crate) fn token_requests(&self) -> usize {
+    /// How many token requests arrived.
+    pub fn token_requests(&self) -> usize {
         self.inner.token_requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn send_requests(&self) -> usize {
+    /// How many `messages:send` requests arrived.
+    pub fn send_requests(&self) -> usize {
         self.inner.send_requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn topic_requests(&self) -> usize {
+    /// How many topic (un)subscribe requests arrived.
+    pub fn topic_requests(&self) -> usize {
         self.inner.topic_requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn members(&self, topic: &str) -> usize {
+    /// How many tokens joined topic `topic`.
+    pub fn members(&self, topic: &str) -> usize {
         self.inner.topics.lock().unwrap().get(topic).map_or(0, HashSet::len)
     }
 
-    pub(crate) fn rejections(&self) -> Vec<String> {
+    /// What the fake refused and why.
+    pub fn rejections(&self) -> Vec<String> {
         self.inner.rejections.lock().unwrap().clone()
     }
 
-    pub(crate) async fn next(&mut self) -> Sent {
+    /// The next accepted message, within 10 s.
+    pub async fn next(&mut self) -> Sent {
         tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
             .await
             .unwrap_or_else(|_| panic!("no HMS message within 10 s; fake rejected: {:?}", self.rejections()))
             .expect("fake HMS stopped")
     }
 
-    pub(crate) async fn assert_none(&mut self, ms: u64) {
+    /// Asserts that no message is accepted within `ms`.
+    pub async fn assert_none(&mut self, ms: u64) {
         if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(ms), self.rx.recv()).await {
             panic!("unexpected HMS message {}", s.message);
         }

@@ -1,6 +1,5 @@
 //! `davpush listen` against Radicale behind the gateway, with a real Director: JSON lines,
 //! `--exec` coalescing, reconnects after a Director restart, and exit codes.
-#![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

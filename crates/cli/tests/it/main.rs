@@ -1,0 +1,7 @@
+#![allow(missing_docs)]
+//! Integration tests of the `davpush` binary and its subcommands, against real servers on
+//! loopback (a Director, the gateway, Radicale).
+
+mod fd_limit;
+mod listen;
+mod radicale_hook;

@@ -1,0 +1,4 @@
+#![allow(missing_docs)]
+//! Integration tests of the client library against a real Director on loopback.
+
+mod wss;
