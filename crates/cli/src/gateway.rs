@@ -40,7 +40,7 @@ pub(crate) struct GatewayArgs {
     /// Address to listen on (default: 127.0.0.1:8081).
     #[arg(long)]
     listen: Option<String>,
-    /// How clients reach the gateway, e.g. https://dav.example.org/ (default: http://<listen>/).
+    /// How clients reach the gateway, e.g. `https://dav.example.org/` (default: `http://<listen>/`).
     #[arg(long)]
     public_url: Option<String>,
 }

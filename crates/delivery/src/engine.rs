@@ -16,7 +16,7 @@
 //! Bounded everywhere: at most `max_pending` slots (beyond, new deliveries are dropped and
 //! counted as `overflow`), at most `workers` requests in flight.
 //!
-//! **Per host** ([`hosts`]). Slots queue per push-service origin ([`Deliver::origin`]), so a
+//! **Per host** (`hosts`). Slots queue per push-service origin ([`Deliver::origin`]), so a
 //! slow or failing host cannot take the shared workers: hosts with ready slots take turns
 //! (round-robin), each host has at most `per_host_workers` requests in flight, and the last
 //! quarter of the workers only go to hosts with nothing in flight. Each host has a circuit
