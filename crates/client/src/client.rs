@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use davpush_proto::{ClientFrame, SUBPROTOCOL, ServerFrame, Trigger};
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -262,9 +262,7 @@ impl Drop for PushClient {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+use davpush_proto::unix_now;
 
 /// Opens a connection and reads the `hello`.
 async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {

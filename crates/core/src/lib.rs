@@ -53,7 +53,4 @@ pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, Su
 pub use subscription::{RemoteTarget, Subscription, Target, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};
 
-/// Seconds since the unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+pub use davpush_proto::unix_now;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use davpush_proto::DirectorInfo;
 
@@ -47,9 +47,7 @@ pub enum StartError {
 /// needs it: a client asks again (and its access is checked again) when it subscribes anew.
 pub(crate) const GRANT_SECS: i64 = 300;
 
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+pub(crate) use davpush_proto::unix_now;
 
 impl GatewayState {
     /// Builds the clients, starts the notifier and the refresh of the Director's info.

@@ -23,6 +23,11 @@ pub mod ws;
 pub mod xml;
 
 pub use error::ErrorBody;
+
+/// Seconds since the unix epoch: the clock of every timestamp on the wire (`expires`, grants).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
 pub use grant::{Grant, GrantError, GrantKeyError, GrantKeys};
 pub use info::DirectorInfo;
 pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};

@@ -210,7 +210,7 @@ impl Stack {
     /// A grant for `topic` signed with the Director's key, as an application server would.
     pub(crate) fn sign(&self, topic: &str) -> String {
         let text = std::fs::read_to_string(self.data.path().join("grant-key")).unwrap();
-        davpush_proto::GrantKeys::parse(&text).unwrap().sign([topic], davpush_core_now() + 600)
+        davpush_proto::GrantKeys::parse(&text).unwrap().sign([topic], davpush_proto::unix_now() + 600)
     }
 
     /// The collection's topic, as the gateway advertises it in PROPFIND.
@@ -234,10 +234,6 @@ impl Stack {
         assert!(!t.is_empty());
         t
     }
-}
-
-fn davpush_core_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// Starts a stack whose gateway's raw configuration `tweak` adjusts (in front of `upstream`, or

@@ -38,7 +38,7 @@ async fn relay_with(fcm: &FakeFcm, server: &str, limits: &str) -> Relay {
     let app_key = dir.path().join("app-key");
     std::fs::write(&app_key, APP_KEY).unwrap();
     let keys_file = dir.path().join("keys.json");
-    let (key_id, key) = davpush_relay::keys::issue(&keys_file, "dav.example.org", davpush_core::unix_now()).unwrap();
+    let (key_id, key) = davpush_relay::keys::issue(&keys_file, "dav.example.org", davpush_proto::unix_now()).unwrap();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ntrust_forwarded_for = true\n{server}[fcm]\ncredentials_file = {:?}\nbase_url = {:?}\niid_url = {:?}\n\
          [keys]\nfile = {:?}\napp_key_files = [{:?}]\nreload_secs = 1\n[limits]\n{limits}",
@@ -113,7 +113,7 @@ async fn issued_revoked_and_app_keys() {
     assert_eq!(s, 403, "topic membership needs an installation key");
 
     // Revocation takes effect without a restart (the keys file is re-read when it changes).
-    davpush_relay::keys::revoke(&r.keys_file, &r.key_id, davpush_core::unix_now()).unwrap();
+    davpush_relay::keys::revoke(&r.keys_file, &r.key_id, davpush_proto::unix_now()).unwrap();
     let relay_ref = &r;
     eventually("the revoked key is refused", || async move {
         relay_ref.post("/v1/push", Some(&relay_ref.key), json!({"topic": "x", "token": "tok-9"}), None).await.1["error"]
