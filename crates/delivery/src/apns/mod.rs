@@ -24,7 +24,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
 pub use client::{ApnsKey, ProviderToken};
-pub use settings::{ApnsEnvironment, ApnsPushType, ApnsSettings};
+pub use settings::{ApnsConfig, ApnsEnvironment, ApnsPushType, ApnsSettings, RawApns};
 
 use crate::auth::{ConnectionGate, retry_after, topic_hash};
 use crate::engine::{Deliver, Engine, Outcome};

@@ -22,7 +22,7 @@ use davpush_core::{
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-pub use settings::HmsSettings;
+pub use settings::{HmsConfig, HmsSettings, HmsUrgency, RawHms};
 
 use crate::auth::{ConnectionGate, TokenCache, TokenError, is_push_token, retry_after};
 use crate::engine::{Deliver, Engine, Outcome};

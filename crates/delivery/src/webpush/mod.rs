@@ -8,6 +8,7 @@
 //! (the WebSocket `notify` frame, default) or `webdav-push-xml` (the spec's `push-message`).
 
 pub mod ece;
+pub mod settings;
 pub mod vapid;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use url::Url;
 use crate::auth::{bounded_text, retry_after};
 use crate::egress::{EgressClients, EgressPolicy};
 use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, HostKey, Outcome};
+pub use settings::{RawWebPush, Urgency, WebPushConfig, WebPushSettings};
 use vapid::Vapid;
 
 /// Payload format of a subscription.
@@ -67,34 +69,6 @@ pub struct WebPushTarget {
     origin: String,
     keys: Option<(Vec<u8>, Vec<u8>)>,
     format: PayloadFormat,
-}
-
-/// Web Push settings.
-#[derive(Debug, Clone)]
-pub struct WebPushSettings {
-    /// Accept subscriptions without encryption keys (plain body).
-    pub allow_unencrypted: bool,
-    /// `Urgency` header (`very-low`, `low`, `normal`, `high`).
-    pub urgency: String,
-    /// Requests in flight per push-service origin (the engine's `per_host_workers`).
-    pub max_per_host: usize,
-    /// Request timeout (also the ceiling of the engine's adaptive timeout).
-    pub timeout: Duration,
-    /// Engine limits (TTL, retries, workers, breaker); `per_host_workers` and `request_timeout`
-    /// are taken from the two fields above.
-    pub engine: EngineSettings,
-}
-
-impl Default for WebPushSettings {
-    fn default() -> Self {
-        WebPushSettings {
-            allow_unencrypted: false,
-            urgency: "normal".into(),
-            max_per_host: 16,
-            timeout: Duration::from_secs(30),
-            engine: EngineSettings::default(),
-        }
-    }
 }
 
 fn decode(field: &'static str, s: &str) -> Result<Vec<u8>, TargetError> {
@@ -183,7 +157,7 @@ impl WebPushSender {
         Ok(WebPushSender {
             clients: policy.clients(settings.timeout)?,
             vapid,
-            urgency: HeaderValue::from_str(&settings.urgency).unwrap_or(HeaderValue::from_static("normal")),
+            urgency: HeaderValue::from_static(settings.urgency.as_str()),
             policy,
         })
     }
