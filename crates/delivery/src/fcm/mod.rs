@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{FcmClient, Recipient, ServiceAccount};
 pub use relay::{RelayClient, RelayKey};
-pub use settings::{FcmConfig, FcmMode, FcmSettings, FcmUpstream, RawFcm};
+pub use settings::{FcmConfig, FcmMode, FcmSettings, FcmUpstream, RawFcm, RawRelayFcm, RelayFcmConfig};
 
 use crate::auth::{is_push_token, topic_hash};
 use crate::engine::{Deliver, Engine, Enqueued, Outcome};

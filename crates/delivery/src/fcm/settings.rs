@@ -177,3 +177,81 @@ impl TryFrom<&RawFcm> for FcmConfig {
         Ok(FcmConfig { settings, upstream })
     }
 }
+
+/// `[fcm]` of an FCM relay (`davpush relay`): the client vendor's account, forwarded messages
+/// always to topics. Fewer keys than the Director's [`RawFcm`]: the relay has no engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRelayFcm {
+    /// The vendor's service-account JSON key.
+    pub credentials_file: PathBuf,
+    /// FCM API base.
+    pub base_url: String,
+    /// Instance ID API base.
+    pub iid_url: String,
+    /// Token endpoint; empty: the key file's `token_uri`.
+    pub token_url: String,
+    /// Prefix of FCM topic names (`<prefix>.<key id>.<hash>`).
+    pub topic_prefix: String,
+    /// `android.ttl` of forwarded messages, seconds.
+    pub ttl_secs: u64,
+    /// Timeout of one request to FCM, seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for RawRelayFcm {
+    fn default() -> Self {
+        let d = FcmSettings::default();
+        RawRelayFcm {
+            credentials_file: PathBuf::new(),
+            base_url: d.base_url,
+            iid_url: d.iid_url,
+            token_url: String::new(),
+            topic_prefix: "davpush-relay".into(),
+            ttl_secs: 86_400,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Validated `[fcm]` of a relay, with the vendor's account read.
+#[derive(Debug, Clone)]
+pub struct RelayFcmConfig {
+    /// The vendor's service account.
+    pub account: Arc<ServiceAccount>,
+    /// Client settings (topic mode).
+    pub settings: FcmSettings,
+    /// `android.ttl` of forwarded messages.
+    pub ttl: Duration,
+}
+
+impl TryFrom<&RawRelayFcm> for RelayFcmConfig {
+    type Error = SettingsError;
+
+    fn try_from(r: &RawRelayFcm) -> Result<Self, SettingsError> {
+        if r.credentials_file.as_os_str().is_empty() {
+            return Err(invalid("fcm.credentials_file", "is required: the vendor's FCM service-account JSON key"));
+        }
+        let account =
+            ServiceAccount::load(&r.credentials_file).map_err(|e| invalid("fcm.credentials_file", e.to_string()))?;
+        // FCM topic names also allow `-` (HMS's do not, hence the stricter shared check there).
+        if !valid_topic_prefix(&r.topic_prefix.replace('-', "_")) {
+            return Err(invalid("fcm.topic_prefix", "must be 1–64 of A–Z a–z 0–9 - _ . ~"));
+        }
+        for (key, v) in [("fcm.ttl_secs", r.ttl_secs), ("fcm.timeout_secs", r.timeout_secs)] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let settings = FcmSettings {
+            mode: FcmMode::Topic,
+            base_url: r.base_url.clone(),
+            iid_url: r.iid_url.clone(),
+            token_url: (!r.token_url.is_empty()).then(|| r.token_url.clone()),
+            topic_prefix: r.topic_prefix.clone(),
+            timeout: Duration::from_secs(r.timeout_secs),
+            ..FcmSettings::default()
+        };
+        Ok(RelayFcmConfig { account: Arc::new(account), settings, ttl: Duration::from_secs(r.ttl_secs) })
+    }
+}
