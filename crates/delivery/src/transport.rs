@@ -155,3 +155,152 @@ pub fn message_data(n: &Notification, full: bool) -> serde_json::Map<String, ser
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use davpush_core::feedback::Feedback;
+    use davpush_core::{ClientId, MemoryStore, Metrics, RemoteTarget, SubscriptionId, SubscriptionStore, Topic};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::engine::{Deliver, EngineSettings, Outcome};
+    use crate::membership::{BatchError, MembershipApi, MembershipSettings, TokenResult};
+
+    /// Reports every delivery (`None`: to a topic) and every membership change.
+    struct Recorder(mpsc::Sender<(&'static str, Option<String>)>);
+
+    #[async_trait]
+    impl Deliver for Recorder {
+        async fn deliver(&self, sub: &Subscription, _message: &PushMessage, _ttl: Duration) -> Outcome {
+            let _ = self.0.send(("sent", Some(sub.client_id.to_string()))).await;
+            Outcome::Delivered
+        }
+
+        async fn deliver_topic(&self, message: &PushMessage, _ttl: Duration) -> Outcome {
+            let _ = self.0.send(("sent to topic", Some(message.notification.topic.to_string()))).await;
+            Outcome::Delivered
+        }
+    }
+
+    #[async_trait]
+    impl MembershipApi for Recorder {
+        async fn change(&self, op: Op, topic: &str, tokens: &[String]) -> Result<Vec<TokenResult>, BatchError> {
+            let what = if op == Op::Add { "joined" } else { "left" };
+            let _ = self.0.send((what, Some(format!("{topic}:{}", tokens.join(","))))).await;
+            Ok(tokens.iter().map(|_| TokenResult::Ok).collect())
+        }
+    }
+
+    /// Targets are `{"token": …}`.
+    struct Tokens;
+
+    impl TargetParser for Tokens {
+        fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+            let token = params["token"].as_str().ok_or_else(|| TargetError::new(Some("token"), "missing".into()))?;
+            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), token.to_owned())))
+        }
+
+        fn token<'a>(&self, sub: &'a Subscription) -> Option<&'a str> {
+            match &sub.target {
+                Target::Remote(r) => r.data::<String>().map(String::as_str),
+                _ => None,
+            }
+        }
+    }
+
+    async fn transport(
+        topic_mode: bool,
+    ) -> (EngineTransport<Tokens>, mpsc::Receiver<(&'static str, Option<String>)>, Arc<MemoryStore>) {
+        let (tx, rx) = mpsc::channel(64);
+        let recorder = Arc::new(Recorder(tx));
+        let store = Arc::new(MemoryStore::default());
+        let metrics = Arc::new(Metrics::default());
+        let (feedback, _gone) = Feedback::channel();
+        let membership = topic_mode.then(|| {
+            Membership::start(
+                ServiceKind::Fcm,
+                recorder.clone(),
+                MembershipSettings::default(),
+                feedback.clone(),
+                metrics.clone(),
+            )
+        });
+        let settings = EngineSettings { max_attempts: 1, ..EngineSettings::default() };
+        let engine = Engine::start(ServiceKind::Fcm, recorder, settings, feedback, metrics, store.clone());
+        (EngineTransport::new(ServiceKind::Fcm, Tokens, engine, membership), rx, store)
+    }
+
+    async fn subscription(t: &EngineTransport<Tokens>, store: &MemoryStore, client: &str) -> Arc<Subscription> {
+        let params = serde_json::json!({"token": format!("tok-{client}")});
+        let sub = Arc::new(Subscription {
+            id: SubscriptionId::random(),
+            client_id: ClientId::parse(client, 10).unwrap(),
+            topic: Topic::parse("cal", 10).unwrap(),
+            target: t.parse_target(&params).unwrap(),
+            expires: davpush_core::unix_now() + 100_000,
+            triggers: davpush_core::Triggers::ALL,
+        });
+        store
+            .upsert(&davpush_core::StoredSubscription {
+                id: sub.id.to_string(),
+                client_id: client.into(),
+                topic: "cal".into(),
+                service: "fcm".into(),
+                target: params.to_string(),
+                expires: sub.expires,
+                created: 0,
+                triggers: 3,
+            })
+            .await
+            .unwrap();
+        t.added(&sub).await;
+        sub
+    }
+
+    fn message() -> Arc<PushMessage> {
+        Arc::new(PushMessage::new(Notification {
+            topic: Topic::parse("cal", 10).unwrap(),
+            sync_token: Some("s1".into()),
+            trigger: None,
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_membership_each_subscription_gets_its_message_and_no_topic_is_joined() {
+        let (t, mut events, store) = transport(false).await;
+        assert_eq!(t.kind(), ServiceKind::Fcm);
+        assert!(!t.tracks_membership());
+        assert_eq!(t.parse_target(&serde_json::json!({})).unwrap_err().field, Some("token"));
+        let subs = [subscription(&t, &store, "a").await, subscription(&t, &store, "b").await];
+        let d = t.dispatch(&message(), &subs);
+        assert_eq!((d.queued, d.coalesced, d.dropped), (2, 0, 0));
+        let mut got = vec![events.recv().await.unwrap(), events.recv().await.unwrap()];
+        got.sort();
+        assert_eq!(got, [("sent", Some("a".into())), ("sent", Some("b".into()))]);
+        t.shutdown().await;
+        assert!(events.try_recv().is_err(), "nothing else: no topic message, no membership change");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_membership_a_topic_gets_one_message_and_devices_join_and_leave_it() {
+        let (t, mut events, store) = transport(true).await;
+        assert!(t.tracks_membership());
+        let subs = [subscription(&t, &store, "a").await, subscription(&t, &store, "b").await];
+        let mut joined = Vec::new();
+        while joined.len() < 2 {
+            let (what, who) = events.recv().await.unwrap();
+            assert_eq!(what, "joined");
+            joined.extend(who.unwrap().trim_start_matches("cal:").split(',').map(str::to_owned));
+        }
+        joined.sort();
+        assert_eq!(joined, ["tok-a", "tok-b"]);
+        let d = t.dispatch(&message(), &subs);
+        assert_eq!((d.queued, d.coalesced, d.dropped), (2, 0, 0), "counted per recipient");
+        assert_eq!(events.recv().await.unwrap(), ("sent to topic", Some("cal".into())));
+        t.removed(&subs[0]).await;
+        assert_eq!(events.recv().await.unwrap(), ("left", Some("cal:tok-a".into())));
+        t.shutdown().await;
+    }
+}
