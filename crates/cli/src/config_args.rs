@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use davpush_director::Config;
 use davpush_director::config::{Overrides, RawConfig};
+use davpush_director::{Config, Startup};
 
 /// Exit code for a bad configuration (EX_USAGE).
 pub(crate) const EXIT_CONFIG: u8 = 64;
@@ -35,16 +35,19 @@ impl ConfigArgs {
         })
     }
 
-    /// The validated configuration (creates the data directory and missing secrets). Secrets
-    /// generated now are announced once, by location; they are never printed.
-    pub(crate) fn load(&self) -> Result<Config, ExitCode> {
-        let config = Config::from_raw(self.raw()?).map_err(|e| {
+    /// The validated configuration, prepared for start-up (creates the data directory and
+    /// missing secrets). Secrets generated now are announced once, by location; they are never
+    /// printed.
+    pub(crate) fn load(&self) -> Result<(Config, Startup), ExitCode> {
+        let usage = |e: davpush_director::ConfigError| {
             eprintln!("davpush: {e}");
             ExitCode::from(EXIT_CONFIG)
-        })?;
-        for (key, path) in &config.generated_secrets {
+        };
+        let config = Config::from_raw(self.raw()?).map_err(usage)?;
+        let startup = config.prepare().map_err(usage)?;
+        for (key, path) in &startup.generated_secrets {
             eprintln!("davpush: generated `{key}` in {} (mode 0600)", path.display());
         }
-        Ok(config)
+        Ok((config, startup))
     }
 }

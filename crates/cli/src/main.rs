@@ -57,11 +57,11 @@ struct GrantArgs {
 }
 
 fn grant(args: GrantArgs) -> std::process::ExitCode {
-    let config = match args.config.load() {
-        Ok(c) => c,
+    let startup = match args.config.load() {
+        Ok((_, startup)) => startup,
         Err(code) => return code,
     };
-    match &config.grant_keys {
+    match &startup.grant_keys {
         Some(keys) => {
             let until = davpush_core::unix_now() + i64::from(args.seconds);
             println!("{}", keys.sign(args.topics.iter().map(String::as_str), until));
@@ -96,9 +96,9 @@ fn main() -> std::process::ExitCode {
             Command::Grant(args) => grant(args),
             Command::Listen(args) => listen::run(args).await,
             Command::Vapid(args) => match args.load() {
-                Ok(config) => match &config.web_push {
-                    Some(wp) => {
-                        println!("{}", wp.key.public_key());
+                Ok((_, startup)) => match &startup.vapid_key {
+                    Some(key) => {
+                        println!("{}", key.public_key());
                         std::process::ExitCode::SUCCESS
                     }
                     None => {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use davpush_director::{Config, app};
+use davpush_director::{Config, Startup, app};
 use tracing_subscriber::EnvFilter;
 
 use crate::config_args::ConfigArgs;
@@ -57,11 +57,11 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         };
     }
     init_logs(&args.log_format);
-    let config = match args.config.load() {
+    let (config, startup) = match args.config.load() {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match serve(config).await {
+    match serve(config, startup).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("davpush: {e:#}");
@@ -70,9 +70,9 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, startup: Startup) -> anyhow::Result<()> {
     let addr = config.listen;
-    let state = app::build(config).await.context("cannot start the Director")?;
+    let state = app::build_prepared(config, startup).await.context("cannot start the Director")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "Push Director listening");
     app::serve(listener, state, shutdown_signal()).await.context("server failed")?;

@@ -11,6 +11,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::engine::Outcome;
@@ -282,6 +283,51 @@ pub fn topic_hash(topic: &str) -> String {
 /// Whether `s` looks like a push token of FCM or HMS: 1–4096 characters of `A–Z a–z 0–9 - _ : .`.
 pub fn is_push_token(s: &str) -> bool {
     !s.is_empty() && s.len() <= 4096 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+}
+
+/// An HTTP client for a push service API the operator configured: HTTP/2 where the server
+/// offers it (ALPN), connections kept and reused, no redirects, timeouts.
+pub(crate) fn api_client(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(600))
+        .http2_keep_alive_interval(Duration::from_secs(60))
+        .http2_keep_alive_while_idle(true)
+        .user_agent(concat!("davpush/", env!("CARGO_PKG_VERSION")))
+        .no_proxy()
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// Reads an OAuth token endpoint's answer (Google and Huawei answer alike).
+pub(crate) async fn token_reply(
+    resp: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(String, Duration), TokenError> {
+    let resp = resp.map_err(|e| TokenError { refused: false, message: format!("token request failed: {e}") })?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let code = match &v["error"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let desc: String = v["error_description"].as_str().unwrap_or_default().chars().take(200).collect();
+        return Err(TokenError {
+            refused: status.is_client_error() && status.as_u16() != 429,
+            message: format!("token endpoint answered {status}: {code} {desc}"),
+        });
+    }
+    let r: TokenReply = serde_json::from_str(&body)
+        .map_err(|_| TokenError { refused: false, message: "token endpoint answered without access_token".into() })?;
+    Ok((r.access_token, Duration::from_secs(r.expires_in.max(1))))
 }
 
 #[cfg(test)]

@@ -14,8 +14,13 @@
 //!   directly or through an FCM relay ([`fcm::relay`]).
 //! - [`apns`]: Apple Push Notification service, token-based (ES256) over one HTTP/2 connection.
 //! - [`hms`]: Huawei Push Kit, per token or per topic.
-//! - [`auth`]: PEM, RS256 JWTs and the cached OAuth access token the above share.
+//! - [`transport`]: [`transport::EngineTransport`], the one `Transport` of every service above:
+//!   the engine per subscription or per topic, topic membership; services differ only in how
+//!   they read their subscriptions ([`transport::TargetParser`]).
+//! - [`auth`]: PEM, RS256 JWTs, the cached OAuth access token and the API client the above share.
 //! - [`membership`]: batched topic membership (FCM Instance ID, HMS topics) for topic mode.
+//! - [`settings`]: what the services' configuration sections share (`RawDelivery`, `Mode`,
+//!   `SettingsError`); each service's `RawX` → `XSettings` sits in its own `settings.rs`.
 //!
 //! The choice a reader may question: RFC 8291 is implemented here on aws-lc-rs primitives
 //! (~100 lines) rather than with a Web Push crate; the available ones pull in OpenSSL or an old
@@ -28,6 +33,8 @@ pub mod engine;
 pub mod fcm;
 pub mod hms;
 pub mod membership;
+pub mod settings;
+pub mod transport;
 pub mod webpush;
 
 pub use engine::{Deliver, Engine, EngineSettings, HostKey, Outcome, SlotKey};

@@ -1,4 +1,5 @@
-//! Wiring: [`build`] turns a [`Config`] into an [`AppState`], [`router`] makes the routes, and
+//! Wiring: [`build`] prepares a [`Config`] (secrets, keys: [`Config::prepare`]) and turns it into
+//! an [`AppState`], [`router`] makes the routes, and
 //! [`serve`] runs them on a bound listener until a shutdown future resolves. [`spawn`] does all
 //! three on `127.0.0.1:0` for tests and embedding.
 
@@ -25,13 +26,17 @@ use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Config, FcmUpstream, SubscriptionAuth};
+use crate::config::{Config, ConfigError, FcmUpstream, SubscriptionAuth};
 use crate::http;
+use crate::startup::Startup;
 use crate::state::AppState;
 
 /// Starting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Start-up could not create the data directory or a secret.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] davpush_core::StoreError),
@@ -51,15 +56,25 @@ pub enum StartError {
     },
 }
 
-/// Opens the store `store.url` names (SQLite or PostgreSQL), joins the cluster if
-/// `cluster.redis_url` is set, enables the transports and rebuilds the index.
+/// Prepares `config` ([`Config::prepare`]), then [`build_prepared`].
 pub async fn build(config: Config) -> Result<AppState, StartError> {
-    let store = davpush_store::open(&config.store_url).await?;
-    build_with_store(config, store).await
+    let startup = config.prepare()?;
+    build_prepared(config, startup).await
 }
 
-/// Like [`build`] with a given store.
-pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>) -> Result<AppState, StartError> {
+/// Opens the store `store.url` names (SQLite or PostgreSQL), joins the cluster if
+/// `cluster.redis_url` is set, enables the transports and rebuilds the index.
+pub async fn build_prepared(config: Config, startup: Startup) -> Result<AppState, StartError> {
+    let store = davpush_store::open(&config.store_url).await?;
+    build_with_store(config, startup, store).await
+}
+
+/// Like [`build_prepared`] with a given store.
+pub async fn build_with_store(
+    config: Config,
+    startup: Startup,
+    store: Arc<dyn SubscriptionStore>,
+) -> Result<AppState, StartError> {
     let ws = &config.websocket;
     let hub = Arc::new(Hub::new(ws.queue_frames, ws.max_connections));
     let metrics = Arc::new(Metrics::default());
@@ -68,8 +83,8 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
     if ws.enabled {
         transports = transports.with(Arc::new(WebSocketTransport::new(hub.clone())));
     }
-    if let Some(wp) = &config.web_push {
-        let vapid = Arc::new(Vapid::new(wp.key.clone(), wp.subject.clone()));
+    if let Some((wp, key)) = config.web_push.as_ref().zip(startup.vapid_key.as_ref()) {
+        let vapid = Arc::new(Vapid::new(key.clone(), wp.subject.clone()));
         let sender = Arc::new(WebPushSender::new(vapid, wp.policy.clone(), &wp.settings).map_err(StartError::Http)?);
         for kind in &wp.services {
             let t = WebPushTransport::start(
@@ -82,7 +97,7 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
             );
             transports = transports.with(Arc::new(t));
         }
-        tracing::info!(vapid_public_key = %wp.key.public_key(), "Web Push enabled");
+        tracing::info!(vapid_public_key = %key.public_key(), "Web Push enabled");
     }
     if let Some(f) = &config.fcm {
         let upstream = match &f.upstream {
@@ -114,14 +129,14 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
     if config.strict_privacy {
         tracing::info!("server.privacy = \"strict\": no public third-party push service is enabled");
     }
-    if matches!(config.subscription_auth, SubscriptionAuth::None) {
+    if matches!(startup.subscription_auth, SubscriptionAuth::None) {
         tracing::warn!(
             "!!! subscription.auth = \"none\": ANYONE who can reach this Director may subscribe and open \
              WebSockets. Use this for development only. !!!"
         );
     }
     let mut service = PushService::new(store, transports, config.limits.clone(), metrics.clone());
-    if let Some(keys) = &config.grant_keys {
+    if let Some(keys) = &startup.grant_keys {
         service = service.with_grants(keys.clone());
     }
     // Join the cluster before reading the store, so that no change made meanwhile is missed.
@@ -147,7 +162,7 @@ pub async fn build_with_store(config: Config, store: Arc<dyn SubscriptionStore>)
     if let Some(rx) = inbound {
         tokio::spawn(apply_cluster(rx, Arc::downgrade(&service)));
     }
-    Ok(AppState { service, hub, config: Arc::new(config) })
+    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup) })
 }
 
 /// Applies what the other nodes of the cluster report.

@@ -2,7 +2,9 @@
 //! clients, and WebSocket push, over HTTP (axum). Protocol: `docs/protocol.md`.
 //!
 //! # Layout
-//! - [`config`]: defaults → TOML → `DAVPUSH_*` → flags; validation naming the key.
+//! - [`config`]: defaults → TOML → `DAVPUSH_*` → flags; validation naming the key (the push
+//!   services' sections are `davpush_delivery`'s settings). Creates nothing.
+//! - [`startup`]: [`Config::prepare`]: the data directory, secrets, VAPID key, WebDAV verifier.
 //! - [`app`]: start-up (`build`), router, `serve(listener, state, shutdown)`, background sweeps,
 //!   `spawn`.
 //! - `state`: [`AppState`], what handlers and connection tasks share.
@@ -19,9 +21,11 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod startup;
 mod state;
 mod ws;
 
 pub use app::{Running, build, router, serve, spawn};
 pub use config::{Config, ConfigError, RawConfig};
+pub use startup::Startup;
 pub use state::AppState;

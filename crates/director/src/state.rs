@@ -6,6 +6,7 @@ use davpush_core::PushService;
 use davpush_core::live::Hub;
 
 use crate::config::Config;
+use crate::startup::Startup;
 
 /// Shared state of all handlers.
 #[derive(Clone, Debug)]
@@ -16,4 +17,6 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Configuration.
     pub config: Arc<Config>,
+    /// Its secrets, keys and verifier, made at start-up.
+    pub startup: Arc<Startup>,
 }

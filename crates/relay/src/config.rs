@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use davpush_delivery::fcm::settings::valid_topic_prefix;
-use davpush_delivery::fcm::{FcmMode, FcmSettings, ServiceAccount};
+pub use davpush_delivery::fcm::RawRelayFcm as RawFcm;
+use davpush_delivery::fcm::{FcmSettings, RelayFcmConfig, ServiceAccount};
+use davpush_delivery::settings::SettingsError;
 use serde::{Deserialize, Serialize};
 
 use crate::limit::Rate;
@@ -25,6 +26,9 @@ pub enum ConfigError {
     /// TOML syntax or an unknown/mistyped key.
     #[error("invalid relay config: {0}")]
     Parse(String),
+    /// `[fcm]` is invalid (the message names the key).
+    #[error("invalid relay config: {0}")]
+    Fcm(#[from] SettingsError),
     /// A value is out of range or a file unusable.
     #[error("invalid relay config: `{key}`: {message}")]
     Invalid {
@@ -83,41 +87,6 @@ impl Default for RawServer {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_pending_connections: 1024,
-        }
-    }
-}
-
-/// `[fcm]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawFcm {
-    /// The vendor's service-account JSON key.
-    pub credentials_file: PathBuf,
-    /// FCM API base.
-    pub base_url: String,
-    /// Instance ID API base.
-    pub iid_url: String,
-    /// Token endpoint; empty: the key file's `token_uri`.
-    pub token_url: String,
-    /// Prefix of FCM topic names (`<prefix>.<key id>.<hash>`).
-    pub topic_prefix: String,
-    /// `android.ttl` of forwarded messages, seconds.
-    pub ttl_secs: u64,
-    /// Timeout of one request to FCM, seconds.
-    pub timeout_secs: u64,
-}
-
-impl Default for RawFcm {
-    fn default() -> Self {
-        let d = FcmSettings::default();
-        RawFcm {
-            credentials_file: PathBuf::new(),
-            base_url: d.base_url,
-            iid_url: d.iid_url,
-            token_url: String::new(),
-            topic_prefix: "davpush-relay".into(),
-            ttl_secs: 86_400,
-            timeout_secs: 30,
         }
     }
 }
@@ -279,23 +248,9 @@ impl RelayConfig {
             idle_timeout: Duration::from_secs(srv.idle_timeout_secs),
             max_pending_connections: srv.max_pending_connections,
         };
-        if raw.fcm.credentials_file.as_os_str().is_empty() {
-            return Err(invalid("fcm.credentials_file", "is required: the vendor's FCM service-account JSON key"));
-        }
-        let account = ServiceAccount::load(&raw.fcm.credentials_file)
-            .map_err(|e| invalid("fcm.credentials_file", e.to_string()))?;
-        // FCM topic names also allow `-` (HMS's do not, hence the stricter shared check there).
-        if !valid_topic_prefix(&raw.fcm.topic_prefix.replace('-', "_")) {
-            return Err(invalid("fcm.topic_prefix", "must be 1–64 of A–Z a–z 0–9 - _ . ~"));
-        }
-        for (key, v) in [
-            ("fcm.ttl_secs", raw.fcm.ttl_secs),
-            ("fcm.timeout_secs", raw.fcm.timeout_secs),
-            ("keys.reload_secs", raw.keys.reload_secs),
-        ] {
-            if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
+        let fcm = RelayFcmConfig::try_from(&raw.fcm)?;
+        if raw.keys.reload_secs == 0 {
+            return Err(invalid("keys.reload_secs", "must be at least 1"));
         }
         if raw.keys.file.as_os_str().is_empty() {
             return Err(invalid("keys.file", "is required (it may not exist yet)"));
@@ -328,25 +283,15 @@ impl RelayConfig {
         if l.max_tracked == 0 {
             return Err(invalid("limits.max_tracked", "must be at least 1"));
         }
-        let timeout = Duration::from_secs(raw.fcm.timeout_secs);
-        let fcm = FcmSettings {
-            mode: FcmMode::Topic,
-            base_url: raw.fcm.base_url.clone(),
-            iid_url: raw.fcm.iid_url.clone(),
-            token_url: (!raw.fcm.token_url.is_empty()).then(|| raw.fcm.token_url.clone()),
-            topic_prefix: raw.fcm.topic_prefix.clone(),
-            timeout,
-            ..FcmSettings::default()
-        };
         Ok(RelayConfig {
             listen,
             trust_forwarded_for: raw.server.trust_forwarded_for,
             metrics: raw.server.metrics,
             max_body_bytes: raw.server.max_body_bytes,
             connections,
-            account: std::sync::Arc::new(account),
-            fcm,
-            ttl: Duration::from_secs(raw.fcm.ttl_secs),
+            account: fcm.account,
+            fcm: fcm.settings,
+            ttl: fcm.ttl,
             keys_file: raw.keys.file.clone(),
             app_keys,
             reload: Duration::from_secs(raw.keys.reload_secs),

@@ -2,6 +2,7 @@
 //! Integration tests of the `davpush` binary and its subcommands, against real servers on
 //! loopback (a Director, the gateway, Radicale).
 
+mod config;
 mod fd_limit;
 mod listen;
 mod radicale_hook;

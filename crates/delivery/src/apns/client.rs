@@ -14,8 +14,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 use super::settings::ApnsSettings;
-use crate::auth::{CredentialError, pem_to_der};
-use crate::fcm::client::api_client;
+use crate::auth::{CredentialError, api_client, pem_to_der};
 
 /// How long a provider token is used (APNs accepts up to 60 minutes).
 pub const TOKEN_LIFETIME: i64 = 50 * 60;

@@ -16,18 +16,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
-use davpush_core::transport::{Dispatched, TargetError, Transport};
-use davpush_core::{
-    Metrics, PendingDelivery, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target,
-};
+use davpush_core::transport::TargetError;
+use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
 pub use client::{ApnsKey, ProviderToken};
-pub use settings::{ApnsEnvironment, ApnsPushType, ApnsSettings};
+pub use settings::{ApnsConfig, ApnsEnvironment, ApnsPushType, ApnsSettings, RawApns};
 
 use crate::auth::{ConnectionGate, retry_after, topic_hash};
 use crate::engine::{Deliver, Engine, Outcome};
+use crate::transport::{EngineTransport, TargetParser};
 
 /// The subscription parameters as stored (canonical form).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,19 +163,21 @@ impl Deliver for ApnsSender {
     }
 }
 
-/// The `apns` push service.
-pub struct ApnsTransport {
-    engine: Engine,
-}
+/// How `apns` subscriptions read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApnsTargets;
 
-impl std::fmt::Debug for ApnsTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApnsTransport").finish_non_exhaustive()
+impl TargetParser for ApnsTargets {
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        parse_params(params)
     }
 }
 
-impl ApnsTransport {
-    /// Starts the engine.
+/// The `apns` push service (one message per device: APNs has no topics).
+pub type ApnsTransport = EngineTransport<ApnsTargets>;
+
+impl EngineTransport<ApnsTargets> {
+    /// Starts the engine of the `apns` service.
     pub fn start(
         sender: Arc<ApnsSender>,
         settings: &ApnsSettings,
@@ -184,39 +185,15 @@ impl ApnsTransport {
         metrics: Arc<Metrics>,
         store: Arc<dyn SubscriptionStore>,
     ) -> Self {
-        ApnsTransport {
-            engine: Engine::start(
-                ServiceKind::Apns,
-                sender,
-                settings.engine.with_request_timeout(settings.timeout),
-                feedback,
-                metrics,
-                store,
-            ),
-        }
-    }
-}
-
-#[async_trait]
-impl Transport for ApnsTransport {
-    fn kind(&self) -> ServiceKind {
-        ServiceKind::Apns
-    }
-
-    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        parse_params(params)
-    }
-
-    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
-        crate::fcm::dispatch_to(&self.engine, false, message, recipients)
-    }
-
-    async fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
-        self.engine.restore(pending);
-    }
-
-    async fn shutdown(&self) {
-        self.engine.shutdown().await;
+        let engine = Engine::start(
+            ServiceKind::Apns,
+            sender,
+            settings.engine.with_request_timeout(settings.timeout),
+            feedback,
+            metrics,
+            store,
+        );
+        EngineTransport::new(ServiceKind::Apns, ApnsTargets, engine, None)
     }
 }
 

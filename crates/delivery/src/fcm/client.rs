@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::error::{FcmError, classify};
 use super::settings::FcmSettings;
-use crate::auth::{CredentialError, RsaSigner, TokenCache, TokenError, retry_after};
+use crate::auth::{CredentialError, RsaSigner, TokenCache, TokenError, api_client, retry_after, token_reply};
 use crate::engine::Outcome;
 use crate::membership::{BatchError, Op, TokenResult};
 
@@ -119,51 +119,6 @@ impl std::fmt::Debug for FcmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FcmClient").field("account", &self.account).field("send_url", &self.send_url).finish()
     }
-}
-
-/// An HTTP client for a push service API the operator configured: HTTP/2 where the server
-/// offers it (ALPN), connections kept and reused, no redirects, timeouts.
-pub(crate) fn api_client(timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(600))
-        .http2_keep_alive_interval(Duration::from_secs(60))
-        .http2_keep_alive_while_idle(true)
-        .user_agent(concat!("davpush/", env!("CARGO_PKG_VERSION")))
-        .no_proxy()
-}
-
-#[derive(Deserialize)]
-struct TokenReply {
-    access_token: String,
-    expires_in: u64,
-}
-
-/// Reads an OAuth token endpoint's answer (Google and Huawei answer alike).
-pub(crate) async fn token_reply(
-    resp: Result<reqwest::Response, reqwest::Error>,
-) -> Result<(String, Duration), TokenError> {
-    let resp = resp.map_err(|e| TokenError { refused: false, message: format!("token request failed: {e}") })?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let code = match &v["error"] {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        let desc: String = v["error_description"].as_str().unwrap_or_default().chars().take(200).collect();
-        return Err(TokenError {
-            refused: status.is_client_error() && status.as_u16() != 429,
-            message: format!("token endpoint answered {status}: {code} {desc}"),
-        });
-    }
-    let r: TokenReply = serde_json::from_str(&body)
-        .map_err(|_| TokenError { refused: false, message: "token endpoint answered without access_token".into() })?;
-    Ok((r.access_token, Duration::from_secs(r.expires_in.max(1))))
 }
 
 /// The message body: data only (all values strings), high priority, with TTL and collapse key.

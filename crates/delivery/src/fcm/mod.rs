@@ -20,20 +20,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
-use davpush_core::transport::{Dispatched, TargetError, Transport};
-use davpush_core::{
-    Metrics, Notification, PendingDelivery, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore,
-    Target,
-};
+use davpush_core::transport::TargetError;
+use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
 use serde::{Deserialize, Serialize};
 
+pub use crate::transport::{message_data, topic_name};
 pub use client::{FcmClient, Recipient, ServiceAccount};
 pub use relay::{RelayClient, RelayKey};
-pub use settings::{FcmMode, FcmSettings};
+pub use settings::{FcmConfig, FcmMode, FcmSettings, FcmUpstream, RawFcm, RawRelayFcm, RelayFcmConfig};
 
 use crate::auth::{is_push_token, topic_hash};
-use crate::engine::{Deliver, Engine, Enqueued, Outcome};
+use crate::engine::{Deliver, Engine, Outcome};
 use crate::membership::{BatchError, Membership, MembershipApi, Op, TokenResult};
+use crate::transport::{EngineTransport, TargetParser};
 
 /// The subscription parameters as stored (canonical form).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,26 +59,6 @@ pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
     }
     let canonical = serde_json::to_string(&p).expect("params serialize");
     Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, canonical, FcmTarget { token: p.registration_token })))
-}
-
-/// The FCM topic name of a davpush topic.
-pub fn topic_name(prefix: &str, topic: &str) -> String {
-    format!("{prefix}.{}", topic_hash(topic))
-}
-
-/// The `data` of a push message: only strings.
-pub fn message_data(n: &Notification, full: bool) -> serde_json::Map<String, serde_json::Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("topic".into(), n.topic.as_str().into());
-    if full {
-        if let Some(s) = &n.sync_token {
-            m.insert("sync_token".into(), s.as_str().into());
-        }
-        if let Some(t) = n.trigger {
-            m.insert("trigger".into(), t.as_str().into());
-        }
-    }
-    m
 }
 
 /// Where messages go: FCM itself, or a relay.
@@ -145,21 +124,28 @@ impl MembershipApi for FcmSender {
     }
 }
 
-/// The `fcm` push service.
-pub struct FcmTransport {
-    mode: FcmMode,
-    engine: Engine,
-    membership: Option<Membership>,
-}
+/// How `fcm` subscriptions read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FcmTargets;
 
-impl std::fmt::Debug for FcmTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FcmTransport").field("mode", &self.mode).finish_non_exhaustive()
+impl TargetParser for FcmTargets {
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        parse_params(params)
+    }
+
+    fn token<'a>(&self, sub: &'a Subscription) -> Option<&'a str> {
+        match &sub.target {
+            Target::Remote(r) => r.data::<FcmTarget>().map(|t| t.token.as_str()),
+            _ => None,
+        }
     }
 }
 
-impl FcmTransport {
-    /// Starts the engine (and, in topic mode, the membership task).
+/// The `fcm` push service.
+pub type FcmTransport = EngineTransport<FcmTargets>;
+
+impl EngineTransport<FcmTargets> {
+    /// Starts the engine (and, in topic mode, the membership task) of the `fcm` service.
     pub fn start(
         sender: Arc<FcmSender>,
         settings: &FcmSettings,
@@ -184,94 +170,14 @@ impl FcmTransport {
             metrics,
             store,
         );
-        FcmTransport { mode: settings.mode, engine, membership }
-    }
-
-    /// The delivery engine (for inspection).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-}
-
-fn token_of(sub: &Subscription) -> Option<&str> {
-    match &sub.target {
-        Target::Remote(r) => r.data::<FcmTarget>().map(|t| t.token.as_str()),
-        _ => None,
-    }
-}
-
-/// Hands a message to the engine: once per topic in topic mode, else once per subscription.
-pub(crate) fn dispatch_to(
-    engine: &Engine,
-    per_topic: bool,
-    message: &Arc<PushMessage>,
-    recipients: &[Arc<Subscription>],
-) -> Dispatched {
-    let mut d = Dispatched::default();
-    if per_topic {
-        let Some(first) = recipients.first() else { return d };
-        let n = recipients.len() as u64;
-        match engine.enqueue_topic(first, message) {
-            Enqueued::Queued => d.queued = n,
-            Enqueued::Coalesced => d.coalesced = n,
-            Enqueued::Dropped => d.dropped = n,
-        }
-        return d;
-    }
-    for s in recipients {
-        match engine.enqueue(s, message) {
-            Enqueued::Queued => d.queued += 1,
-            Enqueued::Coalesced => d.coalesced += 1,
-            Enqueued::Dropped => d.dropped += 1,
-        }
-    }
-    d
-}
-
-#[async_trait]
-impl Transport for FcmTransport {
-    fn kind(&self) -> ServiceKind {
-        ServiceKind::Fcm
-    }
-
-    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        parse_params(params)
-    }
-
-    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
-        dispatch_to(&self.engine, self.mode == FcmMode::Topic, message, recipients)
-    }
-
-    fn tracks_membership(&self) -> bool {
-        self.membership.is_some()
-    }
-
-    async fn added(&self, sub: &Arc<Subscription>) {
-        if let (Some(m), Some(token)) = (&self.membership, token_of(sub)) {
-            m.change(Op::Add, sub.topic.as_str(), token, &sub.id).await;
-        }
-    }
-
-    async fn removed(&self, sub: &Arc<Subscription>) {
-        if let (Some(m), Some(token)) = (&self.membership, token_of(sub)) {
-            m.change(Op::Remove, sub.topic.as_str(), token, &sub.id).await;
-        }
-    }
-
-    async fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
-        match self.mode {
-            FcmMode::Topic => self.engine.restore_topics(pending),
-            FcmMode::Token => self.engine.restore(pending),
-        }
-    }
-
-    async fn shutdown(&self) {
-        self.engine.shutdown().await;
+        EngineTransport::new(ServiceKind::Fcm, FcmTargets, engine, membership)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use davpush_core::Notification;
+
     use super::*;
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 
-use super::client::{api_client, iid_results};
+use super::client::iid_results;
+use crate::auth::api_client;
 use crate::auth::retry_after;
 use crate::engine::Outcome;
 use crate::membership::{BatchError, Op, TokenResult};

@@ -15,20 +15,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
-use davpush_core::transport::{Dispatched, TargetError, Transport};
-use davpush_core::{
-    Metrics, PendingDelivery, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target,
-};
+use davpush_core::transport::TargetError;
+use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-pub use settings::HmsSettings;
+pub use settings::{HmsConfig, HmsSettings, HmsUrgency, RawHms};
 
-use crate::auth::{ConnectionGate, TokenCache, TokenError, is_push_token, retry_after};
+use crate::auth::{ConnectionGate, TokenCache, TokenError, api_client, is_push_token, retry_after, token_reply};
 use crate::engine::{Deliver, Engine, Outcome};
-use crate::fcm::client::{api_client, token_reply};
-use crate::fcm::{dispatch_to, message_data, topic_name};
 use crate::membership::{BatchError, Membership, MembershipApi, Op, TokenResult};
+use crate::transport::{EngineTransport, TargetParser, message_data, topic_name};
 
 /// The subscription parameters as stored (canonical form).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,21 +219,28 @@ impl MembershipApi for HmsSender {
     }
 }
 
-/// The `hms` push service.
-pub struct HmsTransport {
-    topic_mode: bool,
-    engine: Engine,
-    membership: Option<Membership>,
-}
+/// How `hms` subscriptions read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HmsTargets;
 
-impl std::fmt::Debug for HmsTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HmsTransport").field("topic_mode", &self.topic_mode).finish_non_exhaustive()
+impl TargetParser for HmsTargets {
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        parse_params(params)
+    }
+
+    fn token<'a>(&self, sub: &'a Subscription) -> Option<&'a str> {
+        match &sub.target {
+            Target::Remote(r) => r.data::<HmsTarget>().map(|t| t.token.as_str()),
+            _ => None,
+        }
     }
 }
 
-impl HmsTransport {
-    /// Starts the engine (and, in topic mode, the membership task).
+/// The `hms` push service.
+pub type HmsTransport = EngineTransport<HmsTargets>;
+
+impl EngineTransport<HmsTargets> {
+    /// Starts the engine (and, in topic mode, the membership task) of the `hms` service.
     pub fn start(
         sender: Arc<HmsSender>,
         settings: &HmsSettings,
@@ -261,56 +265,6 @@ impl HmsTransport {
             metrics,
             store,
         );
-        HmsTransport { topic_mode: settings.topic_mode, engine, membership }
-    }
-}
-
-fn token_of(sub: &Subscription) -> Option<&str> {
-    match &sub.target {
-        Target::Remote(r) => r.data::<HmsTarget>().map(|t| t.token.as_str()),
-        _ => None,
-    }
-}
-
-#[async_trait]
-impl Transport for HmsTransport {
-    fn kind(&self) -> ServiceKind {
-        ServiceKind::Hms
-    }
-
-    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        parse_params(params)
-    }
-
-    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
-        dispatch_to(&self.engine, self.topic_mode, message, recipients)
-    }
-
-    fn tracks_membership(&self) -> bool {
-        self.membership.is_some()
-    }
-
-    async fn added(&self, sub: &Arc<Subscription>) {
-        if let (Some(m), Some(token)) = (&self.membership, token_of(sub)) {
-            m.change(Op::Add, sub.topic.as_str(), token, &sub.id).await;
-        }
-    }
-
-    async fn removed(&self, sub: &Arc<Subscription>) {
-        if let (Some(m), Some(token)) = (&self.membership, token_of(sub)) {
-            m.change(Op::Remove, sub.topic.as_str(), token, &sub.id).await;
-        }
-    }
-
-    async fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
-        if self.topic_mode {
-            self.engine.restore_topics(pending);
-        } else {
-            self.engine.restore(pending);
-        }
-    }
-
-    async fn shutdown(&self) {
-        self.engine.shutdown().await;
+        EngineTransport::new(ServiceKind::Hms, HmsTargets, engine, membership)
     }
 }

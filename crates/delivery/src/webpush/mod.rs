@@ -8,6 +8,7 @@
 //! (the WebSocket `notify` frame, default) or `webdav-push-xml` (the spec's `push-message`).
 
 pub mod ece;
+pub mod settings;
 pub mod vapid;
 
 use std::sync::Arc;
@@ -18,17 +19,17 @@ use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use davpush_core::feedback::Feedback;
-use davpush_core::transport::{Dispatched, TargetError, Transport};
-use davpush_core::{
-    Metrics, PendingDelivery, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target,
-};
+use davpush_core::transport::TargetError;
+use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{bounded_text, retry_after};
 use crate::egress::{EgressClients, EgressPolicy};
-use crate::engine::{Deliver, Engine, EngineSettings, Enqueued, HostKey, Outcome};
+use crate::engine::{Deliver, Engine, EngineSettings, HostKey, Outcome};
+use crate::transport::{EngineTransport, TargetParser};
+pub use settings::{RawWebPush, Urgency, WebPushConfig, WebPushSettings};
 use vapid::Vapid;
 
 /// Payload format of a subscription.
@@ -67,34 +68,6 @@ pub struct WebPushTarget {
     origin: String,
     keys: Option<(Vec<u8>, Vec<u8>)>,
     format: PayloadFormat,
-}
-
-/// Web Push settings.
-#[derive(Debug, Clone)]
-pub struct WebPushSettings {
-    /// Accept subscriptions without encryption keys (plain body).
-    pub allow_unencrypted: bool,
-    /// `Urgency` header (`very-low`, `low`, `normal`, `high`).
-    pub urgency: String,
-    /// Requests in flight per push-service origin (the engine's `per_host_workers`).
-    pub max_per_host: usize,
-    /// Request timeout (also the ceiling of the engine's adaptive timeout).
-    pub timeout: Duration,
-    /// Engine limits (TTL, retries, workers, breaker); `per_host_workers` and `request_timeout`
-    /// are taken from the two fields above.
-    pub engine: EngineSettings,
-}
-
-impl Default for WebPushSettings {
-    fn default() -> Self {
-        WebPushSettings {
-            allow_unencrypted: false,
-            urgency: "normal".into(),
-            max_per_host: 16,
-            timeout: Duration::from_secs(30),
-            engine: EngineSettings::default(),
-        }
-    }
 }
 
 fn decode(field: &'static str, s: &str) -> Result<Vec<u8>, TargetError> {
@@ -183,7 +156,7 @@ impl WebPushSender {
         Ok(WebPushSender {
             clients: policy.clients(settings.timeout)?,
             vapid,
-            urgency: HeaderValue::from_str(&settings.urgency).unwrap_or(HeaderValue::from_static("normal")),
+            urgency: HeaderValue::from_static(settings.urgency.as_str()),
             policy,
         })
     }
@@ -272,21 +245,32 @@ impl Deliver for WebPushSender {
     }
 }
 
-/// The transport for one of the two service names (`web_push`, `unified_push`).
-pub struct WebPushTransport {
+/// How `web_push` / `unified_push` subscriptions read: endpoints within the egress policy,
+/// keys unless plain messages are allowed; the endpoint's addresses are checked after DNS.
+#[derive(Debug, Clone)]
+pub struct WebPushTargets {
     kind: ServiceKind,
-    engine: Engine,
     policy: EgressPolicy,
     allow_unencrypted: bool,
 }
 
-impl std::fmt::Debug for WebPushTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebPushTransport").field("kind", &self.kind).finish_non_exhaustive()
+#[async_trait]
+impl TargetParser for WebPushTargets {
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        parse_params(self.kind, params, &self.policy, self.allow_unencrypted)
+    }
+
+    async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
+        let Target::Remote(r) = target else { return Ok(()) };
+        let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
+        self.policy.check_resolved(&t.endpoint).await.map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))
     }
 }
 
-impl WebPushTransport {
+/// The transport for one of the two service names (`web_push`, `unified_push`).
+pub type WebPushTransport = EngineTransport<WebPushTargets>;
+
+impl EngineTransport<WebPushTargets> {
     /// Starts a transport of `kind` (`WebPush` or `UnifiedPush`) delivering through `sender`.
     pub fn start(
         kind: ServiceKind,
@@ -303,49 +287,8 @@ impl WebPushTransport {
             ..settings.engine.clone()
         };
         let engine = Engine::start(kind, sender, engine_settings, feedback, metrics, store);
-        WebPushTransport { kind, engine, policy, allow_unencrypted: settings.allow_unencrypted }
-    }
-
-    /// The delivery engine (for inspection).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-}
-
-#[async_trait]
-impl Transport for WebPushTransport {
-    fn kind(&self) -> ServiceKind {
-        self.kind
-    }
-
-    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        parse_params(self.kind, params, &self.policy, self.allow_unencrypted)
-    }
-
-    async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
-        let Target::Remote(r) = target else { return Ok(()) };
-        let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
-        self.policy.check_resolved(&t.endpoint).await.map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))
-    }
-
-    fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
-        let mut d = Dispatched::default();
-        for s in recipients {
-            match self.engine.enqueue(s, message) {
-                Enqueued::Queued => d.queued += 1,
-                Enqueued::Coalesced => d.coalesced += 1,
-                Enqueued::Dropped => d.dropped += 1,
-            }
-        }
-        d
-    }
-
-    async fn restore(&self, pending: Vec<(Arc<Subscription>, PendingDelivery)>) {
-        self.engine.restore(pending);
-    }
-
-    async fn shutdown(&self) {
-        self.engine.shutdown().await;
+        let targets = WebPushTargets { kind, policy, allow_unencrypted: settings.allow_unencrypted };
+        EngineTransport::new(kind, targets, engine, None)
     }
 }
 

@@ -35,7 +35,7 @@ fn setup(push: &FakePush) -> Setup {
     let public_key = key.public_key();
     let vapid = Arc::new(Vapid::new(Arc::new(key), "mailto:ops@example.org".into()));
     let policy = EgressPolicy::new(&[format!("127.0.0.1:{}", push.addr.port())], true).unwrap();
-    let settings = WebPushSettings { urgency: "high".into(), ..Default::default() };
+    let settings = WebPushSettings { urgency: davpush_delivery::webpush::Urgency::High, ..Default::default() };
     let sender = WebPushSender::new(vapid, policy.clone(), &settings).unwrap();
     Setup { sender, policy, public_key, _dir: dir }
 }

@@ -19,7 +19,7 @@ pub(crate) async fn notify(
     body: Result<JsonBody<NotifyRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<NotifyResponse>), ApiError> {
     // Authentication first: an unauthenticated caller learns nothing about the body's validity.
-    if let Err(e) = auth::check(&st.config.notify_tokens, auth::bearer(&headers, None)) {
+    if let Err(e) = auth::check(&st.startup.notify_tokens, auth::bearer(&headers, None)) {
         st.service.metrics().reject("notify_unauthorized");
         return Err(e);
     }

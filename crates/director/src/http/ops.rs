@@ -34,15 +34,15 @@ pub(crate) async fn info(State(st): State<AppState>) -> Json<davpush_proto::Dire
     Json(davpush_proto::DirectorInfo {
         version: davpush_proto::PROTOCOL_VERSION,
         services,
-        subscription_auth: match st.config.subscription_auth {
+        subscription_auth: match st.startup.subscription_auth {
             SubscriptionAuth::Tokens(_) => "token",
             SubscriptionAuth::Webdav(..) => "webdav",
             SubscriptionAuth::None => "none",
         }
         .into(),
-        vapid_public_key: st.config.web_push.as_ref().map(|w| w.key.public_key()),
+        vapid_public_key: st.startup.vapid_key.as_ref().map(|k| k.public_key()),
         websocket_path: websocket.then(|| "/ws".to_owned()),
-        grants: if st.config.grant_keys.is_some() { "required" } else { "off" }.into(),
+        grants: if st.startup.grant_keys.is_some() { "required" } else { "off" }.into(),
     })
 }
 

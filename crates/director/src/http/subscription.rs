@@ -12,7 +12,7 @@ use super::json::JsonBody;
 use crate::state::AppState;
 
 async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<davpush_core::Principal, ApiError> {
-    auth::check_subscription(&st.config.subscription_auth, headers, None).await.inspect_err(|_| {
+    auth::check_subscription(&st.startup.subscription_auth, headers, None).await.inspect_err(|_| {
         st.service.metrics().reject("subscription_unauthorized");
     })
 }

@@ -25,7 +25,7 @@ pub(crate) async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let token = query.as_ref().ok().and_then(|q| q.access_token.as_deref());
-    auth::check_subscription(&st.config.subscription_auth, &headers, token).await.inspect_err(|_| {
+    auth::check_subscription(&st.startup.subscription_auth, &headers, token).await.inspect_err(|_| {
         st.service.metrics().reject("websocket_unauthorized");
     })?;
     let ws = ws.map_err(|e| ApiError::InvalidShape(format!("expected a WebSocket upgrade request: {e}")))?;

@@ -98,7 +98,7 @@ async fn encrypted_pushes_decrypt_with_http_ece_and_their_vapid_verifies_with_py
             assert!(plaintext.contains("<topic>cal-1</topic><content-update><D:sync-token>http://dav.example/sync/7</D:sync-token></content-update>"), "{plaintext}");
         }
         // The advertised key is the one `davpush vapid` prints.
-        assert_eq!(checked["vapid_key"], d.running.state.config.web_push.as_ref().unwrap().key.public_key());
+        assert_eq!(checked["vapid_key"], d.running.state.startup.vapid_key.as_ref().unwrap().public_key());
     }
 }
 
@@ -352,7 +352,7 @@ async fn plain_messages_only_where_configured() {
 #[tokio::test]
 async fn the_vapid_key_is_generated_once_and_kept() {
     let d = start("").await;
-    let key = d.running.state.config.web_push.as_ref().unwrap().key.public_key();
+    let key = d.running.state.startup.vapid_key.as_ref().unwrap().public_key();
     assert_eq!(B64.decode(&key).unwrap().len(), 65);
     let path = d.data_dir().join("vapid-key.pem");
     let pem = std::fs::read_to_string(&path).unwrap();
@@ -363,5 +363,5 @@ async fn the_vapid_key_is_generated_once_and_kept() {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
     let d = d.restart().await;
-    assert_eq!(d.running.state.config.web_push.as_ref().unwrap().key.public_key(), key);
+    assert_eq!(d.running.state.startup.vapid_key.as_ref().unwrap().public_key(), key);
 }

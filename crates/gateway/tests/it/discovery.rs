@@ -42,7 +42,7 @@ async fn collections_advertise_push_and_members_do_not() {
                 .child(PUSH, "vapid-public-key")
                 .unwrap();
             assert_eq!(key.attr("type"), Some("p256ecdsa"));
-            assert_eq!(key.text(), s.director.state.config.web_push.as_ref().unwrap().key.public_key());
+            assert_eq!(key.text(), s.director.state.startup.vapid_key.as_ref().unwrap().public_key());
             assert_eq!(prop(PUSH, "topic").unwrap().text().len(), 22);
             let triggers = prop(PUSH, "supported-triggers").unwrap();
             assert_eq!(triggers.child(PUSH, "content-update").unwrap().child(DAV, "depth").unwrap().text(), "1");
