@@ -6,6 +6,8 @@ mod bench;
 mod config_args;
 mod gateway;
 mod listen;
+mod logs;
+mod notify;
 mod relay;
 mod serve;
 
@@ -30,9 +32,9 @@ enum Command {
     /// Run the FCM relay (for client vendors), or manage its keys.
     Relay(relay::RelayArgs),
     /// Print the topic of a collection.
-    Topic(gateway::TopicArgs),
+    Topic(notify::TopicArgs),
     /// Tell the Director that a collection changed (cron jobs, server hooks).
-    Notify(gateway::NotifyArgs),
+    Notify(notify::NotifyArgs),
     /// Print a subscription grant for topics (what an application server gives users who may
     /// read the collections), signed with the Director's grant key.
     Grant(GrantArgs),
@@ -91,8 +93,8 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Gateway(args) => gateway::run_gateway(args).await,
             Command::Relay(args) => relay::run(args).await,
-            Command::Topic(args) => gateway::run_topic(args),
-            Command::Notify(args) => gateway::run_notify(args).await,
+            Command::Topic(args) => notify::run_topic(args),
+            Command::Notify(args) => notify::run_notify(args).await,
             Command::Grant(args) => grant(args),
             Command::Listen(args) => listen::run(args).await,
             Command::Vapid(args) => match args.load() {

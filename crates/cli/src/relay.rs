@@ -60,7 +60,7 @@ pub(crate) async fn run(args: RelayArgs) -> ExitCode {
     let now = davpush_core::unix_now();
     let result = match args.command {
         RelayCommand::Serve { config, listen, log_format } => {
-            crate::serve::init_logs(&log_format);
+            crate::logs::init_logs(&log_format);
             let mut raw = match RawRelayConfig::load(&config) {
                 Ok(r) => r,
                 Err(e) => return config_error(e),

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use davpush_director::{Config, Startup, app};
-use tracing_subscriber::EnvFilter;
 
 use crate::config_args::ConfigArgs;
 
@@ -32,16 +31,6 @@ pub(crate) struct ServeArgs {
     print_example_config: bool,
 }
 
-pub(crate) fn init_logs(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     if args.print_example_config {
         print!("{}", davpush_director::config::EXAMPLE);
@@ -56,7 +45,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
             Err(code) => code,
         };
     }
-    init_logs(&args.log_format);
+    crate::logs::init_logs(&args.log_format);
     let (config, startup) = match args.config.load() {
         Ok(c) => c,
         Err(code) => return code,

@@ -324,7 +324,7 @@ impl FakeFcm {
     /// Starts it on a free port with a fresh service-account key; access tokens live 3599 s.
     pub async fn start() -> FakeFcm {
         let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
-        let der = AsDer::<Pkcs8V1Der>::as_der(&pair).unwrap();
+        let der = AsDer::<Pkcs8V1Der<'_>>::as_der(&pair).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
         let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
         for c in b64.as_bytes().chunks(64) {
