@@ -16,6 +16,7 @@ use davpush_core::{StoreError, SubscriptionStore};
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]

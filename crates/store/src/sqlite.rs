@@ -6,9 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
-use crate::err;
+use crate::{err, rows};
 
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]
@@ -98,28 +98,11 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions WHERE expires > ?",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("load subscriptions"))?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(StoredSubscription {
-                    id: r.try_get("id")?,
-                    client_id: r.try_get("client_id")?,
-                    topic: r.try_get("topic")?,
-                    service: r.try_get("service")?,
-                    target: r.try_get("target")?,
-                    expires: r.try_get("expires")?,
-                    created: r.try_get("created")?,
-                    triggers: r.try_get::<i64, _>("triggers")?.clamp(0, 255) as u8,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err("read a subscription row"))
+        // The columns of `rows::subscription`.
+        let sql = "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions \
+                   WHERE expires > ?";
+        let found = sqlx::query(sql).bind(now).fetch_all(&self.pool).await.map_err(err("load subscriptions"))?;
+        found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
     }
 
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
@@ -175,25 +158,10 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
-        let rows =
-            sqlx::query("SELECT subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline FROM outbox")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err("load pending deliveries"))?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(PendingDelivery {
-                    subscription_id: r.try_get("subscription_id")?,
-                    topic: r.try_get("topic")?,
-                    sync_token: r.try_get("sync_token")?,
-                    trigger: r.try_get("trigger_kind")?,
-                    attempt: r.try_get::<i64, _>("attempt")?.clamp(0, u32::MAX as i64) as u32,
-                    due: r.try_get("due")?,
-                    deadline: r.try_get("deadline")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err("read a pending delivery row"))
+        // The columns of `rows::pending`.
+        let sql = "SELECT subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline FROM outbox";
+        let found = sqlx::query(sql).fetch_all(&self.pool).await.map_err(err("load pending deliveries"))?;
+        found.iter().map(rows::pending).collect::<Result<_, sqlx::Error>>().map_err(err("read a pending delivery row"))
     }
 }
 
