@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::{err, rows};
 

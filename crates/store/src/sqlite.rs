@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::{err, rows};
 

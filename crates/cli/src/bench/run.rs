@@ -103,16 +103,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let target = Arc::new(Target { base, http, director });
     let run = run_id();
     let topics: Box<[String]> = (0..args.topics).map(|i| format!("bench-{run}-{i}")).collect();
-    let grants: Box<[Option<String>]> = match &args.grant_key_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let keys = davpush_proto::GrantKeys::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            // Valid for the setup phase; subscriptions outlive their grant.
-            let until = davpush_core::unix_now() + 3600;
-            topics.iter().map(|t| Some(keys.sign([t.as_str()], until))).collect()
-        }
-        None => topics.iter().map(|_| None).collect(),
-    };
+    let grants = grants_for(&args, &topics)?;
 
     // Phase 1: reachability, baseline, notify token.
     let before = scrape(&target).await?;
@@ -123,32 +114,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     target.director.notify_bytes(probe).await.map_err(|e| anyhow!("POST /notify: {e}"))?;
 
     // Phase 2: connections.
-    let mut ws_url = target.endpoint("ws")?;
-    ws_url.set_scheme("ws").map_err(|()| anyhow!("cannot make a ws:// URL from {}", target.base))?;
-    let mut request = ws_url.as_str().into_client_request().context("cannot build the WebSocket request")?;
-    request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
-    if let Some(t) = &sub_token {
-        request.headers_mut().insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {t}"))
-                .context("the subscription token cannot be sent in a header")?,
-        );
-    }
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(args.read_buffer as usize)
-        .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
-        .max_message_size(Some(64 * 1024))
-        .max_frame_size(Some(64 * 1024));
-    let cs = Arc::new(ConnSetup {
-        server,
-        source_addrs,
-        request,
-        ws_config,
-        topics,
-        grants,
-        limit: Semaphore::new(args.connect_concurrency as usize),
-    });
+    let cs = Arc::new(connection_setup(&args, &target, server, source_addrs, sub_token.as_deref(), topics, grants)?);
 
     let planned = if args.rate > 0.0 { (args.rate * args.duration as f64).floor().max(1.0) as u64 } else { 0 };
     if planned > MAX_SEQUENCES {
@@ -186,6 +152,133 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         ..Report::default()
     };
 
+    let Connected { mut tasks, wakes, subs_per_topic } = connect_all(&args, &cs, &sh, &mut report).await?;
+
+    // Phase 3: idle memory.
+    if args.idle_secs > 0 {
+        progress!("holding the connections idle for {} s", args.idle_secs);
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    }
+    let idle = scrape(&target).await?;
+    if let Some(s) = &idle {
+        report.rss_after = s.rss;
+        report.server_connections = s.ws_connections;
+        report.server_subscriptions = s.ws_subscriptions;
+    }
+
+    // Phase 4: fan-out rounds.
+    let drain = Duration::from_secs(args.drain_secs);
+    report.fanout = fanout_rounds(&args, &target, &cs, &sh, subs_per_topic.iter().sum()).await?;
+    let after_fanout = scrape(&target).await?;
+    if let (Some(b), Some(a)) = (&idle, &after_fanout) {
+        report.fanout_server = Some(Scrape::delta(&a.ws_outcomes, &b.ws_outcomes));
+    }
+
+    // Phase 5: sustained.
+    let mut last_scrape = after_fanout;
+    if planned > 0 {
+        progress!("sustained: {} notifications/s for {} s ({planned} notifications)", args.rate, args.duration);
+        let mut st = sustained(&args, &target, &cs, &sh, &subs_per_topic, planned).await;
+        // Flush the per-task buffers, then wait for the rest.
+        set_phase(&sh, &wakes, PHASE_DRAIN);
+        st.drain_end = wait_for(st.expected, drain, || sh.sustained.count()).await;
+        st.received = sh.sustained.count();
+        let last = sh.sustained_last_ns.load(Relaxed);
+        st.delivery_secs = (last.saturating_sub(st_start_ns(&sh))) as f64 / 1e9;
+        st.latency = sh.sustained.summary();
+        progress!("sustained: {} of {} frames received ({})", st.received, st.expected, st.drain_end.describe());
+        let after = scrape(&target).await?;
+        if let (Some(b), Some(a)) = (&last_scrape, &after) {
+            st.server = Some(Scrape::delta(&a.ws_outcomes, &b.ws_outcomes));
+        }
+        last_scrape = after;
+        report.sustained = Some(st);
+    }
+    if let (Some(b), Some(a)) = (&idle, &last_scrape) {
+        report.server_closed = Scrape::delta(&a.closed, &b.closed);
+    }
+
+    // Close everything.
+    report.still_open = sh.open.load(Relaxed);
+    report.unknown_frames = sh.unknown_frames.load(Relaxed);
+    report.ended_early = sh.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    progress!("closing {} connections", report.still_open);
+    set_phase(&sh, &wakes, PHASE_STOP);
+    let closing = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(15), closing).await.is_err() {
+        tasks.abort_all();
+    }
+    Ok(report)
+}
+
+/// A grant for each topic, signed with `--grant-key-file` (none without it).
+fn grants_for(args: &BenchArgs, topics: &[String]) -> anyhow::Result<Box<[Option<String>]>> {
+    Ok(match &args.grant_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let keys = davpush_proto::GrantKeys::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            // Valid for the setup phase; subscriptions outlive their grant.
+            let until = davpush_core::unix_now() + 3600;
+            topics.iter().map(|t| Some(keys.sign([t.as_str()], until))).collect()
+        }
+        None => topics.iter().map(|_| None).collect(),
+    })
+}
+
+/// The WebSocket request and settings every connection uses.
+fn connection_setup(
+    args: &BenchArgs,
+    target: &Target,
+    server: SocketAddr,
+    source_addrs: Vec<IpAddr>,
+    sub_token: Option<&str>,
+    topics: Box<[String]>,
+    grants: Box<[Option<String>]>,
+) -> anyhow::Result<ConnSetup> {
+    let mut ws_url = target.endpoint("ws")?;
+    ws_url.set_scheme("ws").map_err(|()| anyhow!("cannot make a ws:// URL from {}", target.base))?;
+    let mut request = ws_url.as_str().into_client_request().context("cannot build the WebSocket request")?;
+    request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    if let Some(t) = sub_token {
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the subscription token cannot be sent in a header")?,
+        );
+    }
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(args.read_buffer as usize)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024));
+    Ok(ConnSetup {
+        server,
+        source_addrs,
+        request,
+        ws_config,
+        topics,
+        grants,
+        limit: Semaphore::new(args.connect_concurrency as usize),
+    })
+}
+
+/// The connection tasks, their wake-ups, and how many subscribed to each topic.
+struct Connected {
+    tasks: JoinSet<()>,
+    wakes: Vec<Arc<Notify>>,
+    subs_per_topic: Vec<u64>,
+}
+
+/// Phase 2: opens and subscribes `--connections` WebSockets (the first alone, so that a bad
+/// token or an unreachable /ws fails fast), recording setup time and failures in `report`.
+async fn connect_all(
+    args: &BenchArgs,
+    cs: &Arc<ConnSetup>,
+    sh: &Arc<Shared>,
+    report: &mut Report,
+) -> anyhow::Result<Connected> {
+    let n = u64::from(args.connections);
     let t0 = Instant::now();
     let mut tasks = JoinSet::new();
     let mut wakes: Vec<Arc<Notify>> = Vec::with_capacity(args.connections as usize);
@@ -253,22 +346,20 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         progress!("hint: {h}");
     }
     report.failed = failed;
+    Ok(Connected { tasks, wakes, subs_per_topic })
+}
 
-    // Phase 3: idle memory.
-    if args.idle_secs > 0 {
-        progress!("holding the connections idle for {} s", args.idle_secs);
-        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-    }
-    let idle = scrape(&target).await?;
-    if let Some(s) = &idle {
-        report.rss_after = s.rss;
-        report.server_connections = s.ws_connections;
-        report.server_subscriptions = s.ws_subscriptions;
-    }
-
-    // Phase 4: fan-out rounds.
+/// Phase 4: `--fanout-rounds` notifies of every topic, each waited for until its frames arrived
+/// (or `--drain-secs` passed).
+async fn fanout_rounds(
+    args: &BenchArgs,
+    target: &Target,
+    cs: &ConnSetup,
+    sh: &Shared,
+    expected_fanout: u64,
+) -> anyhow::Result<Vec<FanoutRound>> {
     let drain = Duration::from_secs(args.drain_secs);
-    let expected_fanout: u64 = subs_per_topic.iter().sum();
+    let mut rounds = Vec::with_capacity(args.fanout_rounds as usize);
     for r in 0..args.fanout_rounds as usize {
         let round = &sh.rounds[r];
         let token = format!("F{r}");
@@ -302,49 +393,10 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
             end.describe(),
             opt_ms(fr.last_frame_ms)
         );
-        report.fanout.push(fr);
+        rounds.push(fr);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let after_fanout = scrape(&target).await?;
-    if let (Some(b), Some(a)) = (&idle, &after_fanout) {
-        report.fanout_server = Some(Scrape::delta(&a.ws_outcomes, &b.ws_outcomes));
-    }
-
-    // Phase 5: sustained.
-    let mut last_scrape = after_fanout;
-    if planned > 0 {
-        progress!("sustained: {} notifications/s for {} s ({planned} notifications)", args.rate, args.duration);
-        let mut st = sustained(&args, &target, &cs, &sh, &subs_per_topic, planned).await;
-        // Flush the per-task buffers, then wait for the rest.
-        set_phase(&sh, &wakes, PHASE_DRAIN);
-        st.drain_end = wait_for(st.expected, drain, || sh.sustained.count()).await;
-        st.received = sh.sustained.count();
-        let last = sh.sustained_last_ns.load(Relaxed);
-        st.delivery_secs = (last.saturating_sub(st_start_ns(&sh))) as f64 / 1e9;
-        st.latency = sh.sustained.summary();
-        progress!("sustained: {} of {} frames received ({})", st.received, st.expected, st.drain_end.describe());
-        let after = scrape(&target).await?;
-        if let (Some(b), Some(a)) = (&last_scrape, &after) {
-            st.server = Some(Scrape::delta(&a.ws_outcomes, &b.ws_outcomes));
-        }
-        last_scrape = after;
-        report.sustained = Some(st);
-    }
-    if let (Some(b), Some(a)) = (&idle, &last_scrape) {
-        report.server_closed = Scrape::delta(&a.closed, &b.closed);
-    }
-
-    // Close everything.
-    report.still_open = sh.open.load(Relaxed);
-    report.unknown_frames = sh.unknown_frames.load(Relaxed);
-    report.ended_early = sh.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    progress!("closing {} connections", report.still_open);
-    set_phase(&sh, &wakes, PHASE_STOP);
-    let closing = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(15), closing).await.is_err() {
-        tasks.abort_all();
-    }
-    Ok(report)
+    Ok(rounds)
 }
 
 /// Start of the sustained phase (the send instant of sequence 0).
