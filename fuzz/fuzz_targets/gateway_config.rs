@@ -15,6 +15,8 @@ static SECRETS: LazyLock<PathBuf> = LazyLock::new(|| {
     for name in ["notify-token", "subscription-token", "topic-secret"] {
         std::fs::write(dir.join(name), "0123456789abcdef0123456789abcdef\n").expect("secret file");
     }
+    // A base64url key of 32 bytes, as the Director generates it.
+    std::fs::write(dir.join("grant-key"), "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY\n").expect("grant key");
     dir
 });
 
@@ -25,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
     raw.notify_token_file = PathBuf::new();
     raw.subscription_token_file = PathBuf::new();
     raw.topic_secret_file = PathBuf::new();
+    raw.grant_key_file = PathBuf::new();
     if let Ok(c) = GatewayConfig::from_raw(raw) {
         let _ = c.to_upstream_path("/dav/calendars/alice/");
         let _ = c.to_public_path("/calendars/alice/");
