@@ -108,6 +108,23 @@ impl Default for RawGatewayConfig {
     }
 }
 
+/// A token read from a file: shown as `***` by `Debug`, so a logged configuration leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The token itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -122,9 +139,9 @@ pub struct GatewayConfig {
     /// The Director (client side).
     pub director_public_url: Url,
     /// Director notify token.
-    pub notify_token: String,
+    pub notify_token: Secret,
     /// Director subscription token.
-    pub subscription_token: String,
+    pub subscription_token: Secret,
     /// Topic key.
     pub topic_key: TopicKey,
     /// Signs grants for the topics of collections a user may read.
@@ -304,9 +321,11 @@ impl GatewayConfig {
         for (name, value) in &raw.upstream_headers {
             let n = axum::http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid("upstream_headers", format!("`{name}` is not a header name")))?;
-            let v = axum::http::HeaderValue::from_str(value).map_err(|_| {
+            let mut v = axum::http::HeaderValue::from_str(value).map_err(|_| {
                 invalid("upstream_headers", format!("the value of `{name}` is not a valid header value"))
             })?;
+            // It may be a shared secret of the upstream's: never shown by `Debug`.
+            v.set_sensitive(true);
             upstream_headers.push((n, v));
         }
         let (topic_key, created) = raw.topic_key()?;
@@ -317,8 +336,8 @@ impl GatewayConfig {
             upstream,
             director_url,
             director_public_url,
-            notify_token,
-            subscription_token,
+            notify_token: Secret(notify_token),
+            subscription_token: Secret(subscription_token),
             topic_key,
             grant_keys,
             upstream_headers,
@@ -396,6 +415,24 @@ mod tests {
     }
 
     #[test]
+    fn upstream_header_values_are_not_shown_by_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        for (f, v) in [("notify-token", "n-token-0123456789"), ("subscription-token", "s-token-0123456789")] {
+            std::fs::write(dir.path().join(f), v).unwrap();
+        }
+        std::fs::write(dir.path().join("grant-key"), davpush_proto::GrantKeys::generate_line()).unwrap();
+        let mut raw = RawGatewayConfig {
+            upstream: "http://127.0.0.1:5232/".into(),
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        raw.upstream_headers.insert("X-Upstream-Secret".into(), "hunter2-secret".into());
+        let c = GatewayConfig::from_raw(raw).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+        assert!(!format!("{c:?}").contains("n-token"), "{c:?}");
+    }
+
+    #[test]
     fn the_example_file_parses_and_names_the_defaults() {
         let example: RawGatewayConfig = toml::from_str(include_str!("../../../examples/gateway.toml")).unwrap();
         let defaults = RawGatewayConfig::default();
@@ -411,7 +448,7 @@ mod tests {
         assert_eq!(c.to_public_path("/alice/cal/e.ics"), Some("/dav/alice/cal/e.ics".into()));
         let same = cfg("", "http://127.0.0.1:5232/");
         assert_eq!(same.to_upstream_path("/alice/"), Some("/alice/".into()));
-        assert_eq!(same.notify_token, "n-token-0123456789");
+        assert_eq!(same.notify_token.expose(), "n-token-0123456789");
     }
 
     #[test]

@@ -66,8 +66,8 @@ impl GatewayState {
                 davpush_client::DirectorError::Unreachable(e) => StartError::Http(e),
                 other => StartError::Director(other),
             })?
-            .notify_token(cfg.notify_token.clone())
-            .subscription_token(cfg.subscription_token.clone());
+            .notify_token(cfg.notify_token.expose())
+            .subscription_token(cfg.subscription_token.expose());
         let notifier = Notifier::start(
             NotifierParts {
                 upstream_http: upstream.clone(),

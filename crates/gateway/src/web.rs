@@ -239,7 +239,7 @@ async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungsteni
     url.set_path(&path);
     let mut request = url.as_str().into_client_request()?;
     let h = request.headers_mut();
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", st.cfg.subscription_token))
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", st.cfg.subscription_token.expose()))
         .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
     h.insert(header::AUTHORIZATION, bearer);
     h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
