@@ -6,6 +6,7 @@
 //! Deliveries go through the real path: `Transport::dispatch` → engine (coalescing, workers) →
 //! RFC 8291 encryption with a fresh key per message → cached VAPID header → HTTP POST over a
 //! kept-alive connection → the endpoint's 201.
+#![allow(clippy::unwrap_used)] // tests, benches and examples stop at the first failure
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,6 +6,7 @@
 //! cores as the Director, so the figures are a floor for the Director's own cost.
 //!
 //!     cargo bench -p davpush-director --bench push_fakes [-- N RUNS]
+#![allow(clippy::unwrap_used)] // tests, benches and examples stop at the first failure
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

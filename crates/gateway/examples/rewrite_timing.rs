@@ -1,6 +1,7 @@
 //! Times the gateway's multistatus rewrite on a 100-member calendar answer shaped like Apache
 //! mod_dav's (`cargo run --release -p davpush-gateway --example rewrite_timing`). The request asks
 //! for push properties, as DAVx⁵'s collection PROPFIND does.
+#![allow(clippy::unwrap_used)] // tests, benches and examples stop at the first failure
 
 use davpush_gateway::dav::{PushValues, analyze_propfind, rewrite_multistatus};
 

@@ -15,6 +15,8 @@
 //!
 //! Everything binds to 127.0.0.1 on free ports. In CI (`CI=true`) a missing tool fails the test;
 //! on a developer's machine the test is skipped with a notice.
+// Test support: a failed set-up should stop the test at once, so `unwrap` is the right call.
+#![allow(clippy::unwrap_used)]
 
 pub mod apache;
 pub mod browser;

@@ -1,4 +1,5 @@
 #![allow(missing_docs)]
+#![allow(clippy::unwrap_used)] // tests, benches and examples stop at the first failure
 //! Integration tests of the Push Director: a real server on 127.0.0.1:0, real HTTP and
 //! WebSocket clients.
 

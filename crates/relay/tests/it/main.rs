@@ -1,4 +1,5 @@
 #![allow(missing_docs)]
+#![allow(clippy::unwrap_used)] // tests, benches and examples stop at the first failure
 //! Integration tests of the FCM relay: a real relay on 127.0.0.1:0 in front of the local FCM
 //! (davpush_testkit::fakes::fcm). Authentication (issued, revoked and app keys), rate limits
 //! per key, address and token, the topic-only payload, metrics, and a Director → relay → FCM
