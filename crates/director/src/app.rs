@@ -205,7 +205,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(http::ops::json_405))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(davpush_serve::trace::request_span::<axum::body::Body>))
         .with_state(state)
 }
 

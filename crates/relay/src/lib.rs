@@ -115,7 +115,10 @@ pub fn router(state: Arc<RelayState>) -> Router {
         .route("/metrics", get(http::metrics))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(max))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(davpush_serve::trace::request_span::<axum::body::Body>),
+        )
         .with_state(state)
 }
 

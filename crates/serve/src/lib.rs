@@ -8,6 +8,7 @@
 //! - [`Server`]: the accept loop (this file).
 //! - `registry`: which connections are pending, busy or idle, and which to close first.
 //! - `conn`: one connection's task and the service that reports requests to the registry.
+//! - [`trace`]: request spans that never log a credential of the URI.
 //!
 //! # Rules
 //! - A connection is *pending* from `accept` until its first request head is complete. It is
@@ -29,6 +30,7 @@
 
 mod conn;
 mod registry;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;

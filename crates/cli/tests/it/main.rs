@@ -7,3 +7,4 @@ mod config;
 mod fd_limit;
 mod listen;
 mod radicale_hook;
+mod secrets_in_logs;
