@@ -41,23 +41,35 @@ async fn issue_12_the_debug_log_holds_no_secret() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Ended whatever happens, also when an assertion fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let reader = {
+    let (child, reader) = {
         let lines = lines.clone();
         let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["fields"]["message"] == "Push Director listening"
-                    && let Some(addr) = v["fields"]["addr"].as_str()
-                {
-                    let _ = tx.try_send(addr.to_owned());
+        let child = Killed(child);
+        (
+            child,
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if v["fields"]["message"] == "Push Director listening"
+                        && let Some(addr) = v["fields"]["addr"].as_str()
+                    {
+                        let _ = tx.try_send(addr.to_owned());
+                    }
+                    lines.lock().unwrap().push(line);
                 }
-                lines.lock().unwrap().push(line);
-            }
-        })
+            }),
+        )
     };
     let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the Director did not start");
 
@@ -84,8 +96,7 @@ async fn issue_12_the_debug_log_holds_no_secret() {
     assert_eq!(r.status(), 401);
     drop(ws);
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     reader.join().unwrap();
     let log = lines.lock().unwrap().join("\n");
     assert!(log.contains("access_token=***"), "the request trace logs the requests:\n{log}");
