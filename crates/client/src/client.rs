@@ -432,7 +432,9 @@ impl Task {
         match self.discovery.grant(url, &self.options.credentials).await {
             Ok(g) => g,
             Err(e) => {
-                tracing::warn!(collection = %url, error = %e, "cannot get a subscription grant");
+                // A URL may carry user information: only its origin and path are logged.
+                let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
+                tracing::warn!(collection = %shown, error = %e, "cannot get a subscription grant");
                 None
             }
         }
