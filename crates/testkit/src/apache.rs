@@ -13,27 +13,25 @@ pub struct Apache {
     dir: PathBuf,
 }
 
+#[track_caller]
 fn tool(name: &str) -> Option<()> {
     let found =
         Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
     if found {
         return Some(());
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("`{name}` is not installed; .ci/run must install it");
-    }
-    eprintln!("SKIPPED: `{name}` is not installed (apt-get install {name})");
+    crate::require::missing(&format!("`{name}` is not installed"), &format!("apt-get install {name}"));
     None
 }
 
-/// Whether litmus is installed (skips outside CI when not).
+/// Whether litmus is installed (fails, or skips when chosen, when not: [`crate::require`]).
 pub fn litmus() -> Option<()> {
     tool("litmus")
 }
 
 impl Apache {
-    /// Starts Apache with mod_dav serving an empty folder; `None` (skip) if not installed
-    /// outside CI.
+    /// Starts Apache with mod_dav serving an empty folder; `None` (skip) if not installed and
+    /// skipping was chosen ([`crate::require`]).
     pub fn start() -> Option<Apache> {
         tool("apache2")?;
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
@@ -98,7 +96,17 @@ impl Drop for Apache {
 
 /// Runs one litmus suite against `url`; returns (tests run, passed).
 pub fn run_litmus(suite: &str, url: &str) -> (u32, u32) {
-    let out = Command::new("litmus").env("TESTS", suite).arg(url).stdin(Stdio::null()).output().expect("run litmus");
+    // litmus writes child.log and debug.log into its working folder: one of its own.
+    let cwd = std::env::temp_dir().join(format!("davpush-litmus-{}-{suite}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&cwd).expect("temp dir");
+    let out = Command::new("litmus")
+        .env("TESTS", suite)
+        .arg(url)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run litmus");
+    let _ = std::fs::remove_dir_all(&cwd);
     let text = String::from_utf8_lossy(&out.stdout);
     // "<- summary for `basic': of 16 tests run: 16 passed, 0 failed. 100.0%"
     let line = text.lines().find(|l| l.contains("summary for")).unwrap_or_else(|| panic!("no litmus summary:\n{text}"));
@@ -107,4 +115,10 @@ pub fn run_litmus(suite: &str, url: &str) -> (u32, u32) {
         rest.split_whitespace().next().and_then(|n| n.parse().ok()).expect("a number")
     };
     (num("of "), num("run: "))
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }

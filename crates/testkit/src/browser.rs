@@ -41,15 +41,15 @@ fn chromium() -> Option<&'static str> {
 }
 
 impl Browser {
-    /// Starts ChromeDriver and a headless Chromium session; `None` (skip, with a notice) if they
-    /// are not installed outside CI; in CI (`CI=true`) their absence fails the test.
+    /// Starts ChromeDriver and a headless Chromium session. If they are not installed the test
+    /// fails, or is skipped (`None`) when skipping was chosen ([`crate::require`]).
     pub async fn start() -> Option<Browser> {
         let bin = chromium();
         if bin.is_none() || !installed("chromedriver") {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("chromium and chromedriver are not installed; .ci/run must install them");
-            }
-            eprintln!("SKIPPED: chromium/chromedriver are not installed (apt-get install chromium chromium-driver)");
+            crate::require::missing(
+                "chromium and chromedriver are not installed",
+                "apt-get install chromium chromium-driver",
+            );
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();

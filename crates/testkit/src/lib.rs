@@ -13,8 +13,10 @@
 //! - [`services`]: the real PostgreSQL (a scratch schema per test) and Redis of the scale-out tests.
 //! - [`sockets`]: raw TCP clients that connect and idle or send half a request (issue 9).
 //!
-//! Everything binds to 127.0.0.1 on free ports. In CI (`CI=true`) a missing tool fails the test;
-//! on a developer's machine the test is skipped with a notice.
+//! - [`require`]: what a test does when a tool it needs is missing (fails; skips only when chosen).
+//!
+//! Everything binds to 127.0.0.1 on free ports. A missing tool fails the test unless skipping was
+//! chosen explicitly (`cargo xtask test --allow-skip`), never in CI.
 // Test support: a failed set-up should stop the test at once, so `unwrap` is the right call.
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +27,7 @@ pub mod fakes;
 pub mod python;
 pub mod radicale;
 pub mod redis_server;
+pub mod require;
 pub mod services;
 pub mod sockets;
 

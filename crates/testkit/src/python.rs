@@ -2,10 +2,24 @@
 
 use std::io::Write;
 
-/// The interpreter (`$DAVPUSH_PYTHON`, else `python3`) if it can import `modules`. Outside CI a
-/// missing module skips the calling test (`None`, with a notice); in CI it fails it.
+/// The interpreter the tests use: `$DAVPUSH_PYTHON`, else the virtualenv `cargo xtask test`
+/// makes in the workspace (`.venv/`), else `python3`.
+pub fn interpreter() -> String {
+    if let Ok(py) = std::env::var("DAVPUSH_PYTHON") {
+        return py;
+    }
+    let venv = crate::require::workspace_root().join(".venv/bin/python");
+    if venv.exists() {
+        return venv.display().to_string();
+    }
+    "python3".into()
+}
+
+/// The interpreter ([`interpreter`]) if it can import `modules`. A missing module fails the
+/// calling test, or skips it (`None`) when skipping was chosen ([`crate::require`]).
+#[track_caller]
 pub fn python_with(modules: &[&str]) -> Option<String> {
-    let py = std::env::var("DAVPUSH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let py = interpreter();
     let ok = std::process::Command::new(&py)
         .args(["-c", &format!("import {}", modules.join(", "))])
         .output()
@@ -14,10 +28,10 @@ pub fn python_with(modules: &[&str]) -> Option<String> {
     if ok {
         return Some(py);
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{py} cannot import {modules:?}; .ci/run must install them");
-    }
-    eprintln!("SKIPPED: {py} cannot import {modules:?} (pip install them, or set DAVPUSH_PYTHON)");
+    crate::require::missing(
+        &format!("{py} cannot import {modules:?}"),
+        "`cargo xtask test` makes a virtualenv with them (requirements-test.txt), or set DAVPUSH_PYTHON",
+    );
     None
 }
 

@@ -22,7 +22,7 @@ pub const USERS: &[(&str, &str)] = &[("alice", "alice-password"), ("bob", "bob-p
 
 impl Radicale {
     /// Starts Radicale with `extra` command-line arguments; `None` (skip) if it is not
-    /// installed and this is not CI.
+    /// installed and skipping was chosen ([`crate::require`]).
     pub fn start(extra: &[&str]) -> Option<Radicale> {
         let py = crate::python::python_with(&["radicale"])?;
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();

@@ -3,7 +3,7 @@
 //! [`crate::services`] must never be restarted. Killed on drop.
 //!
 //! `$DAVPUSH_TEST_REDIS_SERVER` names the binary (default `redis-server` from `PATH`). When it is
-//! missing the test is skipped with a notice, or fails in CI (`CI=true`).
+//! missing the test fails, or is skipped when skipping was chosen ([`crate::require`]).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -23,14 +23,11 @@ fn binary() -> String {
 
 impl RedisServer {
     /// Starts a fresh server on a free port; `None` (skip) when `redis-server` is not installed
-    /// and this is not CI.
+    /// and skipping was chosen.
     pub async fn start() -> Option<RedisServer> {
         let bin = binary();
         if Command::new(&bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{bin} is not installed; .ci/run must provide it");
-            }
-            eprintln!("SKIPPED: {bin} is not installed");
+            crate::require::missing(&format!("{bin} is not installed"), "apt-get install redis-server");
             return None;
         }
         // A port taken meanwhile by someone else makes the server exit: try another one.

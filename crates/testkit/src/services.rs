@@ -1,19 +1,22 @@
 //! The real PostgreSQL and Redis the scale-out tests use (`.ci/run` starts them).
 //!
 //! `$DAVPUSH_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1/test`) and
-//! `$DAVPUSH_TEST_REDIS` (default `redis://127.0.0.1:6379`) name them. Outside CI an unreachable
-//! service skips the calling test (`None`, with a notice); in CI (`CI=true`) it fails it.
+//! `$DAVPUSH_TEST_REDIS` (default `redis://127.0.0.1:6379`) name them. An unreachable service
+//! fails the calling test, or skips it (`None`) when skipping was chosen ([`crate::require`]).
 
 use std::time::Duration;
 
 use sqlx::Connection;
 
-/// Fails in CI, else prints a notice (the caller then skips).
+/// Fails the test, or records a skip when skipping was chosen (the caller then returns early).
+#[track_caller]
 fn unavailable(what: &str, url: &str, why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} at {url} is unreachable ({why}); .ci/run must start it");
-    }
-    eprintln!("SKIPPED: {what} at {url} is unreachable ({why})");
+    let var = if what == "Redis" { "DAVPUSH_TEST_REDIS" } else { "DAVPUSH_TEST_POSTGRES" };
+    let package = if what == "Redis" { "redis-server" } else { "postgresql" };
+    crate::require::missing(
+        &format!("{what} at {url} is unreachable ({why})"),
+        &format!("apt-get install {package} and start it, or set {var} to one that runs"),
+    );
 }
 
 /// A random lowercase suffix for names of schemas and channels.

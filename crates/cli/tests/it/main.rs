@@ -4,7 +4,10 @@
 //! loopback (a Director, the gateway, Radicale).
 
 mod config;
+mod documented;
+mod documented_elsewhere;
 mod fd_limit;
 mod listen;
 mod radicale_hook;
+mod secrets_in_gateway_logs;
 mod secrets_in_logs;

@@ -185,7 +185,8 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// The Python interpreter with the independent Web Push implementations (`http_ece`,
-/// `py_vapid`); skips outside CI when they are missing, fails in CI.
+/// `py_vapid`); when they are missing the test fails, or skips if that was chosen
+/// (`davpush_testkit::require`).
 pub(crate) fn interop_python() -> Option<String> {
     davpush_testkit::python::python_with(&["http_ece", "py_vapid", "cryptography"])
 }
