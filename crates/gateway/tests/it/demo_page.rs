@@ -268,3 +268,33 @@ async fn the_demo_page_keeps_to_a_strict_policy_and_asks_the_upstream_for_no_fav
     assert!(console.iter().any(|l| l.contains("Content Security Policy")), "the console reports it: {console:?}");
     b.quit().await;
 }
+
+#[tokio::test]
+async fn a_server_out_of_reach_at_sign_in_is_one_clear_sentence() {
+    let Some(s) = stack("").await else { return };
+    let Some(b) = Browser::start().await else { return };
+    let cal = s.mkcalendar("alice", "team").await;
+    b.goto(&format!("{}/.davpush/demo/?calendar={cal}", s.gateway.url())).await;
+    b.wait_for("the login form", "return !document.getElementById('login').hidden;", Duration::from_secs(10)).await;
+    // The page is loaded; then its server goes away.
+    s.gateway.shutdown().await.unwrap();
+    sign_in(&b, "alice", "alice-password").await;
+    b.wait_for(
+        "an error message",
+        "return document.getElementById('login-error').textContent !== '';",
+        Duration::from_secs(10),
+    )
+    .await;
+    let shown = b
+        .eval(
+            "return [document.getElementById('login-error').textContent, document.getElementById('user').hidden,
+                     document.getElementById('logout').hidden];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!(["The server could not be reached. Check the network connection and try again.", true, true])
+    );
+    b.quit().await;
+}
