@@ -48,6 +48,13 @@ const fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2
 const fmtDow = new Intl.DateTimeFormat(undefined, { weekday: "short" });
 const fmtMonth = new Intl.DateTimeFormat(undefined, { month: "long", year: "numeric" });
 const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
+const fmtMonthOnly = new Intl.DateTimeFormat(undefined, { month: "long" });
+/** "December 2026", "November – December 2026" or "December 2026 – January 2027". */
+function weekLabel(first, last) {
+  if (first.getMonth() === last.getMonth()) return fmtMonth.format(first);
+  if (first.getFullYear() === last.getFullYear()) return `${fmtMonthOnly.format(first)} – ${fmtMonth.format(last)}`;
+  return `${fmtMonth.format(first)} – ${fmtMonth.format(last)}`;
+}
 const fmtClock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
 
 // ---------------------------------------------------------------- iCalendar
@@ -213,7 +220,7 @@ function eventCard(ev) {
 function render() {
   const days = [...Array(7)].map((_, i) => addDays(weekStart, i));
   const end = addDays(weekStart, 7);
-  $("week-label").textContent = fmtMonth.format(weekStart) + (weekStart.getMonth() !== addDays(weekStart, 6).getMonth() ? ` – ${fmtMonth.format(addDays(weekStart, 6))}` : "");
+  $("week-label").textContent = weekLabel(weekStart, addDays(weekStart, 6));
   const sorted = [...events.values()].sort((a, b) => (b.allDay - a.allDay) || (a.start - b.start));
   const week = $("week");
   week.replaceChildren();
@@ -301,13 +308,39 @@ async function login(ev) {
     await start();
     sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
   } catch (e) {
-    session = null;
-    $("calendar").hidden = true;
-    $("login").hidden = false;
-    $("login-error").textContent =
-      e.code === "unauthorized" ? "Wrong user name or password." : e.code === "no_push" ? `${e.message}.` : e.message;
-    setStatus("offline", "Offline");
+    const tried = session;
+    signedOut();
+    $("login-error").textContent = loginError(e, tried);
   }
+}
+
+/** Back to the login form: no user, no Sign out, offline. */
+function signedOut() {
+  if (push) push.close();
+  push = null;
+  session = null;
+  collection = null;
+  syncToken = "";
+  events.clear();
+  $("calendar").hidden = true;
+  $("login").hidden = false;
+  $("user").hidden = $("logout").hidden = true;
+  $("user").textContent = "";
+  $("cal-name").textContent = "Calendar";
+  document.title = "Calendar · davpush";
+  setStatus("offline", "Offline");
+}
+
+/** What went wrong when `tried` ({user, calendar}) signed in, in one sentence. */
+function loginError(e, tried) {
+  const status = e.status;
+  if (e.code === "unreachable") return "The server could not be reached. Check the network connection and try again.";
+  if (status === 401) return "Wrong user name or password.";
+  if (status === 403) return `${tried.user} may not read the calendar ${tried.calendar}.`;
+  if (status === 404) return `There is no calendar at ${tried.calendar}.`;
+  if (e.code === "no_push") return `${e.message}.`;
+  if (status) return `The server answered HTTP ${status} for ${tried.calendar}.`;
+  return e.message;
 }
 
 $("login-form").addEventListener("submit", login);
@@ -323,12 +356,12 @@ $("logout").addEventListener("click", () => {
 const saved = sessionStorage.getItem(SESSION_KEY);
 if (saved) {
   session = JSON.parse(saved);
+  const tried = session;
   start().catch((e) => {
     sessionStorage.removeItem(SESSION_KEY);
-    session = null;
-    $("login").hidden = false;
-    $("calendar").hidden = true;
-    $("login-error").textContent = e.message;
+    signedOut();
+    $("f-calendar").value = tried.calendar || "";
+    $("login-error").textContent = loginError(e, tried);
   });
 } else {
   $("f-calendar").value = params.get("calendar") || "";

@@ -1,7 +1,8 @@
 //! What browsers need from the gateway, under `<public_url>.davpush/`:
 //!
 //! - `client/davpush.js`: the dependency-free ES module (`web/davpush.js` in the repository);
-//! - `demo/`: the live web calendar (`web/demo/`);
+//! - `demo/`: the live web calendar (`web/demo/`), with its own icon (`demo/favicon.svg`, linked
+//!   from the page, so browsers do not ask the upstream for `/favicon.ico`);
 //! - `POST ticket`: a short-lived WebSocket ticket for a user the upstream accepts;
 //! - `GET ws?ticket=…`: a WebSocket proxied to the Director's `/ws`.
 //!
@@ -45,6 +46,14 @@ pub const DAVPUSH_JS: &str = include_str!("../../../web/davpush.js");
 const DEMO_HTML: &str = include_str!("../../../web/demo/index.html");
 const DEMO_JS: &str = include_str!("../../../web/demo/calendar.js");
 const DEMO_CSS: &str = include_str!("../../../web/demo/calendar.css");
+const DEMO_ICON: &str = include_str!("../../../web/demo/favicon.svg");
+
+/// The policy of every page and asset under `.davpush/`: scripts, styles, images and
+/// connections (`fetch`, the WebSocket) from this origin only, no inline script or style, no
+/// plugins, and no framing (the page takes a password).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
 
 const TICKET_LABEL: &str = "davpush-ws-ticket";
 /// How long a ticket opens WebSockets, seconds.
@@ -91,14 +100,25 @@ struct TicketAnswer {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
+    let mut r = (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    secure(&mut r);
+    r
+}
+
+/// The security headers of the pages and assets (see [`CONTENT_SECURITY_POLICY`]).
+fn secure(r: &mut Response) {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
 /// Handles a request under `.davpush/` (`rest` is the path after it).
@@ -113,15 +133,19 @@ pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Resul
             if let Ok(v) = HeaderValue::from_str(&format!("demo/{q}")) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
+            secure(&mut r);
             r
         }
         "demo/" | "demo/index.html" if get => asset("text/html; charset=utf-8", DEMO_HTML),
         "demo/calendar.js" if get => asset("text/javascript; charset=utf-8", DEMO_JS),
         "demo/calendar.css" if get => asset("text/css; charset=utf-8", DEMO_CSS),
+        "demo/favicon.svg" if get => asset("image/svg+xml", DEMO_ICON),
         "ticket" if method == Method::POST => ticket(st, req).await?,
         "ws" if method == Method::GET => proxy(st, req).await?,
-        "client/davpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js" | "demo/calendar.css" | "ticket"
-        | "ws" => return Err(GatewayError::MethodNotAllowed { message: "method not allowed", allow: None }),
+        "client/davpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js" | "demo/calendar.css"
+        | "demo/favicon.svg" | "ticket" | "ws" => {
+            return Err(GatewayError::MethodNotAllowed { message: "method not allowed", allow: None });
+        }
         _ => return Err(GatewayError::NotFound("not found")),
     })
 }

@@ -140,6 +140,42 @@ impl Browser {
         }
     }
 
+    /// Runs a Chrome DevTools Protocol command (ChromeDriver's `goog/cdp/execute`).
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.call(reqwest::Method::POST, &self.path("/goog/cdp/execute"), Some(json!({"cmd": cmd, "params": params})))
+            .await
+    }
+
+    /// Emulates a phone's screen of `width` x `height` CSS pixels (mobile layout: the page's
+    /// `<meta name="viewport">` applies) for the pages loaded from now on.
+    pub async fn phone_viewport(&self, width: u32, height: u32) {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 2, "mobile": true}),
+        )
+        .await;
+    }
+
+    /// Runs `source` in every document loaded from now on, before the page's own scripts (and
+    /// not subject to its Content-Security-Policy).
+    pub async fn on_new_document(&self, source: &str) {
+        self.cdp("Page.addScriptToEvaluateOnNewDocument", json!({"source": source})).await;
+    }
+
+    /// The browser console's messages since the last call, as `"LEVEL message"` lines
+    /// (ChromeDriver's log endpoint; it keeps warnings and errors).
+    pub async fn console(&self) -> Vec<String> {
+        let v = self.call(reqwest::Method::POST, &self.path("/se/log"), Some(json!({"type": "browser"}))).await;
+        v.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| format!("{} {}", e["level"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Ends the session (closes Chromium).
     pub async fn quit(mut self) {
         if !self.session.is_empty() {

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::util::*;
 
 /// The week the tests show (Monday).
-const WEEK: &str = "2026-11-30";
+pub(crate) const WEEK: &str = "2026-11-30";
 
 fn ics(uid: &str, summary: &str, start: &str, end: &str, location: &str) -> String {
     let loc = if location.is_empty() { String::new() } else { format!("LOCATION:{location}\r\n") };
@@ -21,7 +21,7 @@ fn ics(uid: &str, summary: &str, start: &str, end: &str, location: &str) -> Stri
     )
 }
 
-async fn put(s: &Stack, cal: &str, uid: &str, summary: &str, start: &str, end: &str, location: &str) {
+pub(crate) async fn put(s: &Stack, cal: &str, uid: &str, summary: &str, start: &str, end: &str, location: &str) {
     let (st, _, body) = s
         .dav(
             "PUT",
@@ -34,12 +34,12 @@ async fn put(s: &Stack, cal: &str, uid: &str, summary: &str, start: &str, end: &
     assert!(st == 201 || st == 204, "PUT {uid}: {st} {body}");
 }
 
-fn shown(uid: &str) -> String {
+pub(crate) fn shown(uid: &str) -> String {
     format!("return document.querySelector('.event[data-uid=\"{uid}\"]') !== null;")
 }
 
 /// Opens the demo page for `cal` and signs in as alice; returns when the page is subscribed.
-async fn open_demo(b: &Browser, s: &Stack, cal: &str) {
+pub(crate) async fn open_demo(b: &Browser, s: &Stack, cal: &str) {
     b.goto(&format!("{}/.davpush/demo/?calendar={cal}&week={WEEK}", s.gateway.url())).await;
     b.wait_for("the login form", "return !document.getElementById('login').hidden;", Duration::from_secs(10)).await;
     b.eval(

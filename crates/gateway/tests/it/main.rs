@@ -7,6 +7,7 @@ mod util;
 
 mod browser;
 mod connections;
+mod demo_page;
 mod discovery;
 mod litmus;
 mod notifications;
