@@ -6,5 +6,6 @@
 mod config;
 mod fd_limit;
 mod listen;
+mod operator;
 mod radicale_hook;
 mod secrets_in_logs;
