@@ -16,9 +16,9 @@ pub(crate) struct ConfigArgs {
     /// TOML configuration file.
     #[arg(long, short, env = "DAVPUSH_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on (server.listen), e.g. 127.0.0.1:8080.
-    #[arg(long)]
-    listen: Option<String>,
+    /// `--listen` of `serve` (the other subcommands listen on nothing).
+    #[arg(skip)]
+    pub(crate) listen: Option<String>,
     /// Directory for the database and generated secrets (server.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -26,8 +26,12 @@ pub(crate) struct ConfigArgs {
 
 impl ConfigArgs {
     /// File, then `DAVPUSH_*` environment, then flags; an error is printed and becomes exit 64.
+    /// The variables davpush's own arguments read (`DAVPUSH_CONFIG`, `DAVPUSH_TOKEN`, …) are
+    /// not configuration keys.
     pub(crate) fn raw(&self) -> Result<RawConfig, ExitCode> {
-        let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("DAVPUSH_")).collect();
+        let own = argument_variables();
+        let env: BTreeMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("DAVPUSH_") && !own.contains(k)).collect();
         let flags = Overrides { listen: self.listen.clone(), data_dir: self.data_dir.clone() };
         RawConfig::load(self.config.as_deref(), &env, &flags).map_err(|e| {
             eprintln!("davpush: {e}");
@@ -39,15 +43,40 @@ impl ConfigArgs {
     /// missing secrets). Secrets generated now are announced once, by location; they are never
     /// printed.
     pub(crate) fn load(&self) -> Result<(Config, Startup), ExitCode> {
-        let usage = |e: davpush_director::ConfigError| {
-            eprintln!("davpush: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        };
-        let config = Config::from_raw(self.raw()?).map_err(usage)?;
-        let startup = config.prepare().map_err(usage)?;
+        let config = self.validated()?;
+        let startup = config.prepare().map_err(failed)?;
         for (key, path) in &startup.generated_secrets {
             eprintln!("davpush: generated `{key}` in {} (mode 0600)", path.display());
         }
         Ok((config, startup))
     }
+
+    /// The validated configuration; creates nothing (`--dump-config`).
+    pub(crate) fn validated(&self) -> Result<Config, ExitCode> {
+        Config::from_raw(self.raw()?).map_err(failed)
+    }
+}
+
+/// Prints `e`; its exit code (64, or 73 when the data directory or a secret cannot be written).
+fn failed(e: davpush_director::ConfigError) -> ExitCode {
+    eprintln!("davpush: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+/// The `DAVPUSH_*` variables that davpush's arguments read (`env = …` of every subcommand):
+/// never configuration keys of the Director.
+pub(crate) fn argument_variables() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|n| n.to_str()) {
+                out.push(name.to_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<crate::Cli as clap::CommandFactory>::command(), &mut out);
+    out
 }

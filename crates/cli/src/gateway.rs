@@ -1,6 +1,6 @@
 //! `davpush gateway`, and the gateway configuration `topic` and `notify` read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,18 +9,51 @@ use davpush_gateway::{GatewayConfig, app};
 
 use crate::config_args::EXIT_CONFIG;
 
-/// Where the gateway's configuration comes from.
+/// Where the gateway's configuration comes from (what `topic` needs).
 #[derive(Debug, clap::Args)]
-pub(crate) struct GatewayConfigArgs {
+pub(crate) struct GatewayFileArgs {
     /// Gateway TOML file (keys documented in examples/gateway.toml).
     #[arg(long, short, env = "DAVPUSH_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// Directory of the Director's tokens and the topic secret (default: davpush-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+/// The gateway's configuration and the Director it talks to (`gateway`, `notify`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct GatewayConfigArgs {
+    #[command(flatten)]
+    files: GatewayFileArgs,
     /// The Director's URL (default: http://127.0.0.1:8080).
     #[arg(long)]
     director: Option<String>,
+}
+
+/// Either set of gateway configuration flags.
+pub(crate) trait GatewaySource {
+    /// `--config`.
+    fn file(&self) -> Option<&Path>;
+    /// The overrides the flags make.
+    fn overrides(&self) -> GatewayOverrides;
+}
+
+impl GatewaySource for GatewayFileArgs {
+    fn file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+    fn overrides(&self) -> GatewayOverrides {
+        GatewayOverrides { data_dir: self.data_dir.clone(), ..Default::default() }
+    }
+}
+
+impl GatewaySource for GatewayConfigArgs {
+    fn file(&self) -> Option<&Path> {
+        self.files.file()
+    }
+    fn overrides(&self) -> GatewayOverrides {
+        GatewayOverrides { director: self.director.clone(), ..self.files.overrides() }
+    }
 }
 
 /// Run the WebDAV gateway: a reverse proxy that makes the WebDAV server at --upstream
@@ -40,9 +73,10 @@ pub(crate) struct GatewayArgs {
     public_url: Option<String>,
 }
 
-pub(crate) fn raw(args: &GatewayConfigArgs, extra: GatewayOverrides) -> Result<RawGatewayConfig, ExitCode> {
-    let flags = GatewayOverrides { data_dir: args.data_dir.clone(), director: args.director.clone(), ..extra };
-    RawGatewayConfig::load(args.config.as_deref(), &flags).map_err(|e| {
+pub(crate) fn raw<A: GatewaySource>(args: &A, extra: GatewayOverrides) -> Result<RawGatewayConfig, ExitCode> {
+    let own = args.overrides();
+    let flags = GatewayOverrides { data_dir: own.data_dir, director: own.director, ..extra };
+    RawGatewayConfig::load(args.file(), &flags).map_err(|e| {
         eprintln!("davpush: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -90,5 +124,6 @@ async fn gateway(cfg: GatewayConfig) -> anyhow::Result<()> {
     let state = davpush_gateway::GatewayState::build(cfg).await?;
     tracing::info!(addr = %listener.local_addr()?, %upstream, "WebDAV gateway listening");
     app::serve(listener, state, crate::serve::shutdown_signal()).await?;
+    tracing::info!("stopped");
     Ok(())
 }

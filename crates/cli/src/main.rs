@@ -1,5 +1,5 @@
 //! `davpush`: the one binary. Subcommands: `serve` (the Push Director), `gateway`, `relay`,
-//! `notify`, `topic`, `grant`, `listen` (a push client for scripts), `vapid` and `bench` (the load
+//! `listen` (a push client for scripts), `notify`, `topic`, `grant`, `vapid` and `bench` (the load
 //! tool).
 
 mod bench;
@@ -25,24 +25,24 @@ struct Cli {
 enum Command {
     /// Run the Push Director (Notify API, Subscription API, WebSocket push).
     Serve(serve::ServeArgs),
-    /// Load tool: WebSocket clients on loopback against a running Director.
-    Bench(bench::BenchArgs),
     /// Run the WebDAV gateway in front of a WebDAV/CalDAV/CardDAV server.
     Gateway(gateway::GatewayArgs),
     /// Run the FCM relay (for client vendors), or manage its keys.
     Relay(relay::RelayArgs),
-    /// Print the topic of a collection.
-    Topic(notify::TopicArgs),
+    /// Watch collections: one JSON line per change, or run a command (e.g. vdirsyncer sync).
+    Listen(listen::ListenArgs),
     /// Tell the Director that a collection changed (cron jobs, server hooks).
     Notify(notify::NotifyArgs),
+    /// Print the topic of a collection.
+    Topic(notify::TopicArgs),
     /// Print a subscription grant for topics (what an application server gives users who may
     /// read the collections), signed with the Director's grant key.
     Grant(GrantArgs),
-    /// Watch collections: one JSON line per change, or run a command (e.g. vdirsyncer sync).
-    Listen(listen::ListenArgs),
     /// Print the Director's VAPID public key (generating the key pair on first use), the
     /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with.
     Vapid(config_args::ConfigArgs),
+    /// Load tool: WebSocket clients on loopback against a running Director.
+    Bench(bench::BenchArgs),
 }
 
 /// `davpush grant`.

@@ -11,13 +11,13 @@ use davpush_proto::notify::TopicEntry;
 use davpush_proto::{NotifyRequest, NotifyTopic, Trigger};
 
 use crate::config_args::EXIT_CONFIG;
-use crate::gateway::{GatewayConfigArgs, path_of, raw};
+use crate::gateway::{GatewayConfigArgs, GatewayFileArgs, path_of, raw};
 
 /// Print the topic of a collection (for application servers that integrate by hand).
 #[derive(Debug, clap::Args)]
 pub(crate) struct TopicArgs {
     #[command(flatten)]
-    config: GatewayConfigArgs,
+    config: GatewayFileArgs,
     /// The collection's URL or path on the WebDAV server, e.g. /alice/calendar/.
     url: String,
 }

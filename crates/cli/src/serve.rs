@@ -20,10 +20,13 @@ use crate::config_args::ConfigArgs;
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Address to listen on (server.listen), e.g. 127.0.0.1:8080 or localhost:8080.
+    #[arg(long)]
+    listen: Option<String>,
     /// Log format: text or json. The level comes from RUST_LOG (default: info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// Print the effective configuration (secrets redacted) and exit.
+    /// Check the configuration, print it (secrets redacted) and exit; exit 64 if it is invalid.
     #[arg(long)]
     dump_config: bool,
     /// Print the commented example configuration and exit.
@@ -31,17 +34,21 @@ pub(crate) struct ServeArgs {
     print_example_config: bool,
 }
 
-pub(crate) async fn run(args: ServeArgs) -> ExitCode {
+pub(crate) async fn run(mut args: ServeArgs) -> ExitCode {
+    args.config.listen = args.listen.take();
     if args.print_example_config {
         print!("{}", davpush_director::config::EXAMPLE);
         return ExitCode::SUCCESS;
     }
     if args.dump_config {
         return match args.config.raw() {
-            Ok(raw) => {
-                print!("{}", raw.to_redacted_toml());
-                ExitCode::SUCCESS
-            }
+            Ok(raw) => match args.config.validated() {
+                Ok(_) => {
+                    print!("{}", raw.to_redacted_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            },
             Err(code) => code,
         };
     }

@@ -270,7 +270,7 @@ async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
         .websocket_url
         .as_str()
         .into_client_request()
-        .map_err(|e| Error::Protocol { what: DIRECTOR, message: e.to_string() })?;
+        .map_err(|e| Error::Protocol { what: DIRECTOR, message: crate::error::with_causes(&e) })?;
     let h = request.headers_mut();
     h.insert("sec-websocket-protocol", tungstenite::http::HeaderValue::from_static(SUBPROTOCOL));
     if let Some(a) = options.auth.header() {
@@ -296,7 +296,7 @@ async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
                 Error::Http { what: DIRECTOR, status }
             });
         }
-        Ok(Err(e)) => return Err(Error::Unreachable { what: DIRECTOR, message: e.to_string() }),
+        Ok(Err(e)) => return Err(Error::Unreachable { what: DIRECTOR, message: crate::error::with_causes(&e) }),
         Ok(Ok((socket, _))) => socket,
     };
     let first = tokio::time::timeout(options.connect_timeout, socket.next()).await;
@@ -307,7 +307,7 @@ async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
             }
             _ => Err(Error::Protocol { what: DIRECTOR, message: format!("expected a hello frame, got {t}") }),
         },
-        Ok(Some(Err(e))) => Err(Error::Unreachable { what: DIRECTOR, message: e.to_string() }),
+        Ok(Some(Err(e))) => Err(Error::Unreachable { what: DIRECTOR, message: crate::error::with_causes(&e) }),
         _ => Err(Error::Unreachable { what: DIRECTOR, message: "no hello frame".into() }),
     }
 }

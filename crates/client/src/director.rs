@@ -19,9 +19,10 @@ pub enum DirectorError {
         /// Its error body (`error: "unknown"` with the start of the text when it sent no JSON).
         body: ErrorBody,
     },
-    /// The Director could not be reached, or the connection broke.
-    #[error("the Director is unreachable: {0}")]
-    Unreachable(#[source] reqwest::Error),
+    /// The Director could not be reached, or the connection broke; the message gives the
+    /// causes (connection refused, a certificate error…).
+    #[error("the Director is unreachable: {}", crate::error::with_causes(.0))]
+    Unreachable(reqwest::Error),
     /// The Director answered 2xx with a body that is not what the API promises.
     #[error("the Director's answer is not valid: {0}")]
     Malformed(#[source] serde_json::Error),

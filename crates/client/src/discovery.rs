@@ -121,7 +121,7 @@ pub struct Discovery {
 }
 
 fn unreachable(e: reqwest::Error) -> Error {
-    Error::Unreachable { what: WEBDAV, message: e.to_string() }
+    Error::Unreachable { what: WEBDAV, message: crate::error::with_causes(&e) }
 }
 
 impl Discovery {
@@ -131,7 +131,7 @@ impl Discovery {
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| Error::Unreachable { what: WEBDAV, message: e.to_string() })?;
+            .map_err(|e| Error::Unreachable { what: WEBDAV, message: crate::error::with_causes(&e) })?;
         Ok(Discovery { http })
     }
 

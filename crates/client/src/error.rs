@@ -51,3 +51,20 @@ pub enum Error {
     #[error("the push client is closed")]
     Closed,
 }
+
+/// `e` and its causes, `: `-separated, repeats left out: what an operator needs from a network
+/// error ("error sending request for url (…): client error (Connect): tcp connect error:
+/// Connection refused (os error 111)"), which `Display` alone does not give.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}

@@ -56,8 +56,18 @@ pub enum ConfigError {
     /// A push service's section is invalid (the message names the key).
     #[error("invalid config: {0}")]
     Settings(#[from] SettingsError),
+    /// The data directory cannot be created or written (exit 73, EX_CANTCREAT).
+    #[error("cannot use the data directory {path} (`server.data_dir`{}): {problem}", origin.as_deref().map(|o| format!(", set by {o}")).unwrap_or_default())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Where `server.data_dir` was set, if not in the file.
+        origin: Option<String>,
+        /// What is wrong, for an operator.
+        problem: String,
+    },
     /// A secret file could not be read or written.
-    #[error("cannot use secret file {path} (`{key}`): {source}")]
+    #[error("cannot use secret file {path} (`{key}`): {}", crate::startup::describe_io(source))]
     Secret {
         /// The key that asked for it.
         key: &'static str,
@@ -66,6 +76,37 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl ConfigError {
+    /// The exit code: 73 (EX_CANTCREAT) when the data directory or a secret file cannot be
+    /// created or written, 64 (EX_USAGE) for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::DataDir { .. } => 73,
+            ConfigError::Secret { source, .. } if source.kind() != std::io::ErrorKind::NotFound => 73,
+            _ => 64,
+        }
+    }
+
+    /// Adds where the key's value came from (`origins` of [`RawConfig`]) to the message.
+    pub fn with_origin(self, origins: &BTreeMap<String, String>) -> Self {
+        let from = |key: &str, message: String| match origins.get(key) {
+            Some(o) => format!("{message} (set by {o})"),
+            None => message,
+        };
+        match self {
+            ConfigError::Invalid { key, message } => {
+                let message = from(&key, message);
+                ConfigError::Invalid { key, message }
+            }
+            ConfigError::Settings(SettingsError { key, message }) => {
+                let message = from(&key, message);
+                ConfigError::Settings(SettingsError { key, message })
+            }
+            other => other,
+        }
+    }
 }
 
 pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -96,6 +137,10 @@ pub struct RawConfig {
     pub hms: RawHms,
     /// `[cluster]`
     pub cluster: RawCluster,
+    /// Where keys not from the file came from (dotted key → `environment variable DAVPUSH_…` or
+    /// `--listen`), named by validation errors.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, String>,
 }
 
 /// `[server]`
@@ -344,6 +389,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the database and generated secrets.
     pub data_dir: PathBuf,
+    /// Where `data_dir` was set when not in the file (`--data-dir`, a variable), for messages.
+    pub data_dir_origin: Option<String>,
     /// Whether start-up must create `data_dir` (the default store or a secret lives there).
     pub needs_data_dir: bool,
     /// Database URL.
@@ -395,13 +442,40 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
-/// `DAVPUSH_*` variables that are not the Director's keys: those of the other subcommands
-/// (`--config` files of `gateway` and `relay`, `listen`'s credentials), of the tool chain
-/// (`DAVPUSH_PYTHON`, the CI's virtualenv, screenshots of the browser tests) and `DAVPUSH_TEST_*`
-/// of the test suite. Anything else must be `DAVPUSH_<SECTION>__<KEY>` of a known key, so that a
-/// misspelt key still stops the Director with a message naming it.
-const OTHER_VARIABLES: &[&str] =
-    &["CONFIG", "LOG", "GATEWAY_CONFIG", "RELAY_CONFIG", "USER", "TOKEN", "PYTHON", "CI_VENV", "WRITE_SCREENSHOT"];
+/// `DAVPUSH_*` variables that are not the Director's keys, so that one environment (a shared
+/// systemd `EnvironmentFile`, a shell) can hold them all: the `--config` files of `serve`,
+/// `gateway` and `relay` (`CONFIG`, `GATEWAY_CONFIG`, `RELAY_CONFIG`), `listen`'s credentials
+/// (`USER`, `TOKEN`, `PASSWORD…`), what `listen --exec` gives its command (`COLLECTIONS`,
+/// `COLLECTION`, `SYNC_TOKEN`), the tool chain's (`PYTHON`, the CI's `CI_VENV`/`CI_CACHE`,
+/// `FUZZ_SECONDS`, the browser tests' `WRITE_SCREENSHOT`) and `DAVPUSH_TEST_*` of the test suite.
+/// The binary also leaves out every variable a clap argument reads. Anything else must be
+/// `DAVPUSH_<SECTION>__<KEY>` of a known key, so that a misspelt key still stops the Director
+/// with a message naming the variable.
+pub const OTHER_VARIABLES: &[&str] = &[
+    "DAVPUSH_CONFIG",
+    "DAVPUSH_LOG",
+    "DAVPUSH_GATEWAY_CONFIG",
+    "DAVPUSH_RELAY_CONFIG",
+    "DAVPUSH_USER",
+    "DAVPUSH_TOKEN",
+    "DAVPUSH_TOKEN_FILE",
+    "DAVPUSH_PASSWORD",
+    "DAVPUSH_PASSWORD_FILE",
+    "DAVPUSH_COLLECTIONS",
+    "DAVPUSH_COLLECTION",
+    "DAVPUSH_SYNC_TOKEN",
+    "DAVPUSH_PYTHON",
+    "DAVPUSH_CI_VENV",
+    "DAVPUSH_CI_CACHE",
+    "DAVPUSH_FUZZ_SECONDS",
+    "DAVPUSH_WRITE_SCREENSHOT",
+];
+
+/// Whether `name` is one of davpush's variables that are not configuration keys
+/// ([`OTHER_VARIABLES`], `DAVPUSH_TEST_*`).
+pub fn is_other_variable(name: &str) -> bool {
+    OTHER_VARIABLES.contains(&name) || name.starts_with("DAVPUSH_TEST_")
+}
 
 impl RawConfig {
     /// Reads the file at `path` (if any), applies `DAVPUSH_*` variables from `env` and the flags.
@@ -417,14 +491,18 @@ impl RawConfig {
         Self::from_toml(&text, env, flags)
     }
 
-    /// Like [`RawConfig::load`] with the file's text given.
+    /// Like [`RawConfig::load`] with the file's text given. Each `DAVPUSH_<SECTION>__<KEY>`
+    /// variable is checked on its own first, so that an unknown key or a value of the wrong
+    /// type is reported with the variable's name; [`RawConfig::origins`] remembers it for the
+    /// validation's messages.
     pub fn from_toml(text: &str, env: &BTreeMap<String, String>, flags: &Overrides) -> Result<RawConfig, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut origins = BTreeMap::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("DAVPUSH_") else {
                 continue;
             };
-            if OTHER_VARIABLES.contains(&rest) || rest.starts_with("TEST_") {
+            if is_other_variable(name) {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -436,19 +514,24 @@ impl RawConfig {
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.clone()));
+            check_alone(name, &path, &parsed)?;
             let section = table.entry(path[0].clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let Some(section) = section.as_table_mut() else {
                 return Err(invalid(&path[0], "must be a table"));
             };
             section.insert(path[1].clone(), parsed);
+            origins.insert(key, format!("environment variable {name}"));
         }
         let mut raw: RawConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         if let Some(l) = &flags.listen {
             raw.server.listen = l.clone();
+            origins.insert("server.listen".into(), "--listen".into());
         }
         if let Some(d) = &flags.data_dir {
             raw.server.data_dir = d.clone();
+            origins.insert("server.data_dir".into(), "--data-dir".into());
         }
+        raw.origins = origins;
         Ok(raw)
     }
 
@@ -460,8 +543,37 @@ impl RawConfig {
         }
         c.store.url = cluster::redact_url(&c.store.url);
         c.cluster.redis_url = cluster::redact_url(&c.cluster.redis_url);
+        // A relay's or WebDAV server's URL may carry credentials as its user part alone.
+        for url in [&mut c.fcm.relay_url, &mut c.subscription.webdav_url] {
+            *url = redact_userinfo(url);
+        }
         toml::to_string(&c).unwrap_or_default()
     }
+}
+
+/// `url` with all of its user information (name and password) replaced by `***`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Checks the variable `name` (key `path`, value `value`) against the defaults alone: an unknown
+/// key or a value of the wrong type is reported with the variable's name.
+fn check_alone(name: &str, path: &[String], value: &toml::Value) -> Result<(), ConfigError> {
+    let fail =
+        |e: &dyn fmt::Display| ConfigError::Parse(format!("environment variable {name} (`{}`): {e}", path.join(".")));
+    let mut defaults = toml::Table::try_from(RawConfig::default()).map_err(|e| fail(&e))?;
+    match defaults.get_mut(&path[0]).and_then(toml::Value::as_table_mut) {
+        Some(section) => {
+            section.insert(path[1].clone(), value.clone());
+        }
+        None => return Err(fail(&format_args!("there is no section [{}]", path[0]))),
+    }
+    defaults.try_into::<RawConfig>().map(drop).map_err(|e| fail(&e.message()))
 }
 
 pub(crate) const MIN_TOKEN_LEN: usize = 16;
@@ -486,12 +598,15 @@ fn token_source(
 
 impl Config {
     /// Validates `raw`. Reads the push services' credential files; creates nothing (see
-    /// [`Config::prepare`]).
+    /// [`Config::prepare`]). An error about a key set by a variable or flag names it.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let origins = raw.origins.clone();
+        Self::validate(raw).map_err(|e| e.with_origin(&origins))
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let s = &raw.server;
-        let listen: SocketAddr = s.listen.parse().map_err(|e| {
-            invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080: {e}", s.listen))
-        })?;
+        let listen = davpush_serve::resolve_listen(&s.listen).map_err(|e| invalid("server.listen", e))?;
         if s.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
@@ -645,6 +760,7 @@ impl Config {
         Ok(Config {
             listen,
             data_dir: s.data_dir.clone(),
+            data_dir_origin: raw.origins.get("server.data_dir").cloned(),
             needs_data_dir,
             store_url,
             cluster,

@@ -101,7 +101,13 @@ impl GatewayState {
 
     async fn refresh_info(&self) {
         match self.director.info().await {
-            Ok(i) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Some(i),
+            Ok(i) => {
+                let services = i.services.join(",");
+                let before = self.info.write().unwrap_or_else(|e| e.into_inner()).replace(i);
+                if before.is_none() {
+                    tracing::info!(%services, "the Director's /info answered; push properties are complete");
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the Director's /info; push properties are incomplete until it answers")
             }

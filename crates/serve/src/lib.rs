@@ -227,3 +227,24 @@ fn is_fd_limit(e: &std::io::Error) -> bool {
 fn reserve_fd() -> Option<std::fs::File> {
     if cfg!(unix) { std::fs::File::open("/dev/null").ok() } else { None }
 }
+
+/// The address a `listen` setting names: `127.0.0.1:8080`, `[::1]:8080`, or a host name with a
+/// port (`localhost:8080`), resolved now; of several addresses the first IPv4 one is taken
+/// (`localhost` means 127.0.0.1 to most people, and IPv6 may be off). The error says what was
+/// wrong, for a message that names the key.
+pub fn resolve_listen(value: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<std::net::SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| format!("`{value}` is not an address like 127.0.0.1:8080 or localhost:8080: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{value}` resolves to no address"))
+}

@@ -8,6 +8,7 @@ mod documented;
 mod documented_elsewhere;
 mod fd_limit;
 mod listen;
+mod operator;
 mod radicale_hook;
 mod secrets_in_gateway_logs;
 mod secrets_in_logs;

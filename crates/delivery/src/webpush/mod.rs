@@ -29,7 +29,7 @@ use crate::auth::{bounded_text, retry_after};
 use crate::egress::{EgressClients, EgressPolicy};
 use crate::engine::{Deliver, Engine, EngineSettings, HostKey, Outcome};
 use crate::transport::{EngineTransport, TargetParser};
-pub use settings::{RawWebPush, Urgency, WebPushConfig, WebPushSettings};
+pub use settings::{ContentType, RawWebPush, Urgency, WebPushConfig, WebPushSettings};
 use vapid::Vapid;
 
 /// Payload format of a subscription.
@@ -142,6 +142,8 @@ pub struct WebPushSender {
     vapid: Arc<Vapid>,
     policy: EgressPolicy,
     urgency: HeaderValue,
+    /// `Content-Type` of encrypted messages.
+    content_type: settings::ContentType,
 }
 
 impl std::fmt::Debug for WebPushSender {
@@ -157,6 +159,7 @@ impl WebPushSender {
             clients: policy.clients(settings.timeout)?,
             vapid,
             urgency: HeaderValue::from_static(settings.urgency.as_str()),
+            content_type: settings.content_type,
             policy,
         })
     }
@@ -213,15 +216,20 @@ impl Deliver for WebPushSender {
             .header("TTL", ttl.as_secs().to_string())
             .header("Urgency", self.urgency.clone())
             .header("Topic", topic_header(n.topic.as_str()))
-            .header(CONTENT_TYPE, content_type)
             .header(AUTHORIZATION, &*self.vapid.authorization(&t.origin, davpush_core::unix_now()));
         req = match &t.keys {
             Some((p256dh, auth)) => match ece::encrypt(&plain, p256dh, auth) {
-                Ok(body) => req.header(CONTENT_ENCODING, "aes128gcm").body(body),
+                Ok(body) => {
+                    let content_type = match self.content_type {
+                        settings::ContentType::Xml => content_type,
+                        settings::ContentType::OctetStream => "application/octet-stream",
+                    };
+                    req.header(CONTENT_TYPE, content_type).header(CONTENT_ENCODING, "aes128gcm").body(body)
+                }
                 // The spec counts a subscription that cannot be encrypted for as invalid.
                 Err(e) => return Outcome::Gone(format!("encryption failed: {e}")),
             },
-            None => req.body(plain.into_owned()),
+            None => req.header(CONTENT_TYPE, content_type).body(plain.into_owned()),
         };
         match req.send().await {
             Ok(resp) => {

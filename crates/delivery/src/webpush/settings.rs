@@ -39,9 +39,24 @@ impl Urgency {
     }
 }
 
+/// `web_push.content_type`: the `Content-Type` of an encrypted (aes128gcm) message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContentType {
+    /// The type of what was encrypted (`application/xml` for a WebDAV-Push message), as the
+    /// WebDAV-Push draft says.
+    #[default]
+    Xml,
+    /// `application/octet-stream`, as the Node `web-push` library, RustiCal and
+    /// `web-push-testing` send (and the last requires).
+    OctetStream,
+}
+
 /// Web Push settings.
 #[derive(Debug, Clone)]
 pub struct WebPushSettings {
+    /// `Content-Type` of encrypted messages.
+    pub content_type: ContentType,
     /// Accept subscriptions without encryption keys (plain body).
     pub allow_unencrypted: bool,
     /// `Urgency` header.
@@ -58,6 +73,7 @@ pub struct WebPushSettings {
 impl Default for WebPushSettings {
     fn default() -> Self {
         WebPushSettings {
+            content_type: ContentType::Xml,
             allow_unencrypted: false,
             urgency: Urgency::Normal,
             max_per_host: 16,
@@ -83,6 +99,9 @@ pub struct RawWebPush {
     pub allow_unencrypted: bool,
     /// `Urgency` header: `very-low`, `low`, `normal` or `high`.
     pub urgency: Urgency,
+    /// `Content-Type` of encrypted messages: `xml` (the type of the plain message, as the
+    /// WebDAV-Push draft says) or `octet-stream` (what most Web Push libraries send).
+    pub content_type: ContentType,
     /// Requests in flight per push-service origin (scheme, host, port).
     pub max_per_host: usize,
     /// Floor of the per-host adaptive timeout, milliseconds (the ceiling is `timeout_secs`).
@@ -109,6 +128,7 @@ impl Default for RawWebPush {
             vapid_key_file: PathBuf::new(),
             allow_unencrypted: false,
             urgency: Urgency::Normal,
+            content_type: ContentType::Xml,
             max_per_host: 16,
             min_timeout_ms: 5000,
             breaker_failures: 5,
@@ -167,6 +187,7 @@ impl TryFrom<&RawWebPush> for WebPushConfig {
         }
         let policy = EgressPolicy::new(&w.allow_hosts, w.allow_http).map_err(|e| invalid("web_push.allow_hosts", e))?;
         let settings = WebPushSettings {
+            content_type: w.content_type,
             allow_unencrypted: w.allow_unencrypted,
             urgency: w.urgency,
             max_per_host: w.max_per_host,

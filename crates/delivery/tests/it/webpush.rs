@@ -30,12 +30,17 @@ struct Setup {
 }
 
 fn setup(push: &FakePush) -> Setup {
+    setup_with(push, webpush::ContentType::Xml)
+}
+
+fn setup_with(push: &FakePush, content_type: webpush::ContentType) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = VapidKey::load_or_create(&dir.path().join("vapid.pem")).unwrap();
     let public_key = key.public_key();
     let vapid = Arc::new(Vapid::new(Arc::new(key), "mailto:ops@example.org".into()));
     let policy = EgressPolicy::new(&[format!("127.0.0.1:{}", push.addr.port())], true).unwrap();
-    let settings = WebPushSettings { urgency: davpush_delivery::webpush::Urgency::High, ..Default::default() };
+    let settings =
+        WebPushSettings { urgency: davpush_delivery::webpush::Urgency::High, content_type, ..Default::default() };
     let sender = WebPushSender::new(vapid, policy.clone(), &settings).unwrap();
     Setup { sender, policy, public_key, _dir: dir }
 }
@@ -69,6 +74,30 @@ async fn webpush_sends_an_encrypted_message_with_vapid_ttl_urgency_and_topic() {
     assert_eq!(claims["sub"], "mailto:ops@example.org");
     let exp = claims["exp"].as_i64().unwrap();
     assert!(exp > jwt::now() && exp <= jwt::now() + 86_400, "exp within 24 h: {exp}");
+}
+
+/// Issue 12, item 11: the type of the message inside by default (`application/xml` for the
+/// draft's XML, as the draft says); `web_push.content_type = "octet-stream"` for receivers that
+/// want what the Node `web-push` library sends.
+#[tokio::test]
+async fn issue_12_webpush_content_type_is_the_messages_by_default_and_octet_stream_when_configured() {
+    let mut push = FakePush::start().await;
+    let xml = "application/xml; charset=\"UTF-8\"";
+    for (setting, format, expected) in [
+        (webpush::ContentType::Xml, "webdav-push-xml", xml),
+        (webpush::ContentType::Xml, "topic-json", "application/json"),
+        (webpush::ContentType::OctetStream, "webdav-push-xml", "application/octet-stream"),
+        (webpush::ContentType::OctetStream, "topic-json", "application/octet-stream"),
+    ] {
+        let s = setup_with(&push, setting);
+        let params = json!({"endpoint": push.endpoint("a"), "p256dh": P256DH, "auth": AUTH, "format": format});
+        let sub = sub("cal-1", webpush::parse_params(ServiceKind::WebPush, &params, &s.policy, false).unwrap());
+        let out = s.sender.deliver(&sub, &message("cal-1", Some("7")), TTL).await;
+        assert_eq!(out, Outcome::Delivered);
+        let r = push.next().await;
+        assert_eq!(r.header("content-type"), Some(expected), "{setting:?} {format}");
+        assert_eq!(r.header("content-encoding"), Some("aes128gcm"));
+    }
 }
 
 #[tokio::test]

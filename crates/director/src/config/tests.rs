@@ -28,17 +28,47 @@ fn env_overrides_file_and_flags_override_env() {
 
 #[test]
 fn davpushs_other_variables_are_not_keys_and_misspelt_keys_still_fail() {
-    let others: Vec<(&str, &str)> = OTHER_VARIABLES
-        .iter()
-        .map(|v| (Box::leak(format!("DAVPUSH_{v}").into_boxed_str()) as &str, "x"))
-        .chain([("DAVPUSH_TEST_POSTGRES", "postgres://x")])
-        .collect();
+    let others: Vec<(&str, &str)> =
+        OTHER_VARIABLES.iter().map(|v| (*v, "x")).chain([("DAVPUSH_TEST_POSTGRES", "postgres://x")]).collect();
     assert!(RawConfig::from_toml("", &env(&others), &Overrides::default()).is_ok());
     for bad in ["DAVPUSH_SERVER_LISTEN", "DAVPUSH_SERVER__LISTN", "DAVPUSH_TOKENS"] {
         let e = RawConfig::from_toml("", &env(&[(bad, "127.0.0.1:2")]), &Overrides::default()).unwrap_err();
         let last = bad.rsplit("__").next().unwrap().trim_start_matches("DAVPUSH_").to_ascii_lowercase();
         assert!(e.to_string().contains(&last), "{bad}: {e}");
+        assert!(e.to_string().contains(bad), "names the variable {bad}: {e}");
     }
+}
+
+#[test]
+fn issue_12_errors_name_the_variable_or_flag_a_bad_value_came_from() {
+    let none = Overrides::default();
+    // A value of the wrong type, or an unknown section, names the variable.
+    for (name, value) in [
+        ("DAVPUSH_WEBSOCKET__QUEUE_FRAMES", "many"),
+        ("DAVPUSH_SERVR__LISTEN", "127.0.0.1:1"),
+        ("DAVPUSH_WEB_PUSH__URGENCY", "urgent"),
+    ] {
+        let e = RawConfig::from_toml("", &env(&[(name, value)]), &none).unwrap_err().to_string();
+        assert!(e.contains(name), "{name}: {e}");
+    }
+    // A value out of range, found by validation, too; a value from the file does not claim to be.
+    let raw = RawConfig::from_toml("", &env(&[("DAVPUSH_WEBSOCKET__QUEUE_FRAMES", "0")]), &none).unwrap();
+    let e = Config::from_raw(raw).unwrap_err().to_string();
+    assert!(e.contains("websocket.queue_frames") && e.contains("DAVPUSH_WEBSOCKET__QUEUE_FRAMES"), "{e}");
+    let raw = RawConfig::from_toml("[websocket]\nqueue_frames = 0\n", &env(&[]), &none).unwrap();
+    let e = Config::from_raw(raw).unwrap_err().to_string();
+    assert!(e.contains("websocket.queue_frames") && !e.contains("set by"), "{e}");
+    let raw = RawConfig::from_toml(
+        "[fcm]\nenabled = true\n",
+        &env(&[("DAVPUSH_FCM__WORKERS", "0"), ("DAVPUSH_FCM__CREDENTIALS_FILE", "/nonexistent")]),
+        &none,
+    )
+    .unwrap();
+    let e = Config::from_raw(raw).unwrap_err().to_string();
+    assert!(e.contains("DAVPUSH_FCM__"), "{e}");
+    let flags = Overrides { listen: Some("nowhere".into()), data_dir: None };
+    let e = Config::from_raw(RawConfig::from_toml("", &env(&[]), &flags).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("server.listen") && e.contains("--listen"), "{e}");
 }
 
 #[test]
@@ -177,7 +207,14 @@ fn validation_creates_nothing_and_prepare_creates_the_data_dir_and_secrets() {
     assert!(matches!(started.subscription_auth, SubscriptionAuth::Webdav(_, ref t) if t.len() == 1));
     let mut files: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
     files.sort();
-    assert_eq!(files, ["grant-key", "notify-token", "subscription-token", "vapid-key.pem"]);
+    // The database (empty until the store opens it) is the owner's only, like the secrets.
+    assert_eq!(files, ["davpush.sqlite", "grant-key", "notify-token", "subscription-token", "vapid-key.pem"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("davpush.sqlite")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let keys: Vec<_> = started.generated_secrets.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         keys,
@@ -243,4 +280,50 @@ fn short_tokens_are_refused() {
     raw.notify.tokens = vec!["short".into()];
     let e = Config::from_raw(raw).unwrap_err();
     assert!(e.to_string().contains("notify.tokens"), "{e}");
+}
+
+#[test]
+fn issue_12_dump_config_redacts_the_user_information_of_the_relay_and_webdav_urls() {
+    let text = "[fcm]\nrelay_url = \"https://vendor:s3cret-key@relay.example/v1\"\n\
+                [subscription]\nwebdav_url = \"https://only-a-token@dav.example/\"\n";
+    let dumped = RawConfig::from_toml(text, &env(&[]), &Overrides::default()).unwrap().to_redacted_toml();
+    for secret in ["s3cret-key", "vendor", "only-a-token"] {
+        assert!(!dumped.contains(secret), "{secret} in {dumped}");
+    }
+    assert!(dumped.contains("https://***@relay.example/v1"), "{dumped}");
+    assert!(dumped.contains("https://***@dav.example/"), "{dumped}");
+}
+
+/// The dotted keys of every value in `table` that is not itself a table (arrays are values).
+fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => leaf_keys(t, &key, out),
+            _ => {
+                out.insert(key);
+            }
+        }
+    }
+}
+
+/// Issue 12, item 6: the example documents every key the configuration accepts (the keys of the
+/// default configuration, so a new key without an entry in the example fails here) and no other.
+fn assert_example_documents_every_key(example: &str, defaults: toml::Table, name: &str) {
+    let (mut accepted, mut documented) = (Default::default(), Default::default());
+    leaf_keys(&defaults, "", &mut accepted);
+    leaf_keys(&toml::from_str(example).unwrap(), "", &mut documented);
+    let missing: Vec<_> = accepted.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&accepted).collect();
+    assert!(missing.is_empty(), "{name} lacks {missing:?}");
+    assert!(unknown.is_empty(), "{name} has keys the configuration does not have: {unknown:?}");
+}
+
+#[test]
+fn issue_12_examples_davpush_toml_documents_every_key() {
+    assert_example_documents_every_key(
+        EXAMPLE,
+        toml::Table::try_from(RawConfig::default()).unwrap(),
+        "examples/davpush.toml",
+    );
 }
