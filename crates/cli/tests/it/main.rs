@@ -6,5 +6,7 @@
 mod config;
 mod fd_limit;
 mod listen;
-mod radicale_hook;
+mod procs;
+mod radicale_recipe;
 mod secrets_in_logs;
+mod topic_secret;
