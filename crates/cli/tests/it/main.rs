@@ -6,6 +6,7 @@
 mod config;
 mod fd_limit;
 mod listen;
+mod listen_readme;
 mod procs;
 mod radicale_recipe;
 mod secrets_in_logs;
