@@ -14,7 +14,7 @@ const HOST: &str = "https://dav.example.org/";
 struct Stack {
     dir: tempfile::TempDir,
     gateway: procs::Proc,
-    _director: procs::Proc,
+    director: Option<procs::Proc>,
     _radicale: Radicale,
 }
 
@@ -26,7 +26,7 @@ fn stack() -> Option<Stack> {
         Radicale::start(dir.path(), &format!("[storage]\nfilesystem_folder = {}\n", storage.display()), &[])?;
     let director = procs::director(&data);
     let gateway = procs::gateway(&data, &radicale.url, &director.url());
-    Some(Stack { dir, gateway, _director: director, _radicale: radicale })
+    Some(Stack { dir, gateway, director: Some(director), _radicale: radicale })
 }
 
 /// Waits for `cond` (at most `within`), checking that `child` still runs.
@@ -137,4 +137,45 @@ async fn issue_12_listen_without_user_against_a_server_that_wants_one_is_a_usage
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(77), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_12_listen_through_the_gateway_reconnects_after_a_director_restart() {
+    let Some(mut s) = stack() else { return };
+    let cal = "/alice/restart/";
+    let collection = format!("{}{}", s.gateway.url(), &cal[1..]);
+    assert_eq!(procs::dav("MKCALENDAR", &collection, "").await, 201);
+    let pw = s.dir.path().join("pw");
+    std::fs::write(&pw, format!("{}\n", ALICE.1)).unwrap();
+    let stderr_file = s.dir.path().join("listen.stderr");
+    let stdout_file = s.dir.path().join("listen.stdout");
+    let child = procs::davpush()
+        .args(["listen", &collection, "--user", ALICE.0, "--password-file"])
+        .arg(&pw)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_file).unwrap())
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let stderr = || std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    let subscribed = || stderr().matches("subscribed 1 collection(s)").count();
+    eventually(&mut child.0, &stderr_file, "subscribed", Duration::from_secs(20), || subscribed() == 1).await;
+
+    // The Director goes away and comes back on the same address.
+    let addr = s.director.take().unwrap().addr.to_string();
+    eventually(&mut child.0, &stderr_file, "disconnected", Duration::from_secs(20), || {
+        stderr().contains("disconnected")
+    })
+    .await;
+    s.director = Some(procs::director_on(&s.dir.path().join("data"), &addr));
+    eventually(&mut child.0, &stderr_file, "subscribed again", Duration::from_secs(40), || subscribed() == 2).await;
+
+    assert_eq!(procs::dav("PUT", &format!("{collection}after.ics"), &procs::event("after")).await, 201);
+    let updates = || {
+        std::fs::read_to_string(&stdout_file).unwrap_or_default().lines().filter(|l| l.contains("\"update\"")).count()
+    };
+    eventually(&mut child.0, &stderr_file, "the change after the restart", Duration::from_secs(15), || updates() == 1)
+        .await;
+    assert!(std::fs::read_to_string(&stdout_file).unwrap().contains("\"resync\""), "a resync after the reconnect");
 }

@@ -108,8 +108,13 @@ impl Drop for Proc {
 
 /// `davpush serve` with `data_dir` on a free port.
 pub(crate) fn director(data_dir: &Path) -> Proc {
+    director_on(data_dir, "127.0.0.1:0")
+}
+
+/// `davpush serve` with `data_dir` on `listen`.
+pub(crate) fn director_on(data_dir: &Path, listen: &str) -> Proc {
     let mut cmd = davpush();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+    cmd.args(["serve", "--listen", listen, "--data-dir"]).arg(data_dir);
     Proc::start(cmd, "Push Director listening")
 }
 
