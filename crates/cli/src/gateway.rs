@@ -117,10 +117,14 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> ExitCode {
     }
 }
 
-async fn gateway(cfg: GatewayConfig) -> anyhow::Result<()> {
+async fn gateway(mut cfg: GatewayConfig) -> anyhow::Result<()> {
     let addr = cfg.listen;
     let upstream = cfg.upstream.clone();
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    // `--listen 127.0.0.1:0` without --public-url: clients reach the port actually bound.
+    if cfg.public_url.port() == Some(0) {
+        let _ = cfg.public_url.set_port(Some(listener.local_addr()?.port()));
+    }
     let state = davpush_gateway::GatewayState::build(cfg).await?;
     tracing::info!(addr = %listener.local_addr()?, %upstream, "WebDAV gateway listening");
     app::serve(listener, state, crate::serve::shutdown_signal()).await?;

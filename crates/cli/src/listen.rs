@@ -24,8 +24,12 @@ pub(crate) const EXIT_UNREACHABLE: u8 = 69;
 pub(crate) const EXIT_UNAUTHORIZED: u8 = 77;
 
 /// Watch collections for changes: one JSON line per change on stdout; `--exec` runs a command
-/// per burst of changes, never concurrently with itself. Exit codes: 64 bad arguments, 65 a collection does not offer push, 69
-/// the WebDAV server or the Director is unreachable at start, 77 credentials refused.
+/// per burst of changes, never concurrently with itself. The WebDAV account is enough behind
+/// `davpush gateway` (its WebSocket takes the WebDAV login); the Director's subscription token
+/// (--token/--token-file) connects to the Director directly instead. Exit codes: 64 bad
+/// arguments, or the server wants a login (--user) or a token that was not given; 65 a
+/// collection does not offer push; 69 the WebDAV server or the Director is unreachable at start;
+/// 77 credentials refused.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ListenArgs {
     /// Collection URLs (on a push-capable server, e.g. behind `davpush gateway`).
@@ -40,7 +44,8 @@ pub(crate) struct ListenArgs {
     /// File that holds the password (first line).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// The Director's subscription token (when it uses `subscription-auth` token).
+    /// The Director's subscription token: connect to the Director directly (not needed behind
+    /// `davpush gateway`, whose WebSocket takes the WebDAV login).
     #[arg(long, env = "DAVPUSH_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
     token: Option<String>,
     /// File that holds the Director's subscription token.
@@ -93,7 +98,7 @@ fn exit_code(e: &Error) -> u8 {
     match e {
         Error::NoPush { .. } => EXIT_NO_PUSH,
         Error::Unauthorized { .. } => EXIT_UNAUTHORIZED,
-        Error::TokenRequired => EXIT_USAGE,
+        Error::TokenRequired | Error::LoginRequired { .. } => EXIT_USAGE,
         Error::Unreachable { .. } | Error::Http { .. } | Error::Closed => EXIT_UNREACHABLE,
         Error::Protocol { .. } => 1,
     }
@@ -102,6 +107,7 @@ fn exit_code(e: &Error) -> u8 {
 fn fail(context: &str, e: &Error) -> ExitCode {
     let hint = match e {
         Error::TokenRequired => " (pass --token or --token-file)",
+        Error::LoginRequired { .. } => " (pass --user, with --password-file or --password-env)",
         _ => "",
     };
     eprintln!("davpush listen: {context}: {e}{hint}");

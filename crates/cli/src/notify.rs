@@ -5,16 +5,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use davpush_client::{DirectorClient, DirectorError};
-use davpush_gateway::config::GatewayOverrides;
-use davpush_gateway::topic::{canonical_path, parent_path};
+use davpush_gateway::config::{GatewayOverrides, RawGatewayConfig};
+use davpush_gateway::topic::{TopicKey, canonical_path, parent_path};
 use davpush_proto::notify::TopicEntry;
 use davpush_proto::{NotifyRequest, NotifyTopic, Trigger};
 
 use crate::config_args::EXIT_CONFIG;
 use crate::gateway::{GatewayConfigArgs, GatewayFileArgs, path_of, raw};
 
-/// Print the topic of a collection (for application servers that integrate by hand).
+/// A file the command needs does not exist: the gateway's topic secret (EX_NOINPUT).
+pub(crate) const EXIT_NO_INPUT: u8 = 66;
+/// A path that is not under `--strip-prefix`: it names no collection (EX_DATAERR).
+pub(crate) const EXIT_DATA: u8 = 65;
+/// The Director is unreachable (EX_UNAVAILABLE).
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
+/// The Director refused the notify token (EX_NOPERM).
+pub(crate) const EXIT_REFUSED: u8 = 77;
+
+/// Print the topic of a collection (for application servers that integrate by hand), computed
+/// with the gateway's topic secret, which only the gateway creates.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 printed; 64 bad arguments or configuration; 66 no topic secret in \
+the data directory (only the gateway creates it: start `davpush gateway` once with this data directory, or \
+pass the gateway's --data-dir or --config).")]
 pub(crate) struct TopicArgs {
     #[command(flatten)]
     config: GatewayFileArgs,
@@ -23,8 +36,13 @@ pub(crate) struct TopicArgs {
 }
 
 /// Tell the Director that a collection changed (for cron jobs and server hooks, e.g. Radicale's
-/// storage hook).
+/// storage hook). Prints the Director's answer on stdout and every error on stderr.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 notified (also when nobody subscribes to the collection: \
+\"addressed\":0); 64 bad arguments or configuration (e.g. no notify-token); 65 a --collection/--item path \
+that is not under --strip-prefix; 66 no topic secret in the data directory (only the gateway creates it: \
+start `davpush gateway` once with this data directory, or pass the gateway's --data-dir or --config); 69 the \
+Director is unreachable; 77 the Director refused the notify token; 1 any other refusal.")]
 pub(crate) struct NotifyArgs {
     #[command(flatten)]
     config: GatewayConfigArgs,
@@ -39,6 +57,7 @@ pub(crate) struct NotifyArgs {
     item: Option<String>,
     /// Remove this prefix from --collection/--item first: for hooks that pass a file path,
     /// e.g. Radicale's `%(path)s` with `--strip-prefix /var/lib/radicale/collections/collection-root`.
+    /// A path not under it is an error (exit 65).
     #[arg(long)]
     strip_prefix: Option<String>,
     /// The collection's new sync-token.
@@ -54,12 +73,9 @@ pub(crate) fn run_topic(args: TopicArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let (key, _) = match raw.topic_key() {
+    let key = match existing_topic_key(&raw) {
         Ok(k) => k,
-        Err(e) => {
-            eprintln!("davpush: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(c) => return c,
     };
     match key.topic(&path_of(&args.url)) {
         Some(t) => {
@@ -81,24 +97,33 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
     let topic = match (&args.topic, &args.collection, &args.item) {
         (Some(t), _, _) => t.clone(),
         (None, c, i) => {
-            let (key, _) = match raw.topic_key() {
+            let key = match existing_topic_key(&raw) {
                 Ok(k) => k,
-                Err(e) => {
-                    eprintln!("davpush: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(c) => return c,
             };
-            let strip = |p: &str| -> String {
+            let strip = |p: &str| -> Result<String, ExitCode> {
                 let p = path_of(p);
                 match &args.strip_prefix {
-                    Some(prefix) => p.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(&p).to_owned(),
-                    None => p,
+                    Some(prefix) => strip_prefix(&p, prefix).map(str::to_owned).ok_or_else(|| {
+                        eprintln!(
+                            "davpush: {p} is not under --strip-prefix {prefix}: it names no collection, \
+                             nothing was notified"
+                        );
+                        ExitCode::from(EXIT_DATA)
+                    }),
+                    None => Ok(p),
                 }
             };
             let path = match (c, i) {
-                (Some(c), _) => canonical_path(&strip(c)),
+                (Some(c), _) => match strip(c) {
+                    Ok(p) => canonical_path(&p),
+                    Err(code) => return code,
+                },
                 (None, Some(i)) => {
-                    let item = strip(i);
+                    let item = match strip(i) {
+                        Ok(p) => p,
+                        Err(code) => return code,
+                    };
                     if canonical_path(&item).as_deref() == Some("/") {
                         // The root has no collection above it (Radicale's hook also runs for it).
                         eprintln!("davpush: {item} is the root: nothing to notify");
@@ -148,13 +173,50 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
             println!("{}", serde_json::to_string(&answer).unwrap_or_default());
             ExitCode::SUCCESS
         }
+        Err(e @ DirectorError::Refused { status: 401 | 403, .. }) => {
+            eprintln!("davpush: {e} (is the notify token the Director's?)");
+            ExitCode::from(EXIT_REFUSED)
+        }
         Err(e @ DirectorError::Refused { .. }) => {
             eprintln!("davpush: {e}");
             ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("davpush: cannot reach the Director at {}: {e}", raw.director_url);
-            ExitCode::from(69) // EX_UNAVAILABLE
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
+    }
+}
+
+/// The gateway's topic key; never created here (exit 66 when there is none).
+fn existing_topic_key(raw: &RawGatewayConfig) -> Result<TopicKey, ExitCode> {
+    let missing = !raw.topic_secret_path().exists();
+    raw.existing_topic_key().map_err(|e| {
+        eprintln!("davpush: {}", e.message);
+        ExitCode::from(if missing { EXIT_NO_INPUT } else { EXIT_CONFIG })
+    })
+}
+
+/// `path` without `prefix` (a whole number of segments), or `None` if it is not under it.
+fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix.trim_end_matches('/'))?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_prefix;
+
+    #[test]
+    fn strip_prefix_takes_whole_segments_only() {
+        let root = "/var/lib/radicale/collections/collection-root";
+        assert_eq!(
+            strip_prefix("/var/lib/radicale/collections/collection-root/alice/cal/e.ics", root),
+            Some("/alice/cal/e.ics")
+        );
+        assert_eq!(strip_prefix("/var/lib/radicale/collections/collection-root", root), Some(""));
+        assert_eq!(strip_prefix("/var/lib/radicale/collections/collection-root/", &format!("{root}/")), Some("/"));
+        assert_eq!(strip_prefix("/var/lib/radicale/collections/collection-rootx/a/", root), None);
+        assert_eq!(strip_prefix("/srv/other/alice/cal/e.ics", root), None);
     }
 }

@@ -97,6 +97,10 @@ pub struct ClientOptions {
     /// The WebDAV credentials, with which a fresh subscription grant is asked for from a
     /// collection's server before every subscribe (servers that issue none are fine too).
     pub credentials: Credentials,
+    /// `websocket_url` is a davpush gateway's WebSocket (`gateway-websocket-url`), opened with
+    /// the WebDAV credentials: each `subscribe` names its collection, which the gateway checks
+    /// with the WebDAV server and signs the grant for itself.
+    pub via_gateway: bool,
 }
 
 impl ClientOptions {
@@ -112,15 +116,27 @@ impl ClientOptions {
             event_queue: 256,
             extra_ca_pem: None,
             credentials: Credentials::None,
+            via_gateway: false,
         }
     }
 
-    /// Options for `collection`'s Director (its `websocket-url` and authentication).
+    /// Options for `collection`: with the Director's subscription `token`, its Director
+    /// directly; without one, the gateway's WebSocket with the WebDAV `credentials` when the
+    /// collection offers one (`gateway-websocket-url`); else the Director directly, with what
+    /// its `subscription-auth` asks for.
     pub fn for_collection(
         collection: &Collection,
         credentials: &Credentials,
         token: Option<&str>,
     ) -> Result<ClientOptions, Error> {
+        if let (None, Some(url), Some(authorization)) =
+            (token, &collection.gateway_websocket_url, credentials.authorization())
+        {
+            let mut options = ClientOptions::new(url.clone(), DirectorAuth::Authorization(authorization));
+            options.credentials = credentials.clone();
+            options.via_gateway = true;
+            return Ok(options);
+        }
         let url = collection.websocket_url.clone().ok_or_else(|| Error::NoPush {
             url: collection.url.to_string(),
             detail: "its Director offers no WebSocket endpoint".into(),
@@ -418,10 +434,22 @@ impl Task {
     }
 
     async fn subscribe(&self, socket: &mut Socket, topic: &str) -> Result<(), tungstenite::Error> {
-        let grant = match self.watched.get(topic) {
-            Some(w) => self.grant(&w.url).await,
-            None => None,
-        };
+        let Some(url) = self.watched.get(topic).map(|w| w.url.clone()) else { return Ok(()) };
+        if self.options.via_gateway {
+            // The gateway checks that the user may read the collection and adds the grant.
+            let f = ClientFrame::Subscribe {
+                id: Some(topic.to_owned()),
+                topic: topic.to_owned(),
+                expires: None,
+                grant: None,
+            };
+            let mut value = serde_json::to_value(&f).expect("frames serialize");
+            if let Some(object) = value.as_object_mut() {
+                object.insert("collection".into(), url.path().into());
+            }
+            return socket.send(Message::Text(value.to_string().into())).await;
+        }
+        let grant = self.grant(&url).await;
         let f = ClientFrame::Subscribe { id: Some(topic.to_owned()), topic: topic.to_owned(), expires: None, grant };
         socket.send(frame(&f)).await
     }

@@ -22,7 +22,7 @@ const PROPFIND: &str = concat!(
     r#"<?xml version="1.0" encoding="utf-8"?>"#,
     r#"<d:propfind xmlns:d="DAV:" xmlns:p="https://bitfire.at/webdav-push" xmlns:x="urn:davpush:1"><d:prop>"#,
     "<d:displayname/><d:sync-token/><p:topic/><p:transports/>",
-    "<x:director/><x:push-services/><x:subscription-auth/><x:websocket-url/><x:grant/>",
+    "<x:director/><x:push-services/><x:subscription-auth/><x:websocket-url/><x:gateway-websocket-url/><x:grant/>",
     "</d:prop></d:propfind>"
 );
 
@@ -107,6 +107,9 @@ pub struct Collection {
     pub subscription_auth: SubscriptionAuth,
     /// The Director's WebSocket endpoint.
     pub websocket_url: Option<Url>,
+    /// The davpush gateway's WebSocket, opened with the WebDAV credentials (no Director token
+    /// needed; docs/clients.md).
+    pub gateway_websocket_url: Option<Url>,
     /// The VAPID public key for Web Push subscriptions.
     pub vapid_public_key: Option<String>,
     /// A short-lived subscription grant for `topic`, when the server issues them (the davpush
@@ -149,7 +152,7 @@ impl Discovery {
         };
         let options = with_auth(self.http.request(reqwest::Method::OPTIONS, url.clone())).send().await;
         let options = options.map_err(unreachable)?;
-        check_auth(options.status().as_u16())?;
+        check_auth(options.status().as_u16(), auth.is_some())?;
         let webdav_push = options
             .headers()
             .get_all("dav")
@@ -179,6 +182,7 @@ impl Discovery {
                 Some(other) => SubscriptionAuth::Other(other.to_owned()),
             },
             websocket_url: url_prop(DAVPUSH, "websocket-url"),
+            gateway_websocket_url: url_prop(DAVPUSH, "gateway-websocket-url"),
             vapid_public_key: get(PUSH, "vapid-public-key").cloned(),
             grant: get(DAVPUSH, "grant").cloned(),
         })
@@ -203,7 +207,7 @@ impl Discovery {
         }
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
-        check_auth(status)?;
+        check_auth(status, !matches!(credentials, Credentials::None))?;
         if status != 207 {
             return Err(Error::Http { what: WEBDAV, status });
         }
@@ -212,8 +216,13 @@ impl Discovery {
     }
 }
 
-fn check_auth(status: u16) -> Result<(), Error> {
-    if status == 401 || status == 403 { Err(Error::Unauthorized { what: WEBDAV, status }) } else { Ok(()) }
+/// 401 without credentials: a login is needed; 401 or 403 with them: refused.
+fn check_auth(status: u16, with_credentials: bool) -> Result<(), Error> {
+    match status {
+        401 if !with_credentials => Err(Error::LoginRequired { what: WEBDAV }),
+        401 | 403 => Err(Error::Unauthorized { what: WEBDAV, status }),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Default)]

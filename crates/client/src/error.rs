@@ -44,6 +44,12 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// The server wants a login (401) and no credentials were given.
+    #[error("{what} requires a login (HTTP 401) and none was given")]
+    LoginRequired {
+        /// `the WebDAV server`.
+        what: &'static str,
+    },
     /// The Director authenticates with tokens (`subscription-auth` `token`) and none was given.
     #[error("the Director requires a subscription token (subscription-auth `token`)")]
     TokenRequired,

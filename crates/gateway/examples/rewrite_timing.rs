@@ -34,6 +34,7 @@ fn main() {
             services: vec!["websocket".into(), "web_push".into()],
             subscription_auth: "token".into(),
             websocket_url: Some("ws://127.0.0.1:8080/ws".into()),
+            gateway_websocket_url: Some("ws://127.0.0.1:8081/.davpush/ws".into()),
             grant: None,
         })
     };

@@ -235,10 +235,34 @@ impl RawGatewayConfig {
         Ok(raw)
     }
 
-    /// The topic key alone (for `davpush topic`), creating the secret if needed.
+    /// The topic key, creating the secret if needed: for the gateway only, which owns it.
     pub fn topic_key(&self) -> Result<(TopicKey, bool), ConfigError> {
-        let path = self.secret_path(&self.topic_secret_file, "topic-secret");
+        let path = self.topic_secret_path();
         TopicKey::load_or_create(&path).map_err(|e| invalid("topic_secret_file", e.to_string()))
+    }
+
+    /// Where the topic secret is (`topic_secret_file`, else `<data_dir>/topic-secret`).
+    pub fn topic_secret_path(&self) -> PathBuf {
+        self.secret_path(&self.topic_secret_file, "topic-secret")
+    }
+
+    /// The topic key of an existing secret (for `davpush topic` and `davpush notify`, which
+    /// never create one: a topic under a secret the gateway does not use reaches nobody).
+    pub fn existing_topic_key(&self) -> Result<TopicKey, ConfigError> {
+        let path = self.topic_secret_path();
+        TopicKey::load(&path).map_err(|e| {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "no topic secret in {}: the gateway creates it on its first start; start `davpush gateway` \
+                     once with this data directory, or point --data-dir (or `data_dir`/`topic_secret_file` \
+                     in --config) at the gateway's",
+                    path.display()
+                )
+            } else {
+                format!("cannot read {}: {e}", path.display())
+            };
+            invalid("topic_secret_file", message)
+        })
     }
 
     fn secret_path(&self, configured: &Path, default: &str) -> PathBuf {

@@ -12,6 +12,7 @@ pub const PUSH_PROPS: &[(&str, &str)] = &[
     (DAVPUSH, "push-services"),
     (DAVPUSH, "subscription-auth"),
     (DAVPUSH, "websocket-url"),
+    (DAVPUSH, "gateway-websocket-url"),
 ];
 
 /// The subscription grant for the requested collection (docs/protocol.md §3.3): answered only
@@ -87,6 +88,9 @@ pub struct PushValues {
     pub subscription_auth: String,
     /// The Director's WebSocket URL, when it offers WebSockets.
     pub websocket_url: Option<String>,
+    /// The gateway's own WebSocket (`.davpush/ws`), opened with the WebDAV login, when it
+    /// offers one (`web_clients`) and the Director offers WebSockets.
+    pub gateway_websocket_url: Option<String>,
     /// A subscription grant for `topic`, when asked for and the user may read the collection.
     pub grant: Option<String>,
 }
@@ -111,6 +115,7 @@ fn value(ns: &str, name: &str, v: &PushValues) -> Element {
         }
         (DAVPUSH, "subscription-auth") => el.with_text(&v.subscription_auth),
         (DAVPUSH, "websocket-url") => el.with_text(v.websocket_url.as_deref().unwrap_or("")),
+        (DAVPUSH, "gateway-websocket-url") => el.with_text(v.gateway_websocket_url.as_deref().unwrap_or("")),
         (DAVPUSH, "grant") => el.with_text(v.grant.as_deref().unwrap_or("")),
         _ => el,
     }

@@ -130,6 +130,12 @@ impl GatewayState {
             }
             None => (Vec::new(), "token".into(), None, None),
         };
+        let gateway_websocket_url = (self.cfg.web_clients && ws.is_some()).then(|| {
+            let mut u = self.cfg.public_url.clone();
+            let _ = u.set_scheme(if u.scheme() == "https" { "wss" } else { "ws" });
+            u.set_path(&format!("{}ws", self.web_prefix()));
+            u.to_string()
+        });
         PushValues {
             topic,
             vapid_public_key: vapid,
@@ -137,6 +143,7 @@ impl GatewayState {
             services,
             subscription_auth: auth,
             websocket_url: ws,
+            gateway_websocket_url,
             grant: None,
         }
     }

@@ -101,21 +101,23 @@ impl TopicKey {
         TopicKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
+    /// Reads the secret from `path` (an error of kind `NotFound` when there is none: only the
+    /// gateway creates it, with [`TopicKey::load_or_create`]).
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let s = std::fs::read_to_string(path)?;
+        let bytes = B64
+            .decode(s.trim())
+            .map_err(|_| std::io::Error::other(format!("{} does not hold a base64url secret", path.display())))?;
+        if bytes.len() < 16 {
+            return Err(std::io::Error::other(format!("{} holds a secret shorter than 16 bytes", path.display())));
+        }
+        Ok(Self::new(&bytes))
+    }
+
     /// Reads the secret from `path`, or creates it there (32 random bytes, base64url, mode 0600).
     pub fn load_or_create(path: &Path) -> std::io::Result<(Self, bool)> {
-        match std::fs::read_to_string(path) {
-            Ok(s) => {
-                let bytes = B64.decode(s.trim()).map_err(|_| {
-                    std::io::Error::other(format!("{} does not hold a base64url secret", path.display()))
-                })?;
-                if bytes.len() < 16 {
-                    return Err(std::io::Error::other(format!(
-                        "{} holds a secret shorter than 16 bytes",
-                        path.display()
-                    )));
-                }
-                Ok((Self::new(&bytes), false))
-            }
+        match Self::load(path) {
+            Ok(key) => Ok((key, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
                 aws_lc_rs::rand::fill(&mut secret).map_err(|_| std::io::Error::other("no randomness"))?;
