@@ -97,6 +97,7 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
+    wait_for_director_secrets(&raw).await;
     let cfg = match GatewayConfig::from_raw(raw) {
         Ok(c) => c,
         Err(e) => {
@@ -130,4 +131,21 @@ async fn gateway(mut cfg: GatewayConfig) -> anyhow::Result<()> {
     app::serve(listener, state, crate::serve::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a gateway started with the Director (`davpush serve & davpush gateway …`, or two
+/// units started at once) waits for the Director's first start to write its secrets.
+const SECRETS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits (at most [`SECRETS_WAIT`]) until the Director's secret files exist; the configuration's
+/// validation then reads them, or names the one still missing.
+async fn wait_for_director_secrets(raw: &RawGatewayConfig) {
+    let files = raw.director_secret_files();
+    let missing = || files.iter().find(|f| !f.exists());
+    let Some(first) = missing() else { return };
+    eprintln!("davpush: waiting up to {} s for the Director to create {}", SECRETS_WAIT.as_secs(), first.display());
+    let deadline = tokio::time::Instant::now() + SECRETS_WAIT;
+    while missing().is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

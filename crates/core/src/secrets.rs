@@ -4,15 +4,25 @@ use std::io::Write;
 use std::path::Path;
 
 /// Creates `path` with `content` and mode 0600; fails if it exists (a secret is never
-/// overwritten), and syncs it to disk before returning.
+/// overwritten), and syncs it to disk before returning. The file appears whole or not at all
+/// (written beside it, then linked into place), so a process that waits for it (a gateway
+/// started with the Director) never reads it half-written.
 pub fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
+    opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        // Fails with AlreadyExists when `path` exists: never overwritten.
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 #[cfg(test)]

@@ -269,6 +269,16 @@ impl RawGatewayConfig {
         if configured.as_os_str().is_empty() { self.data_dir.join(default) } else { configured.to_owned() }
     }
 
+    /// The files of the Director's secrets the gateway reads (notify and subscription tokens,
+    /// grant key): a gateway started together with a Director's first start waits for them.
+    pub fn director_secret_files(&self) -> [PathBuf; 3] {
+        [
+            self.secret_path(&self.notify_token_file, "notify-token"),
+            self.secret_path(&self.subscription_token_file, "subscription-token"),
+            self.secret_path(&self.grant_key_file, "grant-key"),
+        ]
+    }
+
     /// The notify token alone (for `davpush notify`).
     pub fn notify_token(&self) -> Result<String, ConfigError> {
         read_secret("notify_token_file", &self.secret_path(&self.notify_token_file, "notify-token"))

@@ -87,19 +87,25 @@ impl GatewayState {
             info: Arc::default(),
             sockets: Arc::default(),
         };
-        state.refresh_info().await;
+        state.refresh_info(true).await;
         let s = state.clone();
         tokio::spawn(async move {
+            // Until the Director answers (it may be starting with the gateway), ask again soon:
+            // 0.25 s, doubling to 10 s; then every 5 minutes.
+            let mut retry = Duration::from_millis(250);
             loop {
                 let known = s.info.read().unwrap_or_else(|e| e.into_inner()).is_some();
-                tokio::time::sleep(Duration::from_secs(if known { 300 } else { 10 })).await;
-                s.refresh_info().await;
+                let wait = if known { Duration::from_secs(300) } else { retry };
+                tokio::time::sleep(wait).await;
+                retry = (retry * 2).min(Duration::from_secs(10));
+                s.refresh_info(retry == Duration::from_secs(10)).await;
             }
         });
         Ok(state)
     }
 
-    async fn refresh_info(&self) {
+    /// Asks the Director's `/info`; a failure is a warning when `loud`, else a debug line.
+    async fn refresh_info(&self, loud: bool) {
         match self.director.info().await {
             Ok(i) => {
                 let services = i.services.join(",");
@@ -108,9 +114,10 @@ impl GatewayState {
                     tracing::info!(%services, "the Director's /info answered; push properties are complete");
                 }
             }
-            Err(e) => {
+            Err(e) if loud => {
                 tracing::warn!(error = %e, "cannot read the Director's /info; push properties are incomplete until it answers")
             }
+            Err(e) => tracing::debug!(error = %e, "cannot read the Director's /info yet"),
         }
     }
 

@@ -73,6 +73,10 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if !args.rate.is_finite() || args.rate < 0.0 {
         bail!("--rate must be a number ≥ 0");
     }
+    // Started together with the Director (`davpush serve … & davpush bench …`): its first start
+    // writes the token and key files, then listens.
+    let files = [&args.notify_token_file, &args.subscription_token_file, &args.grant_key_file];
+    wait_for_files(files.into_iter().flatten()).await;
     let notify_token = read_token(args.notify_token.clone(), args.notify_token_file.as_deref(), "notify")?
         .ok_or_else(|| anyhow!("--notify-token or --notify-token-file is required"))?;
     let sub_token =
@@ -85,6 +89,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         }
         IpAddr::V6(_) => Vec::new(),
     };
+    wait_for_listener(server).await;
     let n = u64::from(args.connections);
     let fds = raise_fd_limit(n + 64);
     let (fd_soft, fd_hard) = fds.unwrap_or((None, None));
@@ -507,4 +512,32 @@ pub(super) async fn sustained(
         }
     }
     st
+}
+
+/// How long the load tool waits for a Director started with it.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (at most [`STARTUP_WAIT`]) until every one of `files` exists.
+async fn wait_for_files<'a>(files: impl Iterator<Item = &'a std::path::PathBuf>) {
+    let files: Vec<&std::path::PathBuf> = files.collect();
+    let missing = || files.iter().find(|f| !f.exists()).copied();
+    let Some(first) = missing() else { return };
+    progress!(
+        "waiting up to {} s for {} (the Director writes it on its first start)",
+        STARTUP_WAIT.as_secs(),
+        first.display()
+    );
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    while missing().is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (at most [`STARTUP_WAIT`]) until `server` accepts connections; the first request then
+/// reports what is wrong if it still does not.
+async fn wait_for_listener(server: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    while tokio::net::TcpStream::connect(server).await.is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

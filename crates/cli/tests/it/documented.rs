@@ -210,12 +210,23 @@ impl Sandbox {
         cmd
     }
 
-    /// Runs `script` to its end; (stdout, stderr), panicking on a non-zero exit.
+    /// Runs `script` to its end; (stdout, stderr), panicking on a non-zero exit. What the
+    /// script started in the background (`… &`) is stopped when it ends.
     pub(crate) fn run(&self, script: &str, envs: &[(&str, &str)]) -> (String, String) {
-        let out = self.command(script).envs(envs.iter().copied()).output().unwrap();
+        let (out_path, err_path) = (self.dir.path().join(".stdout"), self.dir.path().join(".stderr"));
+        let mut child = self
+            .command(script)
+            .envs(envs.iter().copied())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let status = child.wait().unwrap();
+        stop_group(child.id());
         let (stdout, stderr) =
-            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-        assert!(out.status.success(), "{script}\nexited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+            (std::fs::read_to_string(&out_path).unwrap(), std::fs::read_to_string(&err_path).unwrap());
+        assert!(status.success(), "{script}\nexited {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
         (stdout, stderr)
     }
 
@@ -240,11 +251,19 @@ impl Sandbox {
 
 use std::os::unix::process::CommandExt;
 
+/// SIGTERM to every process of group `pgid` (a script's shell and what it started). `pkill -g`,
+/// as procps 4.0's `kill -TERM -<pgid>` is not reliable about negative ids.
+fn stop_group(pgid: u32) {
+    if pgid > 1 {
+        let _ = Command::new("pkill").args(["-TERM", "-g", &pgid.to_string()]).status();
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         for c in &mut self.children {
             // The whole process group: bash and what it started in the background.
-            let _ = Command::new("kill").args(["-TERM", &format!("-{}", c.id())]).status();
+            stop_group(c.id());
             let _ = c.wait();
         }
     }
@@ -380,8 +399,8 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitSt
     }
 }
 
-#[test]
-fn the_relay_key_commands_of_docs_relay_md() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_key_commands_of_docs_relay_md() {
     let Some(mut sb) = Sandbox::new() else { return };
     let keys = sb.dir.path().join("keys.json");
     sb.replace("/var/lib/davpush-relay/keys.json", &keys.display().to_string());
@@ -403,13 +422,20 @@ fn the_relay_key_commands_of_docs_relay_md() {
     assert!(list.contains(&id) && list.contains("dav.example.org"), "{list}");
 
     // serve: with the documented configuration (every key of examples/relay.toml), its keys file
-    // the one above; FCM is not reachable here, so the relay is only started and asked /healthz.
+    // the one above, and FCM the local fake (its service-account key, its URLs).
+    let fcm = davpush_testkit::fakes::fcm::FakeFcm::start().await;
+    let sa = sb.dir.path().join("service-account.json");
+    std::fs::write(&sa, &fcm.service_account).unwrap();
     let port = free_port();
     let etc = sb.dir.path().join("relay.toml");
     let example = std::fs::read_to_string(root().join("examples/relay.toml")).unwrap();
     let config = example
         .replace("listen = \"127.0.0.1:8090\"", &format!("listen = \"127.0.0.1:{port}\""))
-        .replace("file = \"relay-keys.json\"", &format!("file = {:?}", keys.display().to_string()));
+        .replace("file = \"relay-keys.json\"", &format!("file = {:?}", keys.display().to_string()))
+        .replace("credentials_file = \"\"", &format!("credentials_file = {:?}", sa.display().to_string()))
+        .replace("\"https://fcm.googleapis.com\"", &format!("{:?}", fcm.url()))
+        .replace("\"https://iid.googleapis.com\"", &format!("{:?}", fcm.url()));
+    assert_eq!(config.matches(&fcm.url()).count(), 2, "examples/relay.toml changed its FCM URLs");
     std::fs::write(&etc, config).unwrap();
     sb.replace("/etc/davpush/relay.toml", &etc.display().to_string());
     let serve = sb.script(&Block { text: format!("{}\n", lines[1]), ..doc.clone() });
@@ -477,7 +503,18 @@ fn the_gateway_block_of_the_readme_in_front_of_radicale() {
          --data '<propfind xmlns=\"DAV:\" xmlns:P=\"https://bitfire.at/webdav-push\"><prop><P:transports/><P:topic/></prop></propfind>' \
          {base}/{alice}/cal/\n"
     );
-    let (out, _) = sb.run(&script, &[]);
+    sb.run(&script.lines().next().map(|l| format!("{l}\n")).unwrap(), &[]);
+    let rest: String = script.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    // The gateway started with the Director: its push properties are complete once the
+    // Director's /info answered (it asks again within a second).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let out = loop {
+        let (out, _) = sb.run(&rest, &[]);
+        if out.contains("vapid-public-key") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let dav = out.lines().find(|l| l.to_ascii_lowercase().starts_with("dav:")).unwrap_or("");
     assert!(dav.contains("webdav-push"), "no webdav-push in DAV of OPTIONS:\n{out}");
     assert!(out.contains("topic>") && out.contains("vapid-public-key"), "no push properties:\n{out}");
