@@ -4,6 +4,7 @@
 //! loopback (a Director, the gateway, Radicale).
 
 mod config;
+mod durable;
 mod fd_limit;
 mod listen;
 mod radicale_hook;
