@@ -166,3 +166,35 @@ async fn issue_11_every_201_survives_sigkill() {
     serve.ready().await;
     assert_eq!(serve.web_push_count().await, 400, "every subscription answered 201 is there after SIGKILL");
 }
+
+/// The command the README's figures section tells users to type, run as printed (in a fresh
+/// directory): its report is complete and consistent.
+#[test]
+fn issue_11_bench_population_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_davpush"))
+        .args(["bench", "population", "--count", "2000", "--topics", "100", "--big-topic", "200"])
+        .args(["--expired", "5000", "--data-dir", "bench-population"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "2000 durable subscriptions (0 failed)",
+        "0 bytes after a graceful stop",
+        "(2000 subscriptions loaded)",
+        "(200 addressed)",
+        "5000 expired rows",
+        "3 statements",
+    ] {
+        assert!(text.contains(expected), "`{expected}` missing in:\n{text}");
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_davpush"))
+        .args(["bench", "population", "--count", "10", "--data-dir", "bench-population"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a used data directory is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty"));
+}
