@@ -48,7 +48,7 @@ pub use index::{Caps, Index, Principal};
 pub use kind::ServiceKind;
 pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};
-pub use service::{Limits, NotifyReport, PushService, ServiceError, Subscribed};
+pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 pub use subscription::{RemoteTarget, Subscription, Target, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};

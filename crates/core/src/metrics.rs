@@ -63,6 +63,10 @@ pub struct Metrics {
     pub resident_memory: Gauge,
     /// Messages between cluster nodes, by channel and outcome.
     pub cluster_messages: Family<ClusterLabels, Counter>,
+    /// Size of the store's write-ahead log (SQLite; set when rendered).
+    pub store_wal_bytes: Gauge,
+    /// 1 once the durable subscriptions are loaded from the store, 0 before.
+    pub ready: Gauge,
     /// `deliveries{service="websocket",outcome="sent"}`, resolved once: it is counted by every
     /// connection's task on every write, where a family lookup would contend.
     pub ws_sent: Counter,
@@ -81,6 +85,8 @@ impl Default for Metrics {
             deliveries: Family::default(),
             resident_memory: Gauge::default(),
             cluster_messages: Family::default(),
+            store_wal_bytes: Gauge::default(),
+            ready: Gauge::default(),
             ws_sent: Counter::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
@@ -95,6 +101,8 @@ impl Default for Metrics {
             "Messages between cluster nodes, by channel and outcome",
             m.cluster_messages.clone(),
         );
+        r.register("store_wal_bytes", "Size of the store's write-ahead log (SQLite)", m.store_wal_bytes.clone());
+        r.register("ready", "1 once the durable subscriptions are loaded from the store", m.ready.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         let ws_sent = m
             .deliveries

@@ -30,7 +30,7 @@ mod testing;
 pub use error::ServiceError;
 pub use limits::Limits;
 pub use notify::NotifyReport;
-pub use subscribe::Subscribed;
+pub use subscribe::{PURGE_BATCH, Subscribed};
 
 /// See the module documentation.
 pub struct PushService {
@@ -41,6 +41,10 @@ pub struct PushService {
     metrics: Arc<Metrics>,
     fanout: Option<Arc<dyn Fanout>>,
     grants: Option<GrantKeys>,
+    /// `true` once [`PushService::load`] has made every durable subscription routable.
+    ready: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting in [`PushService::until_ready`].
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for PushService {
@@ -57,7 +61,43 @@ impl PushService {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        PushService { index: Index::default(), store, transports, limits, metrics, fanout: None, grants: None }
+        PushService {
+            index: Index::default(),
+            store,
+            transports,
+            limits,
+            metrics,
+            fanout: None,
+            grants: None,
+            ready: tokio::sync::watch::Sender::new(false),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether the durable subscriptions are loaded ([`PushService::load`] finished): until
+    /// then a notify could miss subscribers that are still in the store only.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Follows [`PushService::is_ready`].
+    pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Waits until [`PushService::is_ready`], at most `bound`; returns whether it is.
+    pub async fn until_ready(&self, bound: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut rx = self.ready.subscribe();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let ready = matches!(tokio::time::timeout(bound, rx.wait_for(|r| *r)).await, Ok(Ok(_)));
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        ready
+    }
+
+    /// How many requests wait in [`PushService::until_ready`] now.
+    pub fn waiting_for_ready(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requires a grant for every subscription (`subscription.grants = "required"`): a topic is

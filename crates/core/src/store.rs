@@ -68,8 +68,15 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn delete(&self, ids: &[String]) -> Result<u64, StoreError>;
     /// All subscriptions that have not expired at `now`.
     async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError>;
-    /// Deletes the subscriptions expired at `now`; returns how many.
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+    /// At most `limit` subscriptions unexpired at `now` whose id sorts after `after`, in id
+    /// order: start-up reads the store page by page, so that no read holds a snapshot (and
+    /// with it the SQLite write-ahead log) for the whole load, and rows become routable as
+    /// they arrive.
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError>;
+    /// Deletes at most `limit` of the subscriptions expired at `now` (through the index on
+    /// `expires`: one short statement however many expired); returns how many. Callers repeat
+    /// until fewer than `limit` come back.
+    async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError>;
     /// Checks that the store answers (for `/healthz`).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Saves pending deliveries (replacing those of the same subscriptions).
@@ -78,6 +85,13 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError>;
     /// All pending deliveries.
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// Size of the write-ahead log in bytes, for stores that keep one in a file (SQLite).
+    fn wal_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Called once at a graceful stop, after the last write: flushes what the store keeps
+    /// aside (SQLite: checkpoints the write-ahead log and truncates it to 0 bytes).
+    async fn close(&self) {}
 }
 
 /// A store in memory: for tests and for a Director that needs no persistence.
@@ -117,11 +131,21 @@ impl SubscriptionStore for MemoryStore {
         Ok(rows.values().filter(|r| r.expires > now).cloned().collect())
     }
 
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut page: Vec<_> = rows.values().filter(|r| r.expires > now && r.id.as_str() > after).collect();
+        page.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(page.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        let before = rows.len();
-        rows.retain(|_, r| r.expires > now);
-        Ok((before - rows.len()) as u64)
+        let expired: Vec<String> =
+            rows.values().filter(|r| r.expires <= now).take(limit).map(|r| r.id.clone()).collect();
+        for id in &expired {
+            rows.remove(id);
+        }
+        Ok(expired.len() as u64)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -156,13 +156,29 @@ pub async fn build_with_store(
         inbound = Some(rx);
     }
     let service = Arc::new(service);
-    let loaded = service.load(davpush_core::unix_now()).await?;
-    tracing::info!(subscriptions = loaded, "subscriptions loaded from the store");
+    // The durable subscriptions are loaded while the server already answers: `/healthz` says
+    // alive, `/readyz` says 503 until the load is done, and notify, subscribe and unsubscribe
+    // wait for it (bounded), so that none of them misses a subscription still in the store.
+    tokio::spawn(load(service.clone()));
     tokio::spawn(remove_gone(gone, Arc::downgrade(&service)));
     if let Some(rx) = inbound {
         tokio::spawn(apply_cluster(rx, Arc::downgrade(&service)));
     }
     Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup) })
+}
+
+/// Loads the durable subscriptions (see [`PushService::load`]).
+async fn load(service: Arc<PushService>) {
+    let started = tokio::time::Instant::now();
+    match service.load(davpush_core::unix_now()).await {
+        Ok(n) => tracing::info!(
+            subscriptions = n,
+            ms = started.elapsed().as_millis() as u64,
+            "subscriptions loaded from the store: ready"
+        ),
+        // Not ready, ever: `/readyz` keeps answering 503 and the log says why.
+        Err(e) => tracing::error!(error = %e, "cannot load the subscriptions from the store: not ready"),
+    }
 }
 
 /// Applies what the other nodes of the cluster report.
@@ -199,6 +215,7 @@ pub fn router(state: AppState) -> Router {
         .route("/unsubscribe", post(http::subscription::unsubscribe))
         .route("/ws", get(http::websocket::upgrade))
         .route("/healthz", get(http::ops::healthz))
+        .route("/readyz", get(http::ops::readyz))
         .route("/info", get(http::ops::info))
         .route("/metrics", get(http::ops::metrics))
         .fallback(http::ops::not_found)
@@ -298,10 +315,14 @@ impl Running {
     }
 }
 
-/// Builds and serves `config` on `config.listen` (port 0 picks a free port) in a task.
+/// Builds and serves `config` on `config.listen` (port 0 picks a free port) in a task; returns
+/// once the durable subscriptions are loaded (ready).
 pub async fn spawn(config: Config) -> Result<Running, StartError> {
     let addr = config.listen;
     let state = build(config).await?;
+    // Bounded: a store that cannot be read leaves the Director unready (its log says why).
+    let mut ready = state.service.ready();
+    let _ = tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r)).await;
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

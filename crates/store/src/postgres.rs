@@ -104,12 +104,17 @@ impl SubscriptionStore for PostgresStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        Ok(sqlx::query("DELETE FROM subscriptions WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await
-            .map_err(err("delete subscriptions"))?
-            .rows_affected())
+        let mut n = 0;
+        // Short statements: a purge of 100,000 never holds locks on all of them at once.
+        for batch in ids.chunks(1_000) {
+            n += sqlx::query("DELETE FROM subscriptions WHERE id = ANY($1)")
+                .bind(batch)
+                .execute(&self.pool)
+                .await
+                .map_err(err("delete subscriptions"))?
+                .rows_affected();
+        }
+        Ok(n)
     }
 
     async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
@@ -120,13 +125,32 @@ impl SubscriptionStore for PostgresStore {
         found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
     }
 
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM subscriptions WHERE expires <= $1")
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+        // The columns of `rows::subscription`; the primary key's index gives the order.
+        let sql = "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions \
+                   WHERE id > $1 AND expires > $2 ORDER BY id LIMIT $3";
+        let found = sqlx::query(sql)
+            .bind(after)
             .bind(now)
-            .execute(&self.pool)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
             .await
-            .map_err(err("purge expired subscriptions"))?
-            .rows_affected())
+            .map_err(err("load subscriptions"))?;
+        found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
+    }
+
+    async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        // At most `limit` rows, by their physical address, found through the index on `expires`.
+        Ok(sqlx::query(
+            "DELETE FROM subscriptions WHERE ctid = ANY(ARRAY(\
+             SELECT ctid FROM subscriptions WHERE expires <= $1 LIMIT $2))",
+        )
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(err("purge expired subscriptions"))?
+        .rows_affected())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

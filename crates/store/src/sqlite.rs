@@ -1,19 +1,84 @@
 //! The SQLite store.
+//!
+//! # The write-ahead log stays small
+//! In WAL mode every commit appends to `<db>-wal`; SQLite's own automatic checkpoint (PASSIVE)
+//! copies pages back but never waits, so under a steady stream of writes from several
+//! connections it rarely finds a moment to *restart* the log, which then grows without bound
+//! (16 GB after 756k subscribes, issue 11). One place checkpoints instead: a task started at
+//! open looks at the log's size every [`CHECKPOINT_EVERY`] and, above [`CHECKPOINT_ABOVE`],
+//! runs `PRAGMA wal_checkpoint(TRUNCATE)`, which waits (busy timeout) for the writer and the
+//! readers in flight and leaves a 0-byte log. `journal_size_limit` caps what a log that could
+//! only be restarted keeps on disk, and [`SubscriptionStore::close`] truncates it at a graceful
+//! stop, so a stopped Director leaves no log to replay.
+//!
+//! # Group commit
+//! A subscribe's row must be on disk before its `201` (it survives SIGKILL), but a transaction
+//! per request makes the disk's sync rate the subscribe rate. Upserts therefore go to one
+//! writer task that takes all that are waiting (up to [`GROUP_COMMIT_MAX`]), writes them in one
+//! transaction and answers each after the commit: under load a commit carries many
+//! subscribes, alone it carries one, with no added wait.
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{err, rows};
+
+/// How often the checkpoint task looks at the write-ahead log.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Log size above which the checkpoint task truncates it.
+pub const CHECKPOINT_ABOVE: u64 = 8 << 20;
+/// `PRAGMA journal_size_limit`: what SQLite keeps of a log it restarted.
+const JOURNAL_SIZE_LIMIT: u64 = 32 << 20;
+
+/// Upserts written in one transaction at most.
+const GROUP_COMMIT_MAX: usize = 512;
+/// Upserts waiting for the writer at most (beyond, `upsert` waits for room).
+const GROUP_COMMIT_QUEUE: usize = 4_096;
+
+/// Ids deleted per transaction by [`SubscriptionStore::delete`].
+const DELETE_BATCH: usize = 1_000;
+
+/// The rowids of at most `?2` subscriptions expired at `?1`, found through the index on `expires`.
+const EXPIRED_ROWIDS: &str = "SELECT rowid FROM subscriptions WHERE expires <= ?1 LIMIT ?2";
 
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The `-wal` file (`None` for an in-memory database).
+    wal: Option<PathBuf>,
+    /// The group-commit writer's queue (its task ends with the last clone of the store).
+    writer: mpsc::Sender<Job>,
+    /// Ends the checkpoint task when the last clone of the store is dropped.
+    _checkpointer: Option<Arc<AbortOnDrop>>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Outcome of one `PRAGMA wal_checkpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The checkpoint could not complete (a reader or the writer held on past the busy timeout).
+    pub busy: bool,
+    /// Frames in the log before.
+    pub log_frames: i64,
+    /// Frames copied into the database.
+    pub checkpointed_frames: i64,
 }
 
 impl SqliteStore {
@@ -27,7 +92,13 @@ impl SqliteStore {
             .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
             .foreign_keys(true);
+        let wal = (!memory).then(|| {
+            let mut name = opts.get_filename().as_os_str().to_owned();
+            name.push("-wal");
+            PathBuf::from(name)
+        });
         let pool = SqlitePoolOptions::new()
             // Every connection to `:memory:` would be a database of its own.
             .max_connections(if memory { 1 } else { 4 })
@@ -37,9 +108,25 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(err("open the database"))?;
-        let store = SqliteStore { pool };
+        let (writer, jobs) = mpsc::channel(GROUP_COMMIT_QUEUE);
+        tokio::spawn(group_commits(pool.clone(), jobs));
+        let mut store = SqliteStore { pool, wal, writer, _checkpointer: None };
         store.migrate().await?;
+        if store.wal.is_some() {
+            let task = tokio::spawn(checkpoints(store.clone()));
+            store._checkpointer = Some(Arc::new(AbortOnDrop(task)));
+        }
         Ok(store)
+    }
+
+    /// Runs `PRAGMA wal_checkpoint(TRUNCATE)`: copies the log into the database and truncates
+    /// it to 0 bytes, waiting up to the busy timeout for readers and the writer.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let (busy, log, done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("checkpoint the write-ahead log"))?;
+        Ok(Checkpoint { busy: busy != 0, log_frames: log, checkpointed_frames: done })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -59,16 +146,40 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl SubscriptionStore for SqliteStore {
-    async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
-        sqlx::query_scalar(
-            "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created, triggers) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (client_id, topic, service) \
-             DO UPDATE SET target = excluded.target, expires = excluded.expires, triggers = excluded.triggers \
-             RETURNING id",
-        )
+/// The checkpoint task (see the module documentation). It holds a clone of the store, so the
+/// store's [`AbortOnDrop`] is not what ends it: it ends when the pool is closed, or is aborted
+/// with the last other clone.
+async fn checkpoints(store: SqliteStore) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let store = SqliteStore { _checkpointer: None, ..store };
+    loop {
+        tick.tick().await;
+        if store.pool.is_closed() {
+            return;
+        }
+        if store.wal_bytes().unwrap_or(0) <= CHECKPOINT_ABOVE {
+            continue;
+        }
+        match store.checkpoint().await {
+            Ok(c) if c.busy => tracing::debug!(frames = c.log_frames, "write-ahead log checkpoint busy, retrying"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "write-ahead log checkpoint failed"),
+        }
+    }
+}
+
+/// An upsert waiting for its group commit, and who waits for its answer.
+type Job = (StoredSubscription, oneshot::Sender<Result<String, StoreError>>);
+
+const UPSERT: &str = "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created, triggers) \
+                      VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                      ON CONFLICT (client_id, topic, service) \
+                      DO UPDATE SET target = excluded.target, expires = excluded.expires, triggers = excluded.triggers \
+                      RETURNING id";
+
+async fn upsert_on<'c, E: sqlx::SqliteExecutor<'c>>(e: E, s: &StoredSubscription) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(UPSERT)
         .bind(&s.id)
         .bind(&s.client_id)
         .bind(&s.topic)
@@ -77,23 +188,67 @@ impl SubscriptionStore for SqliteStore {
         .bind(s.expires)
         .bind(s.created)
         .bind(i64::from(s.triggers))
-        .fetch_one(&self.pool)
+        .fetch_one(e)
         .await
-        .map_err(err("upsert a subscription"))
+}
+
+/// The group-commit writer (see the module documentation): takes every upsert that is
+/// waiting (at most [`GROUP_COMMIT_MAX`]), writes them in one transaction and answers each
+/// only after the commit. If the transaction fails, each row is tried alone, so that one bad
+/// row fails only its own request.
+async fn group_commits(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while jobs.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+        match commit_batch(&pool, &batch).await {
+            Ok(ids) => {
+                for ((_, answer), id) in batch.drain(..).zip(ids) {
+                    let _ = answer.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, rows = batch.len(), "group commit failed; writing its rows one by one");
+                for (row, answer) in batch.drain(..) {
+                    let _ = answer.send(upsert_on(&pool, &row).await.map_err(err("upsert a subscription")));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(batch.len());
+    for (row, _) in batch {
+        ids.push(upsert_on(&mut *tx, row).await?);
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+#[async_trait]
+impl SubscriptionStore for SqliteStore {
+    async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || StoreError { op: "upsert a subscription", source: "the store is closed".into() };
+        self.writer.send((s.clone(), tx)).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     async fn delete(&self, ids: &[String]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(err("begin delete"))?;
         let mut n = 0;
-        for id in ids {
-            n += sqlx::query("DELETE FROM subscriptions WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("delete a subscription"))?
-                .rows_affected();
+        // One short transaction per batch: a purge of 100,000 never holds the writer for long.
+        for batch in ids.chunks(DELETE_BATCH) {
+            let mut tx = self.pool.begin().await.map_err(err("begin delete"))?;
+            for id in batch {
+                n += sqlx::query("DELETE FROM subscriptions WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("delete a subscription"))?
+                    .rows_affected();
+            }
+            tx.commit().await.map_err(err("commit delete"))?;
         }
-        tx.commit().await.map_err(err("commit delete"))?;
         Ok(n)
     }
 
@@ -105,9 +260,26 @@ impl SubscriptionStore for SqliteStore {
         found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
     }
 
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM subscriptions WHERE expires <= ?")
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+        // The columns of `rows::subscription`; the primary key's index gives the order.
+        let sql = "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions \
+                   WHERE id > ? AND expires > ? ORDER BY id LIMIT ?";
+        let found = sqlx::query(sql)
+            .bind(after)
             .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("load subscriptions"))?;
+        found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
+    }
+
+    async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        // SQLite has no DELETE … LIMIT by default: the rowids come from the `expires` index.
+        let sql = sqlx::AssertSqlSafe(format!("DELETE FROM subscriptions WHERE rowid IN ({EXPIRED_ROWIDS})"));
+        Ok(sqlx::query(sql)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await
             .map_err(err("purge expired subscriptions"))?
@@ -163,6 +335,26 @@ impl SubscriptionStore for SqliteStore {
         let found = sqlx::query(sql).fetch_all(&self.pool).await.map_err(err("load pending deliveries"))?;
         found.iter().map(rows::pending).collect::<Result<_, sqlx::Error>>().map_err(err("read a pending delivery row"))
     }
+
+    fn wal_bytes(&self) -> Option<u64> {
+        let wal = self.wal.as_ref()?;
+        match std::fs::metadata(wal) {
+            Ok(m) => Some(m.len()),
+            // No log (yet, or any more after a truncating checkpoint by the last connection).
+            Err(_) => Some(0),
+        }
+    }
+
+    async fn close(&self) {
+        if self.wal.is_some() {
+            match self.checkpoint().await {
+                Ok(c) if c.busy => tracing::warn!("write-ahead log not truncated at stop: the database is busy"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "write-ahead log not truncated at stop"),
+            }
+        }
+        self.pool.close().await;
+    }
 }
 
 #[cfg(test)]
@@ -204,7 +396,7 @@ mod tests {
         assert!(rows[0].target.contains("/2"));
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.pool).await.unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(store.purge_expired(60).await.unwrap(), 1);
+        assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
         assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
         assert!(store.load(0).await.unwrap().is_empty());
         store.ping().await.unwrap();
@@ -231,6 +423,103 @@ mod tests {
         assert_eq!(store.load_pending().await.unwrap(), vec![p("s2", 2)]);
         store.delete(&["a".into()]).await.unwrap();
         assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
+    }
+
+    #[tokio::test]
+    async fn issue_11_expired_rows_are_purged_in_batches_through_the_expires_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {EXPIRED_ROWIDS}")))
+                .bind(100)
+                .bind(10)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+        assert!(plan.iter().any(|d| d.contains("USING COVERING INDEX subscriptions_expires")), "{plan:?}");
+        assert!(!plan.iter().any(|d| d.starts_with("SCAN subscriptions")), "no full scan: {plan:?}");
+
+        // 5,000 expired rows (expiry 1..=5000) and 10 that live on.
+        let mut tx = store.pool.begin().await.unwrap();
+        for i in 0..5_010i64 {
+            let expires = if i < 5_000 { 1 + i } else { 1_000_000 };
+            sqlx::query(
+                "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created) \
+                         VALUES (?, ?, 't', 'web_push', '{}', ?, 0)",
+            )
+            .bind(format!("id-{i}"))
+            .bind(format!("c-{i}"))
+            .bind(expires)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let mut batches = Vec::new();
+        loop {
+            let n = store.purge_expired(10_000, 2_000).await.unwrap();
+            batches.push(n);
+            if n < 2_000 {
+                break;
+            }
+        }
+        assert_eq!(batches, [2_000, 2_000, 1_000]);
+        assert_eq!(store.load(0).await.unwrap().len(), 10, "the live rows stay");
+        assert_eq!(store.purge_expired(10_000, 2_000).await.unwrap(), 0);
+        // Deleting many ids goes in several transactions, and counts them all.
+        let ids: Vec<String> = (5_000..5_010).map(|i| format!("id-{i}")).chain(["nope".to_owned()]).collect();
+        assert_eq!(store.delete(&ids).await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn issue_11_a_closed_store_leaves_an_empty_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display())).await.unwrap();
+        for i in 0..50 {
+            store.upsert(&row(&format!("id-{i}"), &format!("c{i}"), "t", 100)).await.unwrap();
+        }
+        assert!(store.wal_bytes().unwrap() > 0, "writes went to the log");
+        let c = store.checkpoint().await.unwrap();
+        assert!(!c.busy && c.log_frames == c.checkpointed_frames, "{c:?}");
+        assert_eq!(store.wal_bytes(), Some(0), "TRUNCATE leaves 0 bytes");
+        store.upsert(&row("late", "c-late", "t", 100)).await.unwrap();
+        store.close().await;
+        let wal = std::fs::metadata(dir.path().join("db.sqlite-wal")).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(wal, 0, "closing checkpoints and truncates the log");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display())).await.unwrap();
+        assert_eq!(store.load(0).await.unwrap().len(), 51);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue_11_concurrent_upserts_are_committed_together_and_each_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..300 {
+            let store = store.clone();
+            // Clients 0..100 subscribe three times each (new ids, same key): one row each.
+            tasks.spawn(async move {
+                let r = row(&format!("id-{i}"), &format!("c{}", i % 100), "t", 100);
+                (i % 100, store.upsert(&r).await.unwrap())
+            });
+        }
+        let mut kept: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
+        while let Some(done) = tasks.join_next().await {
+            let (client, id) = done.unwrap();
+            let first = kept.entry(client).or_insert_with(|| id.clone());
+            assert_eq!(first, &id, "every upsert of one key answers the id that is kept");
+        }
+        assert_eq!(kept.len(), 100);
+        drop(store);
+        let store = SqliteStore::open(&url).await.unwrap();
+        let rows = store.load(0).await.unwrap();
+        assert_eq!(rows.len(), 100, "committed: visible after reopening");
+        for r in rows {
+            assert_eq!(Some(&r.id), kept.get(&r.client_id[1..].parse::<usize>().unwrap()));
+        }
     }
 
     #[tokio::test]

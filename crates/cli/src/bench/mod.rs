@@ -43,6 +43,7 @@ mod conn;
 mod histogram;
 mod limits;
 mod notify;
+pub(crate) mod population;
 mod report;
 mod run;
 mod target;
@@ -94,8 +95,11 @@ Example:
 
 /// Options of the load tool (see [`LONG_HELP`]).
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = LONG_HELP)]
+#[command(after_long_help = LONG_HELP, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct BenchArgs {
+    /// Other benchmarks (the WebSocket load above runs without one).
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Base URL of the running Director; plain http:// on a loopback address only.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -164,8 +168,27 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
+/// Benchmarks other than the WebSocket load.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Durable subscriptions at scale (issue 11): starts its own `davpush serve` on a fresh
+    /// data directory, creates the population through the Subscription API and measures
+    /// subscribe/s, the write-ahead log, memory per subscription, restart-to-ready, the notify
+    /// of a 10,000-subscriber topic and the purge of expired rows.
+    Population(population::PopulationArgs),
+}
+
 /// Runs the load tool; progress and errors go to stderr.
 pub(crate) async fn run(args: BenchArgs) -> ExitCode {
+    if let Some(BenchCommand::Population(p)) = args.command {
+        return match population::run(p).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("davpush bench population: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let json = args.json;
     match bench(args).await {
         Ok(report) => {

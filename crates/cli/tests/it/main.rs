@@ -6,6 +6,7 @@
 mod config;
 mod documented;
 mod documented_elsewhere;
+mod durable;
 mod fd_limit;
 mod listen;
 mod listen_readme;

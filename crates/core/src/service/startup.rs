@@ -6,6 +6,9 @@ use std::sync::Arc;
 use crate::store::{PendingDelivery, StoreError, StoredSubscription};
 use crate::{ClientId, PushService, ServiceKind, Subscription, SubscriptionId, Topic, Triggers};
 
+/// Rows read from the store per page at start.
+const LOAD_PAGE: usize = 20_000;
+
 impl PushService {
     /// Turns a stored row into a subscription, if its push service is enabled and its target valid.
     pub(super) fn restore(&self, row: &StoredSubscription) -> Option<Subscription> {
@@ -23,27 +26,38 @@ impl PushService {
         })
     }
 
-    /// Rebuilds the index from the store (at start). Returns how many subscriptions were loaded.
+    /// Rebuilds the index from the store (at start), page by page, then marks the service
+    /// ready ([`PushService::is_ready`]). Returns how many subscriptions were loaded.
     pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
-        let rows = self.store.load(now).await?;
         let mut n = 0;
         let mut members = Vec::new();
-        for row in rows {
-            let restored = self.restore(&row);
-            match restored {
-                Some(sub) => {
-                    if let Ok((sub, _)) = self.index.insert(sub, usize::MAX) {
-                        n += 1;
-                        if self.transports.get(sub.kind()).is_some_and(|t| t.tracks_membership()) {
-                            members.push(sub);
+        let mut after = String::new();
+        loop {
+            let rows = self.store.load_page(now, &after, LOAD_PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after.clone_from(&last.id);
+            let full = rows.len() == LOAD_PAGE;
+            for row in rows {
+                match self.restore(&row) {
+                    Some(sub) => {
+                        if let Ok((sub, _)) = self.index.insert(sub, usize::MAX) {
+                            n += 1;
+                            if self.transports.get(sub.kind()).is_some_and(|t| t.tracks_membership()) {
+                                members.push(sub);
+                            }
                         }
                     }
+                    None => tracing::warn!(
+                        subscription = %row.id, service = %row.service,
+                        "stored subscription not loaded: its push service is disabled or its target invalid"
+                    ),
                 }
-                None => tracing::warn!(
-                    subscription = %row.id, service = %row.service,
-                    "stored subscription not loaded: its push service is disabled or its target invalid"
-                ),
             }
+            if !full {
+                break;
+            }
+            // Let requests (health, WebSocket traffic) in between pages.
+            tokio::task::yield_now().await;
         }
         // Topic memberships at the push service are re-announced (idempotent, batched by the
         // transport): a Director switched to topic mode, or one whose last changes were lost in
@@ -74,10 +88,13 @@ impl PushService {
                 t.restore(list).await;
             }
         }
+        self.ready.send_replace(true);
+        self.metrics.ready.set(1);
         Ok(n)
     }
 
     /// Stops the transports; deliveries still pending are kept in the store for the next start.
+    /// Then closes the store (SQLite: its write-ahead log is checkpointed and truncated).
     pub async fn shutdown(&self) {
         if let Some(f) = &self.fanout {
             f.close();
@@ -87,6 +104,7 @@ impl PushService {
                 t.shutdown().await;
             }
         }
+        self.store.close().await;
     }
 }
 

@@ -12,6 +12,9 @@ use crate::{
     Triggers,
 };
 
+/// Subscriptions removed per batch when expired ones are purged.
+pub const PURGE_BATCH: usize = 2_000;
+
 /// Result of a subscribe.
 #[derive(Debug)]
 pub struct Subscribed {
@@ -263,16 +266,30 @@ impl PushService {
         }
     }
 
-    /// Removes the subscriptions expired at `now` from the index and the store.
+    /// Removes the subscriptions expired at `now` from the index and the store, in batches of
+    /// [`PURGE_BATCH`] (each a short transaction; other requests run in between).
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         let expired: Vec<_> = self.index.expired(now).into_iter().filter(|s| s.expires <= now).collect();
-        let n = match self.remove(expired).await {
-            Ok(n) => n,
-            Err(ServiceError::Store(e)) => return Err(e),
-            Err(_) => 0,
-        };
-        let stored = self.store.purge_expired(now).await?;
-        Ok(n.max(stored))
+        let mut n = 0;
+        for batch in expired.chunks(PURGE_BATCH) {
+            n += match self.remove(batch.to_vec()).await {
+                Ok(n) => n,
+                Err(ServiceError::Store(e)) => return Err(e),
+                Err(_) => 0,
+            };
+            tokio::task::yield_now().await;
+        }
+        // Rows no index holds (e.g. of a disabled push service, or written by another node).
+        let mut stored = 0;
+        loop {
+            let purged = self.store.purge_expired(now, PURGE_BATCH).await?;
+            stored += purged;
+            if purged < PURGE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(n + stored)
     }
 }
 

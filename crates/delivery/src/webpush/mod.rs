@@ -116,7 +116,12 @@ pub fn parse_params(
         (Some(k), Some(a)) => {
             let k = decode("p256dh", k)?;
             let a = decode("auth", a)?;
-            ece::check_public_key(&k).map_err(|e| TargetError::new(Some("p256dh"), e.to_string()))?;
+            // Only the form here: this also runs for every stored row at start. That the point
+            // is on the curve (an ECDH, ~60 µs) is checked once, at subscribe time, by
+            // `check_target`, and the store is trusted after (issue 11).
+            if k.len() != ece::PUBLIC_KEY_LEN || k[0] != 0x04 {
+                return Err(TargetError::new(Some("p256dh"), ece::EceError::BadPublicKey.to_string()));
+            }
             if a.len() != ece::AUTH_LEN {
                 return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
             }
@@ -271,6 +276,9 @@ impl TargetParser for WebPushTargets {
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
         let Target::Remote(r) = target else { return Ok(()) };
         let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
+        if let Some((p256dh, _)) = &t.keys {
+            ece::check_public_key(p256dh).map_err(|e| TargetError::new(Some("p256dh"), e.to_string()))?;
+        }
         self.policy.check_resolved(&t.endpoint).await.map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))
     }
 }
@@ -369,6 +377,27 @@ mod tests {
         let mut bad_auth = ok.clone();
         bad_auth["auth"] = "AAAA".into();
         assert_eq!(parse_params(ServiceKind::WebPush, &bad_auth, &policy, false).unwrap_err().field, Some("auth"));
+        let mut short_key = ok.clone();
+        short_key["p256dh"] = "BCVxsr7N_eNgVRqvHtD0zTZsEc6".into();
+        assert_eq!(parse_params(ServiceKind::WebPush, &short_key, &policy, false).unwrap_err().field, Some("p256dh"));
+    }
+
+    #[tokio::test]
+    async fn issue_11_the_curve_is_checked_at_subscribe_time_and_the_store_is_trusted() {
+        let policy = EgressPolicy::default();
+        let targets = WebPushTargets { kind: ServiceKind::WebPush, policy: policy.clone(), allow_unencrypted: false };
+        let key = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+        let mut bytes = B64.decode(key).unwrap();
+        bytes[10] ^= 1;
+        let off_curve = serde_json::json!({
+            "endpoint": "https://push.example.net/x", "p256dh": B64.encode(&bytes), "auth": "BTBZMqHH6r4Tts7J_aSIgg"
+        });
+        // Restoring a stored row parses its form only (no ECDH per row at start)…
+        let t = targets.parse_target(&off_curve).unwrap();
+        // …and a subscribe, which always checks its targets, refuses a point off the curve
+        // (before anything is resolved).
+        let e = targets.check_target(&t).await.unwrap_err();
+        assert_eq!((e.field, e.message.as_str()), (Some("p256dh"), "p256dh is not an uncompressed P-256 public key"));
     }
 
     #[test]

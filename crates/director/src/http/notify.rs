@@ -25,6 +25,8 @@ pub(crate) async fn notify(
     }
     let JsonBody(req) = body?;
     let (notifications, exclude) = st.service.parse_notify(req)?;
+    // During start-up a notify waits until every durable subscription is routable.
+    super::ops::until_ready(&st).await?;
     let report = st.service.notify(notifications, &exclude, davpush_core::unix_now());
     let services: BTreeMap<String, u64> = ServiceKind::ALL
         .iter()

@@ -8,13 +8,41 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use crate::state::AppState;
 
+/// `GET /healthz`: alive (the store answers). `ready` tells whether the durable subscriptions
+/// are loaded (see `/readyz`).
 pub(crate) async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
     match st.service.store().ping().await {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok", "ready": st.service.is_ready() }))),
         Err(e) => {
             tracing::error!(error = %e, "health check: store unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "store unavailable" })))
         }
+    }
+}
+
+/// `GET /readyz`: 200 once the durable subscriptions are loaded from the store, 503 before.
+pub(crate) async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    if st.service.is_ready() {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ready", "subscriptions": st.service.index().len() })))
+    } else {
+        let svc = &st.service;
+        let body =
+            serde_json::json!({ "status": "loading", "loaded": svc.index().len(), "waiting": svc.waiting_for_ready() });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
+}
+
+/// Waits (at most 3/4 of `server.request_timeout_secs`) until the durable subscriptions are
+/// loaded; after that, 503 `unavailable`: the caller retries, nothing is skipped silently.
+pub(crate) async fn until_ready(st: &AppState) -> Result<(), ApiError> {
+    if st.service.is_ready() {
+        return Ok(());
+    }
+    let bound = std::time::Duration::from_secs(st.config.request_timeout_secs).mul_f64(0.75);
+    if st.service.until_ready(bound).await {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable("the Director is still loading its subscriptions; try again".into()))
     }
 }
 
@@ -23,6 +51,9 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> Result<impl IntoRespo
         return Err(ApiError::NotFound);
     }
     let counts = st.service.index().counts();
+    if let Some(wal) = st.service.store().wal_bytes() {
+        st.service.metrics().store_wal_bytes.set(wal.min(i64::MAX as u64) as i64);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.service.metrics().render(&counts)))
 }
 

@@ -37,6 +37,7 @@ pub(crate) async fn subscribe(
             message: "must name at least one of `content`, `property`".into(),
         })?,
     };
+    super::ops::until_ready(&st).await?;
     let now = davpush_core::unix_now();
     let done = svc.subscribe_with(client, topic, targets, req.expires, triggers, Some(principal), now).await?;
     let created = done.subscriptions.iter().any(|(_, c)| *c);
@@ -70,6 +71,7 @@ pub(crate) async fn unsubscribe(
             names.iter().map(|n| n.parse::<ServiceKind>().map_err(ServiceError::from)).collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
+    super::ops::until_ready(&st).await?;
     let removed = svc.unsubscribe(&client, topic.as_ref(), kinds.as_deref()).await?;
     Ok(Json(UnsubscribeResponse { removed }))
 }

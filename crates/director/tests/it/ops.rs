@@ -9,7 +9,7 @@ async fn healthz_answers_ok() {
     let d = start("").await;
     let r = d.http.get(d.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok", "ready": true}));
 }
 
 #[tokio::test]

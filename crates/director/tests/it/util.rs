@@ -58,6 +58,13 @@ impl TestDirector {
         start_with(&toml, dir).await
     }
 
+    /// Stops gracefully; returns the configuration and the data directory.
+    pub(crate) async fn stop(self) -> (String, tempfile::TempDir) {
+        let TestDirector { running, toml, dir, .. } = self;
+        running.shutdown().await.unwrap();
+        (toml, dir)
+    }
+
     pub(crate) fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
     }

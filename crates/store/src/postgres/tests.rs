@@ -43,7 +43,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
         .await
         .unwrap();
     assert_eq!(versions, [1, 2], "reopening applies no migration twice");
-    assert_eq!(store.purge_expired(60).await.unwrap(), 1);
+    assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
     assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
     assert_eq!(store.delete(&[]).await.unwrap(), 0);
     assert!(store.load(0).await.unwrap().is_empty());
@@ -107,4 +107,35 @@ async fn the_url_picks_the_store() {
     assert_eq!(StoreKind::from_url("postgresql://u@h/db").unwrap(), StoreKind::Postgres);
     let e = StoreKind::from_url("mysql://user:secret@h/db").unwrap_err().to_string();
     assert!(e.contains("mysql:") && !e.contains("secret"), "{e}");
+}
+
+#[tokio::test]
+async fn issue_11_expired_rows_are_purged_in_batches_and_loaded_in_pages() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    // 5,000 expired rows (expiry 1..=5000) and 10 that live on, in one statement.
+    sqlx::query(
+        "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created) \
+         SELECT 'id-' || lpad(i::text, 5, '0'), 'c-' || i, 't', 'web_push', '{}', \
+         CASE WHEN i < 5000 THEN 1 + i ELSE 1000000 END, 0 FROM generate_series(0, 5009) AS i",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let mut batches = Vec::new();
+    loop {
+        let n = store.purge_expired(10_000, 2_000).await.unwrap();
+        batches.push(n);
+        if n < 2_000 {
+            break;
+        }
+    }
+    assert_eq!(batches, [2_000, 2_000, 1_000]);
+    let first = store.load_page(0, "", 4).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["id-05000", "id-05001", "id-05002", "id-05003"]);
+    let rest = store.load_page(0, "id-05003", 100).await.unwrap();
+    assert_eq!(rest.len(), 6, "the next page starts after the last id");
+    store.pool.close().await;
+    schema.drop_schema().await;
 }

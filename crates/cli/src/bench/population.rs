@@ -1,0 +1,318 @@
+//! `davpush bench population`: issue 11's durable population. It starts its own
+//! `davpush serve` on a fresh data directory, subscribes `--count` durable subscriptions over the
+//! Subscription API (Web Push 60 %, FCM 20 %, APNs 20 %, realistic sizes; `--topics` topics plus
+//! one of `--big-topic`), and measures: subscribe/s, the largest SQLite write-ahead log during
+//! the storm and its size after a graceful stop, resident memory per subscription (while running
+//! and after a restart), restart-to-ready, the notify of the big topic until it is handed to the
+//! delivery engine, and the purge of `--expired` expired rows in batches.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+/// Options of `davpush bench population`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PopulationArgs {
+    /// Durable subscriptions to create.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    count: u64,
+    /// Topics besides the big one.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    topics: u64,
+    /// Subscribers of the big topic (the first ones created).
+    #[arg(long, default_value_t = 10_000)]
+    big_topic: u64,
+    /// Subscribe requests in flight.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Expired rows to write into the store (with the Director stopped) and purge in batches.
+    #[arg(long, default_value_t = 0)]
+    expired: u64,
+    /// A fresh data directory for the Director this bench starts (created).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The store (default: SQLite in the data directory), e.g. a PostgreSQL URL.
+    #[arg(long)]
+    store_url: Option<String>,
+}
+
+const TOKEN: &str = "bench-population-token-0123456789";
+/// A valid P-256 public key and auth secret (RFC 8291's example): the sizes of real ones.
+const P256DH: &str = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+const BIG: &str = "bench-big-topic-9f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f";
+
+pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    if std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{} is not empty: give a fresh data directory", dir.display());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = write_config(&dir, port, &args)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let wal = dir.join("davpush.sqlite-wal");
+
+    progress!("population: starting the Director in {}", dir.display());
+    let mut serve = start(&config, &dir)?;
+    until_ready(&http, &base, &mut serve).await?;
+    let baseline = rss(serve.id()).unwrap_or(0);
+
+    progress!("population: subscribing {} ({} at a time)", args.count, args.concurrency);
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (http, url, next, failed) = (http.clone(), format!("{base}/subscribe"), next.clone(), failed.clone());
+        let (count, topics, big) = (args.count, args.topics, args.big_topic);
+        tasks.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Relaxed);
+                if n >= count {
+                    return;
+                }
+                let ok = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&body(n, topics, big))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 201);
+                if !ok {
+                    failed.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+    let mut wal_max = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_report = Instant::now();
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tick.tick() => {
+                wal_max = wal_max.max(file_len(&wal));
+                if last_report.elapsed() > Duration::from_secs(10) {
+                    last_report = Instant::now();
+                    progress!("population: {} sent, WAL {} MB", next.load(Relaxed).min(args.count), file_len(&wal) >> 20);
+                }
+            }
+            Some(done) = tasks.join_next() => done?,
+        }
+    }
+    let storm = started.elapsed();
+    wal_max = wal_max.max(file_len(&wal));
+    let running_rss = rss(serve.id()).unwrap_or(0);
+
+    // The big topic's notify: answered once every recipient is handed to its transport.
+    let t = Instant::now();
+    let r = http.post(format!("{base}/notify")).bearer_auth(TOKEN).json(&json!({"topic": BIG})).send().await?;
+    let notify_ms = t.elapsed().as_secs_f64() * 1e3;
+    let addressed = r.json::<serde_json::Value>().await?["addressed"].as_u64().unwrap_or(0);
+
+    stop(&mut serve)?;
+    let wal_after_stop = file_len(&wal);
+
+    progress!("population: restarting");
+    let t = Instant::now();
+    let mut serve = start(&config, &dir)?;
+    until_ready(&http, &base, &mut serve).await?;
+    let restart = t.elapsed();
+    let restarted_rss = rss(serve.id()).unwrap_or(0);
+    let loaded = reqwest_json(&http, &format!("{base}/readyz")).await?["subscriptions"].as_u64().unwrap_or(0);
+    stop(&mut serve)?;
+
+    let purge = if args.expired > 0 { Some(purge(&args, &dir).await?) } else { None };
+
+    let per = |rss: u64| rss.saturating_sub(baseline) as f64 / args.count as f64;
+    let failed = failed.load(Relaxed);
+    println!("davpush bench population: {} durable subscriptions ({} failed)", args.count, failed);
+    println!(
+        "  subscribe:        {:.0}/s over {:.1} s, {} concurrent",
+        args.count as f64 / storm.as_secs_f64(),
+        storm.as_secs_f64(),
+        args.concurrency
+    );
+    println!(
+        "  WAL:              max {:.1} MB during the storm, {} bytes after a graceful stop",
+        wal_max as f64 / 1048576.0,
+        wal_after_stop
+    );
+    println!(
+        "  memory:           {:.0} bytes per subscription running, {:.0} after restart (baseline {} MB)",
+        per(running_rss),
+        per(restarted_rss),
+        baseline >> 20
+    );
+    println!("  restart to ready: {:.2} s ({loaded} subscriptions loaded)", restart.as_secs_f64());
+    println!("  notify big topic: {notify_ms:.1} ms until handed to the engine ({addressed} addressed)");
+    if let Some((rows, total, batches, max)) = purge {
+        println!("  purge:            {rows} expired rows in {total:.2} s, {batches} statements, longest {max:.1} ms");
+    }
+    if failed > 0 {
+        bail!("{failed} subscribe requests failed");
+    }
+    Ok(())
+}
+
+/// The `n`-th subscribe request: client ids and topics of UUID size, a realistic target.
+fn body(n: u64, topics: u64, big: u64) -> serde_json::Value {
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let client = format!("{:08x}-{:04x}-4c5d-8e6f-{:012x}", n as u32, (h >> 48) as u16, h & 0xffff_ffff_ffff);
+    let topic = if n < big {
+        BIG.to_owned()
+    } else {
+        let t = n % topics;
+        format!("{:08x}-3b4a-4c5d-8e6f-{:012x}", t as u32, t.wrapping_mul(0x2545_F491_4F6C_DD1D) & 0xffff_ffff_ffff)
+    };
+    let hex = format!("{h:016x}");
+    let service = match n % 10 {
+        0..=5 => json!({"web_push": {
+            // ~150 characters, like FCM's and Mozilla's endpoints.
+            "endpoint": format!("http://127.0.0.1:9/wpush/v2/gAAAAABk{}{}", hex.repeat(7), n),
+            "p256dh": P256DH, "auth": AUTH,
+        }}),
+        6 | 7 => json!({"fcm": {"registration_token": format!("d{}:APA91bH{}", &hex[..10], hex.repeat(9))}}),
+        _ => json!({"apns": {"device_token": hex.repeat(4)}}),
+    };
+    json!({"client_id": client, "topic": topic, "push_services": service})
+}
+
+fn write_config(dir: &Path, port: u16, args: &PopulationArgs) -> anyhow::Result<PathBuf> {
+    // An APNs signing key of the right kind (P-256, PKCS#8 PEM); nothing is ever sent with it.
+    davpush_delivery::webpush::vapid::VapidKey::load_or_create(&dir.join("AuthKey_BENCH00001.p8"))?;
+    std::fs::write(dir.join("relay-key"), "bench-relay-key-0123456789abcdef\n")?;
+    let total = args.count + 1_000;
+    let store = args.store_url.as_deref().map(|u| format!("[store]\nurl = {u:?}\n")).unwrap_or_default();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {dir:?}\n\
+         [notify]\ntokens = [{TOKEN:?}]\n\
+         [subscription]\ntokens = [{TOKEN:?}]\ngrants = \"off\"\nmax_per_token = {total}\nmax_total = {total}\n\
+         {store}\
+         [web_push]\nallow_hosts = [\"127.0.0.1:9\"]\nallow_http = true\n\
+         [fcm]\nenabled = true\nrelay_url = \"http://127.0.0.1:9\"\nrelay_key_file = {relay:?}\n\
+         [apns]\nenabled = true\nbase_url = \"http://127.0.0.1:9\"\nkey_file = {key:?}\nkey_id = \"BENCH00001\"\n\
+         team_id = \"BENCHTEAM1\"\nbundle_id = \"org.example.bench\"\n",
+        dir = dir.display().to_string(),
+        relay = dir.join("relay-key").display().to_string(),
+        key = dir.join("AuthKey_BENCH00001.p8").display().to_string(),
+    );
+    let path = dir.join("davpush.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn start(config: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log"))?;
+    Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start davpush serve")
+}
+
+async fn until_ready(http: &reqwest::Client, base: &str, serve: &mut Child) -> anyhow::Result<()> {
+    loop {
+        if let Some(status) = serve.try_wait()? {
+            bail!("davpush serve exited with {status} (see serve.log in the data directory)");
+        }
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().as_u16() == 200) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM, then waits for the exit.
+fn stop(serve: &mut Child) -> anyhow::Result<()> {
+    let status = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status()?;
+    if !status.success() {
+        bail!("cannot signal davpush serve");
+    }
+    let status = serve.wait()?;
+    if !status.success() {
+        bail!("davpush serve stopped with {status}");
+    }
+    Ok(())
+}
+
+async fn reqwest_json(http: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http.get(url).send().await?.json().await?)
+}
+
+/// Writes `--expired` rows that expired long ago and purges them as the Director does; returns
+/// (rows purged, seconds, statements, longest statement in ms).
+async fn purge(args: &PopulationArgs, dir: &Path) -> anyhow::Result<(u64, f64, u64, f64)> {
+    let url = match &args.store_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", dir.join("davpush.sqlite").display()),
+    };
+    let store = davpush_store::open(&url).await?;
+    progress!("population: writing {} expired rows", args.expired);
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = Arc::new(AtomicU64::new(0));
+    for _ in 0..64 {
+        let (store, next, expired) = (store.clone(), next.clone(), args.expired);
+        tasks.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Relaxed);
+                if n >= expired {
+                    return Ok::<(), davpush_core::StoreError>(());
+                }
+                store
+                    .upsert(&davpush_core::StoredSubscription {
+                        id: format!("expired-{n:09}"),
+                        client_id: format!("expired-client-{n:09}"),
+                        topic: "bench-expired".into(),
+                        service: "fcm".into(),
+                        target: format!("{{\"registration_token\":\"expired{n:0150}\"}}"),
+                        expires: 1,
+                        created: 0,
+                        triggers: 3,
+                    })
+                    .await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    progress!("population: purging");
+    let now = davpush_core::unix_now();
+    let (mut rows, mut statements, mut longest) = (0u64, 0u64, 0f64);
+    let t = Instant::now();
+    loop {
+        let s = Instant::now();
+        let n = store.purge_expired(now, davpush_core::PURGE_BATCH).await?;
+        longest = longest.max(s.elapsed().as_secs_f64() * 1e3);
+        statements += 1;
+        rows += n;
+        if n < davpush_core::PURGE_BATCH as u64 {
+            break;
+        }
+    }
+    let total = t.elapsed().as_secs_f64();
+    store.close().await;
+    Ok((rows, total, statements, longest))
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// Resident memory of process `pid`, bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

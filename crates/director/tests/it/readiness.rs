@@ -1,0 +1,129 @@
+//! Issue 11: the Director answers while it loads its durable subscriptions. `/healthz` says
+//! alive, `/readyz` 503 until the load is done, and a notify sent meanwhile waits and then
+//! reaches every durable subscriber.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
+use davpush_director::Config;
+use davpush_director::app::{build_with_store, serve};
+use davpush_director::config::{Overrides, RawConfig};
+use davpush_testkit::fake_push::FakePush;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::util::*;
+use crate::webpush::{ua_keys, web_push_params};
+
+/// A store whose start-up reads wait until the test opens the gate.
+struct Gated {
+    inner: Arc<dyn SubscriptionStore>,
+    gate: Semaphore,
+}
+
+#[async_trait::async_trait]
+impl SubscriptionStore for Gated {
+    async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
+        self.inner.upsert(s).await
+    }
+    async fn delete(&self, ids: &[String]) -> Result<u64, StoreError> {
+        self.inner.delete(ids).await
+    }
+    async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
+        self.inner.load(now).await
+    }
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+        let _open = self.gate.acquire().await.unwrap();
+        self.inner.load_page(now, after, limit).await
+    }
+    async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        self.inner.purge_expired(now, limit).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        self.inner.save_pending(rows).await
+    }
+    async fn delete_pending(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_pending(ids).await
+    }
+    async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.inner.load_pending().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
+    let r = http.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
+    const N: usize = 20;
+    let mut push = FakePush::start().await;
+    let d =
+        start(&format!("[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\n", push.addr.port())).await;
+    let keys = ua_keys(None);
+    for i in 0..N {
+        let params = web_push_params(&push.endpoint(&format!("s{i}")), &keys, "topic-json");
+        let body = json!({"client_id": format!("c{i}"), "topic": "cal-load", "push_services": {"web_push": params}});
+        assert_eq!(d.subscribe(body).await.0, 201);
+    }
+    let (toml, dir) = d.stop().await;
+
+    // The same data directory again, its store behind a gate.
+    let raw = RawConfig::from_toml(&toml, &BTreeMap::new(), &Overrides::default()).unwrap();
+    let config = Config::from_raw(raw).unwrap();
+    let startup = config.prepare().unwrap();
+    let inner = davpush_store::open(&config.store_url).await.unwrap();
+    let store = Arc::new(Gated { inner, gate: Semaphore::new(0) });
+    let state = build_with_store(config, startup, store.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+
+    let (status, health) = get(&http, format!("{base}/healthz")).await;
+    assert_eq!((status, &health), (200, &json!({"status": "ok", "ready": false})), "alive, not ready");
+    let (status, ready) = get(&http, format!("{base}/readyz")).await;
+    assert_eq!((status, ready["status"].as_str(), ready["waiting"].as_u64()), (503, Some("loading"), Some(0)));
+
+    let notify = {
+        let (http, url) = (http.clone(), format!("{base}/notify"));
+        tokio::spawn(async move {
+            let r = http.post(url).bearer_auth(NOTIFY_TOKEN).json(&json!({"topic": "cal-load"})).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    // The notify is in, waiting for the load (not answered with 0 recipients).
+    davpush_testkit::eventually("the notify waits for readiness", || async {
+        get(&http, format!("{base}/readyz")).await.1["waiting"] == 1
+    })
+    .await;
+    assert!(!notify.is_finished());
+
+    store.gate.add_permits(1_000);
+    let (status, body) = notify.await.unwrap();
+    assert_eq!((status, &body["services"]), (202, &json!({"web_push": N})), "{body}");
+    let mut reached = BTreeSet::new();
+    for _ in 0..N {
+        reached.insert(push.next().await.path);
+    }
+    assert_eq!(reached.len(), N, "every durable subscriber got the push: {reached:?}");
+    let (status, ready) = get(&http, format!("{base}/readyz")).await;
+    assert_eq!((status, &ready), (200, &json!({"status": "ready", "subscriptions": N})));
+    let (_, health) = get(&http, format!("{base}/healthz")).await;
+    assert_eq!(health, json!({"status": "ok", "ready": true}));
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    drop(dir);
+}
