@@ -446,8 +446,9 @@ pub struct Overrides {
 /// systemd `EnvironmentFile`, a shell) can hold them all: the `--config` files of `serve`,
 /// `gateway` and `relay` (`CONFIG`, `GATEWAY_CONFIG`, `RELAY_CONFIG`), `listen`'s credentials
 /// (`USER`, `TOKEN`, `PASSWORD…`), what `listen --exec` gives its command (`COLLECTIONS`,
-/// `COLLECTION`, `SYNC_TOKEN`), the tool chain's (`PYTHON`, the CI's `CI_VENV`/`CI_CACHE`,
-/// `FUZZ_SECONDS`, the browser tests' `WRITE_SCREENSHOT`) and `DAVPUSH_TEST_*` of the test suite.
+/// `COLLECTION`, `SYNC_TOKEN`), the tool chain's (`PYTHON`, the CI's `CI_CACHE`,
+/// `FUZZ_SECONDS`, the browser tests' `WRITE_SCREENSHOT`, `cargo xtask test`'s `ALLOW_SKIP` and
+/// `SKIP_LOG`) and `DAVPUSH_TEST_*` of the test suite.
 /// The binary also leaves out every variable a clap argument reads. Anything else must be
 /// `DAVPUSH_<SECTION>__<KEY>` of a known key, so that a misspelt key still stops the Director
 /// with a message naming the variable.
@@ -465,10 +466,11 @@ pub const OTHER_VARIABLES: &[&str] = &[
     "DAVPUSH_COLLECTION",
     "DAVPUSH_SYNC_TOKEN",
     "DAVPUSH_PYTHON",
-    "DAVPUSH_CI_VENV",
     "DAVPUSH_CI_CACHE",
     "DAVPUSH_FUZZ_SECONDS",
     "DAVPUSH_WRITE_SCREENSHOT",
+    "DAVPUSH_ALLOW_SKIP",
+    "DAVPUSH_SKIP_LOG",
 ];
 
 /// Whether `name` is one of davpush's variables that are not configuration keys
