@@ -14,7 +14,7 @@
 //! # Group commit
 //! A subscribe's row must be on disk before its `201` (it survives SIGKILL), but a transaction
 //! per request makes the disk's sync rate the subscribe rate. Upserts therefore go to one
-//! writer task that takes all that are waiting (up to [`GROUP_COMMIT_MAX`]), writes them in one
+//! writer task that takes all that are waiting (up to `GROUP_COMMIT_MAX`), writes them in one
 //! transaction and answers each after the commit: under load a commit carries many
 //! subscribes, alone it carries one, with no added wait.
 
