@@ -89,6 +89,7 @@ async fn gateway(cfg: GatewayConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let state = davpush_gateway::GatewayState::build(cfg).await?;
     tracing::info!(addr = %listener.local_addr()?, %upstream, "WebDAV gateway listening");
+    crate::sd_notify::ready();
     app::serve(listener, state, crate::serve::shutdown_signal()).await?;
     Ok(())
 }

@@ -5,6 +5,8 @@
 
 mod config;
 mod fd_limit;
+mod install;
 mod listen;
 mod radicale_hook;
+mod sd_notify;
 mod secrets_in_logs;
