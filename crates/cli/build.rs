@@ -23,7 +23,9 @@ fn main() {
         (Some(root), Some(top)) if root == top => git(&["rev-parse", "--short", "HEAD"]),
         _ => None,
     };
-    println!("cargo:rustc-env=DAVPUSH_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    // Not DAVPUSH_*: cargo also sets it for `cargo run`/`cargo test`, and the Director reads
+    // DAVPUSH_* variables as configuration.
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
     // Rebuild when HEAD moves: HEAD itself (a branch switch), the branch's ref (a commit), and
     // packed-refs (a gc). In a worktree these live in different git directories; git knows where.
     println!("cargo:rerun-if-changed=build.rs");

@@ -25,7 +25,7 @@ gzip -9n "$assets/man/"*.1
 for name in davpush gateway; do
     {
         echo "# Installed by the davpush Debian package from examples/$name.toml: see"
-        echo "# /usr/share/doc/davpush/operations.md.gz. Data in /var/lib/davpush (mode 0700)."
+        echo "# /usr/share/doc/davpush/operations.md. Data in /var/lib/davpush (mode 0700)."
         sed 's|^data_dir = "davpush-data"$|data_dir = "/var/lib/davpush"|' "examples/$name.toml"
     } >"$assets/$name.toml"
     grep -qx 'data_dir = "/var/lib/davpush"' "$assets/$name.toml" || {

@@ -16,7 +16,7 @@ mod serve;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// `davpush --version`: the crate's version and the git commit it was built from (build.rs).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DAVPUSH_GIT_COMMIT"), ")");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")");
 
 /// WebDAV Push for any WebDAV, CalDAV or CardDAV server.
 #[derive(Debug, Parser)]

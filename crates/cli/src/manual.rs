@@ -39,19 +39,21 @@ pub(crate) fn manual(cmd: Command, args: &ManualArgs) -> ExitCode {
 
 fn write_pages(cmd: Command, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    // Every page names the version; `build()` propagates it and names subcommands `davpush-x`.
-    let mut cmd = cmd.disable_help_subcommand(true).propagate_version(true);
+    // `build()` names the subcommands `davpush-x` (their pages' names).
+    let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
-    write_page(&cmd, dir)?;
+    // The footer: "davpush <version>" on every page, not "<subcommand> <version>".
+    let source = format!("davpush {}", cmd.get_version().unwrap_or_default());
+    write_page(&cmd, &source, dir)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        write_page(sub, dir)?;
+        write_page(sub, &source, dir)?;
     }
     Ok(())
 }
 
-fn write_page(cmd: &Command, dir: &Path) -> std::io::Result<()> {
+fn write_page(cmd: &Command, source: &str, dir: &Path) -> std::io::Result<()> {
     let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
     let mut out = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).title(name).render(&mut out)?;
+    clap_mangen::Man::new(cmd.clone()).title(name).source(source.to_owned()).render(&mut out)?;
     std::fs::write(dir.join(format!("{name}.1")), out)
 }
