@@ -88,3 +88,23 @@ fn issue_13_bash_completion_completes_subcommands_and_flags() {
     let flags = complete("davpush gateway --ups");
     assert_eq!(flags.trim(), "--upstream");
 }
+
+#[test]
+fn issue_13_the_units_allow_more_descriptors_than_websocket_connections() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = std::fs::read_to_string(root.join("examples/davpush.toml")).unwrap();
+    let (_, websocket) = example.split_once("\n[websocket]\n").unwrap();
+    let max_connections: i64 =
+        websocket.lines().find_map(|l| l.strip_prefix("max_connections = ")).unwrap().parse().unwrap();
+    for unit in ["davpush.service", "davpush-gateway.service"] {
+        let text = std::fs::read_to_string(root.join("packaging/systemd").join(unit)).unwrap();
+        let limit: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .unwrap_or_else(|| panic!("{unit} sets no LimitNOFILE"))
+            .parse()
+            .unwrap();
+        assert!(limit > max_connections, "{unit}: LimitNOFILE={limit} is not above websocket.max_connections");
+        assert!(text.lines().any(|l| l == "Type=notify"), "{unit}");
+    }
+}
