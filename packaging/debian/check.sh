@@ -225,7 +225,7 @@ elif [ -n "${DAVPUSH_TEST_POSTGRES:-}" ]; then
     pg_before=$(pg_tables)
     grep -qx subscriptions <<<"$pg_before" || fail "no subscriptions table in PostgreSQL: $pg_before"
     doc_block docs/operations.md 'pg_dump --format=custom --file=/var/backups/davpush/davpush.pgdump "$DATABASE_URL"'
-    psql -q "$DATABASE_URL" -c 'DROP TABLE subscriptions'
+    psql -q "$DATABASE_URL" -c 'DROP TABLE subscriptions CASCADE'
     doc_block docs/operations.md 'pg_restore --clean --if-exists --no-owner --dbname="$DATABASE_URL" /var/backups/davpush/davpush.pgdump'
     [ "$(pg_tables)" = "$pg_before" ] || fail "pg_restore did not bring the tables back"
     psql -q "$DAVPUSH_TEST_POSTGRES" -c 'DROP DATABASE davpush_check'
