@@ -128,6 +128,7 @@ async fn gateway(mut cfg: GatewayConfig) -> anyhow::Result<()> {
     }
     let state = davpush_gateway::GatewayState::build(cfg).await?;
     tracing::info!(addr = %listener.local_addr()?, %upstream, "WebDAV gateway listening");
+    crate::sd_notify::ready();
     app::serve(listener, state, crate::serve::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

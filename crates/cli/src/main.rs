@@ -7,15 +7,20 @@ mod config_args;
 mod gateway;
 mod listen;
 mod logs;
+mod manual;
 mod notify;
 mod relay;
+mod sd_notify;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// `davpush --version`: the crate's version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")");
 
 /// WebDAV Push for any WebDAV, CalDAV or CardDAV server.
 #[derive(Debug, Parser)]
-#[command(name = "davpush", version, about)]
+#[command(name = "davpush", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +48,11 @@ enum Command {
     Vapid(config_args::ConfigArgs),
     /// Load tool: WebSocket clients on loopback against a running Director.
     Bench(bench::BenchArgs),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions(manual::CompletionsArgs),
+    /// Write the man pages into a directory (the Debian package's build uses it).
+    #[command(hide = true)]
+    Manual(manual::ManualArgs),
 }
 
 /// `davpush grant`.
@@ -97,6 +107,8 @@ fn main() -> std::process::ExitCode {
             Command::Notify(args) => notify::run_notify(args).await,
             Command::Grant(args) => grant(args),
             Command::Listen(args) => listen::run(args).await,
+            Command::Completions(args) => manual::completions(Cli::command(), &args),
+            Command::Manual(args) => manual::manual(Cli::command(), &args),
             Command::Vapid(args) => match args.load() {
                 Ok((_, startup)) => match &startup.vapid_key {
                     Some(key) => {

@@ -71,6 +71,7 @@ async fn serve(config: Config, startup: Startup) -> anyhow::Result<()> {
     let state = app::build_prepared(config, startup).await.context("cannot start the Director")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "Push Director listening");
+    crate::sd_notify::ready();
     app::serve(listener, state, shutdown_signal()).await.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
@@ -95,4 +96,5 @@ pub(crate) async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+    crate::sd_notify::stopping();
 }

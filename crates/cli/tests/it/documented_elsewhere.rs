@@ -5,6 +5,10 @@ const LISTEN: &str =
     "davpush listen https://dav.example.org/alice/calendar/ --user alice --password-file pw --exec 'vdirsyncer sync'";
 const LISTEN_TEST: &str = "listen_readme::issue_12_the_readme_listen_command_runs_its_exec_with_only_a_webdav_account";
 
+/// packaging/debian/check.sh, run by .ci/run as root: it installs, starts, backs up and purges
+/// the Debian package on the CI machine, each step a block of these docs run as printed.
+const CHECK_SH: &str = "packaging/debian/check.sh (run by .ci/run)";
+
 const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
@@ -12,4 +16,26 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     ("README.md", LISTEN, LISTEN_TEST),
     ("docs/clients.md", LISTEN, LISTEN_TEST),
     ("README.md", POPULATION, "durable::issue_11_bench_population_reports_every_figure"),
+    ("README.md", "cargo install --locked --path crates/cli", CHECK_SH),
+    ("docs/operations.md", "packaging/debian/build-deb.sh", CHECK_SH),
+    (
+        "docs/operations.md",
+        "sed -i 's|^upstream = \"\"$|upstream = \"http://127.0.0.1:5232/\"|' /etc/davpush/gateway.toml",
+        CHECK_SH,
+    ),
+    ("docs/operations.md", "install -d -m 0700 /var/backups/davpush", CHECK_SH),
+    ("docs/operations.md", "tar -C /var/lib/davpush -xzf /var/backups/davpush/secrets.tar.gz", CHECK_SH),
+    (
+        "docs/operations.md",
+        "pg_dump --format=custom --file=/var/backups/davpush/davpush.pgdump \"$DATABASE_URL\"",
+        CHECK_SH,
+    ),
+    (
+        "docs/operations.md",
+        "pg_restore --clean --if-exists --no-owner --dbname=\"$DATABASE_URL\" /var/backups/davpush/davpush.pgdump",
+        CHECK_SH,
+    ),
+    ("docs/operations.md", "   (umask 077 && openssl rand -hex 32 >/var/lib/davpush/notify-token.next)", CHECK_SH),
+    ("docs/operations.md", "   mv /var/lib/davpush/notify-token.next /var/lib/davpush/notify-token", CHECK_SH),
+    ("docs/operations.md", "dpkg --purge davpush", CHECK_SH),
 ];
