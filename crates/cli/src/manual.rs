@@ -16,7 +16,7 @@ pub(crate) struct CompletionsArgs {
 /// `davpush manual`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ManualArgs {
-    /// Directory to write davpush.1 and davpush-<subcommand>.1 into (created if missing).
+    /// Directory to write `davpush.1` and `davpush-<subcommand>.1` into (created if missing).
     dir: PathBuf,
 }
 
