@@ -365,6 +365,26 @@ fn issue_12_an_unreachable_director_is_reported_with_its_cause() {
     gateway.wait_for("/info answered");
 }
 
+/// Item 7: a TLS failure names the certificate as its cause: `davpush notify` against an HTTPS
+/// Director whose certificate this machine does not trust (the local APNs fake's, issued by a
+/// CA of its own) exits 69 and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_12_an_untrusted_certificate_is_reported_as_the_cause() {
+    let apns = davpush_testkit::fakes::apns::FakeApns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    assert!(run(&["vapid", "--data-dir", &data], &BTreeMap::new()).status.success());
+    let url = apns.url();
+    let out = tokio::task::spawn_blocking(move || {
+        run(&["notify", "--data-dir", &data, "--director", &url, "--topic", "t"], &BTreeMap::new())
+    })
+    .await
+    .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "the cause is not named: {err}");
+}
+
 /// Item 10: each subcommand offers only the options it uses; `davpush --help` lists the servers
 /// first and `bench` last.
 #[test]
