@@ -294,34 +294,9 @@ fn issue_12_dump_config_redacts_the_user_information_of_the_relay_and_webdav_url
     assert!(dumped.contains("https://***@dav.example/"), "{dumped}");
 }
 
-/// The dotted keys of every value in `table` that is not itself a table (arrays are values).
-fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
-    for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match v {
-            toml::Value::Table(t) => leaf_keys(t, &key, out),
-            _ => {
-                out.insert(key);
-            }
-        }
-    }
-}
-
-/// Issue 12, item 6: the example documents every key the configuration accepts (the keys of the
-/// default configuration, so a new key without an entry in the example fails here) and no other.
-fn assert_example_documents_every_key(example: &str, defaults: toml::Table, name: &str) {
-    let (mut accepted, mut documented) = (Default::default(), Default::default());
-    leaf_keys(&defaults, "", &mut accepted);
-    leaf_keys(&toml::from_str(example).unwrap(), "", &mut documented);
-    let missing: Vec<_> = accepted.difference(&documented).collect();
-    let unknown: Vec<_> = documented.difference(&accepted).collect();
-    assert!(missing.is_empty(), "{name} lacks {missing:?}");
-    assert!(unknown.is_empty(), "{name} has keys the configuration does not have: {unknown:?}");
-}
-
 #[test]
 fn issue_12_examples_davpush_toml_documents_every_key() {
-    assert_example_documents_every_key(
+    davpush_testkit::config::assert_example_documents_every_key(
         EXAMPLE,
         toml::Table::try_from(RawConfig::default()).unwrap(),
         "examples/davpush.toml",
