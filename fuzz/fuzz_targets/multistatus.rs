@@ -19,6 +19,7 @@ fn values(href: &str) -> Option<PushValues> {
         services: vec!["web_push".into(), "websocket".into()],
         subscription_auth: "token".into(),
         websocket_url: Some("wss://push.example/ws".into()),
+        gateway_websocket_url: Some("wss://dav.example/.davpush/ws".into()),
         // A grant for some hrefs (as for the requested collection), none for the others.
         grant: href.ends_with("/cal/").then(|| "eyJ2IjoxfQ.c2ln".into()),
     })
