@@ -1,7 +1,6 @@
 //! A real Radicale server (from PyPI) on a free loopback port, with users `alice`/`bob`
 //! (htpasswd, plain) and `owner_only` rights, in a temporary storage folder. Killed on drop.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ impl Radicale {
     /// installed and skipping was chosen ([`crate::require`]).
     pub fn start(extra: &[&str]) -> Option<Radicale> {
         let py = crate::python::python_with(&["radicale"])?;
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("davpush-radicale-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let users = dir.join("users");

@@ -54,15 +54,13 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
     if std::fs::read_dir(&dir)?.next().is_some() {
         bail!("{} is not empty: give a fresh data directory", dir.display());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = write_config(&dir, port, &args)?;
-    let base = format!("http://127.0.0.1:{port}");
+    let config = write_config(&dir, &args)?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let wal = dir.join("davpush.sqlite-wal");
 
     progress!("population: starting the Director in {}", dir.display());
-    let mut serve = start(&config, &dir)?;
-    until_ready(&http, &base, &mut serve).await?;
+    let (mut serve, from) = start(&config, &dir)?;
+    let base = until_ready(&http, &dir, from, &mut serve).await?;
     let baseline = rss(serve.id()).unwrap_or(0);
 
     progress!("population: subscribing {} ({} at a time)", args.count, args.concurrency);
@@ -122,8 +120,8 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
 
     progress!("population: restarting");
     let t = Instant::now();
-    let mut serve = start(&config, &dir)?;
-    until_ready(&http, &base, &mut serve).await?;
+    let (mut serve, from) = start(&config, &dir)?;
+    let base = until_ready(&http, &dir, from, &mut serve).await?;
     let restart = t.elapsed();
     let restarted_rss = rss(serve.id()).unwrap_or(0);
     let loaded = reqwest_json(&http, &format!("{base}/readyz")).await?["subscriptions"].as_u64().unwrap_or(0);
@@ -185,14 +183,16 @@ fn body(n: u64, topics: u64, big: u64) -> serde_json::Value {
     json!({"client_id": client, "topic": topic, "push_services": service})
 }
 
-fn write_config(dir: &Path, port: u16, args: &PopulationArgs) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, args: &PopulationArgs) -> anyhow::Result<PathBuf> {
     // An APNs signing key of the right kind (P-256, PKCS#8 PEM); nothing is ever sent with it.
     davpush_delivery::webpush::vapid::VapidKey::load_or_create(&dir.join("AuthKey_BENCH00001.p8"))?;
     std::fs::write(dir.join("relay-key"), "bench-relay-key-0123456789abcdef\n")?;
     let total = args.count + 1_000;
     let store = args.store_url.as_deref().map(|u| format!("[store]\nurl = {u:?}\n")).unwrap_or_default();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {dir:?}\n\
+        // Port 0: the Director binds a free port and logs it (no port chosen here that another
+        // process could take before the Director binds it).
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {dir:?}\n\
          [notify]\ntokens = [{TOKEN:?}]\n\
          [subscription]\ntokens = [{TOKEN:?}]\ngrants = \"off\"\nmax_per_token = {total}\nmax_total = {total}\n\
          {store}\
@@ -209,25 +209,44 @@ fn write_config(dir: &Path, port: u16, args: &PopulationArgs) -> anyhow::Result<
     Ok(path)
 }
 
-fn start(config: &Path, dir: &Path) -> anyhow::Result<Child> {
+/// Starts `davpush serve`, its log appended to `serve.log`; the log's length before it, where
+/// this start's lines begin.
+fn start(config: &Path, dir: &Path) -> anyhow::Result<(Child, u64)> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log"))?;
-    Command::new(std::env::current_exe()?)
+    let from = log.metadata()?.len();
+    let child = Command::new(std::env::current_exe()?)
         .args(["serve", "--config"])
         .arg(config)
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .context("cannot start davpush serve")
+        .context("cannot start davpush serve")?;
+    Ok((child, from))
 }
 
-async fn until_ready(http: &reqwest::Client, base: &str, serve: &mut Child) -> anyhow::Result<()> {
+/// Waits until the Director started by [`start`] has loaded its subscriptions; its base URL,
+/// from the address it logs (`Push Director listening addr=…`).
+async fn until_ready(http: &reqwest::Client, dir: &Path, from: u64, serve: &mut Child) -> anyhow::Result<String> {
+    let mut base: Option<String> = None;
     loop {
         if let Some(status) = serve.try_wait()? {
             bail!("davpush serve exited with {status} (see serve.log in the data directory)");
         }
-        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().as_u16() == 200) {
-            return Ok(());
+        if base.is_none() {
+            let log = std::fs::read(dir.join("serve.log"))?;
+            let text = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+            base = text.lines().find_map(|l| {
+                let rest = &l[l.find("Push Director listening")?..];
+                let addr = rest[rest.find("addr=")? + 5..].split_whitespace().next()?;
+                Some(format!("http://{addr}"))
+            });
+        }
+        if let Some(base) = &base
+            && http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().as_u16() == 200)
+        {
+            return Ok(base.clone());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

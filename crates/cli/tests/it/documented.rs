@@ -156,23 +156,9 @@ pub(crate) struct Sandbox {
     children: Vec<Child>,
 }
 
-/// A port free now for a process this test starts, which binds it a moment later. Taken below
-/// the kernel's ephemeral range (32768–60999 here), so that the source ports of the many
-/// connections other tests open meanwhile (the load tool's 10,000) cannot take it first.
+/// A port free now for a process this test starts ([`davpush_testkit::free_port`]).
 pub(crate) fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
-            ^ std::process::id().wrapping_mul(2_654_435_761);
-    for _ in 0..1000 {
-        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
-        let port = 20_000 + (n % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000");
+    davpush_testkit::free_port()
 }
 
 impl Sandbox {

@@ -346,7 +346,7 @@ fn issue_12_an_unreachable_director_is_reported_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").display().to_string();
     // A port nobody listens on: bound, then closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::documented::free_port();
     // The Director's secrets, which the gateway reads.
     assert!(run(&["vapid", "--data-dir", &data], &BTreeMap::new()).status.success());
     let args = ["gateway", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9/", "--data-dir", &data];

@@ -141,7 +141,7 @@ pub(crate) struct Radicale {
 impl Radicale {
     pub(crate) fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Option<Radicale> {
         let py = davpush_testkit::python::python_with(&["radicale"])?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::documented::free_port();
         let users = dir.join("radicale-users");
         std::fs::write(&users, format!("{}:{}\n", ALICE.0, ALICE.1)).unwrap();
         let config_file = dir.join("radicale-config");

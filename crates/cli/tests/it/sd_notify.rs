@@ -20,7 +20,7 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::documented::free_port()
 }
 
 /// The next datagram on `socket`, within 60 s (a cold start under load), as text.
