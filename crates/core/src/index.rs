@@ -5,8 +5,9 @@
 //! unsubscribe, expiry, connection close) take the bookkeeping mutex, then one shard's write
 //! lock; no lock is ever held across an `.await`.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::notification::Exclusions;
@@ -14,6 +15,11 @@ use crate::{ClientId, ServiceKind, Subscription, SubscriptionId, Topic};
 
 const SHARDS: usize = 16;
 const KINDS: usize = ServiceKind::ALL.len();
+
+/// The maps' hasher: foldhash, seeded per process (SipHash was a tenth of the start-up time
+/// with a million subscriptions, issue 11).
+type Hashing = foldhash::fast::RandomState;
+type Map<K, V> = HashMap<K, V, Hashing>;
 
 #[derive(Default)]
 struct TopicSubs {
@@ -26,17 +32,43 @@ impl TopicSubs {
     }
 }
 
-type Key = (ClientId, Topic, ServiceKind);
+/// A subscription in the set of all, found by its id: one pointer per entry, the key is the
+/// subscription's own id.
+struct ById(Arc<Subscription>);
 
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl Borrow<SubscriptionId> for ById {
+    fn borrow(&self) -> &SubscriptionId {
+        &self.0.id
+    }
+}
+
+/// What each subscription costs in memory here (issue 11): one entry in `by_id` (a pointer),
+/// one pointer in its client's list and one in its topic's list; the client id, topic and id
+/// strings are shared with the subscription (the topic also with every other subscriber of it).
+/// A client's subscription to a topic through a service is found by scanning the client's list,
+/// which the per-client limit keeps short.
 #[derive(Default)]
 struct Meta {
-    by_id: HashMap<SubscriptionId, Arc<Subscription>>,
-    by_key: HashMap<Key, SubscriptionId>,
-    by_client: HashMap<ClientId, Vec<SubscriptionId>>,
+    by_id: HashSet<ById, Hashing>,
+    by_client: Map<ClientId, Vec<Arc<Subscription>>>,
     per_kind: [usize; KINDS],
     /// Who made each subscription made through this process since it started.
-    principal_of: HashMap<SubscriptionId, Principal>,
-    per_principal: HashMap<Principal, usize>,
+    principal_of: Map<SubscriptionId, Principal>,
+    per_principal: Map<Principal, usize>,
 }
 
 impl Meta {
@@ -47,6 +79,20 @@ impl Meta {
             *n -= 1;
             if *n == 0 {
                 self.per_principal.remove(&p);
+            }
+        }
+    }
+
+    fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<&Arc<Subscription>> {
+        self.by_client.get(client)?.iter().find(|s| &s.topic == topic && s.kind() == kind)
+    }
+
+    /// Takes `sub` out of its client's list.
+    fn unlist(&mut self, sub: &Arc<Subscription>) {
+        if let Some(list) = self.by_client.get_mut(&sub.client_id) {
+            list.retain(|x| !Arc::ptr_eq(x, sub));
+            if list.is_empty() {
+                self.by_client.remove(&sub.client_id);
             }
         }
     }
@@ -76,7 +122,6 @@ pub struct Principal(u64);
 impl Principal {
     /// The principal identified by `bytes` (a token, a user name), hashed.
     pub fn of(bytes: &[u8]) -> Self {
-        use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         bytes.hash(&mut h);
         Principal(h.finish())
@@ -126,9 +171,9 @@ pub type Recipients = Vec<(ServiceKind, Vec<Arc<Subscription>>)>;
 
 /// See the module documentation.
 pub struct Index {
-    shards: Box<[RwLock<HashMap<Topic, TopicSubs>>]>,
+    shards: Box<[RwLock<Map<Topic, TopicSubs>>]>,
     meta: Mutex<Meta>,
-    hasher: RandomState,
+    hasher: Hashing,
 }
 
 impl Default for Index {
@@ -136,7 +181,7 @@ impl Default for Index {
         Index {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             meta: Mutex::default(),
-            hasher: RandomState::new(),
+            hasher: Hashing::default(),
         }
     }
 }
@@ -148,7 +193,7 @@ impl std::fmt::Debug for Index {
 }
 
 impl Index {
-    fn shard(&self, topic: &Topic) -> &RwLock<HashMap<Topic, TopicSubs>> {
+    fn shard(&self, topic: &Topic) -> &RwLock<Map<Topic, TopicSubs>> {
         let h = self.hasher.hash_one(topic.as_str()) as usize;
         &self.shards[h % SHARDS]
     }
@@ -157,16 +202,21 @@ impl Index {
         self.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The topic as the index already holds it, if any subscription has it: its subscribers
+    /// then share one string.
+    fn interned(&self, topic: &Topic) -> Option<Topic> {
+        let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
+        shard.get_key_value(topic).map(|(t, _)| t.clone())
+    }
+
     /// The subscription of `client` to `topic` through `kind`, if any.
     pub fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<Arc<Subscription>> {
-        let m = self.meta();
-        let id = m.by_key.get(&(client.clone(), topic.clone(), kind))?;
-        m.by_id.get(id).cloned()
+        self.meta().find(client, topic, kind).cloned()
     }
 
     /// The subscription with this id.
     pub fn get(&self, id: &SubscriptionId) -> Option<Arc<Subscription>> {
-        self.meta().by_id.get(id).cloned()
+        self.meta().by_id.get(id).map(|s| s.0.clone())
     }
 
     /// Inserts `sub`, replacing the client's existing subscription to the same topic through the
@@ -191,22 +241,26 @@ impl Index {
     /// limits, and its count moves to the principal that updated it.
     pub fn insert_capped(
         &self,
-        sub: Subscription,
+        mut sub: Subscription,
         caps: &Caps,
     ) -> Result<(Arc<Subscription>, Option<Arc<Subscription>>), LimitReached> {
+        if let Some(t) = self.interned(&sub.topic) {
+            sub.topic = t;
+        }
         let sub = Arc::new(sub);
-        let key: Key = (sub.client_id.clone(), sub.topic.clone(), sub.kind());
         let mut m = self.meta();
-        let previous = match m.by_key.get(&key).cloned() {
-            Some(old_id) => m.by_id.remove(&old_id),
+        let previous = match m.find(&sub.client_id, &sub.topic, sub.kind()).cloned() {
+            Some(old) => {
+                m.by_id.remove(&old.id);
+                Some(old)
+            }
             None => {
                 m.room(&sub.client_id, caps)?;
                 None
             }
         };
         if let Some(old) = &previous {
-            let ids = m.by_client.entry(old.client_id.clone()).or_default();
-            ids.retain(|x| x != &old.id);
+            m.unlist(old);
             m.forget_principal(&old.id);
         } else {
             m.per_kind[sub.kind().index()] += 1;
@@ -215,12 +269,19 @@ impl Index {
             m.principal_of.insert(sub.id.clone(), p);
             *m.per_principal.entry(p).or_default() += 1;
         }
-        m.by_key.insert(key, sub.id.clone());
-        m.by_id.insert(sub.id.clone(), sub.clone());
-        m.by_client.entry(sub.client_id.clone()).or_default().push(sub.id.clone());
+        m.by_id.insert(ById(sub.clone()));
+        match m.by_client.get_mut(&sub.client_id) {
+            Some(list) => list.push(sub.clone()),
+            None => {
+                m.by_client.insert(sub.client_id.clone(), vec![sub.clone()]);
+            }
+        }
         {
             let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
-            let list = &mut shard.entry(sub.topic.clone()).or_default().lists[sub.kind().index()];
+            let list = match shard.get_mut(&sub.topic) {
+                Some(t) => &mut t.lists[sub.kind().index()],
+                None => &mut shard.entry(sub.topic.clone()).or_default().lists[sub.kind().index()],
+            };
             match previous.as_ref().and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old))) {
                 Some(pos) => list[pos] = sub.clone(),
                 None => list.push(sub.clone()),
@@ -237,19 +298,13 @@ impl Index {
         pred: impl FnOnce(&Subscription) -> bool,
     ) -> Option<Arc<Subscription>> {
         let mut m = self.meta();
-        let sub = m.by_id.get(id)?.clone();
+        let sub = m.by_id.get(id)?.0.clone();
         if !pred(&sub) {
             return None;
         }
         m.by_id.remove(id);
         m.forget_principal(id);
-        m.by_key.remove(&(sub.client_id.clone(), sub.topic.clone(), sub.kind()));
-        if let Some(ids) = m.by_client.get_mut(&sub.client_id) {
-            ids.retain(|x| x != id);
-            if ids.is_empty() {
-                m.by_client.remove(&sub.client_id);
-            }
-        }
+        m.unlist(&sub);
         m.per_kind[sub.kind().index()] -= 1;
         let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = shard.get_mut(&sub.topic) {
@@ -280,11 +335,10 @@ impl Index {
         kinds: Option<&[ServiceKind]>,
     ) -> Vec<Arc<Subscription>> {
         let m = self.meta();
-        let Some(ids) = m.by_client.get(client) else {
+        let Some(subs) = m.by_client.get(client) else {
             return Vec::new();
         };
-        ids.iter()
-            .filter_map(|id| m.by_id.get(id))
+        subs.iter()
             .filter(|s| topic.is_none_or(|t| &s.topic == t))
             .filter(|s| kinds.is_none_or(|k| k.contains(&s.kind())))
             .cloned()
@@ -340,7 +394,7 @@ impl Index {
 
     /// Subscriptions whose expiry is at or before `now`.
     pub fn expired(&self, now: i64) -> Vec<Arc<Subscription>> {
-        self.meta().by_id.values().filter(|s| s.expires <= now).cloned().collect()
+        self.meta().by_id.iter().filter(|s| s.0.expires <= now).map(|s| s.0.clone()).collect()
     }
 
     /// Number of subscriptions per service, in [`ServiceKind::ALL`] order.
@@ -398,6 +452,23 @@ mod tests {
         let r = idx.recipients(&b.topic, 150, &Exclusions::default());
         assert_eq!(r.len(), 1);
         assert!(Arc::ptr_eq(&r[0].1[0], &b), "the update replaced the old entry");
+    }
+
+    #[test]
+    fn issue_11_subscribers_of_a_topic_share_its_string_and_are_found_by_client() {
+        let hub = Hub::new(4, 100);
+        let idx = Index::default();
+        let (a, _) = idx.insert(sub(&hub, "c1", "shared-topic", 100), 10).unwrap();
+        let (b, _) = idx.insert(sub(&hub, "c2", "shared-topic", 100), 10).unwrap();
+        assert_eq!(a.topic.as_str().as_ptr(), b.topic.as_str().as_ptr(), "one string for the topic");
+        let found = idx.find(&client("c2"), &topic("shared-topic"), ServiceKind::WebSocket).unwrap();
+        assert!(Arc::ptr_eq(&found, &b));
+        assert!(idx.find(&client("c2"), &topic("shared-topic"), ServiceKind::WebPush).is_none());
+        assert!(idx.find(&client("c3"), &topic("shared-topic"), ServiceKind::WebSocket).is_none());
+        assert_eq!(idx.of_client(&client("c1"), None, None).len(), 1);
+        idx.remove(&a.id);
+        assert_eq!(idx.client_count(&client("c1")), 0);
+        assert!(Arc::ptr_eq(&idx.get(&b.id).unwrap(), &b));
     }
 
     #[test]

@@ -196,15 +196,23 @@ mod tests {
     /// Targets are `{"token": …}`.
     struct Tokens;
 
+    struct Token(String);
+
+    impl davpush_core::TargetData for Token {
+        fn params(&self) -> String {
+            serde_json::json!({ "token": self.0 }).to_string()
+        }
+    }
+
     impl TargetParser for Tokens {
         fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
             let token = params["token"].as_str().ok_or_else(|| TargetError::new(Some("token"), "missing".into()))?;
-            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), token.to_owned())))
+            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, Token(token.to_owned()))))
         }
 
         fn token<'a>(&self, sub: &'a Subscription) -> Option<&'a str> {
             match &sub.target {
-                Target::Remote(r) => r.data::<String>().map(String::as_str),
+                Target::Remote(r) => r.data::<Token>().map(|t| t.0.as_str()),
                 _ => None,
             }
         }

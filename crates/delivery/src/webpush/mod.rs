@@ -20,7 +20,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use davpush_core::feedback::Feedback;
 use davpush_core::transport::TargetError;
-use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
+use davpush_core::{
+    Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target, TargetData,
+};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -60,14 +62,63 @@ pub struct WebPushParams {
     pub format: PayloadFormat,
 }
 
-/// A parsed Web Push destination.
+/// A Web Push destination, as kept for each subscription: its validated parameters only (one
+/// string each for endpoint and keys, issue 11). What a delivery needs (the URL, the origin,
+/// the decoded keys) is worked out per delivery by [`WebPushTarget::resolve`], which costs
+/// microseconds next to the encryption.
 #[derive(Debug, Clone)]
 pub struct WebPushTarget {
+    params: WebPushParams,
+}
+
+impl TargetData for WebPushTarget {
+    fn params(&self) -> String {
+        serde_json::to_string(&self.params).unwrap_or_default()
+    }
+}
+
+/// A [`WebPushTarget`] ready for a request.
+#[derive(Debug)]
+struct Resolved {
     endpoint: Url,
     /// Scheme, host and port: the VAPID audience and the engine's [`HostKey`].
     origin: String,
     keys: Option<(Vec<u8>, Vec<u8>)>,
     format: PayloadFormat,
+}
+
+impl WebPushTarget {
+    /// The endpoint's URL, its origin and the decoded keys (checked as at subscribe time).
+    fn resolve(&self) -> Result<Resolved, TargetError> {
+        let p = &self.params;
+        let endpoint = Url::parse(&p.endpoint)
+            .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
+        let keys = match (&p.p256dh, &p.auth) {
+            (Some(k), Some(a)) => {
+                let k = decode("p256dh", k)?;
+                let a = decode("auth", a)?;
+                // Only the form here: this also runs for every stored row at start. That the point
+                // is on the curve (an ECDH, ~60 µs) is checked once, at subscribe time, by
+                // `check_target`, and the store is trusted after (issue 11).
+                if k.len() != ece::PUBLIC_KEY_LEN || k[0] != 0x04 {
+                    return Err(TargetError::new(Some("p256dh"), ece::EceError::BadPublicKey.to_string()));
+                }
+                if a.len() != ece::AUTH_LEN {
+                    return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
+                }
+                Some((k, a))
+            }
+            (None, None) => None,
+            _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
+        };
+        let origin = endpoint.origin().ascii_serialization();
+        Ok(Resolved { endpoint, origin, keys, format: p.format })
+    }
+
+    /// The origin of the endpoint (its host key), without the rest of [`WebPushTarget::resolve`].
+    fn origin(&self) -> Option<String> {
+        Url::parse(&self.params.endpoint).ok().map(|u| u.origin().ascii_serialization())
+    }
 }
 
 fn decode(field: &'static str, s: &str) -> Result<Vec<u8>, TargetError> {
@@ -98,7 +149,7 @@ pub fn parse_params(
     policy: &EgressPolicy,
     allow_unencrypted: bool,
 ) -> Result<Target, TargetError> {
-    let p: WebPushParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let p: WebPushParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
     if p.endpoint.len() > MAX_ENDPOINT_LEN {
         return Err(TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes")));
     }
@@ -109,36 +160,16 @@ pub fn parse_params(
     if p.auth.as_ref().is_some_and(|a| a.len() > MAX_AUTH_LEN) {
         return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
     }
-    let endpoint = Url::parse(&p.endpoint)
-        .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
-    policy.check_url(&endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
-    let keys = match (&p.p256dh, &p.auth) {
-        (Some(k), Some(a)) => {
-            let k = decode("p256dh", k)?;
-            let a = decode("auth", a)?;
-            // Only the form here: this also runs for every stored row at start. That the point
-            // is on the curve (an ECDH, ~60 µs) is checked once, at subscribe time, by
-            // `check_target`, and the store is trusted after (issue 11).
-            if k.len() != ece::PUBLIC_KEY_LEN || k[0] != 0x04 {
-                return Err(TargetError::new(Some("p256dh"), ece::EceError::BadPublicKey.to_string()));
-            }
-            if a.len() != ece::AUTH_LEN {
-                return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
-            }
-            Some((k, a))
-        }
-        (None, None) if allow_unencrypted => None,
-        (None, None) => {
-            return Err(TargetError::new(
-                Some("p256dh"),
-                "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
-            ));
-        }
-        _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
-    };
-    let origin = endpoint.origin().ascii_serialization();
-    let canonical = serde_json::to_string(&p).expect("params serialize");
-    Ok(Target::Remote(RemoteTarget::new(kind, canonical, WebPushTarget { endpoint, origin, keys, format: p.format })))
+    let target = WebPushTarget { params: p };
+    let resolved = target.resolve()?;
+    policy.check_url(&resolved.endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
+    if resolved.keys.is_none() && !allow_unencrypted {
+        return Err(TargetError::new(
+            Some("p256dh"),
+            "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
+        ));
+    }
+    Ok(Target::Remote(RemoteTarget::new(kind, target)))
 }
 
 /// Sends one message per request.
@@ -193,12 +224,16 @@ impl Deliver for WebPushSender {
     /// Each endpoint's origin is a host of its own: a slow or failing push service (or one a
     /// subscriber chose to make hang) only holds its own share of the workers.
     fn origin(&self, sub: &Subscription) -> HostKey {
-        web_push_target(sub).map_or_else(HostKey::default, |t| HostKey::new(&t.origin))
+        web_push_target(sub).and_then(WebPushTarget::origin).map_or_else(HostKey::default, |o| HostKey::new(&o))
     }
 
     async fn deliver(&self, sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome {
         let Some(t) = web_push_target(sub) else {
             return Outcome::Rejected("not a Web Push subscription".into());
+        };
+        let t = match t.resolve() {
+            Ok(t) => t,
+            Err(e) => return Outcome::Rejected(e.to_string()),
         };
         // IP-literal endpoints are not seen by the resolver: check again before every request.
         if let Err(e) = self.policy.check_url(&t.endpoint) {
@@ -276,6 +311,7 @@ impl TargetParser for WebPushTargets {
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
         let Target::Remote(r) = target else { return Ok(()) };
         let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
+        let t = t.resolve()?;
         if let Some((p256dh, _)) = &t.keys {
             ece::check_public_key(p256dh).map_err(|e| TargetError::new(Some("p256dh"), e.to_string()))?;
         }
