@@ -56,6 +56,44 @@ impl Borrow<SubscriptionId> for ById {
     }
 }
 
+/// The subscriptions of one client: most clients have one, held without a list.
+enum OfClient {
+    One(Arc<Subscription>),
+    Many(Vec<Arc<Subscription>>),
+}
+
+impl OfClient {
+    fn as_slice(&self) -> &[Arc<Subscription>] {
+        match self {
+            OfClient::One(s) => std::slice::from_ref(s),
+            OfClient::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, sub: Arc<Subscription>) {
+        match self {
+            OfClient::One(s) => *self = OfClient::Many(vec![s.clone(), sub]),
+            OfClient::Many(v) => v.push(sub),
+        }
+    }
+
+    /// Takes `sub` out; returns whether none is left.
+    fn remove(&mut self, sub: &Arc<Subscription>) -> bool {
+        match self {
+            OfClient::One(s) => Arc::ptr_eq(s, sub),
+            OfClient::Many(v) => {
+                v.retain(|x| !Arc::ptr_eq(x, sub));
+                let empty = v.is_empty();
+                if let [only] = v.as_slice() {
+                    let only = only.clone();
+                    *self = OfClient::One(only);
+                }
+                empty
+            }
+        }
+    }
+}
+
 /// What each subscription costs in memory here (issue 11): one entry in `by_id` (a pointer),
 /// one pointer in its client's list and one in its topic's list; the client id, topic and id
 /// strings are shared with the subscription (the topic also with every other subscriber of it).
@@ -64,7 +102,7 @@ impl Borrow<SubscriptionId> for ById {
 #[derive(Default)]
 struct Meta {
     by_id: HashSet<ById, Hashing>,
-    by_client: Map<ClientId, Vec<Arc<Subscription>>>,
+    by_client: Map<ClientId, OfClient>,
     per_kind: [usize; KINDS],
     /// Who made each subscription made through this process since it started.
     principal_of: Map<SubscriptionId, Principal>,
@@ -84,22 +122,21 @@ impl Meta {
     }
 
     fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<&Arc<Subscription>> {
-        self.by_client.get(client)?.iter().find(|s| &s.topic == topic && s.kind() == kind)
+        self.by_client.get(client)?.as_slice().iter().find(|s| &s.topic == topic && s.kind() == kind)
     }
 
     /// Takes `sub` out of its client's list.
     fn unlist(&mut self, sub: &Arc<Subscription>) {
-        if let Some(list) = self.by_client.get_mut(&sub.client_id) {
-            list.retain(|x| !Arc::ptr_eq(x, sub));
-            if list.is_empty() {
-                self.by_client.remove(&sub.client_id);
-            }
+        if let Some(list) = self.by_client.get_mut(&sub.client_id)
+            && list.remove(sub)
+        {
+            self.by_client.remove(&sub.client_id);
         }
     }
 
     /// Whether a new subscription of `client` (made by `caps.principal`) fits.
     fn room(&self, client: &ClientId, caps: &Caps) -> Result<(), LimitReached> {
-        if self.by_client.get(client).map_or(0, Vec::len) >= caps.per_client {
+        if self.by_client.get(client).map_or(0, |l| l.as_slice().len()) >= caps.per_client {
             return Err(LimitReached::PerClient(caps.per_client));
         }
         if let Some((p, max)) = caps.principal
@@ -273,7 +310,7 @@ impl Index {
         match m.by_client.get_mut(&sub.client_id) {
             Some(list) => list.push(sub.clone()),
             None => {
-                m.by_client.insert(sub.client_id.clone(), vec![sub.clone()]);
+                m.by_client.insert(sub.client_id.clone(), OfClient::One(sub.clone()));
             }
         }
         {
@@ -338,7 +375,8 @@ impl Index {
         let Some(subs) = m.by_client.get(client) else {
             return Vec::new();
         };
-        subs.iter()
+        subs.as_slice()
+            .iter()
             .filter(|s| topic.is_none_or(|t| &s.topic == t))
             .filter(|s| kinds.is_none_or(|k| k.contains(&s.kind())))
             .cloned()
@@ -347,7 +385,7 @@ impl Index {
 
     /// Number of subscriptions of `client`.
     pub fn client_count(&self, client: &ClientId) -> usize {
-        self.meta().by_client.get(client).map_or(0, Vec::len)
+        self.meta().by_client.get(client).map_or(0, |l| l.as_slice().len())
     }
 
     /// The unexpired, non-excluded subscribers of `topic` at `now`, by service.

@@ -7,7 +7,7 @@ use crate::store::{PendingDelivery, StoreError, StoredSubscription};
 use crate::{ClientId, PushService, ServiceKind, Subscription, SubscriptionId, Topic, Triggers};
 
 /// Rows read from the store per page at start.
-const LOAD_PAGE: usize = 20_000;
+const LOAD_PAGE: usize = 5_000;
 
 impl PushService {
     /// Turns a stored row into a subscription, if its push service is enabled and its target valid.

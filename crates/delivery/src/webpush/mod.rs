@@ -62,18 +62,56 @@ pub struct WebPushParams {
     pub format: PayloadFormat,
 }
 
-/// A Web Push destination, as kept for each subscription: its validated parameters only (one
-/// string each for endpoint and keys, issue 11). What a delivery needs (the URL, the origin,
-/// the decoded keys) is worked out per delivery by [`WebPushTarget::resolve`], which costs
-/// microseconds next to the encryption.
+/// A Web Push destination, as kept for each subscription: its validated parameters only, the
+/// endpoint and the two key texts in one string (issue 11: a million subscriptions). What a
+/// delivery needs (the URL, the origin, the decoded keys) is worked out per delivery by
+/// [`WebPushTarget::resolve`], which costs microseconds next to the encryption.
 #[derive(Debug, Clone)]
 pub struct WebPushTarget {
-    params: WebPushParams,
+    /// The endpoint, then `p256dh` and `auth` as given (nothing after the endpoint without keys).
+    text: Box<str>,
+    /// Where `p256dh` starts in `text` (the endpoint's length; at most [`MAX_ENDPOINT_LEN`]).
+    p256dh_at: u16,
+    /// Where `auth` starts in `text`.
+    auth_at: u16,
+    format: PayloadFormat,
+}
+
+impl WebPushTarget {
+    /// Holds `p` (its lengths checked by [`parse_params`]).
+    fn new(p: &WebPushParams) -> Result<Self, TargetError> {
+        let (k, a) = match (&p.p256dh, &p.auth) {
+            (Some(k), Some(a)) => (k.as_str(), a.as_str()),
+            (None, None) => ("", ""),
+            _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
+        };
+        let too_long = || TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"));
+        let p256dh_at = u16::try_from(p.endpoint.len()).map_err(|_| too_long())?;
+        let auth_at = u16::try_from(p.endpoint.len() + k.len()).map_err(|_| too_long())?;
+        Ok(WebPushTarget { text: [p.endpoint.as_str(), k, a].concat().into(), p256dh_at, auth_at, format: p.format })
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.text[..usize::from(self.p256dh_at)]
+    }
+
+    /// `p256dh` and `auth`, if the subscription has keys.
+    fn key_texts(&self) -> Option<(&str, &str)> {
+        let (k, a) = (usize::from(self.p256dh_at), usize::from(self.auth_at));
+        (self.text.len() > k).then(|| (&self.text[k..a], &self.text[a..]))
+    }
 }
 
 impl TargetData for WebPushTarget {
     fn params(&self) -> String {
-        serde_json::to_string(&self.params).unwrap_or_default()
+        let keys = self.key_texts();
+        let p = WebPushParams {
+            endpoint: self.endpoint().to_owned(),
+            p256dh: keys.map(|(k, _)| k.to_owned()),
+            auth: keys.map(|(_, a)| a.to_owned()),
+            format: self.format,
+        };
+        serde_json::to_string(&p).unwrap_or_default()
     }
 }
 
@@ -90,11 +128,10 @@ struct Resolved {
 impl WebPushTarget {
     /// The endpoint's URL, its origin and the decoded keys (checked as at subscribe time).
     fn resolve(&self) -> Result<Resolved, TargetError> {
-        let p = &self.params;
-        let endpoint = Url::parse(&p.endpoint)
+        let endpoint = Url::parse(self.endpoint())
             .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
-        let keys = match (&p.p256dh, &p.auth) {
-            (Some(k), Some(a)) => {
+        let keys = match self.key_texts() {
+            Some((k, a)) => {
                 let k = decode("p256dh", k)?;
                 let a = decode("auth", a)?;
                 // Only the form here: this also runs for every stored row at start. That the point
@@ -108,16 +145,15 @@ impl WebPushTarget {
                 }
                 Some((k, a))
             }
-            (None, None) => None,
-            _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
+            None => None,
         };
         let origin = endpoint.origin().ascii_serialization();
-        Ok(Resolved { endpoint, origin, keys, format: p.format })
+        Ok(Resolved { endpoint, origin, keys, format: self.format })
     }
 
     /// The origin of the endpoint (its host key), without the rest of [`WebPushTarget::resolve`].
     fn origin(&self) -> Option<String> {
-        Url::parse(&self.params.endpoint).ok().map(|u| u.origin().ascii_serialization())
+        Url::parse(self.endpoint()).ok().map(|u| u.origin().ascii_serialization())
     }
 }
 
@@ -160,7 +196,7 @@ pub fn parse_params(
     if p.auth.as_ref().is_some_and(|a| a.len() > MAX_AUTH_LEN) {
         return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
     }
-    let target = WebPushTarget { params: p };
+    let target = WebPushTarget::new(&p)?;
     let resolved = target.resolve()?;
     policy.check_url(&resolved.endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
     if resolved.keys.is_none() && !allow_unencrypted {
@@ -416,6 +452,39 @@ mod tests {
         let mut short_key = ok.clone();
         short_key["p256dh"] = "BCVxsr7N_eNgVRqvHtD0zTZsEc6".into();
         assert_eq!(parse_params(ServiceKind::WebPush, &short_key, &policy, false).unwrap_err().field, Some("p256dh"));
+    }
+
+    #[test]
+    fn issue_11_a_target_held_as_one_string_gives_back_its_parameters_and_resolves() {
+        let policy = EgressPolicy::default();
+        let key = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+        let with_keys = serde_json::json!({
+            "endpoint": "https://push.example.net:8443/wpush/v2/abc?x=1",
+            // Padded base64url is accepted and kept as given.
+            "auth": "BTBZMqHH6r4Tts7J_aSIgg==",
+            "p256dh": key,
+            "format": "topic-json"
+        });
+        let no_keys = serde_json::json!({ "endpoint": "https://up.example.org/UP?token=t" });
+        for (params, unencrypted) in [(&with_keys, false), (&no_keys, true)] {
+            let t = parse_params(ServiceKind::UnifiedPush, params, &policy, unencrypted).unwrap();
+            let canonical = serde_json::to_string(&WebPushParams::deserialize(params).unwrap()).unwrap();
+            assert_eq!(t.to_json(), canonical, "the stored text is what was given");
+            let Target::Remote(r) = &t else { panic!("durable") };
+            let again = parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
+                .unwrap();
+            assert!(again.same_destination(&t));
+            let resolved = r.data::<WebPushTarget>().unwrap().resolve().unwrap();
+            assert_eq!(resolved.endpoint.as_str(), params["endpoint"].as_str().unwrap());
+            match resolved.keys {
+                Some((k, a)) => {
+                    assert_eq!((k.len(), a.len()), (65, 16));
+                    assert_eq!(resolved.origin, "https://push.example.net:8443");
+                    assert_eq!(resolved.format, PayloadFormat::TopicJson);
+                }
+                None => assert_eq!(resolved.origin, "https://up.example.org"),
+            }
+        }
     }
 
     #[tokio::test]
