@@ -56,41 +56,56 @@ impl Borrow<SubscriptionId> for ById {
     }
 }
 
-/// The subscriptions of one client: most clients have one, held without a list.
-enum OfClient {
-    One(Arc<Subscription>),
-    Many(Vec<Arc<Subscription>>),
+/// The subscriptions of one client, found by the client id of the first (a set entry of two
+/// pointers: the key is the subscriptions' own client id, and most clients have one
+/// subscription, held without a list).
+struct OfClient {
+    first: Arc<Subscription>,
+    rest: Option<Box<Vec<Arc<Subscription>>>>,
 }
 
 impl OfClient {
-    fn as_slice(&self) -> &[Arc<Subscription>] {
-        match self {
-            OfClient::One(s) => std::slice::from_ref(s),
-            OfClient::Many(v) => v,
-        }
+    fn iter(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        std::iter::once(&self.first).chain(self.rest.iter().flat_map(|v| v.iter()))
+    }
+
+    fn len(&self) -> usize {
+        1 + self.rest.as_ref().map_or(0, |v| v.len())
     }
 
     fn push(&mut self, sub: Arc<Subscription>) {
-        match self {
-            OfClient::One(s) => *self = OfClient::Many(vec![s.clone(), sub]),
-            OfClient::Many(v) => v.push(sub),
-        }
+        self.rest.get_or_insert_default().push(sub);
     }
 
-    /// Takes `sub` out; returns whether none is left.
-    fn remove(&mut self, sub: &Arc<Subscription>) -> bool {
-        match self {
-            OfClient::One(s) => Arc::ptr_eq(s, sub),
-            OfClient::Many(v) => {
-                v.retain(|x| !Arc::ptr_eq(x, sub));
-                let empty = v.is_empty();
-                if let [only] = v.as_slice() {
-                    let only = only.clone();
-                    *self = OfClient::One(only);
-                }
-                empty
-            }
+    /// Without `sub`; `None` if it was the only one.
+    fn without(mut self, sub: &Arc<Subscription>) -> Option<OfClient> {
+        let mut rest = self.rest.take().map(|v| *v).unwrap_or_default();
+        rest.retain(|x| !Arc::ptr_eq(x, sub));
+        if Arc::ptr_eq(&self.first, sub) {
+            self.first = rest.pop()?;
         }
+        self.rest = (!rest.is_empty()).then(|| Box::new(rest));
+        Some(self)
+    }
+}
+
+impl PartialEq for OfClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.first.client_id == other.first.client_id
+    }
+}
+
+impl Eq for OfClient {}
+
+impl Hash for OfClient {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.first.client_id.hash(state);
+    }
+}
+
+impl Borrow<ClientId> for OfClient {
+    fn borrow(&self) -> &ClientId {
+        &self.first.client_id
     }
 }
 
@@ -102,7 +117,7 @@ impl OfClient {
 #[derive(Default)]
 struct Meta {
     by_id: HashSet<ById, Hashing>,
-    by_client: Map<ClientId, OfClient>,
+    by_client: HashSet<OfClient, Hashing>,
     per_kind: [usize; KINDS],
     /// Who made each subscription made through this process since it started.
     principal_of: Map<SubscriptionId, Principal>,
@@ -122,21 +137,19 @@ impl Meta {
     }
 
     fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<&Arc<Subscription>> {
-        self.by_client.get(client)?.as_slice().iter().find(|s| &s.topic == topic && s.kind() == kind)
+        self.by_client.get(client)?.iter().find(|s| &s.topic == topic && s.kind() == kind)
     }
 
     /// Takes `sub` out of its client's list.
     fn unlist(&mut self, sub: &Arc<Subscription>) {
-        if let Some(list) = self.by_client.get_mut(&sub.client_id)
-            && list.remove(sub)
-        {
-            self.by_client.remove(&sub.client_id);
+        if let Some(rest) = self.by_client.take(&sub.client_id).and_then(|l| l.without(sub)) {
+            self.by_client.insert(rest);
         }
     }
 
     /// Whether a new subscription of `client` (made by `caps.principal`) fits.
     fn room(&self, client: &ClientId, caps: &Caps) -> Result<(), LimitReached> {
-        if self.by_client.get(client).map_or(0, |l| l.as_slice().len()) >= caps.per_client {
+        if self.by_client.get(client).map_or(0, OfClient::len) >= caps.per_client {
             return Err(LimitReached::PerClient(caps.per_client));
         }
         if let Some((p, max)) = caps.principal
@@ -307,12 +320,14 @@ impl Index {
             *m.per_principal.entry(p).or_default() += 1;
         }
         m.by_id.insert(ById(sub.clone()));
-        match m.by_client.get_mut(&sub.client_id) {
-            Some(list) => list.push(sub.clone()),
-            None => {
-                m.by_client.insert(sub.client_id.clone(), OfClient::One(sub.clone()));
+        let list = match m.by_client.take(&sub.client_id) {
+            Some(mut list) => {
+                list.push(sub.clone());
+                list
             }
-        }
+            None => OfClient { first: sub.clone(), rest: None },
+        };
+        m.by_client.insert(list);
         {
             let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
             let list = match shard.get_mut(&sub.topic) {
@@ -375,8 +390,7 @@ impl Index {
         let Some(subs) = m.by_client.get(client) else {
             return Vec::new();
         };
-        subs.as_slice()
-            .iter()
+        subs.iter()
             .filter(|s| topic.is_none_or(|t| &s.topic == t))
             .filter(|s| kinds.is_none_or(|k| k.contains(&s.kind())))
             .cloned()
@@ -385,7 +399,7 @@ impl Index {
 
     /// Number of subscriptions of `client`.
     pub fn client_count(&self, client: &ClientId) -> usize {
-        self.meta().by_client.get(client).map_or(0, |l| l.as_slice().len())
+        self.meta().by_client.get(client).map_or(0, OfClient::len)
     }
 
     /// The unexpired, non-excluded subscribers of `topic` at `now`, by service.
