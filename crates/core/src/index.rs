@@ -56,6 +56,11 @@ impl Borrow<SubscriptionId> for ById {
     }
 }
 
+/// The key of a subscription the index holds in `principal_of`.
+fn address(sub: &Arc<Subscription>) -> usize {
+    Arc::as_ptr(sub) as usize
+}
+
 /// The subscriptions of one client, found by the client id of the first (a set entry of two
 /// pointers: the key is the subscriptions' own client id, and most clients have one
 /// subscription, held without a list).
@@ -119,14 +124,15 @@ struct Meta {
     by_id: HashSet<ById, Hashing>,
     by_client: HashSet<OfClient, Hashing>,
     per_kind: [usize; KINDS],
-    /// Who made each subscription made through this process since it started.
-    principal_of: Map<SubscriptionId, Principal>,
+    /// Who made each subscription made through this process since it started, by the address
+    /// of the subscription the index holds (removed with it).
+    principal_of: Map<usize, Principal>,
     per_principal: Map<Principal, usize>,
 }
 
 impl Meta {
-    fn forget_principal(&mut self, id: &SubscriptionId) {
-        if let Some(p) = self.principal_of.remove(id)
+    fn forget_principal(&mut self, sub: &Arc<Subscription>) {
+        if let Some(p) = self.principal_of.remove(&address(sub))
             && let Some(n) = self.per_principal.get_mut(&p)
         {
             *n -= 1;
@@ -255,8 +261,14 @@ impl Index {
     /// The topic as the index already holds it, if any subscription has it: its subscribers
     /// then share one string.
     fn interned(&self, topic: &Topic) -> Option<Topic> {
-        let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
-        shard.get_key_value(topic).map(|(t, _)| t.clone())
+        self.topic(topic.as_str())
+    }
+
+    /// The topic named `name` as the index holds it, if any subscription has it (to share its
+    /// string).
+    pub fn topic(&self, name: &str) -> Option<Topic> {
+        let shard = self.shards[self.hasher.hash_one(name) as usize % SHARDS].read().unwrap_or_else(|e| e.into_inner());
+        shard.get_key_value(name).map(|(t, _)| t.clone())
     }
 
     /// The subscription of `client` to `topic` through `kind`, if any.
@@ -311,12 +323,12 @@ impl Index {
         };
         if let Some(old) = &previous {
             m.unlist(old);
-            m.forget_principal(&old.id);
+            m.forget_principal(old);
         } else {
             m.per_kind[sub.kind().index()] += 1;
         }
         if let Some((p, _)) = caps.principal {
-            m.principal_of.insert(sub.id.clone(), p);
+            m.principal_of.insert(address(&sub), p);
             *m.per_principal.entry(p).or_default() += 1;
         }
         m.by_id.insert(ById(sub.clone()));
@@ -355,7 +367,7 @@ impl Index {
             return None;
         }
         m.by_id.remove(id);
-        m.forget_principal(id);
+        m.forget_principal(&sub);
         m.unlist(&sub);
         m.per_kind[sub.kind().index()] -= 1;
         let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());

@@ -186,6 +186,16 @@ pub fn parse_params(
     allow_unencrypted: bool,
 ) -> Result<Target, TargetError> {
     let p: WebPushParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
+    validated(kind, p, policy, allow_unencrypted)
+}
+
+/// Checks parameters already read into their struct (see [`parse_params`]).
+fn validated(
+    kind: ServiceKind,
+    p: WebPushParams,
+    policy: &EgressPolicy,
+    allow_unencrypted: bool,
+) -> Result<Target, TargetError> {
     if p.endpoint.len() > MAX_ENDPOINT_LEN {
         return Err(TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes")));
     }
@@ -344,6 +354,11 @@ impl TargetParser for WebPushTargets {
         parse_params(self.kind, params, &self.policy, self.allow_unencrypted)
     }
 
+    fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
+        let p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
+        validated(self.kind, p, &self.policy, self.allow_unencrypted)
+    }
+
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
         let Target::Remote(r) = target else { return Ok(()) };
         let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
@@ -474,6 +489,11 @@ mod tests {
             let again = parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
                 .unwrap();
             assert!(again.same_destination(&t));
+            let targets = WebPushTargets { kind: ServiceKind::UnifiedPush, policy: policy.clone(), allow_unencrypted: true };
+            let stored = targets.parse_stored(&t.to_json()).unwrap();
+            assert!(stored.same_destination(&t), "a stored row reads back the same");
+            assert_eq!(stored.to_json(), t.to_json());
+            assert!(targets.parse_stored("{\"endpoint\": 1}").is_err());
             let resolved = r.data::<WebPushTarget>().unwrap().resolve().unwrap();
             assert_eq!(resolved.endpoint.as_str(), params["endpoint"].as_str().unwrap());
             match resolved.keys {
