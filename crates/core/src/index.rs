@@ -66,6 +66,7 @@ fn address(sub: &Arc<Subscription>) -> usize {
 /// subscription, held without a list).
 struct OfClient {
     first: Arc<Subscription>,
+    #[expect(clippy::box_collection, reason = "one pointer in every client's entry instead of three")]
     rest: Option<Box<Vec<Arc<Subscription>>>>,
 }
 

@@ -35,8 +35,7 @@ impl PushService {
         let mut n = 0;
         let mut members = Vec::new();
         let mut rows = self.store.load_page(now, "", LOAD_PAGE).await?;
-        loop {
-            let Some(last) = rows.last() else { break };
+        while let Some(last) = rows.last() {
             let full = rows.len() == LOAD_PAGE;
             // The next page is read (on the store's thread) while this one is indexed.
             let next = full.then(|| {

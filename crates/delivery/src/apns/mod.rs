@@ -53,8 +53,7 @@ impl TargetData for ApnsTarget {
 /// Parses and validates parameters: an even number (16–200) of hex digits, kept lower-case.
 /// Device tokens are 32 bytes today; Apple documents at most 100 bytes (200 hex digits).
 pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
-    let mut p: ApnsParams =
-        Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let mut p: ApnsParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
     let t = &p.device_token;
     if !(16..=200).contains(&t.len()) || !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TargetError::new(

@@ -85,7 +85,8 @@ impl WebPushTarget {
             (None, None) => ("", ""),
             _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
         };
-        let too_long = || TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"));
+        let too_long =
+            || TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"));
         let p256dh_at = u16::try_from(p.endpoint.len()).map_err(|_| too_long())?;
         let auth_at = u16::try_from(p.endpoint.len() + k.len()).map_err(|_| too_long())?;
         Ok(WebPushTarget { text: [p.endpoint.as_str(), k, a].concat().into(), p256dh_at, auth_at, format: p.format })
@@ -486,10 +487,12 @@ mod tests {
             let canonical = serde_json::to_string(&WebPushParams::deserialize(params).unwrap()).unwrap();
             assert_eq!(t.to_json(), canonical, "the stored text is what was given");
             let Target::Remote(r) = &t else { panic!("durable") };
-            let again = parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
-                .unwrap();
+            let again =
+                parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
+                    .unwrap();
             assert!(again.same_destination(&t));
-            let targets = WebPushTargets { kind: ServiceKind::UnifiedPush, policy: policy.clone(), allow_unencrypted: true };
+            let targets =
+                WebPushTargets { kind: ServiceKind::UnifiedPush, policy: policy.clone(), allow_unencrypted: true };
             let stored = targets.parse_stored(&t.to_json()).unwrap();
             assert!(stored.same_destination(&t), "a stored row reads back the same");
             assert_eq!(stored.to_json(), t.to_json());
