@@ -81,15 +81,95 @@ id_type!(
     /// A client installation, chosen by the client (the draft's `client_id`).
     ClientId
 );
-id_type!(
-    /// A subscription, chosen by the Director: 128 random bits, base64url.
-    SubscriptionId
-);
+/// A subscription, chosen by the Director: 128 random bits, base64url (22 characters, held
+/// inline: no allocation per subscription). Ids of other lengths (from an older store) are
+/// held like the other identifiers.
+#[derive(Clone)]
+pub struct SubscriptionId(IdText);
+
+/// Up to [`INLINE`] bytes in place, longer ones shared.
+#[derive(Clone)]
+enum IdText {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<str>),
+}
+
+const INLINE: usize = 22;
 
 impl SubscriptionId {
     /// A new random id.
     pub fn random() -> Self {
-        Self(Arc::from(random_token(16)))
+        Self::from_checked(&random_token(16))
+    }
+
+    fn from_checked(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Self(IdText::Inline { len, bytes })
+            }
+            _ => Self(IdText::Shared(Arc::from(s))),
+        }
+    }
+
+    /// Validates `s`: 1..=`max` visible ASCII characters.
+    pub fn parse(s: &str, max: usize) -> Result<Self, IdError> {
+        check(s, max)?;
+        Ok(Self::from_checked(s))
+    }
+
+    /// The string form.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Checked visible ASCII when made.
+            IdText::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            IdText::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for SubscriptionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SubscriptionId {}
+
+impl std::hash::Hash for SubscriptionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for SubscriptionId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SubscriptionId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SubscriptionId({:?})", self.as_str())
+    }
+}
+
+impl std::borrow::Borrow<str> for SubscriptionId {
+    fn borrow(&self) -> &str {
+        self.as_str()
     }
 }
 
@@ -119,5 +199,23 @@ mod tests {
         let b = SubscriptionId::random();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 22);
+    }
+
+    #[test]
+    fn issue_11_ids_inline_or_shared_compare_hash_and_order_by_their_text() {
+        use std::hash::BuildHasher;
+        let short = SubscriptionId::parse("abc", 64).unwrap();
+        let full = SubscriptionId::parse("AAAAAAAAAAAAAAAAAAAAAA", 64).unwrap();
+        let long = SubscriptionId::parse("a-longer-id-from-an-older-store-0123456789", 64).unwrap();
+        assert!(matches!(short.0, IdText::Inline { .. }) && matches!(full.0, IdText::Inline { .. }));
+        assert!(matches!(long.0, IdText::Shared(_)));
+        assert_eq!(short.as_str(), "abc");
+        assert_eq!(long.to_string(), "a-longer-id-from-an-older-store-0123456789");
+        assert_eq!(format!("{full:?}"), "SubscriptionId(\"AAAAAAAAAAAAAAAAAAAAAA\")");
+        assert!(full < long && long < short, "ordered as text");
+        let h = std::hash::RandomState::new();
+        assert_eq!(h.hash_one(&short), h.hash_one("abc"), "hashes as its text (Borrow<str>)");
+        assert_eq!(SubscriptionId::parse("x", 64).unwrap(), SubscriptionId::parse("x", 64).unwrap());
+        assert_eq!(SubscriptionId::parse("", 64).unwrap_err(), IdError::Empty);
     }
 }

@@ -5,8 +5,9 @@
 //! unsubscribe, expiry, connection close) take the bookkeeping mutex, then one shard's write
 //! lock; no lock is ever held across an `.await`.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::notification::Exclusions;
@@ -14,6 +15,11 @@ use crate::{ClientId, ServiceKind, Subscription, SubscriptionId, Topic};
 
 const SHARDS: usize = 16;
 const KINDS: usize = ServiceKind::ALL.len();
+
+/// The maps' hasher: foldhash, seeded per process (SipHash was a tenth of the start-up time
+/// with a million subscriptions, issue 11).
+type Hashing = foldhash::fast::RandomState;
+type Map<K, V> = HashMap<K, V, Hashing>;
 
 #[derive(Default)]
 struct TopicSubs {
@@ -26,22 +32,108 @@ impl TopicSubs {
     }
 }
 
-type Key = (ClientId, Topic, ServiceKind);
+/// A subscription in the set of all, found by its id: one pointer per entry, the key is the
+/// subscription's own id.
+struct ById(Arc<Subscription>);
 
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl Borrow<SubscriptionId> for ById {
+    fn borrow(&self) -> &SubscriptionId {
+        &self.0.id
+    }
+}
+
+/// The key of a subscription the index holds in `principal_of`.
+fn address(sub: &Arc<Subscription>) -> usize {
+    Arc::as_ptr(sub) as usize
+}
+
+/// The subscriptions of one client, found by the client id of the first (a set entry of two
+/// pointers: the key is the subscriptions' own client id, and most clients have one
+/// subscription, held without a list).
+struct OfClient {
+    first: Arc<Subscription>,
+    #[expect(clippy::box_collection, reason = "one pointer in every client's entry instead of three")]
+    rest: Option<Box<Vec<Arc<Subscription>>>>,
+}
+
+impl OfClient {
+    fn iter(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        std::iter::once(&self.first).chain(self.rest.iter().flat_map(|v| v.iter()))
+    }
+
+    fn len(&self) -> usize {
+        1 + self.rest.as_ref().map_or(0, |v| v.len())
+    }
+
+    fn push(&mut self, sub: Arc<Subscription>) {
+        self.rest.get_or_insert_default().push(sub);
+    }
+
+    /// Without `sub`; `None` if it was the only one.
+    fn without(mut self, sub: &Arc<Subscription>) -> Option<OfClient> {
+        let mut rest = self.rest.take().map(|v| *v).unwrap_or_default();
+        rest.retain(|x| !Arc::ptr_eq(x, sub));
+        if Arc::ptr_eq(&self.first, sub) {
+            self.first = rest.pop()?;
+        }
+        self.rest = (!rest.is_empty()).then(|| Box::new(rest));
+        Some(self)
+    }
+}
+
+impl PartialEq for OfClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.first.client_id == other.first.client_id
+    }
+}
+
+impl Eq for OfClient {}
+
+impl Hash for OfClient {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.first.client_id.hash(state);
+    }
+}
+
+impl Borrow<ClientId> for OfClient {
+    fn borrow(&self) -> &ClientId {
+        &self.first.client_id
+    }
+}
+
+/// What each subscription costs in memory here (issue 11): one entry in `by_id` (a pointer),
+/// one pointer in its client's list and one in its topic's list; the client id, topic and id
+/// strings are shared with the subscription (the topic also with every other subscriber of it).
+/// A client's subscription to a topic through a service is found by scanning the client's list,
+/// which the per-client limit keeps short.
 #[derive(Default)]
 struct Meta {
-    by_id: HashMap<SubscriptionId, Arc<Subscription>>,
-    by_key: HashMap<Key, SubscriptionId>,
-    by_client: HashMap<ClientId, Vec<SubscriptionId>>,
+    by_id: HashSet<ById, Hashing>,
+    by_client: HashSet<OfClient, Hashing>,
     per_kind: [usize; KINDS],
-    /// Who made each subscription made through this process since it started.
-    principal_of: HashMap<SubscriptionId, Principal>,
-    per_principal: HashMap<Principal, usize>,
+    /// Who made each subscription made through this process since it started, by the address
+    /// of the subscription the index holds (removed with it).
+    principal_of: Map<usize, Principal>,
+    per_principal: Map<Principal, usize>,
 }
 
 impl Meta {
-    fn forget_principal(&mut self, id: &SubscriptionId) {
-        if let Some(p) = self.principal_of.remove(id)
+    fn forget_principal(&mut self, sub: &Arc<Subscription>) {
+        if let Some(p) = self.principal_of.remove(&address(sub))
             && let Some(n) = self.per_principal.get_mut(&p)
         {
             *n -= 1;
@@ -51,9 +143,20 @@ impl Meta {
         }
     }
 
+    fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<&Arc<Subscription>> {
+        self.by_client.get(client)?.iter().find(|s| &s.topic == topic && s.kind() == kind)
+    }
+
+    /// Takes `sub` out of its client's list.
+    fn unlist(&mut self, sub: &Arc<Subscription>) {
+        if let Some(rest) = self.by_client.take(&sub.client_id).and_then(|l| l.without(sub)) {
+            self.by_client.insert(rest);
+        }
+    }
+
     /// Whether a new subscription of `client` (made by `caps.principal`) fits.
     fn room(&self, client: &ClientId, caps: &Caps) -> Result<(), LimitReached> {
-        if self.by_client.get(client).map_or(0, Vec::len) >= caps.per_client {
+        if self.by_client.get(client).map_or(0, OfClient::len) >= caps.per_client {
             return Err(LimitReached::PerClient(caps.per_client));
         }
         if let Some((p, max)) = caps.principal
@@ -76,7 +179,6 @@ pub struct Principal(u64);
 impl Principal {
     /// The principal identified by `bytes` (a token, a user name), hashed.
     pub fn of(bytes: &[u8]) -> Self {
-        use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         bytes.hash(&mut h);
         Principal(h.finish())
@@ -126,9 +228,9 @@ pub type Recipients = Vec<(ServiceKind, Vec<Arc<Subscription>>)>;
 
 /// See the module documentation.
 pub struct Index {
-    shards: Box<[RwLock<HashMap<Topic, TopicSubs>>]>,
+    shards: Box<[RwLock<Map<Topic, TopicSubs>>]>,
     meta: Mutex<Meta>,
-    hasher: RandomState,
+    hasher: Hashing,
 }
 
 impl Default for Index {
@@ -136,7 +238,7 @@ impl Default for Index {
         Index {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             meta: Mutex::default(),
-            hasher: RandomState::new(),
+            hasher: Hashing::default(),
         }
     }
 }
@@ -148,7 +250,7 @@ impl std::fmt::Debug for Index {
 }
 
 impl Index {
-    fn shard(&self, topic: &Topic) -> &RwLock<HashMap<Topic, TopicSubs>> {
+    fn shard(&self, topic: &Topic) -> &RwLock<Map<Topic, TopicSubs>> {
         let h = self.hasher.hash_one(topic.as_str()) as usize;
         &self.shards[h % SHARDS]
     }
@@ -157,16 +259,27 @@ impl Index {
         self.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The topic as the index already holds it, if any subscription has it: its subscribers
+    /// then share one string.
+    fn interned(&self, topic: &Topic) -> Option<Topic> {
+        self.topic(topic.as_str())
+    }
+
+    /// The topic named `name` as the index holds it, if any subscription has it (to share its
+    /// string).
+    pub fn topic(&self, name: &str) -> Option<Topic> {
+        let shard = self.shards[self.hasher.hash_one(name) as usize % SHARDS].read().unwrap_or_else(|e| e.into_inner());
+        shard.get_key_value(name).map(|(t, _)| t.clone())
+    }
+
     /// The subscription of `client` to `topic` through `kind`, if any.
     pub fn find(&self, client: &ClientId, topic: &Topic, kind: ServiceKind) -> Option<Arc<Subscription>> {
-        let m = self.meta();
-        let id = m.by_key.get(&(client.clone(), topic.clone(), kind))?;
-        m.by_id.get(id).cloned()
+        self.meta().find(client, topic, kind).cloned()
     }
 
     /// The subscription with this id.
     pub fn get(&self, id: &SubscriptionId) -> Option<Arc<Subscription>> {
-        self.meta().by_id.get(id).cloned()
+        self.meta().by_id.get(id).map(|s| s.0.clone())
     }
 
     /// Inserts `sub`, replacing the client's existing subscription to the same topic through the
@@ -191,36 +304,49 @@ impl Index {
     /// limits, and its count moves to the principal that updated it.
     pub fn insert_capped(
         &self,
-        sub: Subscription,
+        mut sub: Subscription,
         caps: &Caps,
     ) -> Result<(Arc<Subscription>, Option<Arc<Subscription>>), LimitReached> {
+        if let Some(t) = self.interned(&sub.topic) {
+            sub.topic = t;
+        }
         let sub = Arc::new(sub);
-        let key: Key = (sub.client_id.clone(), sub.topic.clone(), sub.kind());
         let mut m = self.meta();
-        let previous = match m.by_key.get(&key).cloned() {
-            Some(old_id) => m.by_id.remove(&old_id),
+        let previous = match m.find(&sub.client_id, &sub.topic, sub.kind()).cloned() {
+            Some(old) => {
+                m.by_id.remove(&old.id);
+                Some(old)
+            }
             None => {
                 m.room(&sub.client_id, caps)?;
                 None
             }
         };
         if let Some(old) = &previous {
-            let ids = m.by_client.entry(old.client_id.clone()).or_default();
-            ids.retain(|x| x != &old.id);
-            m.forget_principal(&old.id);
+            m.unlist(old);
+            m.forget_principal(old);
         } else {
             m.per_kind[sub.kind().index()] += 1;
         }
         if let Some((p, _)) = caps.principal {
-            m.principal_of.insert(sub.id.clone(), p);
+            m.principal_of.insert(address(&sub), p);
             *m.per_principal.entry(p).or_default() += 1;
         }
-        m.by_key.insert(key, sub.id.clone());
-        m.by_id.insert(sub.id.clone(), sub.clone());
-        m.by_client.entry(sub.client_id.clone()).or_default().push(sub.id.clone());
+        m.by_id.insert(ById(sub.clone()));
+        let list = match m.by_client.take(&sub.client_id) {
+            Some(mut list) => {
+                list.push(sub.clone());
+                list
+            }
+            None => OfClient { first: sub.clone(), rest: None },
+        };
+        m.by_client.insert(list);
         {
             let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
-            let list = &mut shard.entry(sub.topic.clone()).or_default().lists[sub.kind().index()];
+            let list = match shard.get_mut(&sub.topic) {
+                Some(t) => &mut t.lists[sub.kind().index()],
+                None => &mut shard.entry(sub.topic.clone()).or_default().lists[sub.kind().index()],
+            };
             match previous.as_ref().and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old))) {
                 Some(pos) => list[pos] = sub.clone(),
                 None => list.push(sub.clone()),
@@ -237,19 +363,13 @@ impl Index {
         pred: impl FnOnce(&Subscription) -> bool,
     ) -> Option<Arc<Subscription>> {
         let mut m = self.meta();
-        let sub = m.by_id.get(id)?.clone();
+        let sub = m.by_id.get(id)?.0.clone();
         if !pred(&sub) {
             return None;
         }
         m.by_id.remove(id);
-        m.forget_principal(id);
-        m.by_key.remove(&(sub.client_id.clone(), sub.topic.clone(), sub.kind()));
-        if let Some(ids) = m.by_client.get_mut(&sub.client_id) {
-            ids.retain(|x| x != id);
-            if ids.is_empty() {
-                m.by_client.remove(&sub.client_id);
-            }
-        }
+        m.forget_principal(&sub);
+        m.unlist(&sub);
         m.per_kind[sub.kind().index()] -= 1;
         let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = shard.get_mut(&sub.topic) {
@@ -280,11 +400,10 @@ impl Index {
         kinds: Option<&[ServiceKind]>,
     ) -> Vec<Arc<Subscription>> {
         let m = self.meta();
-        let Some(ids) = m.by_client.get(client) else {
+        let Some(subs) = m.by_client.get(client) else {
             return Vec::new();
         };
-        ids.iter()
-            .filter_map(|id| m.by_id.get(id))
+        subs.iter()
             .filter(|s| topic.is_none_or(|t| &s.topic == t))
             .filter(|s| kinds.is_none_or(|k| k.contains(&s.kind())))
             .cloned()
@@ -293,7 +412,7 @@ impl Index {
 
     /// Number of subscriptions of `client`.
     pub fn client_count(&self, client: &ClientId) -> usize {
-        self.meta().by_client.get(client).map_or(0, Vec::len)
+        self.meta().by_client.get(client).map_or(0, OfClient::len)
     }
 
     /// The unexpired, non-excluded subscribers of `topic` at `now`, by service.
@@ -340,7 +459,7 @@ impl Index {
 
     /// Subscriptions whose expiry is at or before `now`.
     pub fn expired(&self, now: i64) -> Vec<Arc<Subscription>> {
-        self.meta().by_id.values().filter(|s| s.expires <= now).cloned().collect()
+        self.meta().by_id.iter().filter(|s| s.0.expires <= now).map(|s| s.0.clone()).collect()
     }
 
     /// Number of subscriptions per service, in [`ServiceKind::ALL`] order.
@@ -398,6 +517,23 @@ mod tests {
         let r = idx.recipients(&b.topic, 150, &Exclusions::default());
         assert_eq!(r.len(), 1);
         assert!(Arc::ptr_eq(&r[0].1[0], &b), "the update replaced the old entry");
+    }
+
+    #[test]
+    fn issue_11_subscribers_of_a_topic_share_its_string_and_are_found_by_client() {
+        let hub = Hub::new(4, 100);
+        let idx = Index::default();
+        let (a, _) = idx.insert(sub(&hub, "c1", "shared-topic", 100), 10).unwrap();
+        let (b, _) = idx.insert(sub(&hub, "c2", "shared-topic", 100), 10).unwrap();
+        assert_eq!(a.topic.as_str().as_ptr(), b.topic.as_str().as_ptr(), "one string for the topic");
+        let found = idx.find(&client("c2"), &topic("shared-topic"), ServiceKind::WebSocket).unwrap();
+        assert!(Arc::ptr_eq(&found, &b));
+        assert!(idx.find(&client("c2"), &topic("shared-topic"), ServiceKind::WebPush).is_none());
+        assert!(idx.find(&client("c3"), &topic("shared-topic"), ServiceKind::WebSocket).is_none());
+        assert_eq!(idx.of_client(&client("c1"), None, None).len(), 1);
+        idx.remove(&a.id);
+        assert_eq!(idx.client_count(&client("c1")), 0);
+        assert!(Arc::ptr_eq(&idx.get(&b.id).unwrap(), &b));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};
 pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
-pub use subscription::{RemoteTarget, Subscription, Target, Triggers};
+pub use subscription::{RemoteTarget, Subscription, Target, TargetData, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};
 
 pub use davpush_proto::unix_now;

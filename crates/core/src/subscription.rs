@@ -19,20 +19,35 @@ pub enum Target {
     Remote(RemoteTarget),
 }
 
+/// What a transport keeps of a destination: the parsed form it delivers with. It gives back
+/// the canonical parameters on demand (for the store, for comparing), so that a durable
+/// subscription holds its target once, not also as JSON text (issue 11: a million of them).
+pub trait TargetData: Any + Send + Sync {
+    /// The canonical parameters, JSON: stored, compared, and parsed again by the transport
+    /// after a restart.
+    fn params(&self) -> String;
+}
+
+/// A target that is nothing but its canonical parameters' JSON (tests, simple transports).
+impl TargetData for String {
+    fn params(&self) -> String {
+        self.clone()
+    }
+}
+
 /// A destination at a push service, as its transport parsed it. The core keeps it opaque: only
-/// the transport that made it reads `data`, so adding a push service needs no change here.
+/// the transport that made it reads its data, so adding a push service needs no change here.
 #[derive(Clone)]
 pub struct RemoteTarget {
     kind: ServiceKind,
-    params: Arc<str>,
-    data: Arc<dyn Any + Send + Sync>,
+    data: Arc<dyn TargetData>,
 }
 
 impl RemoteTarget {
-    /// A target of `kind`; `params` is the canonical JSON of its parameters (stored, compared,
-    /// and parsed again by the transport after a restart), `data` the transport's parsed form.
-    pub fn new<T: Any + Send + Sync>(kind: ServiceKind, params: String, data: T) -> Self {
-        RemoteTarget { kind, params: Arc::from(params), data: Arc::new(data) }
+    /// A target of `kind`; `data` is the transport's parsed form, which gives back the
+    /// canonical parameters ([`TargetData::params`]).
+    pub fn new<T: TargetData>(kind: ServiceKind, data: T) -> Self {
+        RemoteTarget { kind, data: Arc::new(data) }
     }
 
     /// The push service.
@@ -41,13 +56,14 @@ impl RemoteTarget {
     }
 
     /// The canonical parameters, JSON.
-    pub fn params(&self) -> &str {
-        &self.params
+    pub fn params(&self) -> String {
+        self.data.params()
     }
 
     /// The transport's parsed form, if it is a `T`.
     pub fn data<T: Any>(&self) -> Option<&T> {
-        self.data.downcast_ref()
+        let any: &dyn Any = &*self.data;
+        any.downcast_ref()
     }
 }
 
@@ -76,7 +92,7 @@ impl Target {
     pub fn to_json(&self) -> String {
         match self {
             Target::WebSocket(c) => serde_json::json!({ "connection_id": c.id() }).to_string(),
-            Target::Remote(r) => r.params.to_string(),
+            Target::Remote(r) => r.params(),
         }
     }
 
@@ -92,7 +108,9 @@ impl Target {
     pub fn same_destination(&self, other: &Target) -> bool {
         match (self, other) {
             (Target::WebSocket(a), Target::WebSocket(b)) => Arc::ptr_eq(a, b),
-            (Target::Remote(a), Target::Remote(b)) => a.kind == b.kind && a.params == b.params,
+            (Target::Remote(a), Target::Remote(b)) => {
+                a.kind == b.kind && (Arc::ptr_eq(&a.data, &b.data) || a.params() == b.params())
+            }
             _ => false,
         }
     }

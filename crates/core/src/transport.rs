@@ -45,6 +45,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Validates the client's `push_services.<name>` object into a target. Also used to restore
     /// stored targets at start, so it must not depend on anything but `params`.
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError>;
+    /// [`Transport::parse_target`] for a stored target's JSON text (at start, a million times:
+    /// a transport may read its parameters straight from the text).
+    fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
+        let params: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| TargetError::new(None, format!("not JSON: {e}")))?;
+        self.parse_target(&params)
+    }
     /// Checks that need I/O at subscribe time (e.g. where a push endpoint's host resolves to).
     async fn check_target(&self, _target: &Target) -> Result<(), TargetError> {
         Ok(())

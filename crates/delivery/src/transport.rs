@@ -20,6 +20,13 @@ pub trait TargetParser: Send + Sync + 'static {
     /// Parses `push_services.<kind>` parameters into a target.
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError>;
 
+    /// Parses stored parameters (JSON text) into a target (see `Transport::parse_stored`).
+    fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
+        let params: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| TargetError::new(None, format!("not JSON: {e}")))?;
+        self.parse_target(&params)
+    }
+
     /// Checks a parsed target before it is stored (e.g. the addresses its host resolves to).
     async fn check_target(&self, _target: &Target) -> Result<(), TargetError> {
         Ok(())
@@ -97,6 +104,10 @@ impl<P: TargetParser> Transport for EngineTransport<P> {
 
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
         self.parser.parse_target(params)
+    }
+
+    fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
+        self.parser.parse_stored(json)
     }
 
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
@@ -196,15 +207,23 @@ mod tests {
     /// Targets are `{"token": …}`.
     struct Tokens;
 
+    struct Token(String);
+
+    impl davpush_core::TargetData for Token {
+        fn params(&self) -> String {
+            serde_json::json!({ "token": self.0 }).to_string()
+        }
+    }
+
     impl TargetParser for Tokens {
         fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
             let token = params["token"].as_str().ok_or_else(|| TargetError::new(Some("token"), "missing".into()))?;
-            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), token.to_owned())))
+            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, Token(token.to_owned()))))
         }
 
         fn token<'a>(&self, sub: &'a Subscription) -> Option<&'a str> {
             match &sub.target {
-                Target::Remote(r) => r.data::<String>().map(String::as_str),
+                Target::Remote(r) => r.data::<Token>().map(|t| t.0.as_str()),
                 _ => None,
             }
         }

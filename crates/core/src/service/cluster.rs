@@ -135,7 +135,7 @@ mod tests {
             ServiceKind::Fcm
         }
         fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), ())))
+            Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string())))
         }
         fn dispatch(&self, _m: &Arc<PushMessage>, r: &[Arc<Subscription>]) -> Dispatched {
             *self.0.lock().unwrap() += r.len() as u64;

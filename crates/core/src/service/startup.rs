@@ -7,19 +7,22 @@ use crate::store::{PendingDelivery, StoreError, StoredSubscription};
 use crate::{ClientId, PushService, ServiceKind, Subscription, SubscriptionId, Topic, Triggers};
 
 /// Rows read from the store per page at start.
-const LOAD_PAGE: usize = 20_000;
+const LOAD_PAGE: usize = 5_000;
 
 impl PushService {
     /// Turns a stored row into a subscription, if its push service is enabled and its target valid.
     pub(super) fn restore(&self, row: &StoredSubscription) -> Option<Subscription> {
         let kind: ServiceKind = row.service.parse().ok()?;
         let transport = self.transports.get(kind)?;
-        let params: serde_json::Value = serde_json::from_str(&row.target).ok()?;
-        let target = transport.parse_target(&params).ok()?;
+        let target = transport.parse_stored(&row.target).ok()?;
         Some(Subscription {
             id: SubscriptionId::parse(&row.id, 64).ok()?,
             client_id: ClientId::parse(&row.client_id, usize::MAX).ok()?,
-            topic: Topic::parse(&row.topic, usize::MAX).ok()?,
+            // Subscribers of a topic share one string: the index's, once it has the topic.
+            topic: match self.index.topic(&row.topic) {
+                Some(t) => t,
+                None => Topic::parse(&row.topic, usize::MAX).ok()?,
+            },
             target,
             expires: row.expires,
             triggers: Triggers::from_bits(row.triggers),
@@ -31,12 +34,14 @@ impl PushService {
     pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
         let mut n = 0;
         let mut members = Vec::new();
-        let mut after = String::new();
-        loop {
-            let rows = self.store.load_page(now, &after, LOAD_PAGE).await?;
-            let Some(last) = rows.last() else { break };
-            after.clone_from(&last.id);
+        let mut rows = self.store.load_page(now, "", LOAD_PAGE).await?;
+        while let Some(last) = rows.last() {
             let full = rows.len() == LOAD_PAGE;
+            // The next page is read (on the store's thread) while this one is indexed.
+            let next = full.then(|| {
+                let (store, after) = (self.store.clone(), last.id.clone());
+                tokio::spawn(async move { store.load_page(now, &after, LOAD_PAGE).await })
+            });
             for row in rows {
                 match self.restore(&row) {
                     Some(sub) => {
@@ -53,11 +58,10 @@ impl PushService {
                     ),
                 }
             }
-            if !full {
-                break;
-            }
+            let Some(next) = next else { break };
             // Let requests (health, WebSocket traffic) in between pages.
             tokio::task::yield_now().await;
+            rows = next.await.map_err(|e| StoreError { op: "load subscriptions", source: Box::new(e) })??;
         }
         // Topic memberships at the push service are re-announced (idempotent, batched by the
         // transport): a Director switched to topic mode, or one whose last changes were lost in

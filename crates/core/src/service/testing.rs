@@ -17,7 +17,7 @@ impl Transport for Members {
         ServiceKind::Fcm
     }
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string(), ())))
+        Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, params.to_string())))
     }
     fn dispatch(&self, _m: &Arc<PushMessage>, _r: &[Arc<Subscription>]) -> Dispatched {
         Dispatched::default()

@@ -17,7 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
 use davpush_core::transport::TargetError;
-use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
+use davpush_core::{
+    Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target, TargetData,
+};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
@@ -42,11 +44,16 @@ pub struct ApnsTarget {
     token: String,
 }
 
+impl TargetData for ApnsTarget {
+    fn params(&self) -> String {
+        serde_json::json!({ "device_token": self.token }).to_string()
+    }
+}
+
 /// Parses and validates parameters: an even number (16–200) of hex digits, kept lower-case.
 /// Device tokens are 32 bytes today; Apple documents at most 100 bytes (200 hex digits).
 pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
-    let mut p: ApnsParams =
-        serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let mut p: ApnsParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
     let t = &p.device_token;
     if !(16..=200).contains(&t.len()) || !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TargetError::new(
@@ -55,8 +62,7 @@ pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
         ));
     }
     p.device_token = p.device_token.to_ascii_lowercase();
-    let canonical = serde_json::to_string(&p).expect("params serialize");
-    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Apns, canonical, ApnsTarget { token: p.device_token })))
+    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Apns, ApnsTarget { token: p.device_token })))
 }
 
 /// Sends one notification per request.

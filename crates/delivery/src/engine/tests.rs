@@ -51,7 +51,7 @@ async fn fixture(answers: Vec<Outcome>, settings: EngineSettings) -> Fixture {
         id: SubscriptionId::random(),
         client_id: ClientId::parse("c", 10).unwrap(),
         topic: Topic::parse("t", 10).unwrap(),
-        target: Target::Remote(RemoteTarget::new(ServiceKind::WebPush, "{}".into(), ())),
+        target: Target::Remote(RemoteTarget::new(ServiceKind::WebPush, String::from("{}"))),
         expires: davpush_core::unix_now() + 100_000_000,
         triggers: davpush_core::Triggers::ALL,
     });
@@ -346,7 +346,7 @@ fn sub_of(client: &str) -> Arc<Subscription> {
         id: SubscriptionId::random(),
         client_id: ClientId::parse(client, 64).unwrap(),
         topic: Topic::parse("t", 10).unwrap(),
-        target: Target::Remote(RemoteTarget::new(ServiceKind::WebPush, "{}".into(), ())),
+        target: Target::Remote(RemoteTarget::new(ServiceKind::WebPush, String::from("{}"))),
         expires: davpush_core::unix_now() + 100_000_000,
         triggers: davpush_core::Triggers::ALL,
     })

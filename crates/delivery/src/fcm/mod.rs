@@ -21,7 +21,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
 use davpush_core::transport::TargetError;
-use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
+use davpush_core::{
+    Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target, TargetData,
+};
 use serde::{Deserialize, Serialize};
 
 pub use crate::transport::{message_data, topic_name};
@@ -48,17 +50,22 @@ pub struct FcmTarget {
     token: String,
 }
 
+impl TargetData for FcmTarget {
+    fn params(&self) -> String {
+        serde_json::json!({ "registration_token": self.token }).to_string()
+    }
+}
+
 /// Parses and validates parameters.
 pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
-    let p: FcmParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let p: FcmParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
     if !is_push_token(&p.registration_token) {
         return Err(TargetError::new(
             Some("registration_token"),
             "`registration_token` must be 1–4096 characters of A–Z a–z 0–9 - _ : .".into(),
         ));
     }
-    let canonical = serde_json::to_string(&p).expect("params serialize");
-    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, canonical, FcmTarget { token: p.registration_token })))
+    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Fcm, FcmTarget { token: p.registration_token })))
 }
 
 /// Where messages go: FCM itself, or a relay.

@@ -16,7 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use davpush_core::feedback::Feedback;
 use davpush_core::transport::TargetError;
-use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
+use davpush_core::{
+    Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target, TargetData,
+};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
@@ -41,14 +43,19 @@ pub struct HmsTarget {
     token: String,
 }
 
+impl TargetData for HmsTarget {
+    fn params(&self) -> String {
+        serde_json::json!({ "token": self.token }).to_string()
+    }
+}
+
 /// Parses and validates parameters.
 pub fn parse_params(params: &serde_json::Value) -> Result<Target, TargetError> {
-    let p: HmsParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let p: HmsParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
     if !is_push_token(&p.token) {
         return Err(TargetError::new(Some("token"), "`token` must be 1–4096 characters of A–Z a–z 0–9 - _ : .".into()));
     }
-    let canonical = serde_json::to_string(&p).expect("params serialize");
-    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Hms, canonical, HmsTarget { token: p.token })))
+    Ok(Target::Remote(RemoteTarget::new(ServiceKind::Hms, HmsTarget { token: p.token })))
 }
 
 /// The client secret.

@@ -20,7 +20,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use davpush_core::feedback::Feedback;
 use davpush_core::transport::TargetError;
-use davpush_core::{Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target};
+use davpush_core::{
+    Metrics, PushMessage, RemoteTarget, ServiceKind, Subscription, SubscriptionStore, Target, TargetData,
+};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -60,14 +62,100 @@ pub struct WebPushParams {
     pub format: PayloadFormat,
 }
 
-/// A parsed Web Push destination.
+/// A Web Push destination, as kept for each subscription: its validated parameters only, the
+/// endpoint and the two key texts in one string (issue 11: a million subscriptions). What a
+/// delivery needs (the URL, the origin, the decoded keys) is worked out per delivery by
+/// [`WebPushTarget::resolve`], which costs microseconds next to the encryption.
 #[derive(Debug, Clone)]
 pub struct WebPushTarget {
+    /// The endpoint, then `p256dh` and `auth` as given (nothing after the endpoint without keys).
+    text: Box<str>,
+    /// Where `p256dh` starts in `text` (the endpoint's length; at most [`MAX_ENDPOINT_LEN`]).
+    p256dh_at: u16,
+    /// Where `auth` starts in `text`.
+    auth_at: u16,
+    format: PayloadFormat,
+}
+
+impl WebPushTarget {
+    /// Holds `p` (its lengths checked by [`parse_params`]).
+    fn new(p: &WebPushParams) -> Result<Self, TargetError> {
+        let (k, a) = match (&p.p256dh, &p.auth) {
+            (Some(k), Some(a)) => (k.as_str(), a.as_str()),
+            (None, None) => ("", ""),
+            _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
+        };
+        let too_long =
+            || TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"));
+        let p256dh_at = u16::try_from(p.endpoint.len()).map_err(|_| too_long())?;
+        let auth_at = u16::try_from(p.endpoint.len() + k.len()).map_err(|_| too_long())?;
+        Ok(WebPushTarget { text: [p.endpoint.as_str(), k, a].concat().into(), p256dh_at, auth_at, format: p.format })
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.text[..usize::from(self.p256dh_at)]
+    }
+
+    /// `p256dh` and `auth`, if the subscription has keys.
+    fn key_texts(&self) -> Option<(&str, &str)> {
+        let (k, a) = (usize::from(self.p256dh_at), usize::from(self.auth_at));
+        (self.text.len() > k).then(|| (&self.text[k..a], &self.text[a..]))
+    }
+}
+
+impl TargetData for WebPushTarget {
+    fn params(&self) -> String {
+        let keys = self.key_texts();
+        let p = WebPushParams {
+            endpoint: self.endpoint().to_owned(),
+            p256dh: keys.map(|(k, _)| k.to_owned()),
+            auth: keys.map(|(_, a)| a.to_owned()),
+            format: self.format,
+        };
+        serde_json::to_string(&p).unwrap_or_default()
+    }
+}
+
+/// A [`WebPushTarget`] ready for a request.
+#[derive(Debug)]
+struct Resolved {
     endpoint: Url,
     /// Scheme, host and port: the VAPID audience and the engine's [`HostKey`].
     origin: String,
     keys: Option<(Vec<u8>, Vec<u8>)>,
     format: PayloadFormat,
+}
+
+impl WebPushTarget {
+    /// The endpoint's URL, its origin and the decoded keys (checked as at subscribe time).
+    fn resolve(&self) -> Result<Resolved, TargetError> {
+        let endpoint = Url::parse(self.endpoint())
+            .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
+        let keys = match self.key_texts() {
+            Some((k, a)) => {
+                let k = decode("p256dh", k)?;
+                let a = decode("auth", a)?;
+                // Only the form here: this also runs for every stored row at start. That the point
+                // is on the curve (an ECDH, ~60 µs) is checked once, at subscribe time, by
+                // `check_target`, and the store is trusted after (issue 11).
+                if k.len() != ece::PUBLIC_KEY_LEN || k[0] != 0x04 {
+                    return Err(TargetError::new(Some("p256dh"), ece::EceError::BadPublicKey.to_string()));
+                }
+                if a.len() != ece::AUTH_LEN {
+                    return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
+                }
+                Some((k, a))
+            }
+            None => None,
+        };
+        let origin = endpoint.origin().ascii_serialization();
+        Ok(Resolved { endpoint, origin, keys, format: self.format })
+    }
+
+    /// The origin of the endpoint (its host key), without the rest of [`WebPushTarget::resolve`].
+    fn origin(&self) -> Option<String> {
+        Url::parse(self.endpoint()).ok().map(|u| u.origin().ascii_serialization())
+    }
 }
 
 fn decode(field: &'static str, s: &str) -> Result<Vec<u8>, TargetError> {
@@ -98,7 +186,17 @@ pub fn parse_params(
     policy: &EgressPolicy,
     allow_unencrypted: bool,
 ) -> Result<Target, TargetError> {
-    let p: WebPushParams = serde_json::from_value(params.clone()).map_err(|e| TargetError::new(None, e.to_string()))?;
+    let p: WebPushParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
+    validated(kind, p, policy, allow_unencrypted)
+}
+
+/// Checks parameters already read into their struct (see [`parse_params`]).
+fn validated(
+    kind: ServiceKind,
+    p: WebPushParams,
+    policy: &EgressPolicy,
+    allow_unencrypted: bool,
+) -> Result<Target, TargetError> {
     if p.endpoint.len() > MAX_ENDPOINT_LEN {
         return Err(TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes")));
     }
@@ -109,36 +207,16 @@ pub fn parse_params(
     if p.auth.as_ref().is_some_and(|a| a.len() > MAX_AUTH_LEN) {
         return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
     }
-    let endpoint = Url::parse(&p.endpoint)
-        .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
-    policy.check_url(&endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
-    let keys = match (&p.p256dh, &p.auth) {
-        (Some(k), Some(a)) => {
-            let k = decode("p256dh", k)?;
-            let a = decode("auth", a)?;
-            // Only the form here: this also runs for every stored row at start. That the point
-            // is on the curve (an ECDH, ~60 µs) is checked once, at subscribe time, by
-            // `check_target`, and the store is trusted after (issue 11).
-            if k.len() != ece::PUBLIC_KEY_LEN || k[0] != 0x04 {
-                return Err(TargetError::new(Some("p256dh"), ece::EceError::BadPublicKey.to_string()));
-            }
-            if a.len() != ece::AUTH_LEN {
-                return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
-            }
-            Some((k, a))
-        }
-        (None, None) if allow_unencrypted => None,
-        (None, None) => {
-            return Err(TargetError::new(
-                Some("p256dh"),
-                "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
-            ));
-        }
-        _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
-    };
-    let origin = endpoint.origin().ascii_serialization();
-    let canonical = serde_json::to_string(&p).expect("params serialize");
-    Ok(Target::Remote(RemoteTarget::new(kind, canonical, WebPushTarget { endpoint, origin, keys, format: p.format })))
+    let target = WebPushTarget::new(&p)?;
+    let resolved = target.resolve()?;
+    policy.check_url(&resolved.endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
+    if resolved.keys.is_none() && !allow_unencrypted {
+        return Err(TargetError::new(
+            Some("p256dh"),
+            "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
+        ));
+    }
+    Ok(Target::Remote(RemoteTarget::new(kind, target)))
 }
 
 /// Sends one message per request.
@@ -193,12 +271,16 @@ impl Deliver for WebPushSender {
     /// Each endpoint's origin is a host of its own: a slow or failing push service (or one a
     /// subscriber chose to make hang) only holds its own share of the workers.
     fn origin(&self, sub: &Subscription) -> HostKey {
-        web_push_target(sub).map_or_else(HostKey::default, |t| HostKey::new(&t.origin))
+        web_push_target(sub).and_then(WebPushTarget::origin).map_or_else(HostKey::default, |o| HostKey::new(&o))
     }
 
     async fn deliver(&self, sub: &Subscription, message: &PushMessage, ttl: Duration) -> Outcome {
         let Some(t) = web_push_target(sub) else {
             return Outcome::Rejected("not a Web Push subscription".into());
+        };
+        let t = match t.resolve() {
+            Ok(t) => t,
+            Err(e) => return Outcome::Rejected(e.to_string()),
         };
         // IP-literal endpoints are not seen by the resolver: check again before every request.
         if let Err(e) = self.policy.check_url(&t.endpoint) {
@@ -273,9 +355,15 @@ impl TargetParser for WebPushTargets {
         parse_params(self.kind, params, &self.policy, self.allow_unencrypted)
     }
 
+    fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
+        let p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
+        validated(self.kind, p, &self.policy, self.allow_unencrypted)
+    }
+
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
         let Target::Remote(r) = target else { return Ok(()) };
         let Some(t) = r.data::<WebPushTarget>() else { return Ok(()) };
+        let t = t.resolve()?;
         if let Some((p256dh, _)) = &t.keys {
             ece::check_public_key(p256dh).map_err(|e| TargetError::new(Some("p256dh"), e.to_string()))?;
         }
@@ -380,6 +468,46 @@ mod tests {
         let mut short_key = ok.clone();
         short_key["p256dh"] = "BCVxsr7N_eNgVRqvHtD0zTZsEc6".into();
         assert_eq!(parse_params(ServiceKind::WebPush, &short_key, &policy, false).unwrap_err().field, Some("p256dh"));
+    }
+
+    #[test]
+    fn issue_11_a_target_held_as_one_string_gives_back_its_parameters_and_resolves() {
+        let policy = EgressPolicy::default();
+        let key = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+        let with_keys = serde_json::json!({
+            "endpoint": "https://push.example.net:8443/wpush/v2/abc?x=1",
+            // Padded base64url is accepted and kept as given.
+            "auth": "BTBZMqHH6r4Tts7J_aSIgg==",
+            "p256dh": key,
+            "format": "topic-json"
+        });
+        let no_keys = serde_json::json!({ "endpoint": "https://up.example.org/UP?token=t" });
+        for (params, unencrypted) in [(&with_keys, false), (&no_keys, true)] {
+            let t = parse_params(ServiceKind::UnifiedPush, params, &policy, unencrypted).unwrap();
+            let canonical = serde_json::to_string(&WebPushParams::deserialize(params).unwrap()).unwrap();
+            assert_eq!(t.to_json(), canonical, "the stored text is what was given");
+            let Target::Remote(r) = &t else { panic!("durable") };
+            let again =
+                parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
+                    .unwrap();
+            assert!(again.same_destination(&t));
+            let targets =
+                WebPushTargets { kind: ServiceKind::UnifiedPush, policy: policy.clone(), allow_unencrypted: true };
+            let stored = targets.parse_stored(&t.to_json()).unwrap();
+            assert!(stored.same_destination(&t), "a stored row reads back the same");
+            assert_eq!(stored.to_json(), t.to_json());
+            assert!(targets.parse_stored("{\"endpoint\": 1}").is_err());
+            let resolved = r.data::<WebPushTarget>().unwrap().resolve().unwrap();
+            assert_eq!(resolved.endpoint.as_str(), params["endpoint"].as_str().unwrap());
+            match resolved.keys {
+                Some((k, a)) => {
+                    assert_eq!((k.len(), a.len()), (65, 16));
+                    assert_eq!(resolved.origin, "https://push.example.net:8443");
+                    assert_eq!(resolved.format, PayloadFormat::TopicJson);
+                }
+                None => assert_eq!(resolved.origin, "https://up.example.org"),
+            }
+        }
     }
 
     #[tokio::test]
