@@ -65,7 +65,7 @@ pub struct WebPushParams {
 /// A Web Push destination, as kept for each subscription: its validated parameters only, the
 /// endpoint and the two key texts in one string (issue 11: a million subscriptions). What a
 /// delivery needs (the URL, the origin, the decoded keys) is worked out per delivery by
-/// [`WebPushTarget::resolve`], which costs microseconds next to the encryption.
+/// `WebPushTarget::resolve`, which costs microseconds next to the encryption.
 #[derive(Debug, Clone)]
 pub struct WebPushTarget {
     /// The endpoint, then `p256dh` and `auth` as given (nothing after the endpoint without keys).
