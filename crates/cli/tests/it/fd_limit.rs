@@ -69,6 +69,13 @@ fn start(dir: &std::path::Path) -> (Killed, std::net::SocketAddr) {
 async fn issue_9_at_the_descriptor_limit_healthz_and_notify_still_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (_child, addr) = start(dir.path());
+    // Ready (its durable subscriptions loaded, issue 11) before the descriptors run out: what is
+    // tested is serving at the limit, not loading at it.
+    let ready = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    davpush_testkit::eventually("the Director is ready", || async {
+        ready.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     // Three times more idle connections than the process may hold descriptors.
     let mut idle = idle_connections(addr, 3 * FD_LIMIT as usize).await;
     // A bound so that a server that stopped accepting fails the test instead of hanging it.
