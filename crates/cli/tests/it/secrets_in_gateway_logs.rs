@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -144,9 +144,9 @@ async fn issue_12_the_gateways_and_directors_debug_logs_hold_no_secret() {
     let ticket = ticket["ticket"].as_str().unwrap().to_owned();
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{gport}/.davpush/ws?ticket={ticket}")).await.unwrap();
-    let _hello = next_text(&mut ws).await;
+    let _hello = crate::secrets_in_logs::next_text(&mut ws).await;
     ws.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into())).await.unwrap();
-    let answer = next_text(&mut ws).await;
+    let answer = crate::secrets_in_logs::next_text(&mut ws).await;
     assert!(answer.contains("subscribed"), "{answer}");
 
     // A write through the gateway: the Director is told with the notify token.
@@ -161,7 +161,7 @@ async fn issue_12_the_gateways_and_directors_debug_logs_hold_no_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let frame = next_text(&mut ws).await;
+    let frame = crate::secrets_in_logs::next_text(&mut ws).await;
     assert!(frame.contains("notify") && frame.contains(&topic), "{frame}");
     // A wrong password is refused and logged as a refusal, not by its value.
     let r = http.get(&cal).basic_auth(alice, Some("wrong-password-never-logged")).send().await.unwrap();
@@ -193,17 +193,6 @@ async fn issue_12_the_gateways_and_directors_debug_logs_hold_no_secret() {
         assert!(!log.is_empty(), "the {who} logged nothing at debug");
         for (what, secret) in &secrets {
             assert!(!log.contains(secret.as_str()), "the {what} is in the {who}'s debug log:\n{log}");
-        }
-    }
-}
-
-async fn next_text(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-) -> String {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a frame within 10 s");
-        if let Message::Text(t) = m.expect("the socket is open").expect("a frame") {
-            return t.as_str().to_owned();
         }
     }
 }

@@ -108,7 +108,7 @@ async fn issue_12_the_debug_log_holds_no_secret() {
 }
 
 /// The next text frame (control frames skipped), within 10 s.
-async fn next_text(
+pub(crate) async fn next_text(
     ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 ) -> String {
     loop {
