@@ -48,9 +48,7 @@ pub trait Transport: Send + Sync + 'static {
     /// [`Transport::parse_target`] for a stored target's JSON text (at start, a million times:
     /// a transport may read its parameters straight from the text).
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
-        let params: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| TargetError::new(None, format!("not JSON: {e}")))?;
-        self.parse_target(&params)
+        self.parse_target(&stored_params(json)?)
     }
     /// Checks that need I/O at subscribe time (e.g. where a push endpoint's host resolves to).
     async fn check_target(&self, _target: &Target) -> Result<(), TargetError> {
@@ -106,4 +104,10 @@ impl Transports {
     pub fn enabled(&self) -> impl Iterator<Item = ServiceKind> + '_ {
         ServiceKind::ALL.into_iter().filter(|k| self.by_kind[k.index()].is_some())
     }
+}
+
+/// A stored target's JSON text as parameters, for `parse_stored` implementations that read the
+/// JSON value rather than the text.
+pub fn stored_params(json: &str) -> Result<serde_json::Value, TargetError> {
+    serde_json::from_str(json).map_err(|e| TargetError::new(None, format!("not JSON: {e}")))
 }

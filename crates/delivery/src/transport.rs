@@ -22,9 +22,7 @@ pub trait TargetParser: Send + Sync + 'static {
 
     /// Parses stored parameters (JSON text) into a target (see `Transport::parse_stored`).
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
-        let params: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| TargetError::new(None, format!("not JSON: {e}")))?;
-        self.parse_target(&params)
+        self.parse_target(&davpush_core::transport::stored_params(json)?)
     }
 
     /// Checks a parsed target before it is stored (e.g. the addresses its host resolves to).

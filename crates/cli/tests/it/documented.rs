@@ -387,6 +387,20 @@ fn try_it_exactly_as_the_readme_prints_it() {
     assert!(status.is_some_and(|s| s.success()), "the listener failed: {stderr_text}");
 }
 
+/// Waits (30 s at most) until `port` accepts connections while background block `i` runs; if
+/// the block exits first, fails with what it wrote to stderr (`err`).
+fn wait_listening(sb: &mut Sandbox, i: usize, err: &std::sync::mpsc::Receiver<String>, port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = sb.child(i).try_wait() {
+            let text: Vec<String> = err.try_iter().collect();
+            panic!("{what} exited {status}:\n{}", text.join("\n"));
+        }
+        assert!(Instant::now() < deadline, "{what} does not listen after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
@@ -442,15 +456,7 @@ async fn the_relay_key_commands_of_docs_relay_md() {
     let serve = sb.script(&Block { text: format!("{}\n", lines[1]), ..doc.clone() });
     let s = sb.spawn(&serve, &[]);
     let err = lines_of(sb.child(s).stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = sb.child(s).try_wait() {
-            let text: Vec<String> = err.try_iter().collect();
-            panic!("the relay exited {status}:\n{}", text.join("\n"));
-        }
-        assert!(Instant::now() < deadline, "the relay does not listen after 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut sb, s, &err, port, "the relay");
 
     // revoke-key <id> removes it.
     sb.replace("<id>", &id);
@@ -483,15 +489,7 @@ fn the_gateway_block_of_the_readme_in_front_of_radicale() {
     assert!(doc.text.contains("listens on 127.0.0.1:8081"), "{doc:?}");
     let g = sb.spawn(&sb.script(&doc), &envs);
     let err = lines_of(sb.child(g).stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", gateway)).is_err() {
-        if let Ok(Some(status)) = sb.child(g).try_wait() {
-            let text: Vec<String> = err.try_iter().collect();
-            panic!("the block exited {status}:\n{}", text.join("\n"));
-        }
-        assert!(Instant::now() < deadline, "the gateway does not listen after 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut sb, g, &err, gateway, "the gateway block");
     wait_for_port(director);
 
     // Through the gateway: a calendar of alice's, advertised with push.

@@ -8,11 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use davpush_testkit::radicale::Radicale;
 use serde_json::Value;
 
-const ALICE: (&str, &str) = ("alice", "alice-password");
+use crate::procs::{ALICE, basic};
 
 struct Stack {
     radicale: Radicale,
@@ -58,10 +57,6 @@ async fn gateway(
     davpush_gateway::spawn(cfg, listener).await.unwrap()
 }
 
-fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
-}
-
 impl Stack {
     async fn dav(&self, method: &str, path: &str, body: String) -> u16 {
         self.http
@@ -87,20 +82,7 @@ impl Stack {
     /// The sync-token Radicale has now (asked directly).
     async fn sync_token(&self, cal: &str) -> String {
         let body = r#"<propfind xmlns="DAV:"><prop><sync-token/></prop></propfind>"#;
-        let text = self
-            .http
-            .request(reqwest::Method::from_bytes(b"PROPFIND").unwrap(), format!("{}{}", self.radicale.url, &cal[1..]))
-            .header("Authorization", basic(ALICE.0, ALICE.1))
-            .header("Depth", "0")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let start = text.find("sync-token>").expect("a sync-token") + "sync-token>".len();
-        text[start..start + text[start..].find('<').unwrap()].to_owned()
+        crate::procs::alice_prop(&format!("{}{}", self.radicale.url, &cal[1..]), body, "sync-token").await
     }
 
     async fn restart_director(&mut self) {

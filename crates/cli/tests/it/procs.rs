@@ -211,18 +211,24 @@ pub(crate) fn event(uid: &str) -> String {
 /// The push topic the gateway advertises for `url` (PROPFIND as alice).
 pub(crate) async fn advertised_topic(url: &str) -> String {
     let body = r#"<propfind xmlns="DAV:" xmlns:P="https://bitfire.at/webdav-push"><prop><P:topic/></prop></propfind>"#;
+    alice_prop(url, body, "topic").await
+}
+
+/// The text of the first `element` in alice's `PROPFIND Depth: 0` of `url` with `body`.
+pub(crate) async fn alice_prop(url: &str, body: &str, element: &str) -> String {
     let text = reqwest::Client::new()
         .request(reqwest::Method::from_bytes(b"PROPFIND").unwrap(), url)
         .header("Authorization", basic(ALICE.0, ALICE.1))
         .header("Depth", "0")
-        .body(body)
+        .body(body.to_owned())
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let start = text.find("topic>").unwrap_or_else(|| panic!("no topic for {url}: {text}")) + "topic>".len();
+    let open = format!("{element}>");
+    let start = text.find(&open).unwrap_or_else(|| panic!("no {element} for {url}: {text}")) + open.len();
     text[start..start + text[start..].find('<').unwrap()].to_owned()
 }
 
