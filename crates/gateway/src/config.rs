@@ -677,8 +677,6 @@ metrics = false
             assert!(e.to_string().contains(name), "{e}");
         }
         // A value that parses but is invalid: the validation names the variable too.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("notify-token"), "n-token-0123456789\n").unwrap();
         let env = BTreeMap::from([
             ("DAVPUSH_GATEWAY__TIMEOUT_SECS".to_owned(), "0".to_owned()),
             ("DAVPUSH_GATEWAY__UPSTREAM".to_owned(), "http://127.0.0.1:5232/".to_owned()),
