@@ -11,6 +11,7 @@ mod fd_limit;
 mod install;
 mod listen;
 mod listen_readme;
+mod monitoring;
 mod operator;
 mod procs;
 mod radicale_recipe;
