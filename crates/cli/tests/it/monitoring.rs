@@ -33,8 +33,20 @@ const OPERATIONS: &str = "docs/operations.md";
 
 /// Words that are PromQL operators or modifiers, and number literals spelled as words.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "atan2",
-    "inf", "nan",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
 ];
 /// Keywords followed by a parenthesised list of label names.
 const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
@@ -153,10 +165,7 @@ fn promql_metric_names_skip_functions_keywords_labels_strings_and_ranges() {
             r#"sum by (service, outcome) (rate(davpush_deliveries_total{outcome=~"sent|failed", x!="a}b"}[5m]))"#,
             &["davpush_deliveries_total"],
         ),
-        (
-            "histogram_quantile(0.99, sum by (le) (rate(h_seconds_bucket[$__rate_interval])))",
-            &["h_seconds_bucket"],
-        ),
+        ("histogram_quantile(0.99, sum by (le) (rate(h_seconds_bucket[$__rate_interval])))", &["h_seconds_bucket"]),
         ("sum(rate(a_sum[${interval}])) / sum(rate(a_count[5m] offset 1h))", &["a_count", "a_sum"]),
         ("a / on(instance) group_left(version) b offset 5m > bool 0", &["a", "b"]),
         ("a * on (job) group_left b", &["a", "b"]),
@@ -170,7 +179,10 @@ fn promql_metric_names_skip_functions_keywords_labels_strings_and_ranges() {
         ("recorded:rate5m > 1 # a comment naming not_a_metric", &["recorded:rate5m"]),
         ("min_over_time(davpush_store_wal_bytes[15m]) > 64 * 1024 * 1024", &["davpush_store_wal_bytes"]),
         ("sum by(x)(rate(q[1m]))", &["q"]),
-        ("count without (instance) (a) + topk by (job) (3, b) + bytes + byte_total", &["a", "b", "byte_total", "bytes"]),
+        (
+            "count without (instance) (a) + topk by (job) (3, b) + bytes + byte_total",
+            &["a", "b", "byte_total", "bytes"],
+        ),
         ("rate (spaced_total [5m])", &["spaced_total"]),
         ("vector(1) + time() + a @ start()", &["a"]),
     ];
@@ -460,14 +472,7 @@ async fn get_text(http: &reqwest::Client, url: &str) -> String {
 async fn query(http: &reqwest::Client, prometheus: &str, expr: &str) -> Result<Vec<Value>, String> {
     let mut url = url::Url::parse(&format!("{prometheus}/api/v1/query")).unwrap();
     url.query_pairs_mut().append_pair("query", expr);
-    let body: Value = http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = http.get(url).send().await.unwrap().json().await.unwrap();
     if body["status"] == "success" {
         Ok(body["data"]["result"].as_array().cloned().unwrap_or_default())
     } else {
@@ -658,8 +663,14 @@ async fn issue_13_dashboard_and_alert_metrics_exist_in_running_processes_and_eva
     let prom = format!("http://127.0.0.1:{port}");
     let log = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    // Every job scraped, up, at least three times; every rule evaluated.
+    // Prometheus serves; every job scraped, up, at least three times; every rule evaluated.
     let patience = Patience::new();
+    loop {
+        match http.get(format!("{prom}/-/ready")).send().await {
+            Ok(r) if r.status() == 200 => break,
+            other => patience.again(|| format!("Prometheus is not ready: {other:?}; log: {}", log())).await,
+        }
+    }
     'scraped: loop {
         for job in scrape_jobs() {
             let q = format!("count_over_time(up{{job={job:?}}}[1m]) >= 3 and up == 1");
