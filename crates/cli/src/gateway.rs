@@ -1,5 +1,6 @@
 //! `davpush gateway`, and the gateway configuration `topic` and `notify` read.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -58,7 +59,14 @@ impl GatewaySource for GatewayConfigArgs {
 
 /// Run the WebDAV gateway: a reverse proxy that makes the WebDAV server at --upstream
 /// push-capable (discovery properties, push-register, change notifications).
+///
+/// Configuration comes from defaults, then the TOML file (`--config`), then environment
+/// variables `DAVPUSH_GATEWAY__<KEY>` (e.g. `DAVPUSH_GATEWAY__UPSTREAM=http://127.0.0.1:5232/`),
+/// then these flags. Every key is documented in `examples/gateway.toml` (also printed by
+/// `--print-example-config`). Health, readiness and metrics: `/.davpush/healthz`,
+/// `/.davpush/readyz`, `/.davpush/metrics`.
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub(crate) struct GatewayArgs {
     #[command(flatten)]
     config: GatewayConfigArgs,
@@ -71,12 +79,24 @@ pub(crate) struct GatewayArgs {
     /// How clients reach the gateway, e.g. `https://dav.example.org/` (default: `http://<listen>/`).
     #[arg(long)]
     public_url: Option<String>,
+    /// Log format: text or json. The level comes from RUST_LOG (default: info); the access log
+    /// is the target davpush_gateway::access.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Check the configuration, print it (secrets redacted) and exit; exit 64 if it is invalid.
+    #[arg(long)]
+    dump_config: bool,
+    /// Print the commented example configuration and exit.
+    #[arg(long)]
+    print_example_config: bool,
 }
 
 pub(crate) fn raw<A: GatewaySource>(args: &A, extra: GatewayOverrides) -> Result<RawGatewayConfig, ExitCode> {
     let own = args.overrides();
     let flags = GatewayOverrides { data_dir: own.data_dir, director: own.director, ..extra };
-    RawGatewayConfig::load(args.file(), &flags).map_err(|e| {
+    let env: BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with(davpush_gateway::config::ENV_PREFIX)).collect();
+    RawGatewayConfig::load(args.file(), &env, &flags).map_err(|e| {
         eprintln!("davpush: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -87,6 +107,10 @@ pub(crate) fn path_of(s: &str) -> String {
 }
 
 pub(crate) async fn run_gateway(args: GatewayArgs) -> ExitCode {
+    if args.print_example_config {
+        print!("{}", davpush_gateway::config::EXAMPLE);
+        return ExitCode::SUCCESS;
+    }
     let extra = GatewayOverrides {
         listen: args.listen.clone(),
         upstream: args.upstream.clone(),
@@ -97,6 +121,19 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
+    if args.dump_config {
+        let text = raw.to_redacted_toml();
+        return match GatewayConfig::check(raw) {
+            Ok(()) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("davpush: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     wait_for_director_secrets(&raw).await;
     let cfg = match GatewayConfig::from_raw(raw) {
         Ok(c) => c,
@@ -105,9 +142,17 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::logs::init_logs("text");
+    crate::logs::init_logs(&args.log_format);
     if let Some(p) = &cfg.generated_topic_secret {
-        eprintln!("davpush: generated the topic secret in {} (mode 0600); keep it: topics depend on it", p.display());
+        if args.log_format == "json" {
+            // Every line of a JSON log is a JSON object.
+            tracing::warn!(path = %p.display(), "generated the topic secret (mode 0600); keep it: topics depend on it");
+        } else {
+            eprintln!(
+                "davpush: generated the topic secret in {} (mode 0600); keep it: topics depend on it",
+                p.display()
+            );
+        }
     }
     match gateway(cfg).await {
         Ok(()) => ExitCode::SUCCESS,

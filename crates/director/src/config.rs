@@ -449,6 +449,7 @@ pub struct Overrides {
 /// `COLLECTION`, `SYNC_TOKEN`), the tool chain's (`PYTHON`, the CI's `CI_CACHE`,
 /// `FUZZ_SECONDS`, the browser tests' `WRITE_SCREENSHOT`, `cargo xtask test`'s `ALLOW_SKIP` and
 /// `SKIP_LOG`) and `DAVPUSH_TEST_*` of the test suite.
+/// The gateway's keys (`DAVPUSH_GATEWAY__<KEY>`) are not the Director's either.
 /// The binary also leaves out every variable a clap argument reads. Anything else must be
 /// `DAVPUSH_<SECTION>__<KEY>` of a known key, so that a misspelt key still stops the Director
 /// with a message naming the variable.
@@ -474,9 +475,9 @@ pub const OTHER_VARIABLES: &[&str] = &[
 ];
 
 /// Whether `name` is one of davpush's variables that are not configuration keys
-/// ([`OTHER_VARIABLES`], `DAVPUSH_TEST_*`).
+/// ([`OTHER_VARIABLES`], `DAVPUSH_TEST_*`, the gateway's `DAVPUSH_GATEWAY__*`).
 pub fn is_other_variable(name: &str) -> bool {
-    OTHER_VARIABLES.contains(&name) || name.starts_with("DAVPUSH_TEST_")
+    OTHER_VARIABLES.contains(&name) || name.starts_with("DAVPUSH_TEST_") || name.starts_with("DAVPUSH_GATEWAY__")
 }
 
 impl RawConfig {

@@ -23,6 +23,7 @@ pub fn router(state: GatewayState) -> Router {
 
 /// Handles one request.
 pub async fn handle(State(st): State<GatewayState>, req: Request) -> Response {
+    let access = crate::ops::Access::of(&st, &req);
     let from_script =
         req.headers().get("x-requested-with").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
     let mut resp = dispatch(&st, req).await;
@@ -42,6 +43,7 @@ pub async fn handle(State(st): State<GatewayState>, req: Request) -> Response {
             resp.headers_mut().append(header::WWW_AUTHENTICATE, v);
         }
     }
+    access.done(&st, resp.status());
     resp
 }
 
@@ -49,9 +51,13 @@ async fn dispatch(st: &GatewayState, req: Request) -> Response {
     route(st, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Registration URLs, the browser endpoints under `.davpush/`, else a WebDAV method.
+/// The operations endpoints, registration URLs, the browser endpoints under `.davpush/`, else a
+/// WebDAV method.
 async fn route(st: &GatewayState, req: Request) -> Result<Response, GatewayError> {
     let path = req.uri().path().to_owned();
+    if let Some(rest) = ops_path(st, &path) {
+        return crate::ops::handle(st, req.method(), rest).await;
+    }
     if let Some(token) = path.strip_prefix(&st.registration_prefix()) {
         return crate::register::registration_request(st, req, token).await;
     }
@@ -68,6 +74,13 @@ async fn route(st: &GatewayState, req: Request) -> Result<Response, GatewayError
     let up_path =
         st.cfg.to_upstream_path(&path).ok_or(GatewayError::NotFound("not under this gateway's public URL"))?;
     methods::handle(st, req, &up_path).await
+}
+
+/// `healthz`, `readyz` or `metrics` if `path` is one of them under `<public_url>.davpush/` (or
+/// under `/.davpush/`, outside a public path prefix, where nothing of the upstream's is either).
+fn ops_path<'a>(st: &GatewayState, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(&st.web_prefix()).or_else(|| path.strip_prefix("/.davpush/"))?;
+    crate::ops::OPS_PATHS.contains(&rest).then_some(rest)
 }
 
 /// Serves on `listener` until `shutdown`.

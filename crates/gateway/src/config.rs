@@ -1,6 +1,13 @@
-//! Gateway configuration: a TOML file (`--config`) with the keys below at top level, and flags.
-//! See `examples/gateway.toml` for every key, commented.
+//! Gateway configuration: defaults, then a TOML file (`--config`) with the keys below at top
+//! level, then environment variables `DAVPUSH_GATEWAY__<KEY>` (e.g.
+//! `DAVPUSH_GATEWAY__UPSTREAM=http://127.0.0.1:5232/`), then flags. See `examples/gateway.toml`
+//! for every key, commented ([`EXAMPLE`]).
+//!
+//! The variables' prefix has a double underscore, like the Director's `DAVPUSH_<SECTION>__<KEY>`
+//! (as if the gateway's keys were a section `[gateway]`), so that it collides neither with the
+//! CLI's own `DAVPUSH_GATEWAY_CONFIG` nor with the Director's keys: one environment can hold both.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,18 +17,24 @@ use url::Url;
 
 use crate::topic::TopicKey;
 
+/// The commented example configuration (`davpush gateway --print-example-config`).
+pub const EXAMPLE: &str = include_str!("../../../examples/gateway.toml");
+
+/// The prefix of the environment variables that set the gateway's keys.
+pub const ENV_PREFIX: &str = "DAVPUSH_GATEWAY__";
+
 /// A configuration error naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid gateway config: `{key}`: {message}")]
 pub struct ConfigError {
     /// The key.
-    pub key: &'static str,
+    pub key: String,
     /// What is wrong.
     pub message: String,
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key, message: message.into() }
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), message: message.into() }
 }
 
 /// The file's shape.
@@ -76,6 +89,11 @@ pub struct RawGatewayConfig {
     pub idle_timeout_secs: u64,
     /// Connections without a complete request yet; beyond it the oldest is closed.
     pub max_pending_connections: usize,
+    /// Serve Prometheus metrics at `<public_url>.davpush/metrics`.
+    pub metrics: bool,
+    /// Where keys were set other than in the file (a variable, a flag), for messages.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, String>,
 }
 
 impl Default for RawGatewayConfig {
@@ -104,6 +122,8 @@ impl Default for RawGatewayConfig {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_pending_connections: 1024,
+            metrics: true,
+            origins: BTreeMap::new(),
         }
     }
 }
@@ -168,6 +188,8 @@ pub struct GatewayConfig {
     pub max_sockets_per_user: usize,
     /// Header-read and idle timeouts, pending-connection cap.
     pub connections: davpush_serve::Limits,
+    /// Serve `GET <public_url>.davpush/metrics`.
+    pub metrics: bool,
     /// The topic secret file, if generated now.
     pub generated_topic_secret: Option<PathBuf>,
 }
@@ -198,6 +220,44 @@ fn read_secret(key: &'static str, path: &Path) -> Result<String, ConfigError> {
     Ok(t)
 }
 
+/// The value of the variable `name` for `key`: TOML if it parses as such and fits the key, else
+/// the text itself (`DAVPUSH_GATEWAY__DATA_DIR=2026` is a directory, not a number).
+fn env_value(name: &str, key: &str, value: &str) -> Result<toml::Value, ConfigError> {
+    let fits = |v: &toml::Value| -> Result<(), String> {
+        let mut defaults = toml::Table::try_from(RawGatewayConfig::default()).map_err(|e| e.to_string())?;
+        defaults.insert(key.to_owned(), v.clone());
+        defaults.try_into::<RawGatewayConfig>().map(drop).map_err(|e| e.message().to_owned())
+    };
+    let text = toml::Value::String(value.to_owned());
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"));
+    let first = match parsed {
+        Some(v) => match fits(&v) {
+            Ok(()) => return Ok(v),
+            Err(e) => e,
+        },
+        None => String::new(),
+    };
+    match fits(&text) {
+        Ok(()) => Ok(text),
+        Err(e) => {
+            let e = if first.is_empty() { e } else { first };
+            Err(invalid(key, format!("environment variable {name}: {e}")))
+        }
+    }
+}
+
+/// `url` with its user information (name and password) replaced by `***`.
+fn redact_userinfo(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("***");
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn parse_url(key: &'static str, s: &str) -> Result<Url, ConfigError> {
     let u = Url::parse(s).map_err(|e| invalid(key, format!("`{s}` is not a URL: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
@@ -207,32 +267,75 @@ fn parse_url(key: &'static str, s: &str) -> Result<Url, ConfigError> {
 }
 
 impl RawGatewayConfig {
-    /// Reads `path` (if any) and applies the flags.
-    pub fn load(path: Option<&Path>, flags: &GatewayOverrides) -> Result<Self, ConfigError> {
-        let mut raw: RawGatewayConfig = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| invalid("--config", format!("cannot read {}: {e}", p.display())))?;
-                toml::from_str(&text).map_err(|e| invalid("--config", e.to_string()))?
-            }
-            None => RawGatewayConfig::default(),
+    /// Reads `path` (if any), applies the `DAVPUSH_GATEWAY__<KEY>` variables of `env` (others
+    /// are ignored) and the flags.
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: &GatewayOverrides,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| invalid("--config", format!("cannot read {}: {e}", p.display())))?,
+            None => String::new(),
         };
-        if let Some(v) = &flags.listen {
-            raw.listen = v.clone();
+        Self::from_toml(&text, env, flags)
+    }
+
+    /// Like [`RawGatewayConfig::load`] with the file's text given. Each variable is checked on
+    /// its own first, so that an unknown key or a value of the wrong type names the variable.
+    pub fn from_toml(text: &str, env: &BTreeMap<String, String>, flags: &GatewayOverrides) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid("--config", e.to_string()))?;
+        let mut origins = BTreeMap::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = key.to_ascii_lowercase();
+            if key.is_empty() || key.contains("__") {
+                return Err(invalid(&key, format!("environment variable {name} must be {ENV_PREFIX}<KEY>")));
+            }
+            let value = env_value(name, &key, value)?;
+            table.insert(key.clone(), value);
+            origins.insert(key, format!("environment variable {name}"));
         }
-        if let Some(v) = &flags.upstream {
-            raw.upstream = v.clone();
-        }
-        if let Some(v) = &flags.director {
-            raw.director_url = v.clone();
-        }
-        if let Some(v) = &flags.public_url {
-            raw.public_url = v.clone();
+        let mut raw: RawGatewayConfig =
+            table.try_into().map_err(|e: toml::de::Error| invalid("--config", e.to_string()))?;
+        for (key, flag, value) in [
+            ("listen", "--listen", &flags.listen),
+            ("upstream", "--upstream", &flags.upstream),
+            ("director_url", "--director", &flags.director),
+            ("public_url", "--public-url", &flags.public_url),
+        ] {
+            if let Some(v) = value {
+                let field = match key {
+                    "listen" => &mut raw.listen,
+                    "upstream" => &mut raw.upstream,
+                    "director_url" => &mut raw.director_url,
+                    _ => &mut raw.public_url,
+                };
+                *field = v.clone();
+                origins.insert(key.to_owned(), flag.to_owned());
+            }
         }
         if let Some(v) = &flags.data_dir {
             raw.data_dir = v.clone();
+            origins.insert("data_dir".into(), "--data-dir".into());
         }
+        raw.origins = origins;
         Ok(raw)
+    }
+
+    /// The configuration as TOML with secrets redacted: the values of `upstream_headers` (a
+    /// shared secret of the upstream's, perhaps) and the user information of URLs. The secrets
+    /// themselves are in files, which are named, not read.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for v in c.upstream_headers.values_mut() {
+            *v = "***".into();
+        }
+        for url in [&mut c.upstream, &mut c.public_url, &mut c.director_url, &mut c.director_public_url] {
+            *url = redact_userinfo(url);
+        }
+        toml::to_string(&c).unwrap_or_default()
     }
 
     /// The topic key, creating the secret if needed: for the gateway only, which owns it.
@@ -286,8 +389,21 @@ impl RawGatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Validates `raw`.
+    /// Validates `raw`; generates the topic secret if it does not exist yet. An error about a
+    /// key a variable or flag set names it.
     pub fn from_raw(raw: RawGatewayConfig) -> Result<Self, ConfigError> {
+        let origins = raw.origins.clone();
+        Self::validate(raw, true).map_err(|e| with_origin(e, &origins))
+    }
+
+    /// Validates `raw` like [`GatewayConfig::from_raw`] but creates nothing: a missing topic
+    /// secret is not generated (`--dump-config`).
+    pub fn check(raw: RawGatewayConfig) -> Result<(), ConfigError> {
+        let origins = raw.origins.clone();
+        Self::validate(raw, false).map(drop).map_err(|e| with_origin(e, &origins))
+    }
+
+    fn validate(raw: RawGatewayConfig, create_topic_secret: bool) -> Result<Self, ConfigError> {
         let listen: SocketAddr = davpush_serve::resolve_listen(&raw.listen).map_err(|e| invalid("listen", e))?;
         if raw.upstream.is_empty() {
             return Err(invalid("upstream", "is required: the URL of the WebDAV server behind the gateway"));
@@ -361,7 +477,11 @@ impl GatewayConfig {
             v.set_sensitive(true);
             upstream_headers.push((n, v));
         }
-        let (topic_key, created) = raw.topic_key()?;
+        let (topic_key, created) = if create_topic_secret || raw.topic_secret_path().exists() {
+            raw.topic_key()?
+        } else {
+            (TopicKey::new(b"not used: this configuration is only checked"), false)
+        };
         let generated_topic_secret = created.then(|| raw.secret_path(&raw.topic_secret_file, "topic-secret"));
         Ok(GatewayConfig {
             listen,
@@ -384,6 +504,7 @@ impl GatewayConfig {
             web_clients: raw.web_clients,
             max_sockets_per_user: raw.max_sockets_per_user.max(1),
             connections,
+            metrics: raw.metrics,
             generated_topic_secret,
         })
     }
@@ -412,6 +533,16 @@ impl GatewayConfig {
     pub fn to_public_path(&self, upstream_path: &str) -> Option<String> {
         let rest = strip_prefix_dir(upstream_path, self.upstream_prefix())?;
         Some(join(self.public_prefix(), rest))
+    }
+}
+
+/// `e` with where its key was set, if not in the file.
+fn with_origin(e: ConfigError, origins: &BTreeMap<String, String>) -> ConfigError {
+    match origins.get(&e.key) {
+        Some(o) if !e.message.contains(o.as_str()) => {
+            ConfigError { message: format!("{} (set by {o})", e.message), key: e.key }
+        }
+        _ => e,
     }
 }
 
@@ -492,6 +623,93 @@ mod tests {
         let same = cfg("", "http://127.0.0.1:5232/");
         assert_eq!(same.to_upstream_path("/alice/"), Some("/alice/".into()));
         assert_eq!(same.notify_token.expose(), "n-token-0123456789");
+    }
+
+    #[test]
+    fn variables_override_the_file_and_flags_override_both() {
+        let env: BTreeMap<String, String> = [
+            ("DAVPUSH_GATEWAY__UPSTREAM", "http://127.0.0.1:5232/"),
+            ("DAVPUSH_GATEWAY__TIMEOUT_SECS", "30"),
+            ("DAVPUSH_GATEWAY__DATA_DIR", "2026"),
+            ("DAVPUSH_GATEWAY__WEB_CLIENTS", "false"),
+            ("DAVPUSH_GATEWAY__LISTEN", "127.0.0.1:9000"),
+            ("DAVPUSH_GATEWAY__UPSTREAM_HEADERS", r#"{ "X-Forwarded-Proto" = "https" }"#),
+            // Not the gateway's: the CLI's own variable and the Director's keys.
+            ("DAVPUSH_GATEWAY_CONFIG", "/nonexistent"),
+            ("DAVPUSH_SERVER__LISTEN", "127.0.0.1:1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let flags = GatewayOverrides { listen: Some("127.0.0.1:9001".into()), ..Default::default() };
+        let raw = RawGatewayConfig::from_toml("timeout_secs = 5
+metrics = false
+", &env, &flags).unwrap();
+        assert_eq!(raw.upstream, "http://127.0.0.1:5232/");
+        assert_eq!(raw.timeout_secs, 30);
+        assert_eq!(raw.data_dir, PathBuf::from("2026"));
+        assert!(!raw.web_clients && !raw.metrics);
+        assert_eq!(raw.listen, "127.0.0.1:9001");
+        assert_eq!(raw.upstream_headers["X-Forwarded-Proto"], "https");
+        assert_eq!(raw.origins["timeout_secs"], "environment variable DAVPUSH_GATEWAY__TIMEOUT_SECS");
+        assert_eq!(raw.origins["listen"], "--listen");
+    }
+
+    #[test]
+    fn a_bad_variable_is_named() {
+        for (name, value, key) in [
+            ("DAVPUSH_GATEWAY__LISTN", "127.0.0.1:0", "listn"),
+            ("DAVPUSH_GATEWAY__TIMEOUT_SECS", "soon", "timeout_secs"),
+            ("DAVPUSH_GATEWAY__UPSTREAM_HEADERS__X", "y", "upstream_headers__x"),
+        ] {
+            let env = BTreeMap::from([(name.to_owned(), value.to_owned())]);
+            let e = RawGatewayConfig::from_toml("", &env, &GatewayOverrides::default()).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        // A value that parses but is invalid: the validation names the variable too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notify-token"), "n-token-0123456789\n").unwrap();
+        let env = BTreeMap::from([
+            ("DAVPUSH_GATEWAY__TIMEOUT_SECS".to_owned(), "0".to_owned()),
+            ("DAVPUSH_GATEWAY__UPSTREAM".to_owned(), "http://127.0.0.1:5232/".to_owned()),
+        ]);
+        let raw = RawGatewayConfig::from_toml("", &env, &GatewayOverrides::default()).unwrap();
+        let e = GatewayConfig::check(raw).unwrap_err();
+        assert!(e.to_string().contains("DAVPUSH_GATEWAY__TIMEOUT_SECS"), "{e}");
+    }
+
+    #[test]
+    fn the_dump_hides_header_values_and_url_credentials() {
+        let mut raw = RawGatewayConfig {
+            upstream: "http://user:hunter2@127.0.0.1:5232/dav/".into(),
+            director_url: "http://only-a-token@127.0.0.1:8080".into(),
+            ..Default::default()
+        };
+        raw.upstream_headers.insert("X-Upstream-Secret".into(), "hunter3".into());
+        let dump = raw.to_redacted_toml();
+        assert!(!dump.contains("hunter2") && !dump.contains("hunter3") && !dump.contains("only-a-token"), "{dump}");
+        assert!(dump.contains("http://***@127.0.0.1:5232/dav/"), "{dump}");
+        // The dump is a configuration again.
+        let again: RawGatewayConfig = toml::from_str(&dump).unwrap();
+        assert_eq!(again.upstream_headers["X-Upstream-Secret"], "***");
+    }
+
+    #[test]
+    fn check_creates_no_topic_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notify-token"), "n-token-0123456789\n").unwrap();
+        std::fs::write(dir.path().join("subscription-token"), "s-token-0123456789\n").unwrap();
+        std::fs::write(dir.path().join("grant-key"), davpush_proto::GrantKeys::generate_line()).unwrap();
+        let raw = RawGatewayConfig {
+            upstream: "http://127.0.0.1:5232/".into(),
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        GatewayConfig::check(raw.clone()).unwrap();
+        assert!(!dir.path().join("topic-secret").exists());
+        GatewayConfig::from_raw(raw).unwrap();
+        assert!(dir.path().join("topic-secret").exists());
     }
 
     #[test]

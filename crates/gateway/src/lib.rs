@@ -17,6 +17,8 @@
 //! - [`topic`]: canonical collection paths and their keyed topics.
 //! - [`registration`]: self-authenticating registration URLs, owners, `Push-Dont-Notify`.
 //! - [`notifier`]: the bounded queue of change notifications to the Director.
+//! - [`ops`]: `healthz`, `readyz` and `metrics` under `.davpush/`, and the access log.
+//! - [`metrics`]: the gateway's Prometheus metrics (`davpush_gateway_*`).
 //! - `web`: the browser module, the demo calendar, WebSocket tickets and the WebSocket proxy.
 //!
 //! The choice a reader may question: registrations are not stored by the gateway. A
@@ -28,7 +30,9 @@ pub mod config;
 pub mod dav;
 pub mod error;
 pub mod methods;
+pub mod metrics;
 pub mod notifier;
+pub mod ops;
 pub mod register;
 pub mod registration;
 pub mod state;

@@ -12,6 +12,7 @@ use davpush_proto::{NotifyRequest, NotifyTopic, Trigger};
 use reqwest::header::HeaderValue;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::metrics::GatewayMetrics;
 use crate::topic::TopicKey;
 use crate::xml::{self, DAV};
 use davpush_client::{DirectorClient, DirectorError};
@@ -43,11 +44,14 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub struct Notifier {
     tx: mpsc::Sender<Job>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 /// What the worker needs.
 #[derive(Debug, Clone)]
 pub struct NotifierParts {
+    /// Counts each notification's outcome (`davpush_gateway_changes_total`).
+    pub metrics: Arc<GatewayMetrics>,
     /// Client for the upstream.
     pub upstream_http: reqwest::Client,
     /// Upstream base URL.
@@ -66,8 +70,9 @@ impl Notifier {
     /// Starts the worker with a queue of `capacity` jobs.
     pub fn start(parts: NotifierParts, capacity: usize) -> Notifier {
         let (tx, rx) = mpsc::channel(capacity);
+        let metrics = parts.metrics.clone();
         tokio::spawn(run(Arc::new(parts), rx));
-        Notifier { tx }
+        Notifier { tx, metrics }
     }
 
     /// Queues a job without waiting.
@@ -75,8 +80,12 @@ impl Notifier {
         if job.changes.is_empty() {
             return;
         }
-        if let Err(e) = self.tx.try_send(job) {
-            tracing::error!(error = %e, "change notification dropped: the queue to the Director is full");
+        match self.tx.try_send(job) {
+            Ok(()) => self.metrics.change("queued"),
+            Err(e) => {
+                self.metrics.change("dropped");
+                tracing::error!(error = %e, "change notification dropped: the queue to the Director is full");
+            }
         }
     }
 }
@@ -111,16 +120,22 @@ async fn deliver(parts: &NotifierParts, job: Job) {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=parts.attempts {
         match parts.director.notify(&req).await {
-            Ok(_) => return,
+            Ok(_) => {
+                parts.metrics.change("sent");
+                return;
+            }
             Err(DirectorError::Refused { status, body }) if (400..500).contains(&status) && status != 429 => {
+                parts.metrics.change("dropped");
                 tracing::error!(status, error = %body.message, "the Director refused a change notification");
                 return;
             }
             Err(e) => {
                 if attempt == parts.attempts {
+                    parts.metrics.change("dropped");
                     tracing::error!(error = %e, attempts = attempt, "change notification lost: the Director stayed unreachable");
                     return;
                 }
+                parts.metrics.change("retried");
                 tracing::warn!(error = %e, attempt, "the Director is unreachable; retrying the change notification");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));

@@ -86,6 +86,9 @@ pub(crate) async fn register(
     let expires_at = UNIX_EPOCH + Duration::from_secs(answer.expires.max(0) as u64);
     let mut out = Response::new(Body::empty());
     *out.status_mut() = if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT };
+    if created {
+        st.metrics.registration("created");
+    }
     let h = out.headers_mut();
     h.insert(
         header::LOCATION,
@@ -130,6 +133,7 @@ pub(crate) async fn registration_request(
             GatewayError::Unavailable { message: "push is temporarily unavailable", retry_after: None }
         })?;
     if removed {
+        st.metrics.registration("deleted");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(GatewayError::NotFound("no such registration"))

@@ -9,7 +9,9 @@ use davpush_proto::DirectorInfo;
 
 use crate::config::GatewayConfig;
 use crate::dav::PushValues;
+use crate::metrics::GatewayMetrics;
 use crate::notifier::{Notifier, NotifierParts};
+use crate::ops::ReadyCache;
 use davpush_client::DirectorClient;
 
 /// Shared state of the gateway.
@@ -22,6 +24,12 @@ pub struct GatewayState {
     info: Arc<RwLock<Option<DirectorInfo>>>,
     /// Proxied browser WebSockets per user (owner hash), bounded by `max_sockets_per_user`.
     pub(crate) sockets: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// The gateway's metrics.
+    pub(crate) metrics: Arc<GatewayMetrics>,
+    /// The client of the readiness checks of the Director.
+    pub(crate) probe: reqwest::Client,
+    /// The last readiness check.
+    pub(crate) ready: Arc<ReadyCache>,
 }
 
 /// Starting failed.
@@ -68,8 +76,10 @@ impl GatewayState {
             })?
             .notify_token(cfg.notify_token.expose())
             .subscription_token(cfg.subscription_token.expose());
+        let metrics = Arc::new(GatewayMetrics::default());
         let notifier = Notifier::start(
             NotifierParts {
+                metrics: metrics.clone(),
                 upstream_http: upstream.clone(),
                 upstream: cfg.upstream.clone(),
                 director: director.clone(),
@@ -86,6 +96,9 @@ impl GatewayState {
             notifier,
             info: Arc::default(),
             sockets: Arc::default(),
+            metrics,
+            probe: crate::ops::probe_client()?,
+            ready: Arc::default(),
         };
         state.refresh_info(true).await;
         let s = state.clone();
@@ -119,6 +132,11 @@ impl GatewayState {
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the Director's /info yet"),
         }
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
     }
 
     pub(crate) fn push_values(&self, topic: String) -> PushValues {

@@ -141,10 +141,13 @@ impl GatewayState {
         if let Some(body) = body {
             req = req.body(body);
         }
-        req.send().await.map_err(|e| {
+        let started = std::time::Instant::now();
+        let resp = req.send().await.map_err(|e| {
             tracing::warn!(error = %e, "upstream request failed");
             GatewayError::BadGateway("the WebDAV server behind this gateway did not answer".into())
-        })
+        })?;
+        self.metrics.upstream(started.elapsed());
+        Ok(resp)
     }
 
     /// The upstream form of a `Destination` header (absolute URL or path).
@@ -258,7 +261,9 @@ pub(crate) async fn check_read(
     if let Some(a) = auth {
         req = req.header(header::AUTHORIZATION, a.clone());
     }
+    let started = std::time::Instant::now();
     let resp = req.send().await.map_err(|_| GatewayError::BadGateway("the WebDAV server did not answer".into()))?;
+    st.metrics.upstream(started.elapsed());
     match resp.status().as_u16() {
         200..=299 => Ok(()),
         401 => Err(GatewayError::Unauthorized {

@@ -251,7 +251,9 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, GatewayError
         GatewayError::Unavailable { message: "push is temporarily unavailable", retry_after: Some(2) }
     })?;
     Ok(upgrade.protocols([SUBPROTOCOL]).max_message_size(64 * 1024).on_upgrade(move |socket| async move {
+        let open = crate::metrics::OpenSocket::new(state.metrics.clone());
         pump(state, owner, access, socket, director).await;
+        drop(open);
         drop(slot);
     }))
 }

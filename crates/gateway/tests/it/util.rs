@@ -82,7 +82,7 @@ async fn stack_at(
     Some(Stack { radicale, director, gateway, push, http: reqwest::Client::new(), data, director_toml: toml })
 }
 
-async fn spawn_director(toml: &str) -> davpush_director::Running {
+pub(crate) async fn spawn_director(toml: &str) -> davpush_director::Running {
     let raw = RawConfig::from_toml(toml, &BTreeMap::new(), &Overrides::default()).unwrap();
     davpush_director::spawn(davpush_director::Config::from_raw(raw).unwrap()).await.unwrap()
 }
