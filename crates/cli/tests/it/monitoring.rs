@@ -580,6 +580,7 @@ async fn issue_13_dashboard_and_alert_metrics_exist_in_running_processes_and_eva
         .arg(&director_toml)
         .arg("--data-dir")
         .arg(&data)
+        .arg("--") // a topic may start with `-`
         .arg(&topic)
         .output()
         .unwrap();
@@ -622,7 +623,7 @@ async fn issue_13_dashboard_and_alert_metrics_exist_in_running_processes_and_eva
     let exposed = loop {
         let exposed = BTreeMap::from([
             (Source::Director, sample_names(&get_text(&http, &url(&director)).await)),
-            (Source::Gateway, sample_names(&get_text(&http, &url(&gateway)).await)),
+            (Source::Gateway, sample_names(&get_text(&http, &format!("{}.davpush/metrics", gateway.url())).await)),
             (Source::Relay, sample_names(&get_text(&http, &url(&relay)).await)),
         ]);
         let missing: Vec<String> = wanted
