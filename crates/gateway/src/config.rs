@@ -284,7 +284,11 @@ impl RawGatewayConfig {
 
     /// Like [`RawGatewayConfig::load`] with the file's text given. Each variable is checked on
     /// its own first, so that an unknown key or a value of the wrong type names the variable.
-    pub fn from_toml(text: &str, env: &BTreeMap<String, String>, flags: &GatewayOverrides) -> Result<Self, ConfigError> {
+    pub fn from_toml(
+        text: &str,
+        env: &BTreeMap<String, String>,
+        flags: &GatewayOverrides,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid("--config", e.to_string()))?;
         let mut origins = BTreeMap::new();
         for (name, value) in env {
@@ -642,9 +646,14 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let flags = GatewayOverrides { listen: Some("127.0.0.1:9001".into()), ..Default::default() };
-        let raw = RawGatewayConfig::from_toml("timeout_secs = 5
+        let raw = RawGatewayConfig::from_toml(
+            "timeout_secs = 5
 metrics = false
-", &env, &flags).unwrap();
+",
+            &env,
+            &flags,
+        )
+        .unwrap();
         assert_eq!(raw.upstream, "http://127.0.0.1:5232/");
         assert_eq!(raw.timeout_secs, 30);
         assert_eq!(raw.data_dir, PathBuf::from("2026"));

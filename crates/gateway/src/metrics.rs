@@ -124,7 +124,11 @@ impl Default for GatewayMetrics {
         r.register("registrations", "push-register registrations created and deleted", m.registrations.clone());
         r.register("websockets", "Proxied WebSocket connections open now", m.websockets.clone());
         r.register("websockets_opened", "Proxied WebSocket connections opened", m.websockets_opened.clone());
-        r.register("ready", "1 when the last readiness check found the upstream and the Director reachable", m.ready.clone());
+        r.register(
+            "ready",
+            "1 when the last readiness check found the upstream and the Director reachable",
+            m.ready.clone(),
+        );
         r.register("resident_memory_bytes", "Resident set size of the process", m.resident_memory.clone());
         for outcome in CHANGE_OUTCOMES {
             let _ = m.changes.get_or_create(&OutcomeLabel { outcome });

@@ -8,6 +8,7 @@ mod documented;
 mod documented_elsewhere;
 mod durable;
 mod fd_limit;
+mod gateway_ops;
 mod install;
 mod listen;
 mod listen_readme;

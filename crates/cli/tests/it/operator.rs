@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_davpush");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// `davpush args` with exactly the `DAVPUSH_*` variables of `env` (none of the caller's).
-fn command(args: &[&str], env: &BTreeMap<String, String>) -> Command {
+pub(crate) fn command(args: &[&str], env: &BTreeMap<String, String>) -> Command {
     let mut c = Command::new(BIN);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DAVPUSH_")) {
         c.env_remove(k);
@@ -23,23 +23,23 @@ fn command(args: &[&str], env: &BTreeMap<String, String>) -> Command {
     c
 }
 
-fn run(args: &[&str], env: &BTreeMap<String, String>) -> Output {
+pub(crate) fn run(args: &[&str], env: &BTreeMap<String, String>) -> Output {
     command(args, env).output().unwrap()
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// A server subcommand running, its stderr collected line by line.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     new_line: Receiver<()>,
 }
 
 impl Running {
-    fn start(mut c: Command) -> Running {
+    pub(crate) fn start(mut c: Command) -> Running {
         let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -57,7 +57,7 @@ impl Running {
 
     /// The first line containing `needle`; panics with the log if the process ends first (or
     /// after a minute, so that a broken build cannot hang the suite).
-    fn wait_for(&self, needle: &str) -> String {
+    pub(crate) fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
@@ -77,7 +77,7 @@ impl Running {
     }
 
     /// SIGTERM, then the whole log once the process has ended, and its exit status.
-    fn terminate(mut self) -> (String, std::process::ExitStatus) {
+    pub(crate) fn terminate(mut self) -> (String, std::process::ExitStatus) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let status = self.child.wait().unwrap();

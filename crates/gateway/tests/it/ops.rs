@@ -135,7 +135,8 @@ async fn issue_13_readiness_follows_the_upstream_and_the_director_and_probes_are
     let requests = Arc::new(AtomicUsize::new(0));
     let upstream = PlainUpstream::start("127.0.0.1:0".parse().unwrap(), requests.clone()).await;
     let data = tempfile::tempdir().unwrap();
-    let director_toml = format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n", data.path().display().to_string());
+    let director_toml =
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n", data.path().display().to_string());
     let director = spawn_director(&director_toml).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let raw = RawGatewayConfig {
