@@ -160,10 +160,21 @@ doc_block docs/operations.md "sed -i 's|^upstream = \"\"\$|upstream = \"http://1
 grep -qx 'upstream = "http://127.0.0.1:5232/"' /etc/davpush/gateway.toml || fail "upstream is not set"
 start_unit "${units[1]}" "$logs/gateway.log"
 gateway=${pids[-1]}
-# The gateway has no /healthz yet (issue 13, gateway observability): its own browser client
-# shows it serves; /healthz replaces this once it exists.
-js=$(await_200 http://127.0.0.1:8081/.davpush/client/davpush.js "$logs/gateway.log" "$gateway")
-grep -q '^export ' <<<"$js" || fail "the gateway's client script is not JavaScript"
+# Its health under /.davpush/ (the one namespace the gateway keeps from the WebDAV server).
+health=$(await_200 http://127.0.0.1:8081/.davpush/healthz "$logs/gateway.log" "$gateway")
+echo "gateway /.davpush/healthz: $health"
+grep -q '"status":"ok"' <<<"$health" || fail "the gateway's /.davpush/healthz says: $health"
+doc_block docs/operations.md "curl -sf http://127.0.0.1:8081/.davpush/healthz"
+# Readiness: the Director answers; the upstream (a Radicale on 5232) is not started here, so the
+# gateway is ready only if something answers there.
+ready=$(curl -s -w ' %{http_code}' http://127.0.0.1:8081/.davpush/readyz)
+echo "gateway /.davpush/readyz: $ready"
+case "$ready" in
+    *'"director":"ok"'*' 200' | *'"down":["upstream"]'*' 503') ;;
+    *) fail "the gateway's /.davpush/readyz says: $ready" ;;
+esac
+gmetrics=$(curl -sf http://127.0.0.1:8081/.davpush/metrics) || fail "no /.davpush/metrics on the gateway"
+grep -q '^davpush_gateway_requests_total{' <<<"$gmetrics" || fail "the gateway's metrics lack requests:"$'\n'"$gmetrics"
 [ "$(ps -o user= -p "$gateway")" = davpush ] || fail "the gateway does not run as davpush"
 [ "$(stat -c '%U %a' /var/lib/davpush/topic-secret)" = "davpush 600" ] || fail "/var/lib/davpush/topic-secret"
 [ "$(notify_with /var/lib/davpush/notify-token)" = 202 ] || fail "notify with the generated token refused"

@@ -24,6 +24,7 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
         CHECK_SH,
     ),
     ("docs/operations.md", "install -d -m 0700 /var/backups/davpush", CHECK_SH),
+    ("docs/operations.md", "  curl -sf http://127.0.0.1:8081/.davpush/healthz", CHECK_SH),
     ("docs/operations.md", "tar -C /var/lib/davpush -xzf /var/backups/davpush/secrets.tar.gz", CHECK_SH),
     (
         "docs/operations.md",

@@ -150,6 +150,9 @@ fn value_of(name: &str, dir: &Path) -> String {
         "DAVPUSH_SUBSCRIPTION__AUTH" => "token".into(),
         "DAVPUSH_SUBSCRIPTION__GRANTS" => "required".into(),
         "DAVPUSH_WEBSOCKET__QUEUE_FRAMES" => "256".into(),
+        // The gateway's keys the docs give as examples.
+        "DAVPUSH_GATEWAY__UPSTREAM" => "http://127.0.0.1:9/".into(),
+        "DAVPUSH_GATEWAY__TIMEOUT_SECS" => "30".into(),
         n if n.starts_with("DAVPUSH_TEST_") => "unused-by-davpush".into(),
         other => panic!("{other} is documented: give it a value in this test"),
     }
@@ -184,6 +187,10 @@ fn issue_12_every_documented_variable_works_in_one_environment_with_every_subcom
     assert!(text(&dump.stdout).contains("queue_frames = 256"), "{}", text(&dump.stdout));
     let vapid = run(&["vapid"], &env);
     assert!(vapid.status.success(), "vapid: {}", text(&vapid.stderr));
+    // (After `vapid`, which makes the Director's secrets the gateway reads.)
+    let dump = run(&["gateway", "--dump-config"], &env);
+    assert!(dump.status.success(), "gateway --dump-config: {}", text(&dump.stderr));
+    assert!(text(&dump.stdout).contains("timeout_secs = 30"), "{}", text(&dump.stdout));
 
     let director = Running::start(command(&["serve"], &env));
     director.wait_for("Push Director listening");

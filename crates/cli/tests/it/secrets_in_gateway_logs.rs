@@ -166,6 +166,10 @@ async fn issue_12_the_gateways_and_directors_debug_logs_hold_no_secret() {
     // A wrong password is refused and logged as a refusal, not by its value.
     let r = http.get(&cal).basic_auth(alice, Some("wrong-password-never-logged")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // A registration URL stands for its registration: its token is not logged.
+    let registration = "/.davpush/registrations/a-registration-token-never-logged";
+    let r = http.delete(format!("{base}{registration}")).basic_auth(alice, Some(password)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     drop(ws);
 
     let glog = gateway.stop();
@@ -181,6 +185,7 @@ async fn issue_12_the_gateways_and_directors_debug_logs_hold_no_secret() {
         ("grant", grant.clone()),
         ("grant signature", grant.split_once('.').unwrap().1.to_owned()),
         ("ticket", ticket.clone()),
+        ("registration token", "a-registration-token-never-logged".to_owned()),
     ];
     for key in file("grant-key").lines().chain(file("topic-secret").lines()) {
         // Each key line; the value part is what must never show.
@@ -189,6 +194,21 @@ async fn issue_12_the_gateways_and_directors_debug_logs_hold_no_secret() {
             secrets.push(("key", value.to_owned()));
         }
     }
+    // Issue 13: one access line per request, with the user's name alone.
+    let access: Vec<&str> = glog.lines().filter(|l| l.contains("davpush_gateway::access")).collect();
+    let line = |method: &str, path: &str, status: u16| {
+        let fields = format!("method={method} path={path} status={status} ");
+        access
+            .iter()
+            .find(|l| l.contains(&fields))
+            .unwrap_or_else(|| panic!("no access line {fields}in\n{glog}"))
+            .to_owned()
+    };
+    assert!(line("PUT", &format!("/{alice}/cal/1.ics"), 201).ends_with(&format!("user={alice}")), "{glog}");
+    assert!(line("GET", &format!("/{alice}/cal/"), 401).ends_with(&format!("user={alice}")), "{glog}");
+    assert!(line("GET", "/.davpush/ws", 101).ends_with("user=-"), "{glog}");
+    assert!(line("DELETE", "/.davpush/registrations/***", 404).contains("duration_ms="), "{glog}");
+    assert!(!glog.contains("ticket="), "a query string is in the gateway's log:\n{glog}");
     for (who, log) in [("gateway", &glog), ("Director", &dlog)] {
         assert!(!log.is_empty(), "the {who} logged nothing at debug");
         for (what, secret) in &secrets {
