@@ -204,6 +204,16 @@ start_director
 [ "$(notify_with /var/lib/davpush/notify-token)" = 202 ] || fail "the new token is refused after the rotation"
 [ "$(notify_with "$logs/notify-token.backed-up")" = 401 ] || fail "the old token is still accepted after the rotation"
 
+step "monitoring: the shipped alert rules, installed and checked as docs/operations.md says"
+for f in grafana-dashboard.json prometheus-alerts.yml prometheus.yml; do
+    [ -f "/usr/share/doc/davpush/monitoring/$f" ] || fail "the package lacks /usr/share/doc/davpush/monitoring/$f"
+done
+command -v promtool >/dev/null 2>&1 || fail "promtool is missing (apt-get install prometheus; .ci/run installs it)"
+[ -d /etc/prometheus ] || fail "/etc/prometheus is missing (the prometheus package makes it)"
+doc_block docs/operations.md "install -m 0644 /usr/share/doc/davpush/monitoring/prometheus-alerts.yml /etc/prometheus/davpush-alerts.yml"
+# Not the package's file: the check after the purge below would find it.
+rm -f /etc/prometheus/davpush-alerts.yml
+
 step "SIGTERM: both stop cleanly"
 stop "$gateway"
 stop "$director"

@@ -86,11 +86,17 @@ pub(crate) async fn handle(st: &GatewayState, method: &Method, rest: &str) -> Re
             let code = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             (code, Json(&*r)).into_response()
         }
-        "metrics" if st.cfg.metrics => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
-            st.metrics.render(),
-        )
-            .into_response(),
+        "metrics" if st.cfg.metrics => {
+            // davpush_gateway_ready is as fresh as the scrape (the check is cached): without it, a
+            // gateway that no load balancer probes would stay "not ready" and alert
+            // (DavpushGatewayNotReady, packaging/monitoring).
+            readiness(st).await;
+            (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+                st.metrics.render(),
+            )
+                .into_response()
+        }
         _ => return Err(GatewayError::NotFound("not found")),
     };
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -36,6 +36,7 @@ const TOOLS: &[(&[&str], &str, &str)] = &[
     (&["chromium", "chromium-browser"], "chromium", "the browser of the web client's tests"),
     (&["chromedriver"], "chromium-driver", "WebDriver for that browser"),
     (&["redis-server"], "redis-server", "Redis servers the failover tests start and stop"),
+    (&["prometheus"], "prometheus", "Prometheus and promtool, for the alert rules and dashboard (monitoring)"),
 ];
 
 fn main() -> ExitCode {

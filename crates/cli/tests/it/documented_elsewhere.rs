@@ -39,4 +39,9 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     ("docs/operations.md", "   (umask 077 && openssl rand -hex 32 >/var/lib/davpush/notify-token.next)", CHECK_SH),
     ("docs/operations.md", "   mv /var/lib/davpush/notify-token.next /var/lib/davpush/notify-token", CHECK_SH),
     ("docs/operations.md", "dpkg --purge davpush", CHECK_SH),
+    (
+        "docs/operations.md",
+        "install -m 0644 /usr/share/doc/davpush/monitoring/prometheus-alerts.yml /etc/prometheus/davpush-alerts.yml",
+        CHECK_SH,
+    ),
 ];

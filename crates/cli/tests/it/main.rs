@@ -12,6 +12,7 @@ mod gateway_ops;
 mod install;
 mod listen;
 mod listen_readme;
+mod monitoring;
 mod operator;
 mod procs;
 mod radicale_recipe;
