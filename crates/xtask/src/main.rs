@@ -36,6 +36,8 @@ const TOOLS: &[(&[&str], &str, &str)] = &[
     (&["chromium", "chromium-browser"], "chromium", "the browser of the web client's tests"),
     (&["chromedriver"], "chromium-driver", "WebDriver for that browser"),
     (&["redis-server"], "redis-server", "Redis servers the failover tests start and stop"),
+    (&["nginx"], "nginx", "the TLS reverse proxy of docs/operations.md (proxy_tls tests)"),
+    (&["caddy"], "caddy", "the other TLS reverse proxy of docs/operations.md (proxy_tls tests)"),
 ];
 
 fn main() -> ExitCode {

@@ -38,4 +38,9 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     ("docs/operations.md", "   (umask 077 && openssl rand -hex 32 >/var/lib/davpush/notify-token.next)", CHECK_SH),
     ("docs/operations.md", "   mv /var/lib/davpush/notify-token.next /var/lib/davpush/notify-token", CHECK_SH),
     ("docs/operations.md", "dpkg --purge davpush", CHECK_SH),
+    (
+        "docs/operations.md",
+        crate::proxy_tls::LISTEN,
+        "proxy_tls::issue_13_the_documented_listen_command_receives_a_change_through_nginx_with_a_private_ca",
+    ),
 ];

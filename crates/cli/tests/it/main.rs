@@ -13,6 +13,7 @@ mod listen;
 mod listen_readme;
 mod operator;
 mod procs;
+mod proxy_tls;
 mod radicale_recipe;
 mod sd_notify;
 mod secrets_in_gateway_logs;
