@@ -77,6 +77,12 @@ done
 man -w davpush-serve >/dev/null || fail "no man page davpush-serve(1)"
 man -w davpush-gateway >/dev/null || fail "no man page davpush-gateway(1)"
 grep -q '_davpush' /usr/share/bash-completion/completions/davpush || fail "no bash completion"
+# The reverse-proxy configurations docs/operations.md points to ("Behind a reverse proxy (TLS)"),
+# as shipped or gzipped (cargo-deb compresses larger files under /usr/share/doc).
+for f in proxy/nginx/davpush.conf proxy/caddy/Caddyfile; do
+    doc="/usr/share/doc/davpush/examples/$f"
+    { cat "$doc" 2>/dev/null || zcat "$doc.gz" 2>/dev/null; } | cmp -s - "packaging/$f" || fail "$doc is not packaging/$f"
+done
 [ "$(davpush --version)" = "$("$target/release/davpush" --version)" ] || fail "the installed binary is not the one built"
 
 units=()

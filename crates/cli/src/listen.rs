@@ -60,7 +60,8 @@ pub(crate) struct ListenArgs {
     /// one run), but never longer than ten times this since the first waiting change.
     #[arg(long, value_name = "MS", default_value_t = 300)]
     settle_ms: u64,
-    /// PEM file of an extra trusted CA for a `wss://` Director (besides the system's roots).
+    /// PEM file of an extra trusted CA (besides the system's roots), for `https://` collections
+    /// and a `wss://` WebSocket: e.g. a reverse proxy's private CA.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
 }
@@ -224,7 +225,17 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let discovery = match Discovery::new() {
+    let extra_ca = match &args.ca_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("davpush listen: cannot read {}: {e}", f.display());
+                return ExitCode::from(64);
+            }
+        },
+        None => None,
+    };
+    let discovery = match Discovery::with_extra_ca(extra_ca.as_deref()) {
         Ok(d) => d,
         Err(e) => return fail("discovery", &e),
     };
@@ -236,16 +247,6 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
             Err(e) => return fail(url.as_str(), &e),
         }
     }
-    let extra_ca = match &args.ca_file {
-        Some(f) => match std::fs::read_to_string(f) {
-            Ok(pem) => Some(pem),
-            Err(e) => {
-                eprintln!("davpush listen: cannot read {}: {e}", f.display());
-                return ExitCode::from(64);
-            }
-        },
-        None => None,
-    };
     // One connection per Director (and authentication).
     let mut groups: Vec<(ClientOptions, Vec<Collection>)> = Vec::new();
     for c in collections {

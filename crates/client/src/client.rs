@@ -91,8 +91,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Events waiting to be read at most (256); the connection waits while it is full.
     pub event_queue: usize,
-    /// For `wss://`: PEM certificates of extra trusted roots (a private CA), besides the
-    /// platform's.
+    /// PEM certificates of extra trusted roots (a private CA), besides the platform's: for a
+    /// `wss://` WebSocket and the `https://` collections asked for subscription grants.
     pub extra_ca_pem: Option<String>,
     /// The WebDAV credentials, with which a fresh subscription grant is asked for from a
     /// collection's server before every subscribe (servers that issue none are fine too).
@@ -228,7 +228,7 @@ impl PushClient {
         let (socket, connection_id) = open(&options).await?;
         let (commands, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, events) = mpsc::channel(options.event_queue.max(1));
-        let discovery = crate::Discovery::new()?;
+        let discovery = crate::Discovery::with_extra_ca(options.extra_ca_pem.as_deref())?;
         let task = Task { options, discovery, commands: cmd_rx, events: ev_tx, watched: HashMap::new() };
         let handle = tokio::spawn(task.run(socket, connection_id));
         Ok(PushClient { commands, events, task: Some(handle) })

@@ -130,11 +130,23 @@ fn unreachable(e: reqwest::Error) -> Error {
 impl Discovery {
     /// A discovery client with a 30 s timeout.
     pub fn new() -> Result<Discovery, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Unreachable { what: WEBDAV, message: crate::error::with_causes(&e) })?;
+        Discovery::with_extra_ca(None)
+    }
+
+    /// A discovery client that also trusts the PEM certificates `extra_ca_pem` (a private CA,
+    /// e.g. of a reverse proxy in front of the WebDAV server), besides the platform's roots.
+    pub fn with_extra_ca(extra_ca_pem: Option<&str>) -> Result<Discovery, Error> {
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| Error::Protocol {
+                what: WEBDAV,
+                message: format!("TLS setup: bad CA certificate: {}", crate::error::with_causes(&e)),
+            })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http =
+            builder.build().map_err(|e| Error::Unreachable { what: WEBDAV, message: crate::error::with_causes(&e) })?;
         Ok(Discovery { http })
     }
 

@@ -39,7 +39,8 @@
 //! is for Web Push receivers (a browser's or phone's push service), which this client is not.
 //!
 //! `wss://` uses rustls with the platform's trusted roots, as the HTTP client does;
-//! [`ClientOptions::extra_ca_pem`] adds a private CA.
+//! [`ClientOptions::extra_ca_pem`] adds a private CA (also for the grant requests to the
+//! collections' server; [`Discovery::with_extra_ca`] for discovery).
 
 pub mod backoff;
 pub mod client;

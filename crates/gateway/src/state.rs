@@ -147,7 +147,10 @@ impl GatewayState {
                 let ws = i.websocket_path.as_ref().map(|p| {
                     let mut u = self.cfg.director_public_url.clone();
                     let _ = u.set_scheme(if u.scheme() == "https" { "wss" } else { "ws" });
-                    u.set_path(p);
+                    // Under the public URL's path: a reverse proxy may publish the Director
+                    // under a prefix (`https://dav.example.org/.davpush/director/` → `…/ws`).
+                    let prefix = u.path().trim_end_matches('/').to_owned();
+                    u.set_path(&format!("{prefix}{p}"));
                     u.to_string()
                 });
                 let vapid = if i.services.iter().any(|s| s == "web_push") { i.vapid_public_key } else { None };

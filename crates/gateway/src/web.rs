@@ -58,7 +58,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
 const TICKET_LABEL: &str = "davpush-ws-ticket";
 /// How long a ticket opens WebSockets, seconds.
 const TICKET_SECS: i64 = 60;
-/// How often the gateway pings a proxied browser connection.
+/// How often the gateway pings a proxied browser connection until the Director's `hello`
+/// names its own interval, which the gateway then uses (so one reverse-proxy read timeout above
+/// `websocket.ping_interval_secs` fits both WebSockets).
 const BROWSER_PING: Duration = Duration::from_secs(30);
 /// How long the gateway waits for the Director's WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -261,7 +263,8 @@ async fn proxy(st: &GatewayState, req: Request) -> Result<Response, GatewayError
 async fn connect_director(st: &GatewayState) -> Result<DirectorSocket, tungstenite::Error> {
     let mut url = st.cfg.director_url.clone();
     let _ = url.set_scheme(if url.scheme() == "https" { "wss" } else { "ws" });
-    let path = st.websocket_path();
+    // Under director_url's path, as the Director's other endpoints are.
+    let path = format!("{}{}", url.path().trim_end_matches('/'), st.websocket_path());
     url.set_path(&path);
     let mut request = url.as_str().into_client_request()?;
     let h = request.headers_mut();
@@ -366,13 +369,14 @@ async fn pump(st: GatewayState, owner: String, access: Access, browser: WebSocke
     // The Director sees the gateway answer its pings, not the browser: the gateway pings the
     // browser itself and ends a connection that stays silent (its pongs count), so that dead
     // browsers do not hold Director connections.
-    let mut keepalive = tokio::time::interval(BROWSER_PING);
+    let mut every = BROWSER_PING;
+    let mut keepalive = tokio::time::interval(every);
     keepalive.tick().await;
     let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = keepalive.tick() => {
-                if heard.elapsed() > 2 * BROWSER_PING + Duration::from_secs(5) {
+                if heard.elapsed() > 2 * every + Duration::from_secs(5) {
                     let _ = b_tx.send(close(1001, "no answer to pings")).await;
                     let _ = d_tx.close().await;
                     return;
@@ -413,6 +417,12 @@ async fn pump(st: GatewayState, owner: String, access: Access, browser: WebSocke
             },
             m = d_rx.next() => match m {
                 Some(Ok(tungstenite::Message::Text(t))) => {
+                    if let Some(secs) = hello_ping_interval(t.as_str())
+                        && Duration::from_secs(secs) != every
+                    {
+                        every = Duration::from_secs(secs);
+                        keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    }
                     if b_tx.send(Message::Text(t.as_str().into())).await.is_err() {
                         let _ = d_tx.close().await;
                         return;
@@ -430,6 +440,14 @@ async fn pump(st: GatewayState, owner: String, access: Access, browser: WebSocke
                 }
             },
         }
+    }
+}
+
+/// The ping interval a Director's `hello` frame names (`None` for other frames, or 0).
+fn hello_ping_interval(text: &str) -> Option<u64> {
+    match serde_json::from_str::<ServerFrame>(text) {
+        Ok(ServerFrame::Hello { ping_interval, .. }) if ping_interval > 0 => Some(ping_interval),
+        _ => None,
     }
 }
 

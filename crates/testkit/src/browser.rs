@@ -44,6 +44,12 @@ impl Browser {
     /// Starts ChromeDriver and a headless Chromium session. If they are not installed the test
     /// fails, or is skipped (`None`) when skipping was chosen ([`crate::require`]).
     pub async fn start() -> Option<Browser> {
+        Browser::start_with_args(&[]).await
+    }
+
+    /// [`Browser::start`] with Chromium flags of the test's own besides [`CHROMIUM_ARGS`]
+    /// (e.g. `--ignore-certificate-errors-spki-list=…` to trust a test certificate).
+    pub async fn start_with_args(extra: &[String]) -> Option<Browser> {
         let bin = chromium();
         if bin.is_none() || !installed("chromedriver") {
             crate::require::missing(
@@ -78,6 +84,7 @@ impl Browser {
         std::fs::create_dir_all(&profile).expect("profile dir");
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| (*s).to_owned()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend(extra.iter().cloned());
         let binary = Command::new("sh")
             .args(["-c", &format!("command -v {}", bin.expect("checked"))])
             .output()

@@ -13,6 +13,8 @@
 //! - [`redis_server`]: a `redis-server` of the test's own, for tests that kill and restart Redis.
 //! - [`services`]: the real PostgreSQL (a scratch schema per test) and Redis of the scale-out tests.
 //! - [`sockets`]: raw TCP clients that connect and idle or send half a request (issue 9).
+//! - [`tls_proxy`]: a test CA, and real nginx and Caddy terminating TLS with the shipped
+//!   reverse-proxy configurations (issue 13).
 //!
 //! - [`require`]: what a test does when a tool it needs is missing (fails; skips only when chosen).
 //!
@@ -32,6 +34,7 @@ pub mod redis_server;
 pub mod require;
 pub mod services;
 pub mod sockets;
+pub mod tls_proxy;
 
 /// A port free now for a process this test starts, which binds it a moment later. Taken below
 /// the kernel's ephemeral range (32768–60999 here), so that the source ports of the many

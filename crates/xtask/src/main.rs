@@ -37,6 +37,8 @@ const TOOLS: &[(&[&str], &str, &str)] = &[
     (&["chromedriver"], "chromium-driver", "WebDriver for that browser"),
     (&["redis-server"], "redis-server", "Redis servers the failover tests start and stop"),
     (&["prometheus"], "prometheus", "Prometheus and promtool, for the alert rules and dashboard (monitoring)"),
+    (&["nginx"], "nginx", "the TLS reverse proxy of docs/operations.md (proxy_tls tests)"),
+    (&["caddy"], "caddy", "the other TLS reverse proxy of docs/operations.md (proxy_tls tests)"),
 ];
 
 fn main() -> ExitCode {

@@ -44,4 +44,9 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
         "install -m 0644 /usr/share/doc/davpush/monitoring/prometheus-alerts.yml /etc/prometheus/davpush-alerts.yml",
         CHECK_SH,
     ),
+    (
+        "docs/operations.md",
+        crate::proxy_tls::LISTEN,
+        "proxy_tls::issue_13_the_documented_listen_command_receives_a_change_through_nginx_with_a_private_ca",
+    ),
 ];

@@ -15,6 +15,7 @@ mod listen_readme;
 mod monitoring;
 mod operator;
 mod procs;
+mod proxy_tls;
 mod radicale_recipe;
 mod sd_notify;
 mod secrets_in_gateway_logs;
