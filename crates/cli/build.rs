@@ -33,9 +33,19 @@ fn main() {
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watch.push(branch);
     }
+    let mut watched = false;
     for name in watch {
         if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) {
             println!("cargo:rerun-if-changed={p}");
+            watched = true;
+        }
+    }
+    // git failed in a checkout (busy, or not installed yet): watch the checkout's `.git` itself,
+    // so the next build asks again instead of printing "unknown" until build.rs changes.
+    if !watched {
+        let dot_git = manifest.join("../../.git");
+        if dot_git.exists() {
+            println!("cargo:rerun-if-changed={}", dot_git.display());
         }
     }
 }
