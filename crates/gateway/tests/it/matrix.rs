@@ -77,8 +77,9 @@ fn shared() -> &'static Shared {
 
 /// The server `name` with its gateway, started on first use; `None` when it is skipped.
 fn node(name: &'static str) -> Option<&'static Node> {
-    static NODES: Mutex<Option<HashMap<&'static str, &'static OnceLock<Option<Node>>>>> = Mutex::new(None);
-    let cell: &'static OnceLock<Option<Node>> =
+    type Cell = &'static OnceLock<Option<Node>>;
+    static NODES: Mutex<Option<HashMap<&'static str, Cell>>> = Mutex::new(None);
+    let cell: Cell =
         NODES.lock().unwrap().get_or_insert_with(HashMap::new).entry(name).or_insert_with(|| Box::leak(Box::default()));
     cell.get_or_init(|| {
         let sh = shared();
