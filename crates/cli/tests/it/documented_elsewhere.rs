@@ -13,6 +13,11 @@ const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
 pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
+    (
+        "docs/servers.md",
+        "cat > /var/lib/xandikos/post-commit <<'EOF'",
+        "xandikos_recipe::issue_14_the_xandikos_git_hook_recipe_notifies_subscribers_of_the_gateway",
+    ),
     ("README.md", LISTEN, LISTEN_TEST),
     ("docs/clients.md", LISTEN, LISTEN_TEST),
     ("README.md", POPULATION, "durable::issue_11_bench_population_reports_every_figure"),

@@ -220,6 +220,8 @@ pub(crate) async fn alice_prop(url: &str, body: &str, element: &str) -> String {
         .request(reqwest::Method::from_bytes(b"PROPFIND").unwrap(), url)
         .header("Authorization", basic(ALICE.0, ALICE.1))
         .header("Depth", "0")
+        // Xandikos refuses a PROPFIND body without it (415).
+        .header("Content-Type", "application/xml; charset=utf-8")
         .body(body.to_owned())
         .send()
         .await
