@@ -12,6 +12,9 @@ const CHECK_SH: &str = "packaging/debian/check.sh (run by .ci/run)";
 const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
+const SABREDAV_RECIPE: &str = "php_recipes::issue_14_the_sabredav_outbox_recipe_notifies_subscribers_of_the_gateway";
+const DAVICAL_RECIPE: &str = "php_recipes::issue_14_the_davical_trigger_recipe_notifies_subscribers_of_the_gateway";
+
 pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     ("README.md", LISTEN, LISTEN_TEST),
     ("docs/clients.md", LISTEN, LISTEN_TEST),
@@ -38,4 +41,12 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     ("docs/operations.md", "   (umask 077 && openssl rand -hex 32 >/var/lib/davpush/notify-token.next)", CHECK_SH),
     ("docs/operations.md", "   mv /var/lib/davpush/notify-token.next /var/lib/davpush/notify-token", CHECK_SH),
     ("docs/operations.md", "dpkg --purge davpush", CHECK_SH),
+    ("docs/servers-php-nginx.md", "sqlite3 /srv/sabredav/db.sqlite <<'EOF'", SABREDAV_RECIPE),
+    ("docs/servers-php-nginx.md", "db=/srv/sabredav/db.sqlite", SABREDAV_RECIPE),
+    ("docs/servers-php-nginx.md", "psql -d davical <<'EOF'", DAVICAL_RECIPE),
+    (
+        "docs/servers-php-nginx.md",
+        "psql -d davical -qXAt -c 'SELECT max(id), path FROM davpush_outbox GROUP BY path' |",
+        DAVICAL_RECIPE,
+    ),
 ];

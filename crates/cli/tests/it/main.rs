@@ -12,6 +12,7 @@ mod install;
 mod listen;
 mod listen_readme;
 mod operator;
+mod php_recipes;
 mod procs;
 mod radicale_recipe;
 mod sd_notify;

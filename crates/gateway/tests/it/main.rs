@@ -11,6 +11,7 @@ mod demo_page;
 mod discovery;
 mod litmus;
 mod notifications;
+mod php_servers;
 mod prefix;
 mod registration;
 mod security;
