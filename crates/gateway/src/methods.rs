@@ -40,6 +40,8 @@ pub enum DavMethod {
     Copy,
     /// A write (properties).
     Proppatch,
+    /// A write when it creates the resource (a `LOCK` of an unmapped URL, RFC 4918 §7.3).
+    Lock,
     /// Everything else: passed through.
     Other,
 }
@@ -58,6 +60,7 @@ impl DavMethod {
             "MOVE" => DavMethod::Move,
             "COPY" => DavMethod::Copy,
             "PROPPATCH" => DavMethod::Proppatch,
+            "LOCK" => DavMethod::Lock,
             _ => DavMethod::Other,
         }
     }
@@ -65,6 +68,9 @@ impl DavMethod {
 
 /// Handles a request to `up_path` (the upstream's path) by its method.
 pub(crate) async fn handle(st: &GatewayState, req: Request, up_path: &str) -> Result<Response, GatewayError> {
+    if let Some(root_path) = well_known_at_root(st, up_path) {
+        return well_known(st, req, &root_path).await;
+    }
     match DavMethod::parse(req.method()) {
         DavMethod::Propfind => propfind(st, req, up_path).await,
         DavMethod::Options => options(st, req, up_path).await,
@@ -76,6 +82,7 @@ pub(crate) async fn handle(st: &GatewayState, req: Request, up_path: &str) -> Re
         | DavMethod::Move
         | DavMethod::Copy
         | DavMethod::Proppatch => write(st, req, up_path).await,
+        DavMethod::Lock => lock(st, req, up_path).await,
         DavMethod::Other => {
             let (parts, body) = req.into_parts();
             let resp = st.forward(&parts, up_path, streamed(&parts, body), &[]).await?;
@@ -202,12 +209,77 @@ async fn write(st: &GatewayState, req: Request, up_path: &str) -> Result<Respons
     Ok(st.respond(resp).await)
 }
 
+/// `/.well-known/caldav` and `/carddav` (RFC 6764) live at the root of a host. When the upstream
+/// is mounted under a prefix (Xandikos at `/xandikos/`), a request for the gateway's
+/// `/.well-known/caldav` would reach `<prefix>.well-known/caldav`, which such servers do not
+/// serve: it goes to the upstream host's root instead (the upstream path returned here).
+fn well_known_at_root(st: &GatewayState, up_path: &str) -> Option<String> {
+    let prefix = st.cfg.upstream_prefix();
+    if prefix == "/" {
+        return None;
+    }
+    let rest = up_path.strip_prefix(prefix)?;
+    matches!(rest, ".well-known/caldav" | ".well-known/carddav").then(|| format!("/{rest}"))
+}
+
+/// A well-known request of a server mounted under a prefix ([`well_known_at_root`]): the upstream
+/// host's answer when it redirects (its `Location` mapped as always), else a redirect of the
+/// gateway's own to the server's context path, the gateway's public URL (RFC 6764 §5).
+async fn well_known(st: &GatewayState, req: Request, root_path: &str) -> Result<Response, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let resp = st.forward(&parts, root_path, streamed(&parts, body), &[]).await?;
+    if resp.status().is_redirection() {
+        return Ok(st.respond(resp).await);
+    }
+    let location =
+        HeaderValue::from_str(st.cfg.public_url.as_str()).map_err(|_| GatewayError::Internal("bad public URL"))?;
+    Ok((StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]).into_response())
+}
+
+/// `LOCK`: a new lock (one with a body) on an unmapped URL creates an empty resource, a change
+/// of its parent. Servers answer that with 201 (RFC 4918 §9.10.4) or, like Apache mod_dav, 200;
+/// so whether the resource existed is asked of the upstream first, with the client's
+/// credentials. Refreshing a lock (no body) and `UNLOCK` change nothing.
+async fn lock(st: &GatewayState, req: Request, up_path: &str) -> Result<Response, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let new_lock = parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    let existed = if new_lock { exists(st, up_path, parts.headers.get(header::AUTHORIZATION)).await } else { true };
+    let resp = st.forward(&parts, up_path, streamed(&parts, body), &[]).await?;
+    let created = resp.status() == StatusCode::CREATED || (resp.status().is_success() && !existed);
+    if created {
+        notify_after_write(st, &parts, up_path, None);
+    }
+    Ok(st.respond(resp).await)
+}
+
+/// Whether the upstream has a resource at `up_path` (for the requester); when in doubt, yes.
+async fn exists(st: &GatewayState, up_path: &str, auth: Option<&HeaderValue>) -> bool {
+    let mut req = st
+        .upstream
+        .request(reqwest::Method::from_bytes(b"PROPFIND").expect("valid"), st.upstream_url(up_path, None))
+        .header("Depth", "0")
+        .header(header::CONTENT_TYPE, "application/xml; charset=utf-8")
+        .body(
+            r#"<?xml version="1.0" encoding="utf-8"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>"#,
+        );
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
+    !matches!(req.send().await.map(|r| r.status().as_u16()), Ok(404))
+}
+
 /// The collections a successful write changed, and what changed in them.
 pub fn affected(method: DavMethod, path: &str, dest: Option<&str>) -> Vec<Change> {
     let content = |p: Option<String>| p.map(|path| Change { path, trigger: Trigger::Content });
     let property = |p: Option<String>| p.map(|path| Change { path, trigger: Trigger::Property });
     let mut v: Vec<Change> = match method {
-        DavMethod::Put | DavMethod::Mkcol | DavMethod::Mkcalendar => {
+        DavMethod::Put | DavMethod::Mkcol | DavMethod::Mkcalendar | DavMethod::Lock => {
             vec![content(parent_path(path))].into_iter().flatten().collect()
         }
         // Deleting a collection changes it and its parent; deleting a member, its parent.

@@ -122,3 +122,27 @@ fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Runs one litmus suite against `url` (with `auth` as user and password); returns each test's
+/// name and outcome (`pass`, `FAIL`, `SKIPPED`, …) in order.
+pub fn litmus_tests(suite: &str, url: &str, auth: Option<(&str, &str)>) -> Vec<(String, String)> {
+    let cwd = std::env::temp_dir().join(format!("davpush-litmus-{}-{suite}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&cwd).expect("temp dir");
+    let mut cmd = Command::new("litmus");
+    cmd.env("TESTS", suite).arg(url);
+    if let Some((u, p)) = auth {
+        cmd.args([u, p]);
+    }
+    let out = cmd.current_dir(&cwd).stdin(Stdio::null()).output().expect("run litmus");
+    let _ = std::fs::remove_dir_all(&cwd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // " 3. put_get_utf8_segment.... pass" (on a pipe, litmus repeats the "N. name...." part).
+    text.lines()
+        .filter_map(|l| {
+            let dots = l.rfind("..")?;
+            let outcome = l[dots..].trim_start_matches('.').split_whitespace().next()?.to_owned();
+            let name = l[..dots].trim_end_matches('.').split_whitespace().last()?.to_owned();
+            Some((name, outcome))
+        })
+        .collect()
+}

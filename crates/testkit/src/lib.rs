@@ -4,6 +4,8 @@
 //! - [`apache`]: Apache httpd with mod_dav and the litmus WebDAV compliance suite.
 //! - [`browser`]: headless Chromium driven by ChromeDriver (WebDriver over HTTP).
 //! - [`config`]: the example configurations document every key of the configuration structs.
+//! - [`dav_servers`]: the real WebDAV servers of the gateway's server matrix (Radicale, Xandikos,
+//!   Apache mod_dav), each described by a [`dav_servers::DavServer`].
 //! - [`davical`]: a real DAViCal (Apache + mod_php) with a PostgreSQL database of its own.
 //! - [`fake_push`]: a local RFC 8030 push service that records requests and answers as scripted.
 //! - [`fakes`]: local FCM (with Google OAuth and Instance ID), APNs (HTTP/2 over TLS) and HMS
@@ -27,6 +29,7 @@
 pub mod apache;
 pub mod browser;
 pub mod config;
+pub mod dav_servers;
 pub mod davical;
 pub mod fake_push;
 pub mod fakes;

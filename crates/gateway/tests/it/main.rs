@@ -10,6 +10,7 @@ mod connections;
 mod demo_page;
 mod discovery;
 mod litmus;
+mod matrix;
 mod notifications;
 mod php_servers;
 mod prefix;
