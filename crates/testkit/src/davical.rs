@@ -139,7 +139,8 @@ impl Davical {
         // DAViCal puts ../inc (from htdocs/) on its include path.
         std::os::unix::fs::symlink("/usr/share/davical/inc", self.dir.join("inc")).expect("inc");
         for f in ["caldav.php", "always.php"] {
-            std::fs::copy(launch::asset(&format!("davical/htdocs/{f}")), self.dir.join("htdocs").join(f)).expect("htdocs");
+            std::fs::copy(launch::asset(&format!("davical/htdocs/{f}")), self.dir.join("htdocs").join(f))
+                .expect("htdocs");
         }
         let conf = launch::template("davical/httpd.conf", &[("@DIR@", &d), ("@PORT@", &port), ("@USER@", user)]);
         std::fs::write(self.dir.join("httpd.conf"), conf).expect("httpd.conf");
@@ -161,8 +162,10 @@ impl Davical {
             launch::quote(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)),
             launch::quote(&d)
         );
-        let env = [("PGHOST", self.pg.host.clone()), ("PGPORT", self.pg.port.to_string()), ("PGUSER", self.pg.user.clone())];
-        let mut apache = launch::Watched::spawn(&launch::program("apache2"), &args, &env, &self.dir.join("apache.log"), &cleanup);
+        let env =
+            [("PGHOST", self.pg.host.clone()), ("PGPORT", self.pg.port.to_string()), ("PGUSER", self.pg.user.clone())];
+        let mut apache =
+            launch::Watched::spawn(&launch::program("apache2"), &args, &env, &self.dir.join("apache.log"), &cleanup);
         launch::wait_listening(self.port, 30, "Apache (DAViCal)", &log, &mut apache);
         self.apache = Some(apache);
     }

@@ -8,8 +8,8 @@
 //! No PROPPATCH (405), no sync-collection: clients see changes through ETags and
 //! `getlastmodified`.
 
-use std::path::PathBuf;
 use crate::launch;
+use std::path::PathBuf;
 
 /// What to install when nginx or dav-ext is missing.
 pub const INSTALL: &str = "apt-get install nginx libnginx-mod-http-dav-ext";
@@ -45,7 +45,8 @@ impl NginxDav {
         std::fs::create_dir_all(dir.join("tmp")).expect("tmp dir");
         let user = if launch::is_root() { "user www-data;" } else { "" };
         let d = dir.display().to_string();
-        let conf = launch::template("nginx-dav/nginx.conf", &[("@DIR@", &d), ("@PORT@", &port.to_string()), ("@USER@", user)]);
+        let conf =
+            launch::template("nginx-dav/nginx.conf", &[("@DIR@", &d), ("@PORT@", &port.to_string()), ("@USER@", user)]);
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
         launch::give_to_daemon(&[&dir.join("data"), &dir.join("tmp")]);
         let log = dir.join("error.log");
@@ -61,7 +62,8 @@ impl NginxDav {
         ];
         // SIGTERM: the master stops its workers and leaves.
         let cleanup = format!("rm -rf {}", launch::quote(&d));
-        let mut process = launch::Watched::spawn(&launch::program("nginx"), &args, &[], &dir.join("stderr.log"), &cleanup);
+        let mut process =
+            launch::Watched::spawn(&launch::program("nginx"), &args, &[], &dir.join("stderr.log"), &cleanup);
         launch::wait_listening(port, 20, "nginx", &log, &mut process);
         let server = NginxDav { url: format!("http://127.0.0.1:{port}/"), port, dir, _process: process };
         Some(server)

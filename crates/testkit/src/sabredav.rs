@@ -38,7 +38,10 @@ impl SabreDav {
         let modules = launch::run(Command::new("php").arg("-m"), "php -m");
         for (module, package) in [("pdo_sqlite", "php-sqlite3"), ("dom", "php-xml"), ("mbstring", "php-mbstring")] {
             if !modules.lines().any(|l| l.trim() == module) {
-                crate::require::missing(&format!("PHP's {module} module is not installed"), &format!("apt-get install {package}"));
+                crate::require::missing(
+                    &format!("PHP's {module} module is not installed"),
+                    &format!("apt-get install {package}"),
+                );
                 return None;
             }
         }

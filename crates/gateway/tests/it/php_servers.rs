@@ -59,7 +59,8 @@ async fn propfind0(url: &str, user: &str, props: &str) -> (u16, String) {
     dav("PROPFIND", url, user, &[("Depth", "0"), ("Content-Type", "application/xml")], &body).await
 }
 
-const SYNC: &str = r#"<sync-collection xmlns="DAV:"><sync-token/><sync-level>1</sync-level><prop><getetag/></prop></sync-collection>"#;
+const SYNC: &str =
+    r#"<sync-collection xmlns="DAV:"><sync-token/><sync-level>1</sync-level><prop><getetag/></prop></sync-collection>"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_14_sabredav_serves_caldav_carddav_and_files_under_dav_php() {
@@ -103,7 +104,8 @@ async fn issue_14_sabredav_serves_caldav_carddav_and_files_under_dav_php() {
 
     // A contact; a new calendar.
     let book = format!("{base}{}", SabreDav::addressbook_path("alice"));
-    let (st, text) = dav("PUT", &format!("{book}c1.vcf"), "alice", &[("Content-Type", "text/vcard")], &vcard("c1")).await;
+    let (st, text) =
+        dav("PUT", &format!("{book}c1.vcf"), "alice", &[("Content-Type", "text/vcard")], &vcard("c1")).await;
     assert_eq!(st, 201, "{text}");
     let (st, text) = dav("MKCALENDAR", &format!("{base}/dav.php/calendars/alice/work/"), "alice", &[], "").await;
     assert_eq!(st, 201, "{text}");
@@ -138,7 +140,11 @@ async fn issue_14_davical_serves_caldav_and_carddav_from_its_own_database() {
     let base = d.url.trim_end_matches('/').to_owned();
     let exists = |name: &str| {
         let sql = format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'");
-        d.pg.command("psql").args(["-qXAt", "-d", "postgres", "-c", &sql]).output().map(|o| o.stdout).unwrap_or_default()
+        d.pg.command("psql")
+            .args(["-qXAt", "-d", "postgres", "-c", &sql])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default()
     };
     assert_eq!(exists(&d.database), b"1\n");
 
@@ -158,7 +164,8 @@ async fn issue_14_davical_serves_caldav_and_carddav_from_its_own_database() {
     assert_eq!(st, 201, "{text}\n{}", d.log());
     let (st, text) = dav("REPORT", &cal, "alice", &[("Content-Type", "application/xml")], SYNC).await;
     assert_eq!(st, 207, "{text}");
-    let token = |text: &str| xml::parse(text).unwrap().child(DAV, "sync-token").map(|t| t.text()).expect("a sync-token");
+    let token =
+        |text: &str| xml::parse(text).unwrap().child(DAV, "sync-token").map(|t| t.text()).expect("a sync-token");
     let first = token(&text);
     let ics = event("e1");
     let (st, text) = dav("PUT", &format!("{cal}e1.ics"), "alice", &[("Content-Type", "text/calendar")], &ics).await;
@@ -176,7 +183,8 @@ async fn issue_14_davical_serves_caldav_and_carddav_from_its_own_database() {
     );
     let (st, text) = dav("MKCOL", &book, "alice", &[("Content-Type", "application/xml")], &mkcol).await;
     assert_eq!(st, 201, "{text}");
-    let (st, text) = dav("PUT", &format!("{book}c1.vcf"), "alice", &[("Content-Type", "text/vcard")], &vcard("c1")).await;
+    let (st, text) =
+        dav("PUT", &format!("{book}c1.vcf"), "alice", &[("Content-Type", "text/vcard")], &vcard("c1")).await;
     assert_eq!(st, 201, "{text}");
 
     for (method, url, body) in [
