@@ -58,10 +58,12 @@ async fn issue_14_the_sabredav_outbox_recipe_notifies_subscribers_of_the_gateway
     let director = procs::director(&data);
     let toml = gateway_toml(dir.path(), &director);
     run_block(&triggers, dir.path(), &toml, &[]);
-    let gateway = procs::gateway(&data, &sabre.url, &director.url());
+    // The gateway's upstream is the mount point (docs): it is published at `/`.
+    let gateway = procs::gateway(&data, &sabre.dav_url(), &director.url());
     let cal = SabreDav::calendar_path("alice");
-    let topic = procs::advertised_topic(&format!("{}{}", gateway.url(), &cal[1..])).await;
-    let mut ws = procs::subscribe_through_gateway(&gateway, &cal, &topic).await;
+    let public = cal.strip_prefix("/dav.php").unwrap();
+    let topic = procs::advertised_topic(&format!("{}{}", gateway.url(), &public[1..])).await;
+    let mut ws = procs::subscribe_through_gateway(&gateway, public, &topic).await;
 
     // An import that writes SabreDAV's database directly, as SabreDAV's own PDO backend does.
     let ics = procs::event("imported").replace('\'', "''");
@@ -87,7 +89,7 @@ async fn issue_14_the_sabredav_outbox_recipe_notifies_subscribers_of_the_gateway
     assert!(frame.get("sync_token").is_none_or(|t| t.is_null()), "{frame}");
     assert_eq!(queued(&sabre.database()), "0", "notified, so no longer queued");
     // The change is real: the event is there through the gateway.
-    let status = procs::dav("GET", &format!("{}{}imported.ics", gateway.url(), &cal[1..]), "").await;
+    let status = procs::dav("GET", &format!("{}{}imported.ics", gateway.url(), &public[1..]), "").await;
     assert_eq!(status, 200);
 }
 
@@ -110,9 +112,10 @@ async fn issue_14_the_davical_trigger_recipe_notifies_subscribers_of_the_gateway
     let director = procs::director(&data);
     let toml = gateway_toml(dir.path(), &director);
     run_block(&trigger, dir.path(), &toml, &pg);
-    let gateway = procs::gateway(&data, &davical.url, &director.url());
+    // The gateway's upstream is the mount point (docs): it is published at `/`.
+    let gateway = procs::gateway(&data, &format!("{}caldav.php/", davical.url), &director.url());
     // A calendar and an event through the gateway: DAViCal's own writes are not queued.
-    let cal = "/caldav.php/alice/calendar/";
+    let cal = "/alice/calendar/";
     let url = format!("{}{}", gateway.url(), &cal[1..]);
     assert_eq!(procs::dav("MKCALENDAR", &url, "").await, 201, "{}", davical.log());
     assert_eq!(procs::dav("PUT", &format!("{url}e1.ics"), &procs::event("e1")).await, 201);
