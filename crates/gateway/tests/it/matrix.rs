@@ -77,7 +77,8 @@ fn shared() -> &'static Shared {
 
 /// The server `name` with its gateway, started on first use; `None` when it is skipped.
 fn node(name: &'static str) -> Option<&'static Node> {
-    static NODES: Mutex<Option<HashMap<&'static str, &'static OnceLock<Option<Node>>>>> = Mutex::new(None);
+    type Cells = HashMap<&'static str, &'static OnceLock<Option<Node>>>;
+    static NODES: Mutex<Option<Cells>> = Mutex::new(None);
     let cell: &'static OnceLock<Option<Node>> =
         NODES.lock().unwrap().get_or_insert_with(HashMap::new).entry(name).or_insert_with(|| Box::leak(Box::default()));
     cell.get_or_init(|| {

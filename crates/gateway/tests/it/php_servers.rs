@@ -49,7 +49,7 @@ fn prop(text: &str, ns: &str, name: &str) -> Option<String> {
         .filter(|p| p.is(DAV, "propstat"))
         .filter(|p| p.child(DAV, "status").is_some_and(|s| s.text().contains(" 200 ")))
         .find_map(|p| p.child(DAV, "prop")?.child(ns, name))
-        .map(|e| e.elements().filter_map(|h| h.is(DAV, "href").then(|| h.text())).next().unwrap_or_else(|| e.text()))
+        .map(|e| e.elements().find(|h| h.is(DAV, "href")).map(|h| h.text()).unwrap_or_else(|| e.text()))
 }
 
 async fn propfind0(url: &str, user: &str, props: &str) -> (u16, String) {
