@@ -245,6 +245,10 @@ pub(crate) fn streamed(parts: &Parts, body: Body) -> Option<reqwest::Body> {
 }
 
 /// May the requester read `up_path`? Asks the upstream with the requester's credentials.
+///
+/// A `207` counts only if it has the resource's `resourcetype` (every resource has one): some
+/// servers answer a user who may not read with a multistatus without it (SabreDAV's ACL plugin:
+/// no properties at all, or each one `403` in its propstat).
 pub(crate) async fn check_read(
     st: &GatewayState,
     up_path: &str,
@@ -264,16 +268,62 @@ pub(crate) async fn check_read(
     let started = std::time::Instant::now();
     let resp = req.send().await.map_err(|_| GatewayError::BadGateway("the WebDAV server did not answer".into()))?;
     st.metrics.upstream(started.elapsed());
+    let refused = || GatewayError::precondition("push-not-available", "you may not read this collection");
     match resp.status().as_u16() {
+        207 => {
+            // A PROPFIND Depth 0 of one property: a small answer (at most 1 MiB read).
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(|_| GatewayError::BadGateway("the WebDAV server's answer broke off".into()))?
+            {
+                if body.len() + chunk.len() > 1 << 20 {
+                    return Err(GatewayError::BadGateway("the WebDAV server's PROPFIND answer is too large".into()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if readable(&String::from_utf8_lossy(&body)) { Ok(()) } else { Err(refused()) }
+        }
         200..=299 => Ok(()),
         401 => Err(GatewayError::Unauthorized {
             message: "authentication required",
             challenges: resp.headers().get_all(header::WWW_AUTHENTICATE).iter().cloned().collect(),
         }),
-        403 | 404 => Err(GatewayError::precondition("push-not-available", "you may not read this collection")),
+        403 | 404 => Err(refused()),
         // The upstream refused the request itself (a malformed path, a method it does not allow
         // there): the client's error, passed on as such.
         s @ 400..=499 => Err(GatewayError::UpstreamRefused(StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST))),
         s => Err(GatewayError::BadGateway(format!("the WebDAV server answered {s}"))),
+    }
+}
+
+/// Whether a multistatus answer to `PROPFIND resourcetype` has the property with status 200.
+fn readable(multistatus: &str) -> bool {
+    use crate::xml::{self, DAV};
+    let Ok(root) = xml::parse(multistatus) else { return false };
+    root.elements().filter(|r| r.is(DAV, "response")).any(|r| {
+        r.elements().filter(|p| p.is(DAV, "propstat")).any(|p| {
+            let ok = p.child(DAV, "status").is_some_and(|s| s.text().split_whitespace().nth(1) == Some("200"));
+            ok && p.child(DAV, "prop").is_some_and(|prop| prop.child(DAV, "resourcetype").is_some())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable;
+
+    #[test]
+    fn a_multistatus_without_the_resourcetype_is_no_permission_to_read() {
+        // SabreDAV 1.8 to a user its ACL plugin hides the calendar from.
+        let empty = r#"<?xml version="1.0" encoding="utf-8"?><d:multistatus xmlns:d="DAV:"/>"#;
+        assert!(!readable(empty));
+        let denied = r#"<d:multistatus xmlns:d="DAV:"><d:response><d:href>/c/</d:href><d:propstat><d:prop><d:resourcetype/></d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat></d:response></d:multistatus>"#;
+        assert!(!readable(denied));
+        let ok = r#"<multistatus xmlns="DAV:"><response><href>/c/</href><propstat><prop><resourcetype><collection/></resourcetype></prop><status>HTTP/1.1 200 OK</status></propstat></response></multistatus>"#;
+        assert!(readable(ok));
+        assert!(!readable("not xml"));
     }
 }

@@ -36,8 +36,11 @@
 //!    sync-collection).
 //!
 //! Launchers of this crate: [`radicale`] (Radicale 3.9, PyPI), [`xandikos`] (Xandikos, PyPI,
-//! behind Apache as its authenticating reverse proxy, mounted under `/xandikos/`) and [`apache`]
-//! (Apache httpd mod_dav, plain files, Basic auth per user folder).
+//! behind Apache as its authenticating reverse proxy, mounted under `/xandikos/`), [`apache`]
+//! (Apache httpd mod_dav, plain files, Basic auth per user folder), [`sabredav()`] (SabreDAV 1.8
+//! at `/dav.php/`), [`davical()`] (DAViCal at `/caldav.php/`, its own PostgreSQL database) and
+//! [`nginx()`] (nginx dav + dav-ext, plain files); the last three wrap the servers of
+//! [`crate::sabredav`], [`crate::davical`] and [`crate::nginx_dav`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,6 +86,8 @@ pub struct Caps {
     pub mkcalendar: bool,
     /// `COPY` of members (`MOVE` every server has).
     pub copy: bool,
+    /// `PROPPATCH` (nginx has none: 405).
+    pub proppatch: bool,
     /// `/.well-known/caldav` (and `carddav`) redirect to the server's context path (RFC 6764).
     pub well_known: bool,
     /// litmus applies (plain WebDAV files at [`DavServer::files`]'s home).
@@ -159,6 +164,9 @@ pub fn start(name: &str) -> Option<DavServer> {
         "radicale" => radicale(),
         "xandikos" => xandikos(),
         "apache" => apache(),
+        "sabredav" => sabredav(),
+        "davical" => davical(),
+        "nginx" => nginx(),
         other => panic!("no launcher for the WebDAV server {other:?}"),
     }
 }
@@ -229,7 +237,9 @@ pub fn create_request(kind: Kind) -> (&'static str, &'static str) {
 /// folder when its stdin — a pipe the test process holds — closes, i.e. when the [`Tied`] is
 /// dropped or the test process exits, however it ends.
 pub struct Tied {
-    child: Child,
+    child: Option<Child>,
+    /// A server whose launcher ties its processes itself ([`Tied::holding`]).
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// What it runs (for messages).
     pub what: String,
 }
@@ -238,7 +248,11 @@ impl Tied {
     /// Starts `program args…` in `cwd`, with `env`, stdout and stderr appended to `log`; `cleanup`
     /// is removed after it stopped.
     pub fn spawn(program: &str, args: &[String], env: &[(&str, &str)], log: &Path, cleanup: Option<&Path>) -> Tied {
-        let script = r#"dir="$1"; shift; "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM "$pid" 2>/dev/null; wait "$pid"; [ -n "$dir" ] && rm -rf "$dir"; exit 0"#;
+        // `setsid`: a process group of its own. Apache in the foreground signals its whole
+        // process group when it stops (every Unix MPM), which would otherwise be the test
+        // binary's and cargo's. (A background job of `sh -c` is no group leader, so setsid does
+        // not fork: `$!` stays the program's pid.)
+        let script = r#"dir="$1"; shift; setsid "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM "$pid" 2>/dev/null; wait "$pid"; [ -n "$dir" ] && rm -rf "$dir"; exit 0"#;
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let child = Command::new("sh")
             .arg("-c")
@@ -253,19 +267,28 @@ impl Tied {
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        Tied { child, what: program.to_owned() }
+        Tied { child: Some(child), _held: None, what: program.to_owned() }
+    }
+
+    /// Keeps `server` — a running server of a launcher that ties its processes to the test
+    /// process itself ([`crate::sabredav`], [`crate::davical`], [`crate::nginx_dav`]) — for as
+    /// long as the [`DavServer`] lives; dropping it stops the server.
+    pub fn holding<T: Send + Sync + 'static>(what: &str, server: T) -> Tied {
+        Tied { child: None, _held: Some(Box::new(server)), what: what.to_owned() }
     }
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
 impl Drop for Tied {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
     }
 }
 
@@ -368,6 +391,7 @@ pub fn radicale() -> Option<DavServer> {
             lock: false,
             mkcalendar: true,
             copy: false,
+            proppatch: true,
             well_known: true,
             litmus: false,
         },
@@ -475,7 +499,7 @@ pub fn apache() -> Option<DavServer> {
         calendar: None,
         addressbook: None,
         files: Some(format!("/{}/files/", owner.name)),
-        caps: Caps { lock: true, copy: true, litmus: true, ..Caps::default() },
+        caps: Caps { lock: true, copy: true, proppatch: true, litmus: true, ..Caps::default() },
         data_dir: Some(dir.join("dav")),
         owner,
         other,
@@ -548,6 +572,7 @@ pub fn xandikos() -> Option<DavServer> {
             lock: false,
             mkcalendar: true,
             copy: true,
+            proppatch: true,
             well_known: true,
             litmus: false,
         },
@@ -556,4 +581,135 @@ pub fn xandikos() -> Option<DavServer> {
         other,
         guard: vec![proxy, tied],
     })
+}
+
+fn users_of(list: &[(&str, &str)]) -> (User, User) {
+    (User::new(list[0].0, list[0].1), User::new(list[1].0, list[1].1))
+}
+
+/// SabreDAV 1.8 ([`crate::sabredav`]) mounted at `/dav.php/` like Baïkal: alice's calendar and
+/// address book `default`, her folder of plain files `/dav.php/files/alice/files/`. The matrix
+/// runs on its calendars (CalDAV is what SabreDAV's users run). No sync-collection (SabreDAV
+/// 1.8 has none: push messages carry no sync-token).
+pub fn sabredav() -> Option<DavServer> {
+    use crate::sabredav::SabreDav;
+    let server = SabreDav::start()?;
+    let (owner, other) = users_of(crate::radicale::USERS);
+    let files = format!("{}files/", SabreDav::files_path(&owner.name));
+    let mut s = DavServer {
+        name: "sabredav",
+        url: server.dav_url(),
+        prefix: SabreDav::PREFIX.into(),
+        auth: AuthScheme::Basic,
+        principal: Some(format!("/dav.php/principals/{}/", owner.name)),
+        calendar_home: Some(format!("/dav.php/calendars/{}/", owner.name)),
+        addressbook_home: Some(format!("/dav.php/addressbooks/{}/", owner.name)),
+        files_home: None,
+        calendar: Some(SabreDav::calendar_path(&owner.name)),
+        addressbook: Some(SabreDav::addressbook_path(&owner.name)),
+        files: None,
+        caps: Caps {
+            sync_collection: false,
+            caldav: true,
+            carddav: true,
+            // Locks are for files; a LOCK of a new member of a calendar makes an empty resource
+            // that is no calendar object.
+            lock: false,
+            mkcalendar: true,
+            copy: true,
+            proppatch: true,
+            well_known: true,
+            litmus: false,
+        },
+        data_dir: Some(server.dir.clone()),
+        owner,
+        other,
+        guard: Vec::new(),
+    };
+    let folder = block_on(async {
+        let resp = reqwest::Client::new()
+            .request(reqwest::Method::from_bytes(b"MKCOL").unwrap(), s.direct(&files))
+            .header("Authorization", s.owner.basic())
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    });
+    assert_eq!(folder, 201, "sabredav: MKCOL {files}");
+    s.files = Some(files);
+    s.guard.push(Tied::holding("sabredav", server));
+    Some(s)
+}
+
+/// DAViCal ([`crate::davical`]) at `/caldav.php/`, with a PostgreSQL database of its own: alice's
+/// principal is also her calendar and address-book home; her calendar `calendar` and address
+/// book `addresses` are made here. sync-collection, no COPY, no locks on calendar members.
+pub fn davical() -> Option<DavServer> {
+    use crate::davical::Davical;
+    let server = Davical::start()?;
+    let (owner, other) = users_of(crate::radicale::USERS);
+    let home = Davical::principal_path(&owner.name);
+    let mut s = DavServer {
+        name: "davical",
+        url: format!("{}caldav.php/", server.url),
+        prefix: Davical::PREFIX.into(),
+        auth: AuthScheme::Basic,
+        principal: Some(home.clone()),
+        calendar_home: Some(home.clone()),
+        addressbook_home: Some(home),
+        files_home: None,
+        calendar: None,
+        addressbook: None,
+        files: None,
+        caps: Caps {
+            sync_collection: true,
+            caldav: true,
+            carddav: true,
+            lock: false,
+            mkcalendar: true,
+            copy: false,
+            proppatch: true,
+            well_known: true,
+            litmus: false,
+        },
+        data_dir: None,
+        owner,
+        other,
+        guard: vec![Tied::holding("davical", server)],
+    };
+    block_on(async {
+        s.calendar = Some(s.create(Kind::Calendar, "calendar").await);
+        s.addressbook = Some(s.create(Kind::Addressbook, "addresses").await);
+    });
+    Some(s)
+}
+
+/// nginx with dav and dav-ext ([`crate::nginx_dav`]): plain files, alice's folder
+/// `/files/alice/` (only hers), `/files/alice/files/` made here. LOCK/UNLOCK, COPY and MOVE; no
+/// PROPPATCH, no sync-collection.
+pub fn nginx() -> Option<DavServer> {
+    use crate::nginx_dav::NginxDav;
+    let server = NginxDav::start()?;
+    let (owner, other) = users_of(crate::radicale::USERS);
+    let home = NginxDav::files_path(&owner.name);
+    let mut s = DavServer {
+        name: "nginx",
+        url: server.url.clone(),
+        prefix: "/".into(),
+        auth: AuthScheme::Basic,
+        principal: None,
+        calendar_home: None,
+        addressbook_home: None,
+        files_home: Some(home),
+        calendar: None,
+        addressbook: None,
+        files: None,
+        caps: Caps { lock: true, copy: true, litmus: true, ..Caps::default() },
+        data_dir: Some(server.dir.join("data")),
+        owner,
+        other,
+        guard: vec![Tied::holding("nginx", server)],
+    };
+    block_on(async { s.files = Some(s.create(Kind::Files, "files").await) });
+    Some(s)
 }

@@ -6,12 +6,15 @@
 //! - [`config`]: the example configurations document every key of the configuration structs.
 //! - [`dav_servers`]: the real WebDAV servers of the gateway's server matrix (Radicale, Xandikos,
 //!   Apache mod_dav), each described by a [`dav_servers::DavServer`].
+//! - [`davical`]: a real DAViCal (Apache + mod_php) with a PostgreSQL database of its own.
 //! - [`fake_push`]: a local RFC 8030 push service that records requests and answers as scripted.
 //! - [`fakes`]: local FCM (with Google OAuth and Instance ID), APNs (HTTP/2 over TLS) and HMS
 //!   (with Huawei OAuth) that check requests as the real services do and answer with their errors.
 //! - [`python`]: the Python interpreter with the independent tools (`http_ece`, `py_vapid`,
 //!   `radicale`), and the Web Push oracle script.
+//! - [`nginx_dav`]: nginx's WebDAV (with dav-ext) serving plain files.
 //! - [`radicale`]: a real Radicale CalDAV/CardDAV server on loopback, per test.
+//! - [`sabredav`]: a real SabreDAV (PHP's built-in server) mounted at `/dav.php/` like Baïkal.
 //! - [`redis_server`]: a `redis-server` of the test's own, for tests that kill and restart Redis.
 //! - [`services`]: the real PostgreSQL (a scratch schema per test) and Redis of the scale-out tests.
 //! - [`sockets`]: raw TCP clients that connect and idle or send half a request (issue 9).
@@ -29,12 +32,17 @@ pub mod apache;
 pub mod browser;
 pub mod config;
 pub mod dav_servers;
+pub mod davical;
 pub mod fake_push;
 pub mod fakes;
+mod launch;
+pub use launch::asset;
+pub mod nginx_dav;
 pub mod python;
 pub mod radicale;
 pub mod redis_server;
 pub mod require;
+pub mod sabredav;
 pub mod services;
 pub mod sockets;
 pub mod tls_proxy;

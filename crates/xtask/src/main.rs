@@ -39,6 +39,18 @@ const TOOLS: &[(&[&str], &str, &str)] = &[
     (&["prometheus"], "prometheus", "Prometheus and promtool, for the alert rules and dashboard (monitoring)"),
     (&["nginx"], "nginx", "the TLS reverse proxy of docs/operations.md (proxy_tls tests)"),
     (&["caddy"], "caddy", "the other TLS reverse proxy of docs/operations.md (proxy_tls tests)"),
+    (&["php"], "php-cli", "PHP, which runs SabreDAV (and DAViCal, under Apache's mod_php)"),
+    (&["sqlite3"], "sqlite3", "the SabreDAV out-of-band recipe's database tool"),
+    (&["psql"], "postgresql-client", "DAViCal's database set-up and out-of-band recipe"),
+];
+
+/// Files of packages that bring no command of their own (libraries, modules), each with its
+/// Debian package.
+const FILES: &[(&str, &str, &str)] = &[
+    ("/usr/share/php/Sabre/DAV/Server.php", "php-sabre-dav", "SabreDAV, a real WebDAV server of the gateway's tests"),
+    ("/usr/share/davical/dba/create-database.sh", "davical", "DAViCal, a real CalDAV server of the gateway's tests"),
+    ("/usr/lib/apache2/modules/libphp8.2.so", "libapache2-mod-php", "mod_php, which runs DAViCal"),
+    ("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so", "libnginx-mod-http-dav-ext", "nginx's PROPFIND and LOCK"),
 ];
 
 fn main() -> ExitCode {
@@ -103,6 +115,11 @@ fn test(args: Vec<OsString>) -> ExitCode {
     for (commands, package, what) in TOOLS {
         if !commands.iter().any(|c| on_path(c)) {
             missing.push((format!("`{}` ({what})", commands[0]), package));
+        }
+    }
+    for (file, package, what) in FILES {
+        if !Path::new(file).exists() {
+            missing.push((format!("{file} ({what})"), package));
         }
     }
 

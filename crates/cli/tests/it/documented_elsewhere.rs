@@ -12,6 +12,9 @@ const CHECK_SH: &str = "packaging/debian/check.sh (run by .ci/run)";
 const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
+const SABREDAV_RECIPE: &str = "php_recipes::issue_14_the_sabredav_outbox_recipe_notifies_subscribers_of_the_gateway";
+const DAVICAL_RECIPE: &str = "php_recipes::issue_14_the_davical_trigger_recipe_notifies_subscribers_of_the_gateway";
+
 pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     (
         "docs/servers.md",
@@ -53,5 +56,13 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
         "docs/operations.md",
         crate::proxy_tls::LISTEN,
         "proxy_tls::issue_13_the_documented_listen_command_receives_a_change_through_nginx_with_a_private_ca",
+    ),
+    ("docs/servers-php-nginx.md", "sqlite3 /srv/sabredav/db.sqlite <<'EOF'", SABREDAV_RECIPE),
+    ("docs/servers-php-nginx.md", "db=/srv/sabredav/db.sqlite", SABREDAV_RECIPE),
+    ("docs/servers-php-nginx.md", "psql -d davical <<'EOF'", DAVICAL_RECIPE),
+    (
+        "docs/servers-php-nginx.md",
+        "psql -d davical -qXAt -c 'SELECT max(id), path FROM davpush_outbox GROUP BY path' |",
+        DAVICAL_RECIPE,
     ),
 ];

@@ -14,6 +14,7 @@ mod listen;
 mod listen_readme;
 mod monitoring;
 mod operator;
+mod php_recipes;
 mod procs;
 mod proxy_tls;
 mod radicale_recipe;

@@ -13,6 +13,7 @@ mod litmus;
 mod matrix;
 mod notifications;
 mod ops;
+mod php_servers;
 mod prefix;
 mod registration;
 mod security;

@@ -77,9 +77,9 @@ fn shared() -> &'static Shared {
 
 /// The server `name` with its gateway, started on first use; `None` when it is skipped.
 fn node(name: &'static str) -> Option<&'static Node> {
-    type Cell = &'static OnceLock<Option<Node>>;
-    static NODES: Mutex<Option<HashMap<&'static str, Cell>>> = Mutex::new(None);
-    let cell: Cell =
+    type Cells = HashMap<&'static str, &'static OnceLock<Option<Node>>>;
+    static NODES: Mutex<Option<Cells>> = Mutex::new(None);
+    let cell: &'static OnceLock<Option<Node>> =
         NODES.lock().unwrap().get_or_insert_with(HashMap::new).entry(name).or_insert_with(|| Box::leak(Box::default()));
     cell.get_or_init(|| {
         let sh = shared();
@@ -395,7 +395,9 @@ async fn discovery(node: &'static Node) {
         assert!(challenge.to_ascii_lowercase().starts_with("basic"), "{}: challenge {challenge:?}", s.name);
         // Another user: refused by the server, no topic.
         let a = node.dav("PROPFIND", col, Some(&s.other), &h, PUSH_PROPS).await;
-        assert!(matches!(a.status, 401 | 403 | 404), "{}: {} may PROPFIND {col}: {}", s.name, s.other.name, a.status);
+        // SabreDAV's ACL plugin answers 207 without a single property instead.
+        let refused = matches!(a.status, 401 | 403 | 404) || (a.status == 207 && !a.body.contains(" 200 "));
+        assert!(refused, "{}: {} may PROPFIND {col}: {} {}", s.name, s.other.name, a.status, a.body);
         assert!(!a.body.contains(&node.topic(col)), "{}: another user sees the topic", s.name);
     }
 }
@@ -475,9 +477,14 @@ async fn writes(node: &'static Node) {
 
     let pp = r#"<propertyupdate xmlns="DAV:"><set><prop><displayname>Renamed by the matrix</displayname></prop></set></propertyupdate>"#;
     let r = node.dav("PROPPATCH", &a, o, &[XML_CT], pp).await;
-    assert_eq!(r.status, 207, "{}: PROPPATCH: {}", s.name, r.body);
-    assert!(!r.body.contains(" 403 ") && !r.body.contains(" 409 "), "{}: PROPPATCH refused: {}", s.name, r.body);
-    expect(node, &mut ws, "PROPPATCH of the collection", &[property(&a)], &[&home]).await;
+    if s.caps.proppatch {
+        assert_eq!(r.status, 207, "{}: PROPPATCH: {}", s.name, r.body);
+        assert!(!r.body.contains(" 403 ") && !r.body.contains(" 409 "), "{}: PROPPATCH refused: {}", s.name, r.body);
+        expect(node, &mut ws, "PROPPATCH of the collection", &[property(&a)], &[&home]).await;
+    } else {
+        // Refused (nginx: 405): nothing changed, nothing is notified (the sentinel shows it).
+        assert!(r.status >= 400, "{}: PROPPATCH: {} {}", s.name, r.status, r.body);
+    }
     // (its parent, the home, gets a property update too: the home is shared with other checks)
 
     // MOVE to the other collection: both change; COPY back (a second member of the same UID in
@@ -485,12 +492,13 @@ async fn writes(node: &'static Node) {
     let moved = format!("{b}{}", name("moved"));
     let r =
         node.dav("MOVE", &format!("{a}{}", name("one")), o, &[("Destination", &node.url(&s.public(&moved)))], "").await;
-    assert_eq!(r.status, 201, "{}: MOVE: {}", s.name, r.body);
+    // 201 as RFC 4918 says for a new resource at the destination, or 204 (nginx), 200 (DAViCal).
+    assert!(matches!(r.status, 200 | 201 | 204), "{}: MOVE: {} {}", s.name, r.status, r.body);
     expect(node, &mut ws, "MOVE", &[content(&a), content(&b)], &[&home]).await;
     if s.caps.copy {
         let dest = node.url(&s.public(&format!("{a}{}", name("copy"))));
         let r = node.dav("COPY", &moved, o, &[("Destination", &dest)], "").await;
-        assert_eq!(r.status, 201, "{}: COPY: {}", s.name, r.body);
+        assert!(matches!(r.status, 201 | 204), "{}: COPY: {} {}", s.name, r.status, r.body);
         expect(node, &mut ws, "COPY", &[content(&a)], &[&home]).await;
     }
     let r = node.dav("DELETE", &moved, o, &[], "").await;
@@ -812,3 +820,6 @@ macro_rules! server {
 server!(radicale: discovery, register_owner_only, writes, web_push_and_websocket, push_dont_notify, paths, caldav_library);
 server!(xandikos: discovery, register_owner_only, writes, web_push_and_websocket, push_dont_notify, paths, caldav_library);
 server!(apache: discovery, register_owner_only, writes, web_push_and_websocket, push_dont_notify, paths, litmus);
+server!(sabredav: discovery, register_owner_only, writes, web_push_and_websocket, push_dont_notify, paths, caldav_library);
+server!(davical: discovery, register_owner_only, writes, web_push_and_websocket, push_dont_notify, paths, caldav_library);
+server!(nginx: discovery, register_owner_only, writes, web_push_and_websocket, push_dont_notify, paths, litmus);
