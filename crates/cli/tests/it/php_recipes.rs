@@ -1,4 +1,4 @@
-//! Issue 14, "changes that bypass HTTP": the out-of-band recipes of docs/servers-php-nginx.md
+//! Issue 14, "changes that bypass HTTP": the out-of-band recipes of docs/servers.md
 //! for SabreDAV (SQLite triggers and a cron job) and DAViCal (a PostgreSQL trigger and a cron
 //! job), run exactly as printed (only the server's folder or database name and the data
 //! directory replaced) against the real servers, a real `davpush serve` and `davpush gateway`:
@@ -12,7 +12,7 @@ use davpush_testkit::sabredav::SabreDav;
 
 use crate::procs;
 
-const DOC: &str = "docs/servers-php-nginx.md";
+const DOC: &str = "docs/servers.md";
 const DATA: &str = "/var/lib/davpush";
 
 /// Runs a documented block with `sh`, `davpush` (the binary under test) on `PATH`, the Director
