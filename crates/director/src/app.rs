@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use davpush_cluster::{ClusterSettings, Received, RedisFanout};
+use davpush_cluster::{ClusterSettings, PresenceSettings, Received, RedisFanout, RedisPresence};
 use davpush_core::feedback::{Feedback, FeedbackReceiver};
 use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
 use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
@@ -152,7 +152,13 @@ pub async fn build_with_store(
             publish_retry: c.publish_retry,
         };
         let (fanout, rx) = RedisFanout::start(settings, metrics).await?;
-        service = service.with_fanout(fanout);
+        let presence = RedisPresence::start(PresenceSettings {
+            redis_url: c.redis_url.clone(),
+            node_id: c.node_id.clone(),
+            prefix: c.channel_prefix.clone(),
+            ttl: c.presence_ttl,
+        })?;
+        service = service.with_fanout(fanout).with_presence(presence);
         inbound = Some(rx);
     }
     let service = Arc::new(service);
@@ -211,6 +217,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
     Router::new()
         .route("/notify", post(http::notify::notify))
+        .route("/topics/active", get(http::notify::active))
         .route("/subscribe", post(http::subscription::subscribe))
         .route("/unsubscribe", post(http::subscription::unsubscribe))
         .route("/ws", get(http::websocket::upgrade))
