@@ -204,13 +204,20 @@ impl RedisPresence {
         let mut lost = false;
         if renew {
             let now = unix_ms();
-            // `ZADD … GT CH`-free: the answer says whether the member was new (1).
-            pipe.zadd(self.nodes_key(), &self.settings.node_id, now + self.ttl_ms());
+            // Renewed only if still there (`XX`): a registration Redis lost comes back only
+            // with a complete hash, after a rewrite.
+            pipe.atomic();
+            pipe.zscore(self.nodes_key(), &self.settings.node_id);
+            pipe.cmd("ZADD").arg(self.nodes_key()).arg("XX").arg(now + self.ttl_ms()).arg(&self.settings.node_id).ignore();
             pipe.cmd("PEXPIRE").arg(&hash).arg(3 * self.ttl_ms()).ignore();
             // Records of nodes gone for ten TTLs are forgotten (the admin view shows the others).
-            pipe.cmd("ZREMRANGEBYSCORE").arg(self.nodes_key()).arg("-inf").arg(now.saturating_sub(10 * self.ttl_ms())).ignore();
-            let (added,): (u64,) = pipe.query_async(c).await?;
-            lost = added == 1;
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(self.nodes_key())
+                .arg("-inf")
+                .arg(now.saturating_sub(10 * self.ttl_ms()))
+                .ignore();
+            let (score,): (Option<f64>,) = pipe.query_async(c).await?;
+            lost = score.is_none();
         } else if !topics.is_empty() {
             pipe.query_async::<()>(c).await?;
         }
@@ -265,6 +272,7 @@ async fn writer(presence: std::sync::Weak<RedisPresence>, mut stop: watch::Recei
                             tracing::warn!("this node's presence record was lost (a Redis restart?): rewriting it");
                             p.registered_since.store(0, Ordering::Release);
                             need_rewrite = true;
+                            p.wake.notify_one();
                         } else {
                             if need_rewrite {
                                 let _ = p.registered_since.compare_exchange(0, unix_ms(), Ordering::AcqRel, Ordering::Acquire);

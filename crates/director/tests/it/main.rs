@@ -16,5 +16,6 @@ mod hms;
 mod ops;
 mod readiness;
 mod subscription;
+mod topics;
 mod webpush;
 mod websocket;
