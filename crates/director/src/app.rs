@@ -170,7 +170,12 @@ pub async fn build_with_store(
     if let Some(rx) = inbound {
         tokio::spawn(apply_cluster(rx, Arc::downgrade(&service)));
     }
-    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup) })
+    let admin = startup.admin_tokens.clone().map(|t| Arc::new(http::admin::AdminView::new(t)));
+    if admin.is_some() {
+        service.metrics().recent.follow_topics();
+        tracing::info!("admin view enabled at /admin/");
+    }
+    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup), admin })
 }
 
 /// Loads the durable subscriptions (see [`PushService::load`]).
@@ -225,6 +230,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(http::ops::readyz))
         .route("/info", get(http::ops::info))
         .route("/metrics", get(http::ops::metrics))
+        .route("/admin", get(http::admin::redirect))
+        .route("/admin/", get(http::admin::page))
+        .route("/admin/admin.js", get(http::admin::script))
+        .route("/admin/admin.css", get(http::admin::style))
+        .route("/admin/events", get(http::admin::events))
         .fallback(http::ops::not_found)
         .layer(axum::middleware::map_response(http::ops::json_405))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -246,12 +256,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(background(state.clone(), stop_rx.clone()));
     let hub = state.hub.clone();
+    let admin = state.admin.clone();
     let app = router(state.clone());
     let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down: closing WebSocket connections");
         let _ = stop_tx.send(true);
         hub.close_all(CloseReason::Shutdown);
+        if let Some(a) = admin {
+            a.close();
+        }
     };
     // Accepted sockets get TCP_NODELAY: frames are small and latency matters.
     let metrics = state.service.metrics().clone();

@@ -164,6 +164,7 @@ impl PushService {
             report.topics += 1;
             if durable {
                 self.metrics.notifications.inc();
+                self.metrics.recent.notified(&n.topic);
             }
             let recipients = self.index.recipients_for(&n.topic, now, exclude, n.trigger);
             if recipients.is_empty() {

@@ -5,6 +5,7 @@
 
 mod util;
 
+mod admin;
 mod apns;
 mod cluster;
 mod connections;
