@@ -111,7 +111,10 @@ impl RedisPresence {
         let _ = self.stop.send(true);
         if let Some(mut c) = self.connection().await {
             let mut pipe = redis::pipe();
-            pipe.zrem(self.nodes_key(), &self.settings.node_id).ignore().del(self.hash_key(&self.settings.node_id)).ignore();
+            pipe.zrem(self.nodes_key(), &self.settings.node_id)
+                .ignore()
+                .del(self.hash_key(&self.settings.node_id))
+                .ignore();
             let _ = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut c)).await;
         }
     }
@@ -188,7 +191,12 @@ impl RedisPresence {
 
     /// Writes the queued changes; on `renew` also renews the registration. Returns the tickets
     /// covered, and whether the registration had vanished (Redis lost it: rewrite).
-    async fn flush(&self, c: &mut ConnectionManager, local: &dyn LocalTopics, renew: bool) -> redis::RedisResult<(u64, bool)> {
+    async fn flush(
+        &self,
+        c: &mut ConnectionManager,
+        local: &dyn LocalTopics,
+        renew: bool,
+    ) -> redis::RedisResult<(u64, bool)> {
         let (topics, covered) = {
             let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             (std::mem::take(&mut d.topics), d.issued)
@@ -208,7 +216,12 @@ impl RedisPresence {
             // with a complete hash, after a rewrite.
             pipe.atomic();
             pipe.zscore(self.nodes_key(), &self.settings.node_id);
-            pipe.cmd("ZADD").arg(self.nodes_key()).arg("XX").arg(now + self.ttl_ms()).arg(&self.settings.node_id).ignore();
+            pipe.cmd("ZADD")
+                .arg(self.nodes_key())
+                .arg("XX")
+                .arg(now + self.ttl_ms())
+                .arg(&self.settings.node_id)
+                .ignore();
             pipe.cmd("PEXPIRE").arg(&hash).arg(3 * self.ttl_ms()).ignore();
             // Records of nodes gone for ten TTLs are forgotten (the admin view shows the others).
             pipe.cmd("ZREMRANGEBYSCORE")
@@ -275,7 +288,12 @@ async fn writer(presence: std::sync::Weak<RedisPresence>, mut stop: watch::Recei
                             p.wake.notify_one();
                         } else {
                             if need_rewrite {
-                                let _ = p.registered_since.compare_exchange(0, unix_ms(), Ordering::AcqRel, Ordering::Acquire);
+                                let _ = p.registered_since.compare_exchange(
+                                    0,
+                                    unix_ms(),
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                );
                                 if !p.healthy.load(Ordering::Acquire) {
                                     tracing::info!("this node's WebSocket topics are recorded for the cluster");
                                 }
@@ -306,7 +324,9 @@ async fn writer(presence: std::sync::Weak<RedisPresence>, mut stop: watch::Recei
         };
         if result == Some(false) {
             if p.healthy.swap(false, Ordering::AcqRel) {
-                tracing::warn!("other nodes cannot tell which topics this node's WebSockets listen to until Redis answers");
+                tracing::warn!(
+                    "other nodes cannot tell which topics this node's WebSockets listen to until Redis answers"
+                );
             }
             p.registered_since.store(0, Ordering::Release);
             need_rewrite = true;

@@ -466,7 +466,8 @@ impl Index {
 
     /// Number of subscriptions of `topic`, per service in [`ServiceKind::ALL`] order.
     pub fn topic_counts(&self, topic: &str) -> [usize; KINDS] {
-        let shard = self.shards[self.hasher.hash_one(topic) as usize % SHARDS].read().unwrap_or_else(|e| e.into_inner());
+        let shard =
+            self.shards[self.hasher.hash_one(topic) as usize % SHARDS].read().unwrap_or_else(|e| e.into_inner());
         shard.get(topic).map_or([0; KINDS], |t| std::array::from_fn(|k| t.lists[k].len()))
     }
 
@@ -490,7 +491,8 @@ impl Index {
         // A max-heap of the `limit` smallest topics after `after`.
         let mut heap: BinaryHeap<&Topic> = BinaryHeap::with_capacity(limit.min(map.len()) + 1);
         for (topic, subs) in map.iter() {
-            if topic.as_str() <= after || !ServiceKind::ALL.iter().any(|k| wanted(*k) && !subs.lists[k.index()].is_empty())
+            if topic.as_str() <= after
+                || !ServiceKind::ALL.iter().any(|k| wanted(*k) && !subs.lists[k.index()].is_empty())
             {
                 continue;
             }

@@ -51,7 +51,7 @@ pub use kind::ServiceKind;
 pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};
 pub use presence::{LocalTopics, NodeStatus, Presence, RemotePage};
-pub use service::{Limits, NotifyReport, Unheard, PURGE_BATCH, PushService, ServiceError, Subscribed};
+pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed, Unheard};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 pub use subscription::{RemoteTarget, Subscription, Target, TargetData, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};

@@ -125,7 +125,8 @@ async fn issue_15_the_admin_page_shows_the_director_live_without_names_paths_or_
         d.subscribe_ws(&conn.clone(), topic, &conn).await;
         sockets.push(ws);
     }
-    let load = keep_notifying(&d, vec!["alice-private-calendar", "alice-private-calendar", "team-contacts", "bob-diary"]);
+    let load =
+        keep_notifying(&d, vec!["alice-private-calendar", "alice-private-calendar", "team-contacts", "bob-diary"]);
 
     b.goto(&d.url("/admin/")).await;
     b.eval(

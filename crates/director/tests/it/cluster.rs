@@ -213,10 +213,8 @@ async fn issue_15_a_topic_with_a_websocket_on_another_node_is_not_unheard() {
 
     // The socket closes: nobody listens any more.
     on_b.close(None).await.unwrap();
-    eventually("cal-1 is unheard again", || async {
-        unheard(&c.a, &["cal-1"]).await.is_some_and(|u| u == ["cal-1"])
-    })
-    .await;
+    eventually("cal-1 is unheard again", || async { unheard(&c.a, &["cal-1"]).await.is_some_and(|u| u == ["cal-1"]) })
+        .await;
 
     // A node that stops takes its record with it.
     let (_on_b, conn_b) = c.b.ws().await;

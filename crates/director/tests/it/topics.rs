@@ -47,7 +47,7 @@ async fn issue_15_active_topics_come_in_bounded_pages_that_list_each_topic_once(
     for (i, t) in topics.iter().enumerate() {
         // Every tenth topic has two subscribers.
         d.subscribe_ws("c", t, &conn).await;
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             d.subscribe_ws("d", t, &conn).await;
         }
     }
@@ -62,7 +62,7 @@ async fn issue_15_active_topics_come_in_bounded_pages_that_list_each_topic_once(
         for e in entries {
             let t = e["topic"].as_str().unwrap().to_owned();
             let n: usize = t["topic-".len()..].parse().unwrap();
-            let expected = if n % 10 == 0 { 2 } else { 1 };
+            let expected = if n.is_multiple_of(10) { 2 } else { 1 };
             assert_eq!(e["subscriptions"], expected, "{e}");
             assert_eq!(e["services"], json!({"websocket": expected}), "{e}");
             assert!(seen.insert(t), "listed once: {e}");
