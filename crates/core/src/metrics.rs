@@ -174,7 +174,7 @@ pub struct RecentError {
 }
 
 /// The last errors per push service, and the most notified topics (approximately: the
-/// Space-Saving algorithm over [`TOPICS_FOLLOWED`] counters), for the admin view.
+/// Space-Saving algorithm over 64 counters), for the admin view.
 #[derive(Debug, Default)]
 pub struct Recent {
     errors: Mutex<[std::collections::VecDeque<RecentError>; ServiceKind::ALL.len()]>,
