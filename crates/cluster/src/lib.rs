@@ -18,7 +18,8 @@
 //! # Layout
 //! - here: [`ClusterSettings`], [`RedisFanout::start`] and its [`Fanout`] side (the bounded queue);
 //! - `publisher`: the publisher task (ping, reconnect, retry);
-//! - `subscriber`: the subscriber task.
+//! - `subscriber`: the subscriber task;
+//! - `presence`: [`RedisPresence`], which topics each node holds WebSocket subscriptions of.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +32,11 @@ use tokio::time::Instant;
 use publisher::{Outgoing, Publisher};
 use subscriber::Subscriber;
 
+mod presence;
 mod publisher;
 mod subscriber;
+
+pub use presence::{PresenceSettings, RedisPresence};
 
 /// Shortest wait before reconnecting to Redis.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

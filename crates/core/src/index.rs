@@ -457,6 +457,63 @@ impl Index {
         out
     }
 
+    /// Whether `topic` has an unexpired subscription at `now` (whatever its triggers and
+    /// whoever a notify excludes): the Notify API's `unheard` is the opposite.
+    pub fn has_subscribers(&self, topic: &Topic, now: i64) -> bool {
+        let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
+        shard.get(topic).is_some_and(|t| t.lists.iter().flatten().any(|s| s.expires > now))
+    }
+
+    /// Number of subscriptions of `topic`, per service in [`ServiceKind::ALL`] order.
+    pub fn topic_counts(&self, topic: &str) -> [usize; KINDS] {
+        let shard =
+            self.shards[self.hasher.hash_one(topic) as usize % SHARDS].read().unwrap_or_else(|e| e.into_inner());
+        shard.get(topic).map_or([0; KINDS], |t| std::array::from_fn(|k| t.lists[k].len()))
+    }
+
+    /// Number of shards, for [`Index::topics_page`] cursors.
+    pub const SHARDS: usize = SHARDS;
+
+    /// Up to `limit` topics of shard `shard` that sort after `after` (`""`: from the first),
+    /// in order, with their counts per service, and with at least one subscription of a kind
+    /// `wanted` accepts. One shard's read lock is held while its topics are scanned; the
+    /// result holds at most `limit` entries (a bounded heap, not a copy of the shard).
+    pub fn topics_page(
+        &self,
+        shard: usize,
+        after: &str,
+        limit: usize,
+        wanted: impl Fn(ServiceKind) -> bool,
+    ) -> Vec<(Topic, [usize; KINDS])> {
+        use std::collections::BinaryHeap;
+        let Some(lock) = self.shards.get(shard) else { return Vec::new() };
+        let map = lock.read().unwrap_or_else(|e| e.into_inner());
+        // A max-heap of the `limit` smallest topics after `after`.
+        let mut heap: BinaryHeap<&Topic> = BinaryHeap::with_capacity(limit.min(map.len()) + 1);
+        for (topic, subs) in map.iter() {
+            if topic.as_str() <= after
+                || !ServiceKind::ALL.iter().any(|k| wanted(*k) && !subs.lists[k.index()].is_empty())
+            {
+                continue;
+            }
+            if heap.len() < limit {
+                heap.push(topic);
+            } else if heap.peek().is_some_and(|top| topic < *top) {
+                heap.pop();
+                heap.push(topic);
+            }
+        }
+        let mut out: Vec<_> = heap
+            .into_iter()
+            .map(|t| {
+                let counts = map.get(t).map_or([0; KINDS], |s| std::array::from_fn(|k| s.lists[k].len()));
+                (t.clone(), counts)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Subscriptions whose expiry is at or before `now`.
     pub fn expired(&self, now: i64) -> Vec<Arc<Subscription>> {
         self.meta().by_id.iter().filter(|s| s.0.expires <= now).map(|s| s.0.clone()).collect()

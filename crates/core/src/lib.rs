@@ -14,6 +14,7 @@
 //! - [`index`]: the routing index.
 //! - [`live`]: WebSocket connections (bounded mailboxes), their hub and transport.
 //! - [`fanout`]: the `Fanout` seam between the nodes of a cluster and the messages they exchange.
+//! - [`presence`]: the `Presence` seam: which topics other nodes hold WebSocket subscriptions of.
 //! - [`feedback`]: transports report subscriptions that are gone.
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
@@ -35,6 +36,7 @@ pub mod kind;
 pub mod live;
 pub mod metrics;
 pub mod notification;
+pub mod presence;
 pub mod secrets;
 pub mod service;
 pub mod session;
@@ -48,7 +50,8 @@ pub use index::{Caps, Index, Principal};
 pub use kind::ServiceKind;
 pub use metrics::Metrics;
 pub use notification::{Notification, PushMessage};
-pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed};
+pub use presence::{LocalTopics, NodeStatus, Presence, RemotePage};
+pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed, Unheard};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 pub use subscription::{RemoteTarget, Subscription, Target, TargetData, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};

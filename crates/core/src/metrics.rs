@@ -70,6 +70,8 @@ pub struct Metrics {
     /// `deliveries{service="websocket",outcome="sent"}`, resolved once: it is counted by every
     /// connection's task on every write, where a family lookup would contend.
     pub ws_sent: Counter,
+    /// The last errors per push service and the most notified topics (the admin view).
+    pub recent: Recent,
 }
 
 impl Default for Metrics {
@@ -88,6 +90,7 @@ impl Default for Metrics {
             store_wal_bytes: Gauge::default(),
             ready: Gauge::default(),
             ws_sent: Counter::default(),
+            recent: Recent::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
         r.register("websocket_closed", "WebSocket connections closed by the server or client", m.ws_closed.clone());
@@ -149,4 +152,162 @@ pub fn resident_memory_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// How many errors are kept per push service for the admin view.
+pub const ERRORS_KEPT: usize = 5;
+/// How many topics the busiest-topics counter follows.
+const TOPICS_FOLLOWED: usize = 64;
+
+/// A delivery that went wrong, as the admin view shows it: no endpoint path, token or topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentError {
+    /// Unix seconds.
+    pub at: i64,
+    /// `retry`, `rejected`, `gone`, `failed`.
+    pub outcome: &'static str,
+    /// The push service's origin (scheme, host, port), or the service's name.
+    pub host: String,
+    /// What happened, with URLs cut to their origin and token-like words removed
+    /// ([`sanitize_reason`]).
+    pub reason: String,
+}
+
+/// The last errors per push service, and the most notified topics (approximately: the
+/// Space-Saving algorithm over 64 counters), for the admin view.
+#[derive(Debug, Default)]
+pub struct Recent {
+    errors: Mutex<[std::collections::VecDeque<RecentError>; ServiceKind::ALL.len()]>,
+    /// `None` until [`Recent::follow_topics`]: the notify path then pays nothing.
+    topics: Mutex<Option<Vec<(crate::Topic, u64)>>>,
+    following: std::sync::atomic::AtomicBool,
+}
+
+impl Recent {
+    /// Keeps `error` (the oldest beyond [`ERRORS_KEPT`] goes), its reason sanitized.
+    pub fn error(&self, service: ServiceKind, outcome: &'static str, host: &str, reason: &str) {
+        let e = RecentError {
+            at: crate::unix_now(),
+            outcome,
+            host: sanitize_reason(host),
+            reason: sanitize_reason(reason),
+        };
+        let mut all = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let list = &mut all[service.index()];
+        if list.len() == ERRORS_KEPT {
+            list.pop_front();
+        }
+        list.push_back(e);
+    }
+
+    /// The kept errors of `service`, newest first.
+    pub fn errors(&self, service: ServiceKind) -> Vec<RecentError> {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner())[service.index()].iter().rev().cloned().collect()
+    }
+
+    /// Starts counting notifications per topic.
+    pub fn follow_topics(&self) {
+        *self.topics.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::with_capacity(TOPICS_FOLLOWED));
+        self.following.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Counts a notification of `topic` (if following).
+    pub fn notified(&self, topic: &crate::Topic) {
+        if !self.following.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut guard = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(counters) = guard.as_mut() else { return };
+        if let Some(c) = counters.iter_mut().find(|(t, _)| t == topic) {
+            c.1 += 1;
+        } else if counters.len() < TOPICS_FOLLOWED {
+            counters.push((topic.clone(), 1));
+        } else if let Some(min) = counters.iter_mut().min_by_key(|(_, n)| *n) {
+            // Space-Saving: the newcomer inherits the smallest count (an upper bound of its own).
+            *min = (topic.clone(), min.1 + 1);
+        }
+    }
+
+    /// The `n` most notified topics and their (approximate) counts, most first.
+    pub fn busiest(&self, n: usize) -> Vec<(crate::Topic, u64)> {
+        let guard = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = guard.clone().unwrap_or_default();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+/// `text` fit for the admin view: every URL cut to its origin (an endpoint's path is its
+/// capability), every word of 24 or more characters that looks like a token or key replaced
+/// by `[redacted]`, at most 200 characters.
+pub fn sanitize_reason(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(256));
+    let mut rest = text;
+    while !rest.is_empty() {
+        // The next word (a run of non-separators) and what precedes it.
+        let start = rest.find(|c: char| !is_separator(c)).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(is_separator).unwrap_or(rest.len());
+        let word = &rest[..end];
+        rest = &rest[end..];
+        if let Some((scheme, after)) = word.split_once("://") {
+            let authority = after.split(['/', '?', '#']).next().unwrap_or("");
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            out.push_str(scheme);
+            out.push_str("://");
+            out.push_str(host);
+        } else if word.len() >= 24 && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:+/=%".contains(&b)) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(word);
+        }
+    }
+    if out.len() > 200 {
+        let mut cut = 197;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
+}
+
+fn is_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '(' | ')' | '"' | '\'' | '<' | '>' | ',' | ';' | '[' | ']' | '{' | '}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_lose_endpoint_paths_tokens_and_credentials() {
+        let r = sanitize_reason(
+            "request failed: error sending request for url (https://user:pw@push.example.org:8443/wpush/v2/gAAAAABk-secret?x=1)",
+        );
+        assert_eq!(r, "request failed: error sending request for url (https://push.example.org:8443)");
+        let r = sanitize_reason(r#"HTTP 400: {"illegal_tokens":["IQAAAACy0kBqAADx9bLqqS-token-of-a-device"]}"#);
+        assert!(!r.contains("IQAAAACy0kBqAADx9bLqqS"), "{r}");
+        assert_eq!(sanitize_reason("HTTP 503: try later"), "HTTP 503: try later");
+        assert!(sanitize_reason(&"x ".repeat(300)).len() <= 200);
+    }
+
+    #[test]
+    fn the_busiest_topics_are_counted_in_bounded_space() {
+        let r = Recent::default();
+        let t = |s: &str| crate::Topic::parse(s, 64).unwrap();
+        r.notified(&t("before"));
+        assert!(r.busiest(10).is_empty(), "nothing is counted until followed");
+        r.follow_topics();
+        for i in 0..1_000 {
+            r.notified(&t(&format!("rare-{i}")));
+            r.notified(&t("hot"));
+        }
+        let top = r.busiest(3);
+        assert_eq!(top[0], (t("hot"), 1_000));
+        assert_eq!(r.topics.lock().unwrap().as_ref().unwrap().len(), TOPICS_FOLLOWED);
+    }
 }

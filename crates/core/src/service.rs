@@ -14,6 +14,7 @@ use std::sync::Arc;
 use davpush_proto::GrantKeys;
 
 use crate::fanout::Fanout;
+use crate::presence::Presence;
 use crate::store::SubscriptionStore;
 use crate::transport::Transports;
 use crate::{Index, Metrics};
@@ -29,17 +30,18 @@ mod testing;
 
 pub use error::ServiceError;
 pub use limits::Limits;
-pub use notify::NotifyReport;
+pub use notify::{NotifyReport, Unheard};
 pub use subscribe::{PURGE_BATCH, Subscribed};
 
 /// See the module documentation.
 pub struct PushService {
-    index: Index,
+    index: Arc<Index>,
     store: Arc<dyn SubscriptionStore>,
     transports: Transports,
     limits: Limits,
     metrics: Arc<Metrics>,
     fanout: Option<Arc<dyn Fanout>>,
+    presence: Option<Arc<dyn Presence>>,
     grants: Option<GrantKeys>,
     /// `true` once [`PushService::load`] has made every durable subscription routable.
     ready: tokio::sync::watch::Sender<bool>,
@@ -62,12 +64,13 @@ impl PushService {
         metrics: Arc<Metrics>,
     ) -> Self {
         PushService {
-            index: Index::default(),
+            index: Arc::new(Index::default()),
             store,
             transports,
             limits,
             metrics,
             fanout: None,
+            presence: None,
             grants: None,
             ready: tokio::sync::watch::Sender::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),

@@ -69,6 +69,10 @@ pub trait Transport: Send + Sync + 'static {
     /// destination) and no other subscription of its topic uses the same destination.
     /// Must not wait for the push service: queue the work and return.
     async fn removed(&self, _sub: &Arc<Subscription>) {}
+    /// Deliveries waiting for a retry (backing off after a failure), for the admin view.
+    fn pending_retries(&self) -> usize {
+        0
+    }
     /// Takes back deliveries that were pending when the Director last stopped.
     async fn restore(&self, _pending: Vec<(Arc<Subscription>, PendingDelivery)>) {}
     /// Stops accepting work and keeps what is still pending in the store.

@@ -315,6 +315,11 @@ impl Engine {
         self.inner.table().slots.len()
     }
 
+    /// Number of deliveries waiting for a retry (after a failure, or a host's open breaker).
+    pub fn waiting(&self) -> usize {
+        self.inner.table().slots.values().filter(|s| s.state == State::Waiting).count()
+    }
+
     /// Queues `message` for `sub`, replacing a message still pending for it. Never blocks.
     pub fn enqueue(&self, sub: &Arc<Subscription>, message: &Arc<PushMessage>) -> Enqueued {
         self.enqueue_key(SlotKey::Sub(sub.id.clone()), sub, message)
@@ -637,6 +642,13 @@ async fn complete(inner: &Arc<Inner>, pick: &hosts::Pick, outcome: Outcome, heal
             }
         };
         inner.metrics.delivered(kind, outcome_label, 1);
+        match &outcome {
+            Outcome::Delivered => {}
+            Outcome::Gone(reason) | Outcome::Rejected(reason) | Outcome::Retry { reason, .. } => {
+                let host = if pick.host.as_str().is_empty() { kind.as_str() } else { pick.host.as_str() };
+                inner.metrics.recent.error(kind, outcome_label, host, reason);
+            }
+        }
         if finished {
             if slot.dirty {
                 // A newer message arrived while this one was in flight: deliver it now.

@@ -116,6 +116,10 @@ impl<P: TargetParser> Transport for EngineTransport<P> {
         dispatch_to(&self.engine, self.membership.is_some(), message, recipients)
     }
 
+    fn pending_retries(&self) -> usize {
+        self.engine.waiting()
+    }
+
     fn tracks_membership(&self) -> bool {
         self.membership.is_some()
     }

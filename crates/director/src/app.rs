@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use davpush_cluster::{ClusterSettings, Received, RedisFanout};
+use davpush_cluster::{ClusterSettings, PresenceSettings, Received, RedisFanout, RedisPresence};
 use davpush_core::feedback::{Feedback, FeedbackReceiver};
 use davpush_core::live::{CloseReason, Hub, WebSocketTransport};
 use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
@@ -152,7 +152,13 @@ pub async fn build_with_store(
             publish_retry: c.publish_retry,
         };
         let (fanout, rx) = RedisFanout::start(settings, metrics).await?;
-        service = service.with_fanout(fanout);
+        let presence = RedisPresence::start(PresenceSettings {
+            redis_url: c.redis_url.clone(),
+            node_id: c.node_id.clone(),
+            prefix: c.channel_prefix.clone(),
+            ttl: c.presence_ttl,
+        })?;
+        service = service.with_fanout(fanout).with_presence(presence);
         inbound = Some(rx);
     }
     let service = Arc::new(service);
@@ -164,7 +170,12 @@ pub async fn build_with_store(
     if let Some(rx) = inbound {
         tokio::spawn(apply_cluster(rx, Arc::downgrade(&service)));
     }
-    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup) })
+    let admin = startup.admin_tokens.clone().map(|t| Arc::new(http::admin::AdminView::new(t)));
+    if admin.is_some() {
+        service.metrics().recent.follow_topics();
+        tracing::info!("admin view enabled at /admin/");
+    }
+    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup), admin })
 }
 
 /// Loads the durable subscriptions (see [`PushService::load`]).
@@ -211,6 +222,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
     Router::new()
         .route("/notify", post(http::notify::notify))
+        .route("/topics/active", get(http::notify::active))
         .route("/subscribe", post(http::subscription::subscribe))
         .route("/unsubscribe", post(http::subscription::unsubscribe))
         .route("/ws", get(http::websocket::upgrade))
@@ -218,6 +230,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(http::ops::readyz))
         .route("/info", get(http::ops::info))
         .route("/metrics", get(http::ops::metrics))
+        .route("/admin", get(http::admin::redirect))
+        .route("/admin/", get(http::admin::page))
+        .route("/admin/admin.js", get(http::admin::script))
+        .route("/admin/admin.css", get(http::admin::style))
+        .route("/admin/events", get(http::admin::events))
         .fallback(http::ops::not_found)
         .layer(axum::middleware::map_response(http::ops::json_405))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -239,12 +256,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(background(state.clone(), stop_rx.clone()));
     let hub = state.hub.clone();
+    let admin = state.admin.clone();
     let app = router(state.clone());
     let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down: closing WebSocket connections");
         let _ = stop_tx.send(true);
         hub.close_all(CloseReason::Shutdown);
+        if let Some(a) = admin {
+            a.close();
+        }
     };
     // Accepted sockets get TCP_NODELAY: frames are small and latency matters.
     let metrics = state.service.metrics().clone();

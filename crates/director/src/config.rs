@@ -137,6 +137,8 @@ pub struct RawConfig {
     pub hms: RawHms,
     /// `[cluster]`
     pub cluster: RawCluster,
+    /// `[admin]`
+    pub admin: RawAdmin,
     /// Where keys not from the file came from (dotted key → `environment variable DAVPUSH_…` or
     /// `--listen`), named by validation errors.
     #[serde(skip)]
@@ -207,6 +209,18 @@ impl Default for RawServer {
 pub struct RawStore {
     /// Database URL: `sqlite:…` or `postgres://…`; empty means `sqlite://<data_dir>/davpush.sqlite`.
     pub url: String,
+}
+
+/// `[admin]`: the admin view (`/admin/`, docs/operations.md "Admin view").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Serve `/admin/`.
+    pub enabled: bool,
+    /// Accepted bearer tokens (none: one is generated into `<data_dir>/admin-token`).
+    pub tokens: Vec<String>,
+    /// Files holding one token each.
+    pub token_files: Vec<PathBuf>,
 }
 
 /// `[notify]`
@@ -413,6 +427,8 @@ pub struct Config {
     pub notify_tokens: TokenSource,
     /// Subscription API authentication (its verifier and tokens made at start-up).
     pub subscription_auth: SubscriptionAuthConfig,
+    /// Admin view tokens, when `admin.enabled` (read or generated at start-up).
+    pub admin_tokens: Option<TokenSource>,
     /// Limits on clients and requests.
     pub limits: Limits,
     /// WebSocket settings.
@@ -541,7 +557,7 @@ impl RawConfig {
     /// The configuration as TOML, secrets replaced by `***`.
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for t in c.notify.tokens.iter_mut().chain(c.subscription.tokens.iter_mut()) {
+        for t in c.notify.tokens.iter_mut().chain(c.subscription.tokens.iter_mut()).chain(c.admin.tokens.iter_mut()) {
             *t = "***".into();
         }
         c.store.url = cluster::redact_url(&c.store.url);
@@ -711,6 +727,15 @@ impl Config {
         )?;
         let tokens =
             token_source("subscription.tokens", &sub.tokens, &sub.token_files, s.data_dir.join("subscription-token"))?;
+        let admin_tokens = match raw.admin.enabled {
+            true => Some(token_source(
+                "admin.tokens",
+                &raw.admin.tokens,
+                &raw.admin.token_files,
+                s.data_dir.join("admin-token"),
+            )?),
+            false => None,
+        };
         let webdav_url = match sub.auth {
             AuthMode::Webdav => {
                 let url = url::Url::parse(&sub.webdav_url)
@@ -759,7 +784,8 @@ impl Config {
             || raw.web_push.enabled && raw.web_push.vapid_key_file.as_os_str().is_empty()
             || raw.notify.tokens.is_empty() && raw.notify.token_files.is_empty()
             || sub.auth != AuthMode::None && sub.tokens.is_empty() && sub.token_files.is_empty()
-            || sub.grant_key_file.as_os_str().is_empty();
+            || sub.grant_key_file.as_os_str().is_empty()
+            || raw.admin.enabled && raw.admin.tokens.is_empty() && raw.admin.token_files.is_empty();
         Ok(Config {
             listen,
             data_dir: s.data_dir.clone(),
@@ -775,6 +801,7 @@ impl Config {
             metrics: s.metrics,
             notify_tokens,
             subscription_auth,
+            admin_tokens,
             limits,
             websocket: raw.websocket,
             web_push,

@@ -33,6 +33,8 @@ pub struct Startup {
     pub notify_tokens: Vec<Secret>,
     /// Subscription API authentication.
     pub subscription_auth: SubscriptionAuth,
+    /// Admin view tokens (never empty), when `admin.enabled`.
+    pub admin_tokens: Option<Vec<Secret>>,
     /// The grant keys, when subscriptions need grants (`subscription.grants = "required"`).
     pub grant_keys: Option<davpush_proto::GrantKeys>,
     /// The VAPID key pair, when Web Push is enabled.
@@ -56,6 +58,7 @@ impl Config {
             _ => None,
         };
         let mut notify_tokens = tokens(&self.notify_tokens)?;
+        let mut admin_tokens = self.admin_tokens.as_ref().map(tokens).transpose()?;
         let auth = &self.subscription_auth;
         let mut subscription_tokens = match auth.mode {
             AuthMode::None => Vec::new(),
@@ -98,6 +101,11 @@ impl Config {
         if notify_tokens.is_empty() {
             notify_tokens.push(generate_token(&self.notify_tokens, &mut generated)?);
         }
+        if let (Some(source), Some(t)) = (&self.admin_tokens, &mut admin_tokens)
+            && t.is_empty()
+        {
+            t.push(generate_token(source, &mut generated)?);
+        }
         if auth.mode != AuthMode::None && subscription_tokens.is_empty() {
             subscription_tokens.push(generate_token(&auth.tokens, &mut generated)?);
         }
@@ -113,6 +121,7 @@ impl Config {
         Ok(Startup {
             notify_tokens,
             subscription_auth,
+            admin_tokens,
             grant_keys: if self.grants_required { keys } else { None },
             vapid_key,
             generated_secrets: generated,

@@ -19,4 +19,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Its secrets, keys and verifier, made at start-up.
     pub startup: Arc<Startup>,
+    /// The admin view, when `admin.enabled`.
+    pub admin: Option<Arc<crate::http::admin::AdminView>>,
 }

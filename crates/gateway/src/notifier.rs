@@ -3,6 +3,11 @@
 //! sync-token (with the writer's credentials, held only for this) and calls the Director's
 //! Notify API, retrying with backoff when the Director is unreachable. The queue is bounded;
 //! when it is full a notification is dropped and logged (clients still sync periodically).
+//!
+//! Every change is notified, also of topics the Director's answer called `unheard`: skipping
+//! them until a subscribe would need the gateway to see every grant for the topic, and it does
+//! not (other gateway processes and `davpush grant` share the key; a client reuses a grant to
+//! subscribe again). See `docs/protocol.md` §2.1 and §7.5.
 
 use std::sync::Arc;
 use std::time::Duration;

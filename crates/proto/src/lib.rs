@@ -30,7 +30,7 @@ pub fn unix_now() -> i64 {
 }
 pub use grant::{Grant, GrantError, GrantKeyError, GrantKeys};
 pub use info::DirectorInfo;
-pub use notify::{NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
+pub use notify::{ActiveTopic, ActiveTopics, NotifyRequest, NotifyResponse, NotifyTopic, Trigger};
 pub use subscription::{
     SubscribeRequest, SubscribeResponse, SubscriptionInfo, UnsubscribeRequest, UnsubscribeResponse, WebSocketTarget,
 };

@@ -79,4 +79,42 @@ pub struct NotifyResponse {
     /// The same count per push service, only services with subscribers appear.
     #[serde(default)]
     pub services: BTreeMap<String, u64>,
+    /// The request's topics that had no subscriber on any node (each once; absent when none).
+    /// An application server may skip them until it signs a new grant for them
+    /// (`docs/protocol.md` §2.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unheard: Vec<String>,
+    /// `true` when a cluster node could not tell which topics nobody listens to (its Redis
+    /// did not answer): `unheard` is then empty, whatever the truth.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unheard_unknown: bool,
+}
+
+/// One entry of `GET /topics/active`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveTopic {
+    /// The topic.
+    pub topic: String,
+    /// Its subscriptions (unexpired or not yet purged), in total.
+    pub subscriptions: u64,
+    /// The same per push service.
+    pub services: BTreeMap<String, u64>,
+    /// In a cluster, for WebSocket subscriptions held by another node: that node. A topic may
+    /// then appear once per node; the counts add up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Body of `GET /topics/active`: one page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveTopics {
+    /// The topics of this page.
+    pub topics: Vec<ActiveTopic>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// `true` when a cluster node could not list the other nodes' WebSocket topics (its Redis
+    /// did not answer): the list is then incomplete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::fanout::{ClusterEvent, ClusterMessage, Fanout};
 use crate::notification::Exclusions;
+use crate::presence::Presence;
 use crate::store::{StoreError, StoredSubscription};
 use crate::{Notification, PushService, SubscriptionId, Topic};
 
@@ -14,6 +15,24 @@ impl PushService {
     pub fn with_fanout(mut self, fanout: Arc<dyn Fanout>) -> Self {
         self.fanout = Some(fanout);
         self
+    }
+
+    /// Makes the WebSocket subscriptions of this node known to the other nodes of its cluster
+    /// through `presence`, and asks it about theirs ([`PushService::unheard`]).
+    pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Self {
+        presence.attach(self.index.clone());
+        self.presence = Some(presence);
+        self
+    }
+
+    /// The presence registry, if this node is part of a cluster.
+    pub fn presence(&self) -> Option<&Arc<dyn Presence>> {
+        self.presence.as_ref()
+    }
+
+    /// Tells the presence registry that this node's WebSocket subscriptions of `topic` changed.
+    pub(super) fn websocket_changed(&self, topic: &Topic) -> Option<u64> {
+        self.presence.as_ref().map(|p| p.changed(topic))
     }
 
     /// The cluster seam, if this node is part of a cluster.

@@ -7,7 +7,7 @@ use davpush_proto::{NotifyRequest, NotifyTopic};
 
 use crate::fanout::{ClusterEvent, WireNotification};
 use crate::notification::Exclusions;
-use crate::{Notification, PushMessage, PushService, ServiceError, ServiceKind, SubscriptionId};
+use crate::{Notification, PushMessage, PushService, ServiceError, ServiceKind, SubscriptionId, Topic};
 
 /// Result of a notify.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,7 +25,43 @@ impl NotifyReport {
     }
 }
 
+/// The topics of a notify that no node had a subscriber of (the Notify API's `unheard`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unheard {
+    /// These topics (in request order, each once) had no unexpired subscription on any node.
+    Known(Vec<Topic>),
+    /// A node of a cluster could not ask the presence registry: no topic may be named.
+    Unknown,
+}
+
 impl PushService {
+    /// The topics of `notifications` without an unexpired subscription in this node's index
+    /// (every durable subscription of the cluster, and this node's WebSocket subscriptions),
+    /// each once. Candidates for [`PushService::unheard`]; take them before delivering.
+    pub fn unheard_here(&self, notifications: &[Notification], now: i64) -> Vec<Topic> {
+        let mut seen = std::collections::HashSet::new();
+        notifications
+            .iter()
+            .filter(|n| !self.index.has_subscribers(&n.topic, now) && seen.insert(n.topic.as_str()))
+            .map(|n| n.topic.clone())
+            .collect()
+    }
+
+    /// Of the topics [`PushService::unheard_here`] found, those that no other node has a
+    /// WebSocket subscriber of either (asks the presence registry in a cluster).
+    pub async fn unheard(&self, here: Vec<Topic>) -> Unheard {
+        if here.is_empty() {
+            return Unheard::Known(here);
+        }
+        let Some(presence) = &self.presence else { return Unheard::Known(here) };
+        match presence.heard_elsewhere(&here).await {
+            Some(heard) if heard.len() == here.len() => {
+                Unheard::Known(here.into_iter().zip(heard).filter(|(_, h)| !h).map(|(t, _)| t).collect())
+            }
+            _ => Unheard::Unknown,
+        }
+    }
+
     /// Validates a Notify API request into notifications and exclusions.
     pub fn parse_notify(&self, req: NotifyRequest) -> Result<(Vec<Notification>, Exclusions), ServiceError> {
         let check_token = |field: &str, t: &Option<String>| -> Result<(), ServiceError> {
@@ -128,6 +164,7 @@ impl PushService {
             report.topics += 1;
             if durable {
                 self.metrics.notifications.inc();
+                self.metrics.recent.notified(&n.topic);
             }
             let recipients = self.index.recipients_for(&n.topic, now, exclude, n.trigger);
             if recipients.is_empty() {

@@ -103,6 +103,9 @@ impl PushService {
         if let Some(f) = &self.fanout {
             f.close();
         }
+        if let Some(p) = &self.presence {
+            p.leave().await;
+        }
         for kind in self.transports.enabled().collect::<Vec<_>>() {
             if let Some(t) = self.transports.get(kind) {
                 t.shutdown().await;

@@ -117,6 +117,7 @@ impl PushService {
             total: self.limits.max_subscriptions,
         };
         let mut out = Vec::with_capacity(targets.len());
+        let mut ticket = None;
         for target in targets {
             let kind = target.kind();
             let existing = self.index.find(&client, &topic, kind);
@@ -183,8 +184,14 @@ impl PushService {
                     // The connection ended while we subscribed it; its cleanup may have run already.
                     self.remove_live(conn, &sub.id);
                 }
+                ticket = self.websocket_changed(&sub.topic).or(ticket);
             }
             out.push((sub, previous.is_none()));
+        }
+        // Other nodes know of a WebSocket subscription before it is acknowledged, so a notify
+        // they receive after it never calls its topic unheard (bounded wait; docs/scale-out.md).
+        if let (Some(p), Some(t)) = (&self.presence, ticket) {
+            p.recorded(t).await;
         }
         Ok(Subscribed { expires, subscriptions: out })
     }
@@ -215,6 +222,7 @@ impl PushService {
             left.push(s.clone());
             if let Some(conn) = s.target.connection() {
                 conn.remove_subscription(&s.id);
+                self.websocket_changed(&s.topic);
             }
             if s.target.is_durable() {
                 durable.push(s.id.to_string());
@@ -256,7 +264,9 @@ impl PushService {
     }
 
     fn remove_live(&self, conn: &Arc<Connection>, id: &SubscriptionId) {
-        self.index.remove_if(id, |s| s.target.connection().is_some_and(|c| Arc::ptr_eq(c, conn)));
+        if let Some(s) = self.index.remove_if(id, |s| s.target.connection().is_some_and(|c| Arc::ptr_eq(c, conn))) {
+            self.websocket_changed(&s.topic);
+        }
     }
 
     /// Ends every subscription made for a WebSocket connection that closed.

@@ -24,6 +24,9 @@ pub struct RawCluster {
     /// Seconds a message that could not be published is tried again on new connections before
     /// it is given up (counted `failed`).
     pub publish_retry_secs: u64,
+    /// Seconds a node's record of its WebSocket topics stays current without renewal (renewed
+    /// every third of it); also how long a node watches before it calls a topic unheard.
+    pub presence_ttl_secs: u64,
 }
 
 impl Default for RawCluster {
@@ -35,6 +38,7 @@ impl Default for RawCluster {
             queue: 4096,
             ping_interval_secs: 1,
             publish_retry_secs: 30,
+            presence_ttl_secs: 15,
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct ClusterConfig {
     pub ping_interval: Duration,
     /// How long an unpublished message is tried again.
     pub publish_retry: Duration,
+    /// How long a node's presence record stays current without renewal.
+    pub presence_ttl: Duration,
 }
 
 fn is_name(s: &str) -> bool {
@@ -90,6 +96,9 @@ pub(super) fn cluster_config(c: &RawCluster, shared_store: bool) -> Result<Optio
     if c.publish_retry_secs > 3600 {
         return Err(invalid("cluster.publish_retry_secs", "must be 0 to 3600"));
     }
+    if !(1..=3600).contains(&c.presence_ttl_secs) {
+        return Err(invalid("cluster.presence_ttl_secs", "must be 1 to 3600"));
+    }
     Ok(Some(ClusterConfig {
         redis_url: c.redis_url.clone(),
         node_id,
@@ -97,6 +106,7 @@ pub(super) fn cluster_config(c: &RawCluster, shared_store: bool) -> Result<Optio
         queue: c.queue,
         ping_interval: Duration::from_secs(c.ping_interval_secs),
         publish_retry: Duration::from_secs(c.publish_retry_secs),
+        presence_ttl: Duration::from_secs(c.presence_ttl_secs),
     }))
 }
 

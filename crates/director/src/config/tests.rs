@@ -283,6 +283,26 @@ fn short_tokens_are_refused() {
 }
 
 #[test]
+fn issue_15_admin_tokens_are_checked_redacted_and_only_made_when_the_view_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig::default();
+    raw.server.data_dir = dir.path().to_owned();
+    raw.admin.tokens = vec!["short".into()];
+    assert!(Config::from_raw(raw.clone()).unwrap().admin_tokens.is_none(), "not checked while the view is off");
+    raw.admin.enabled = true;
+    let e = Config::from_raw(raw.clone()).unwrap_err();
+    assert!(e.to_string().contains("admin.tokens"), "{e}");
+    raw.admin.tokens = vec!["admin-token-of-the-operators".into()];
+    let dumped = raw.to_redacted_toml();
+    assert!(!dumped.contains("admin-token-of-the-operators") && dumped.contains("[admin]"), "{dumped}");
+    raw.admin.tokens.clear();
+    let config = Config::from_raw(raw).unwrap();
+    let startup = config.prepare().unwrap();
+    assert!(startup.generated_secrets.iter().any(|(k, p)| *k == "admin.tokens" && p.ends_with("admin-token")));
+    assert_eq!(startup.admin_tokens.map(|t| t.len()), Some(1));
+}
+
+#[test]
 fn issue_12_dump_config_redacts_the_user_information_of_the_relay_and_webdav_urls() {
     let text = "[fcm]\nrelay_url = \"https://vendor:s3cret-key@relay.example/v1\"\n\
                 [subscription]\nwebdav_url = \"https://only-a-token@dav.example/\"\n";

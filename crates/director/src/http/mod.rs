@@ -1,6 +1,7 @@
 //! The HTTP layer: one small handler per route; each extracts, calls one `PushService` method
 //! and maps the result. Errors are mapped in [`error`].
 
+pub mod admin;
 pub mod error;
 
 pub(crate) mod auth;

@@ -45,6 +45,7 @@ async fn cluster_at(redis: &str, push: Option<&FakePush>) -> Option<Cluster> {
     let conf = |node: &str| {
         format!(
             "[store]\nurl = {:?}\n[cluster]\nredis_url = {redis:?}\nnode_id = {node:?}\nchannel_prefix = {prefix:?}\n\
+             presence_ttl_secs = 1\n\
              [web_push]\nallow_hosts = [{allow}]\nallow_http = true\nvapid_key_file = {vapid:?}\n",
             schema.url()
         )
@@ -169,5 +170,88 @@ async fn issue_9_a_notification_sent_after_a_redis_restart_reaches_the_other_nod
     let m = c.a.metrics().await;
     assert_eq!(metric(&m, "davpush_cluster_messages_total{channel=\"notify\",outcome=\"failed\"}"), 0.0, "{m}");
     assert_eq!(metric(&m, "davpush_cluster_messages_total{channel=\"notify\",outcome=\"published\"}"), 2.0, "{m}");
+    c.stop().await;
+}
+
+/// The `unheard` of a notify of `topics` at `d`, or `None` when `d` cannot tell yet.
+async fn unheard(d: &TestDirector, topics: &[&str]) -> Option<Vec<String>> {
+    let (s, r) = d.notify(json!({ "topics": topics })).await;
+    assert_eq!(s, 202, "{r}");
+    if r.get("unheard_unknown") == Some(&json!(true)) {
+        assert!(r.get("unheard").is_none(), "an unknown answer names no topic: {r}");
+        return None;
+    }
+    Some(r.get("unheard").map(|u| serde_json::from_value(u.clone()).unwrap()).unwrap_or_default())
+}
+
+/// Issue 15: a node never calls a topic unheard while another node holds a WebSocket
+/// subscription of it; the subscription counts from its acknowledgement on.
+#[tokio::test]
+async fn issue_15_a_topic_with_a_websocket_on_another_node_is_not_unheard() {
+    let Some(c) = cluster().await else { return };
+    // A node vouches for the others only after watching the registry for a full TTL.
+    eventually("node a can tell", || async { unheard(&c.a, &["cal-1"]).await.is_some() }).await;
+    assert_eq!(unheard(&c.a, &["cal-1", "nobody"]).await.unwrap(), ["cal-1", "nobody"]);
+
+    let (mut on_b, conn_b) = c.b.ws().await;
+    c.b.subscribe_ws("cb", "cal-1", &conn_b).await;
+    let (_, r) = c.a.notify(json!({"topics": ["cal-1", "nobody"]})).await;
+    assert_eq!(r["unheard"], json!(["nobody"]), "b's socket listens, from its acknowledgement on: {r}");
+    assert_eq!(r["addressed"], 0, "node a itself addresses nobody: {r}");
+    assert_eq!(next_json(&mut on_b).await["topic"], "cal-1");
+
+    // Node a lists b's topic, with the node that holds it.
+    let (s, page) = crate::topics::active(&c.a, "").await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(
+        page,
+        json!({"topics": [{"topic": "cal-1", "subscriptions": 1, "services": {"websocket": 1}, "node": "node-b"}]})
+    );
+    // Node b lists it as its own, without a node.
+    let (_, page) = crate::topics::active(&c.b, "").await;
+    assert_eq!(page, json!({"topics": [{"topic": "cal-1", "subscriptions": 1, "services": {"websocket": 1}}]}));
+
+    // The socket closes: nobody listens any more.
+    on_b.close(None).await.unwrap();
+    eventually("cal-1 is unheard again", || async { unheard(&c.a, &["cal-1"]).await.is_some_and(|u| u == ["cal-1"]) })
+        .await;
+
+    // A node that stops takes its record with it.
+    let (_on_b, conn_b) = c.b.ws().await;
+    c.b.subscribe_ws("cb", "cal-2", &conn_b).await;
+    assert_eq!(unheard(&c.a, &["cal-2"]).await.unwrap(), Vec::<String>::new());
+    let Cluster { a, b, schema, .. } = c;
+    b.running.shutdown().await.unwrap();
+    assert_eq!(unheard(&a, &["cal-2"]).await.unwrap(), ["cal-2"], "a stopped node's sockets are gone");
+    a.running.shutdown().await.unwrap();
+    schema.drop_schema().await;
+}
+
+/// Issue 15: Redis restarts and forgets every record; a node then says "unknown" until the
+/// others have recorded their topics again, and never calls a listened-to topic unheard.
+#[tokio::test]
+async fn issue_15_after_a_redis_restart_no_listened_topic_is_called_unheard() {
+    let Some(mut redis) = RedisServer::start().await else { return };
+    let Some(c) = cluster_on(&redis.url()).await else { return };
+    let (_on_b, conn_b) = c.b.ws().await;
+    c.b.subscribe_ws("cb", "cal-1", &conn_b).await;
+    eventually("node a can tell", || async { unheard(&c.a, &["cal-1"]).await.is_some() }).await;
+
+    redis.restart().await;
+    let unknown = std::cell::Cell::new(0);
+    eventually("node a can tell again", || async {
+        match unheard(&c.a, &["cal-1", "nobody"]).await {
+            None => {
+                unknown.set(unknown.get() + 1);
+                false
+            }
+            Some(u) => {
+                assert_eq!(u, ["nobody"], "b's socket still listens");
+                // Only after the restart was noticed (the first answers may precede it).
+                unknown.get() > 0
+            }
+        }
+    })
+    .await;
     c.stop().await;
 }

@@ -5,6 +5,7 @@
 
 mod util;
 
+mod admin;
 mod apns;
 mod cluster;
 mod connections;
@@ -16,5 +17,6 @@ mod hms;
 mod ops;
 mod readiness;
 mod subscription;
+mod topics;
 mod webpush;
 mod websocket;
