@@ -16,5 +16,6 @@ mod hms;
 mod ops;
 mod readiness;
 mod subscription;
+mod vapid_rotation;
 mod webpush;
 mod websocket;
