@@ -13,6 +13,11 @@ const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
 pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
+    (
+        "docs/operations.md",
+        "davpush vapid rotate --data-dir davpush-data",
+        "vapid::issue_15_rotate_the_vapid_key_as_operations_md_prints_it",
+    ),
     ("README.md", LISTEN, LISTEN_TEST),
     ("docs/clients.md", LISTEN, LISTEN_TEST),
     ("README.md", POPULATION, "durable::issue_11_bench_population_reports_every_figure"),

@@ -21,3 +21,4 @@ mod sd_notify;
 mod secrets_in_gateway_logs;
 mod secrets_in_logs;
 mod topic_secret;
+mod vapid;
