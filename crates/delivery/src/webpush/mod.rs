@@ -532,11 +532,20 @@ mod tests {
                 parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
                     .unwrap();
             assert!(again.same_destination(&t));
-            let targets =
-                WebPushTargets { kind: ServiceKind::UnifiedPush, policy: policy.clone(), allow_unencrypted: true };
-            let stored = targets.parse_stored(&t.to_json()).unwrap();
-            assert!(stored.same_destination(&t), "a stored row reads back the same");
-            assert_eq!(stored.to_json(), t.to_json());
+            let targets = WebPushTargets {
+                kind: ServiceKind::UnifiedPush,
+                policy: policy.clone(),
+                allow_unencrypted: true,
+                current_key: "K".into(),
+            };
+            // A subscription is bound to the advertised VAPID key; its row reads back the same.
+            let bound = targets.parse_target(params).unwrap();
+            assert!(bound.to_json().ends_with(",\"vapid_key\":\"K\"}"), "{}", bound.to_json());
+            let stored = targets.parse_stored(&bound.to_json()).unwrap();
+            assert!(stored.same_destination(&bound), "a stored row reads back the same");
+            assert_eq!(stored.to_json(), bound.to_json());
+            // A row from before rotation existed is bound to the advertised key when read.
+            assert_eq!(targets.parse_stored(&t.to_json()).unwrap().to_json(), bound.to_json());
             assert!(targets.parse_stored("{\"endpoint\": 1}").is_err());
             let resolved = r.data::<WebPushTarget>().unwrap().resolve().unwrap();
             assert_eq!(resolved.endpoint.as_str(), params["endpoint"].as_str().unwrap());
@@ -554,7 +563,12 @@ mod tests {
     #[tokio::test]
     async fn issue_11_the_curve_is_checked_at_subscribe_time_and_the_store_is_trusted() {
         let policy = EgressPolicy::default();
-        let targets = WebPushTargets { kind: ServiceKind::WebPush, policy: policy.clone(), allow_unencrypted: false };
+        let targets = WebPushTargets {
+            kind: ServiceKind::WebPush,
+            policy: policy.clone(),
+            allow_unencrypted: false,
+            current_key: "K".into(),
+        };
         let key = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
         let mut bytes = B64.decode(key).unwrap();
         bytes[10] ^= 1;
