@@ -12,6 +12,7 @@ mod notify;
 mod relay;
 mod sd_notify;
 mod serve;
+mod vapid;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -44,8 +45,9 @@ enum Command {
     /// read the collections), signed with the Director's grant key.
     Grant(GrantArgs),
     /// Print the Director's VAPID public key (generating the key pair on first use), the
-    /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with.
-    Vapid(config_args::ConfigArgs),
+    /// `applicationServerKey` / `vapid-public-key` that Web Push clients subscribe with; `vapid
+    /// rotate` replaces it, `vapid list` lists the keys.
+    Vapid(vapid::VapidArgs),
     /// Load tool: WebSocket clients on loopback against a running Director.
     Bench(bench::BenchArgs),
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
@@ -109,19 +111,7 @@ fn main() -> std::process::ExitCode {
             Command::Listen(args) => listen::run(args).await,
             Command::Completions(args) => manual::completions(Cli::command(), &args),
             Command::Manual(args) => manual::manual(Cli::command(), &args),
-            Command::Vapid(args) => match args.load() {
-                Ok((_, startup)) => match &startup.vapid_key {
-                    Some(key) => {
-                        println!("{}", key.public_key());
-                        std::process::ExitCode::SUCCESS
-                    }
-                    None => {
-                        eprintln!("davpush: Web Push is disabled (web_push.enabled = false)");
-                        std::process::ExitCode::from(config_args::EXIT_CONFIG)
-                    }
-                },
-                Err(code) => code,
-            },
+            Command::Vapid(args) => vapid::run(args).await,
         }
     })
 }

@@ -49,7 +49,7 @@ pub use ids::{ClientId, IdError, SubscriptionId, Topic};
 pub use index::{Caps, Index, Principal};
 pub use kind::ServiceKind;
 pub use metrics::Metrics;
-pub use notification::{Notification, PushMessage};
+pub use notification::{KEY_ROTATION_TOPIC, Notification, PushMessage};
 pub use presence::{LocalTopics, NodeStatus, Presence, RemotePage};
 pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed, Unheard};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};

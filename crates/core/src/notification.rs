@@ -16,6 +16,20 @@ pub struct Notification {
     pub trigger: Option<Trigger>,
 }
 
+/// The reserved topic of a VAPID key-rotation message (the spec's `push-message` with a
+/// `property-update` of `transports` and no topic). `davpush vapid rotate` queues one per Web
+/// Push subscription of the retired key in the outbox under this topic; the Web Push transport
+/// renders it as the rotation message, and the engine never lets a later notification replace
+/// it. It is no collection's topic: topics are hashes without `:`.
+pub const KEY_ROTATION_TOPIC: &str = "davpush:vapid-key-rotation";
+
+impl Notification {
+    /// Whether this is a VAPID key-rotation message ([`KEY_ROTATION_TOPIC`]).
+    pub fn is_key_rotation(&self) -> bool {
+        self.topic.as_str() == KEY_ROTATION_TOPIC
+    }
+}
+
 /// What transports deliver: the notification plus its wire forms, serialized once and shared
 /// (cloning a [`Bytes`] only bumps a reference count).
 #[derive(Debug, Clone)]

@@ -85,6 +85,36 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError>;
     /// All pending deliveries.
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// The distinct VAPID key ids that Web Push and UnifiedPush subscriptions are bound to (the
+    /// `vapid_key` of their target): a retired key's file is deleted when its id is no longer
+    /// here. The default reads every row; the databases answer from one query.
+    async fn vapid_keys_in_use(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for r in self.load(i64::MIN).await? {
+            if let Some(k) =
+                web_push_key(&r).and_then(|t| t.get("vapid_key").and_then(|k| k.as_str()).map(str::to_owned))
+            {
+                keys.insert(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+    /// Binds the Web Push and UnifiedPush subscriptions that name no VAPID key (rows written
+    /// before key rotation existed) to `key`, the key they were made with; returns how many.
+    async fn assign_vapid_key(&self, key: &str) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for mut r in self.load(i64::MIN).await? {
+            let Some(mut t) = web_push_key(&r) else { continue };
+            if t.get("vapid_key").is_some() {
+                continue;
+            }
+            t.insert("vapid_key".into(), key.into());
+            r.target = serde_json::Value::Object(t).to_string();
+            self.upsert(&r).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
     /// Size of the write-ahead log in bytes, for stores that keep one in a file (SQLite).
     fn wal_bytes(&self) -> Option<u64> {
         None
@@ -92,6 +122,17 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     /// Called once at a graceful stop, after the last write: flushes what the store keeps
     /// aside (SQLite: checkpoints the write-ahead log and truncates it to 0 bytes).
     async fn close(&self) {}
+}
+
+/// The target of a Web Push or UnifiedPush row, as a JSON object.
+fn web_push_key(r: &StoredSubscription) -> Option<serde_json::Map<String, serde_json::Value>> {
+    if r.service != "web_push" && r.service != "unified_push" {
+        return None;
+    }
+    match serde_json::from_str(&r.target) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
+    }
 }
 
 /// A store in memory: for tests and for a Director that needs no persistence.

@@ -339,6 +339,11 @@ impl Engine {
         let now = Instant::now();
         let mut table = inner.table();
         if let Some(slot) = table.slots.get_mut(&key) {
+            // A key-rotation message is a property update the client must get (the spec lets
+            // content updates be merged, never property updates dropped): it stays.
+            if slot.message.notification.is_key_rotation() {
+                return Enqueued::Coalesced;
+            }
             slot.message = message.clone();
             if matches!(key, SlotKey::Sub(_)) {
                 // A topic slot keeps its outbox row's subscription.

@@ -19,7 +19,7 @@ use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
 use davpush_delivery::apns::{ApnsSender, ApnsTransport};
 use davpush_delivery::fcm::{FcmClient, FcmSender, FcmTransport, RelayClient, Upstream};
 use davpush_delivery::hms::{HmsSender, HmsTransport};
-use davpush_delivery::webpush::vapid::Vapid;
+use davpush_delivery::webpush::keyring::{self, VapidRing};
 use davpush_delivery::webpush::{WebPushSender, WebPushTransport};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -84,8 +84,16 @@ pub async fn build_with_store(
         transports = transports.with(Arc::new(WebSocketTransport::new(hub.clone())));
     }
     if let Some((wp, key)) = config.web_push.as_ref().zip(startup.vapid_key.as_ref()) {
-        let vapid = Arc::new(Vapid::new(key.clone(), wp.subject.clone()));
-        let sender = Arc::new(WebPushSender::new(vapid, wp.policy.clone(), &wp.settings).map_err(StartError::Http)?);
+        // Rows from before key rotation existed were made with the advertised key.
+        let bound = store.assign_vapid_key(&key.id()).await?;
+        if bound > 0 {
+            tracing::info!(subscriptions = bound, vapid_key = %key.id(), "Web Push subscriptions bound to the VAPID key");
+        }
+        remove_unused_vapid_keys(&wp.vapid_key_file, store.as_ref()).await;
+        let ring = VapidRing::new(key.clone(), startup.vapid_retired.clone(), &wp.subject);
+        let sender = Arc::new(
+            WebPushSender::with_keys(Arc::new(ring), wp.policy.clone(), &wp.settings).map_err(StartError::Http)?,
+        );
         for kind in &wp.services {
             let t = WebPushTransport::start(
                 *kind,
@@ -176,6 +184,25 @@ pub async fn build_with_store(
         tracing::info!("admin view enabled at /admin/");
     }
     Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup), admin })
+}
+
+/// Deletes the retired VAPID keys no subscription is bound to any more (at start and after each
+/// purge). The signer keeps its copy in memory until the next start; nothing names it then.
+async fn remove_unused_vapid_keys(key_file: &std::path::Path, store: &dyn SubscriptionStore) {
+    if keyring::retired_dir(key_file).exists() {
+        let removed = match store.vapid_keys_in_use().await {
+            Ok(in_use) => keyring::remove_unused(key_file, &in_use).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match removed {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(vapid_key = %id, "retired VAPID key deleted: no subscription uses it any more");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not check the retired VAPID keys"),
+        }
+    }
 }
 
 /// Loads the durable subscriptions (see [`PushService::load`]).
@@ -304,6 +331,9 @@ async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "expired subscriptions purged"),
                     Err(e) => tracing::error!(error = %e, "purging expired subscriptions failed"),
+                }
+                if let Some(wp) = &st.config.web_push {
+                    remove_unused_vapid_keys(&wp.vapid_key_file, st.service.store().as_ref()).await;
                 }
             }
         }

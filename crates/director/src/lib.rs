@@ -23,6 +23,7 @@ pub mod config;
 pub mod http;
 pub mod startup;
 mod state;
+pub mod vapid;
 mod ws;
 
 pub use app::{Running, build, router, serve, spawn};

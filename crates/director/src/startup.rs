@@ -37,8 +37,11 @@ pub struct Startup {
     pub admin_tokens: Option<Vec<Secret>>,
     /// The grant keys, when subscriptions need grants (`subscription.grants = "required"`).
     pub grant_keys: Option<davpush_proto::GrantKeys>,
-    /// The VAPID key pair, when Web Push is enabled.
+    /// The VAPID key pair, when Web Push is enabled: the advertised one.
     pub vapid_key: Option<Arc<VapidKey>>,
+    /// Retired VAPID keys (`vapid-keys/` next to the key file) that subscriptions made before a
+    /// `davpush vapid rotate` are still signed with.
+    pub vapid_retired: Vec<Arc<VapidKey>>,
     /// Secret files generated now (printed once by the binary, by location).
     pub generated_secrets: Vec<(&'static str, PathBuf)>,
 }
@@ -56,6 +59,14 @@ impl Config {
         let vapid_key = match vapid_file {
             Some(path) if path.exists() => Some(load_vapid(path)?.0),
             _ => None,
+        };
+        let vapid_retired = match vapid_file {
+            Some(path) => davpush_delivery::webpush::keyring::load_retired(path)
+                .map_err(|e| invalid("web_push.vapid_key_file", e.to_string()))?
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+            None => Vec::new(),
         };
         let mut notify_tokens = tokens(&self.notify_tokens)?;
         let mut admin_tokens = self.admin_tokens.as_ref().map(tokens).transpose()?;
@@ -124,6 +135,7 @@ impl Config {
             admin_tokens,
             grant_keys: if self.grants_required { keys } else { None },
             vapid_key,
+            vapid_retired,
             generated_secrets: generated,
         })
     }

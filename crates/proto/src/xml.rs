@@ -36,6 +36,14 @@ pub fn push_message(topic: &str, sync_token: Option<&str>, trigger: Option<Trigg
     )
 }
 
+/// The VAPID key-rotation message (the spec's `xml/push-message-vapid-key.xml`): no topic, a
+/// `property-update` naming `transports`, which the client reads again to get the new key.
+pub fn key_rotation_message() -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<push-message xmlns=\"{NS}\" xmlns:D=\"DAV:\"><property-update><D:prop><transports/></D:prop></property-update></push-message>"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +57,10 @@ mod tests {
         assert!(
             push_message("t", Some("x"), Some(Trigger::Property))
                 .ends_with("<topic>t</topic><property-update/></push-message>")
+        );
+        assert_eq!(
+            key_rotation_message(),
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<push-message xmlns=\"https://bitfire.at/webdav-push\" xmlns:D=\"DAV:\"><property-update><D:prop><transports/></D:prop></property-update></push-message>"
         );
         assert!(push_message("a<b", None, None).contains("<topic>a&lt;b</topic><content-update/>"));
     }

@@ -153,6 +153,29 @@ impl SubscriptionStore for PostgresStore {
         .rows_affected())
     }
 
+    async fn vapid_keys_in_use(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT target::jsonb ->> 'vapid_key' FROM subscriptions \
+             WHERE service IN ('web_push', 'unified_push') AND target::jsonb ? 'vapid_key'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("list the VAPID keys in use"))?;
+        Ok(rows.into_iter().map(|(k,)| k).collect())
+    }
+
+    async fn assign_vapid_key(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE subscriptions SET target = (target::jsonb || jsonb_build_object('vapid_key', $1::text))::text \
+             WHERE service IN ('web_push', 'unified_push') AND NOT (target::jsonb ? 'vapid_key')",
+        )
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(err("bind subscriptions to the VAPID key"))?
+        .rows_affected())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
         Ok(())

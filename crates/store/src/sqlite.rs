@@ -312,6 +312,29 @@ impl SubscriptionStore for SqliteStore {
             .rows_affected())
     }
 
+    async fn vapid_keys_in_use(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT json_extract(target, '$.vapid_key') FROM subscriptions \
+             WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("list the VAPID keys in use"))?;
+        Ok(rows.into_iter().map(|(k,)| k).collect())
+    }
+
+    async fn assign_vapid_key(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE subscriptions SET target = json_set(target, '$.vapid_key', ?) \
+             WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') IS NULL",
+        )
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(err("bind subscriptions to the VAPID key"))?
+        .rows_affected())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
         Ok(())
@@ -584,5 +607,33 @@ mod tests {
         let store = SqliteStore::open("sqlite::memory:").await.unwrap();
         store.upsert(&row("a", "c1", "t", 100)).await.unwrap();
         assert_eq!(store.load(0).await.unwrap().len(), 1);
+    }
+
+    /// Issue 15: rows from before key rotation get the advertised key; the keys in use are listed.
+    #[tokio::test]
+    async fn issue_15_vapid_keys_are_assigned_to_old_rows_and_listed() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let mut a = row("a", "c1", "t", 100);
+        a.target = r#"{"endpoint":"https://push.example/1"}"#.into();
+        store.upsert(&a).await.unwrap();
+        let mut bound = row("b", "c2", "t", 100);
+        bound.target = r#"{"endpoint":"https://push.example/2","vapid_key":"NEWKEY"}"#.into();
+        store.upsert(&bound).await.unwrap();
+        let mut fcm = row("c", "c3", "t", 100);
+        fcm.service = "fcm".into();
+        fcm.target = r#"{"token":"x"}"#.into();
+        store.upsert(&fcm).await.unwrap();
+        assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+        assert_eq!(store.assign_vapid_key("OLDKEY").await.unwrap(), 1, "only the Web Push row without a key");
+        assert_eq!(store.assign_vapid_key("OTHER").await.unwrap(), 0, "idempotent");
+        let mut keys = store.vapid_keys_in_use().await.unwrap();
+        keys.sort();
+        assert_eq!(keys, ["NEWKEY", "OLDKEY"]);
+        let rows = store.load(0).await.unwrap();
+        let t: serde_json::Value = serde_json::from_str(&rows.iter().find(|r| r.id == "a").unwrap().target).unwrap();
+        assert_eq!(t, serde_json::json!({"endpoint": "https://push.example/1", "vapid_key": "OLDKEY"}));
+        assert!(!rows.iter().find(|r| r.id == "c").unwrap().target.contains("vapid_key"));
+        store.delete(&["a".into()]).await.unwrap();
+        assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
     }
 }

@@ -21,6 +21,11 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
         "cat > /var/lib/xandikos/post-commit <<'EOF'",
         "xandikos_recipe::issue_14_the_xandikos_git_hook_recipe_notifies_subscribers_of_the_gateway",
     ),
+    (
+        "docs/operations.md",
+        "davpush vapid rotate --data-dir davpush-data",
+        "vapid::issue_15_rotate_the_vapid_key_as_operations_md_prints_it",
+    ),
     ("README.md", LISTEN, LISTEN_TEST),
     ("docs/clients.md", LISTEN, LISTEN_TEST),
     ("README.md", POPULATION, "durable::issue_11_bench_population_reports_every_figure"),

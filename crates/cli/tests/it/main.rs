@@ -22,4 +22,5 @@ mod sd_notify;
 mod secrets_in_gateway_logs;
 mod secrets_in_logs;
 mod topic_secret;
+mod vapid;
 mod xandikos_recipe;

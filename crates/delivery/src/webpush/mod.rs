@@ -8,6 +8,7 @@
 //! (the WebSocket `notify` frame, default) or `webdav-push-xml` (the spec's `push-message`).
 
 pub mod ece;
+pub mod keyring;
 pub mod settings;
 pub mod vapid;
 
@@ -31,6 +32,7 @@ use crate::auth::{bounded_text, retry_after};
 use crate::egress::{EgressClients, EgressPolicy};
 use crate::engine::{Deliver, Engine, EngineSettings, HostKey, Outcome};
 use crate::transport::{EngineTransport, TargetParser};
+use keyring::VapidRing;
 pub use settings::{ContentType, RawWebPush, Urgency, WebPushConfig, WebPushSettings};
 use vapid::Vapid;
 
@@ -60,6 +62,10 @@ pub struct WebPushParams {
     /// Payload format.
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The id of the VAPID key the subscription was made with (set by the Director, never by
+    /// the client): its messages are signed with that key, also after a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vapid_key: Option<String>,
 }
 
 /// A Web Push destination, as kept for each subscription: its validated parameters only, the
@@ -75,6 +81,8 @@ pub struct WebPushTarget {
     /// Where `auth` starts in `text`.
     auth_at: u16,
     format: PayloadFormat,
+    /// The VAPID key id it is bound to.
+    vapid_key: Option<Arc<str>>,
 }
 
 impl WebPushTarget {
@@ -89,7 +97,13 @@ impl WebPushTarget {
             || TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"));
         let p256dh_at = u16::try_from(p.endpoint.len()).map_err(|_| too_long())?;
         let auth_at = u16::try_from(p.endpoint.len() + k.len()).map_err(|_| too_long())?;
-        Ok(WebPushTarget { text: [p.endpoint.as_str(), k, a].concat().into(), p256dh_at, auth_at, format: p.format })
+        Ok(WebPushTarget {
+            text: [p.endpoint.as_str(), k, a].concat().into(),
+            p256dh_at,
+            auth_at,
+            format: p.format,
+            vapid_key: p.vapid_key.as_deref().map(Arc::from),
+        })
     }
 
     fn endpoint(&self) -> &str {
@@ -111,6 +125,7 @@ impl TargetData for WebPushTarget {
             p256dh: keys.map(|(k, _)| k.to_owned()),
             auth: keys.map(|(_, a)| a.to_owned()),
             format: self.format,
+            vapid_key: self.vapid_key.as_deref().map(str::to_owned),
         };
         serde_json::to_string(&p).unwrap_or_default()
     }
@@ -124,6 +139,7 @@ struct Resolved {
     origin: String,
     keys: Option<(Vec<u8>, Vec<u8>)>,
     format: PayloadFormat,
+    vapid_key: Option<Arc<str>>,
 }
 
 impl WebPushTarget {
@@ -149,7 +165,7 @@ impl WebPushTarget {
             None => None,
         };
         let origin = endpoint.origin().ascii_serialization();
-        Ok(Resolved { endpoint, origin, keys, format: self.format })
+        Ok(Resolved { endpoint, origin, keys, format: self.format, vapid_key: self.vapid_key.clone() })
     }
 
     /// The origin of the endpoint (its host key), without the rest of [`WebPushTarget::resolve`].
@@ -222,7 +238,7 @@ fn validated(
 /// Sends one message per request.
 pub struct WebPushSender {
     clients: EgressClients,
-    vapid: Arc<Vapid>,
+    vapid: Arc<VapidRing>,
     policy: EgressPolicy,
     urgency: HeaderValue,
     /// `Content-Type` of encrypted messages.
@@ -238,6 +254,15 @@ impl std::fmt::Debug for WebPushSender {
 impl WebPushSender {
     /// A sender with its own HTTP client built on `policy`.
     pub fn new(vapid: Arc<Vapid>, policy: EgressPolicy, settings: &WebPushSettings) -> Result<Self, reqwest::Error> {
+        Self::with_keys(Arc::new(VapidRing::single(vapid)), policy, settings)
+    }
+
+    /// A sender signing each subscription's messages with the key it was made with.
+    pub fn with_keys(
+        vapid: Arc<VapidRing>,
+        policy: EgressPolicy,
+        settings: &WebPushSettings,
+    ) -> Result<Self, reqwest::Error> {
         Ok(WebPushSender {
             clients: policy.clients(settings.timeout)?,
             vapid,
@@ -287,7 +312,12 @@ impl Deliver for WebPushSender {
             return Outcome::Rejected(e.to_string());
         }
         let n = &message.notification;
+        let rotation = n.is_key_rotation();
         let (plain, content_type): (std::borrow::Cow<'_, [u8]>, &'static str) = match t.format {
+            // The spec's message whatever the format: it names no topic.
+            _ if rotation => {
+                (davpush_proto::xml::key_rotation_message().into_bytes().into(), "application/xml; charset=\"UTF-8\"")
+            }
             PayloadFormat::TopicJson => (message.ws_frame.as_ref().into(), "application/json"),
             PayloadFormat::WebdavPushXml => (
                 davpush_proto::xml::push_message(n.topic.as_str(), n.sync_token.as_deref(), n.trigger)
@@ -296,6 +326,7 @@ impl Deliver for WebPushSender {
                 "application/xml; charset=\"UTF-8\"",
             ),
         };
+        let signer = self.vapid.signer(t.vapid_key.as_deref());
         let mut req = self
             .clients
             .for_url(&t.endpoint)
@@ -303,7 +334,7 @@ impl Deliver for WebPushSender {
             .header("TTL", ttl.as_secs().to_string())
             .header("Urgency", self.urgency.clone())
             .header("Topic", topic_header(n.topic.as_str()))
-            .header(AUTHORIZATION, &*self.vapid.authorization(&t.origin, davpush_core::unix_now()));
+            .header(AUTHORIZATION, &*signer.authorization(&t.origin, davpush_core::unix_now()));
         req = match &t.keys {
             Some((p256dh, auth)) => match ece::encrypt(&plain, p256dh, auth) {
                 Ok(body) => {
@@ -347,16 +378,25 @@ pub struct WebPushTargets {
     kind: ServiceKind,
     policy: EgressPolicy,
     allow_unencrypted: bool,
+    /// The advertised VAPID key's id: new subscriptions are bound to it.
+    current_key: Arc<str>,
 }
 
 #[async_trait]
 impl TargetParser for WebPushTargets {
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
-        parse_params(self.kind, params, &self.policy, self.allow_unencrypted)
+        let mut p: WebPushParams =
+            Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
+        // Whatever the client says: a subscription is bound to the key it could have been
+        // restricted to, the advertised one.
+        p.vapid_key = Some(self.current_key.to_string());
+        validated(self.kind, p, &self.policy, self.allow_unencrypted)
     }
 
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
-        let p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
+        let mut p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
+        // Rows from before rotation existed are bound to the advertised key at start.
+        p.vapid_key.get_or_insert_with(|| self.current_key.to_string());
         validated(self.kind, p, &self.policy, self.allow_unencrypted)
     }
 
@@ -385,13 +425,14 @@ impl EngineTransport<WebPushTargets> {
         store: Arc<dyn SubscriptionStore>,
     ) -> Self {
         let policy = sender.policy.clone();
+        let current_key = sender.vapid.current_id().clone();
         let engine_settings = EngineSettings {
             per_host_workers: settings.max_per_host,
             request_timeout: settings.timeout,
             ..settings.engine.clone()
         };
         let engine = Engine::start(kind, sender, engine_settings, feedback, metrics, store);
-        let targets = WebPushTargets { kind, policy, allow_unencrypted: settings.allow_unencrypted };
+        let targets = WebPushTargets { kind, policy, allow_unencrypted: settings.allow_unencrypted, current_key };
         EngineTransport::new(kind, targets, engine, None)
     }
 }
@@ -491,11 +532,20 @@ mod tests {
                 parse_params(ServiceKind::UnifiedPush, &serde_json::from_str(&t.to_json()).unwrap(), &policy, true)
                     .unwrap();
             assert!(again.same_destination(&t));
-            let targets =
-                WebPushTargets { kind: ServiceKind::UnifiedPush, policy: policy.clone(), allow_unencrypted: true };
-            let stored = targets.parse_stored(&t.to_json()).unwrap();
-            assert!(stored.same_destination(&t), "a stored row reads back the same");
-            assert_eq!(stored.to_json(), t.to_json());
+            let targets = WebPushTargets {
+                kind: ServiceKind::UnifiedPush,
+                policy: policy.clone(),
+                allow_unencrypted: true,
+                current_key: "K".into(),
+            };
+            // A subscription is bound to the advertised VAPID key; its row reads back the same.
+            let bound = targets.parse_target(params).unwrap();
+            assert!(bound.to_json().ends_with(",\"vapid_key\":\"K\"}"), "{}", bound.to_json());
+            let stored = targets.parse_stored(&bound.to_json()).unwrap();
+            assert!(stored.same_destination(&bound), "a stored row reads back the same");
+            assert_eq!(stored.to_json(), bound.to_json());
+            // A row from before rotation existed is bound to the advertised key when read.
+            assert_eq!(targets.parse_stored(&t.to_json()).unwrap().to_json(), bound.to_json());
             assert!(targets.parse_stored("{\"endpoint\": 1}").is_err());
             let resolved = r.data::<WebPushTarget>().unwrap().resolve().unwrap();
             assert_eq!(resolved.endpoint.as_str(), params["endpoint"].as_str().unwrap());
@@ -513,7 +563,12 @@ mod tests {
     #[tokio::test]
     async fn issue_11_the_curve_is_checked_at_subscribe_time_and_the_store_is_trusted() {
         let policy = EgressPolicy::default();
-        let targets = WebPushTargets { kind: ServiceKind::WebPush, policy: policy.clone(), allow_unencrypted: false };
+        let targets = WebPushTargets {
+            kind: ServiceKind::WebPush,
+            policy: policy.clone(),
+            allow_unencrypted: false,
+            current_key: "K".into(),
+        };
         let key = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
         let mut bytes = B64.decode(key).unwrap();
         bytes[10] ^= 1;

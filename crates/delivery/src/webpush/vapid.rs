@@ -53,6 +53,15 @@ impl VapidKey {
         Some(VapidKey { encoding: EncodingKey::from_ec_der(der), public })
     }
 
+    /// Reads the key at `path` (PKCS#8 PEM).
+    pub fn load(path: &Path) -> Result<Self, VapidError> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|source| VapidError::Io { path: path.display().to_string(), source })?;
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = STANDARD.decode(b64.trim()).map_err(|_| VapidError::BadKey(path.display().to_string()))?;
+        Self::from_pkcs8(&der).ok_or_else(|| VapidError::BadKey(path.display().to_string()))
+    }
+
     /// Reads the key at `path`, or generates one there (PEM, mode 0600). Returns whether it
     /// was generated.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), VapidError> {
@@ -65,22 +74,35 @@ impl VapidKey {
                 Ok((key, false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                    .map_err(|_| io(std::io::Error::other("key generation failed")))?;
-                let der = doc.as_ref();
-                let b64 = STANDARD.encode(der);
-                let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-                for chunk in b64.as_bytes().chunks(64) {
-                    pem.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-                    pem.push('\n');
-                }
-                pem.push_str("-----END PRIVATE KEY-----\n");
+                let (key, pem) = Self::generate_pem().map_err(io)?;
                 davpush_core::secrets::write_private(path, &pem).map_err(io)?;
-                let key = Self::from_pkcs8(der).ok_or_else(|| VapidError::BadKey(path.display().to_string()))?;
                 Ok((key, true))
             }
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// A new key pair and its PKCS#8 PEM.
+    pub(crate) fn generate_pem() -> std::io::Result<(Self, String)> {
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| std::io::Error::other("key generation failed"))?;
+        let der = doc.as_ref();
+        let b64 = STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        let key = Self::from_pkcs8(der).ok_or_else(|| std::io::Error::other("generated key does not parse"))?;
+        Ok((key, pem))
+    }
+
+    /// The key's id: 16 base64url characters of the SHA-256 of the public key. Subscriptions
+    /// record it (`vapid_key`); a retired key is kept as `vapid-keys/<id>.pem`. Public.
+    pub fn id(&self) -> String {
+        let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.public);
+        URL_SAFE_NO_PAD.encode(&h.as_ref()[..12])
     }
 
     /// The public key as clients expect it: uncompressed point, base64url without padding

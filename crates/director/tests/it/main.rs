@@ -18,5 +18,6 @@ mod ops;
 mod readiness;
 mod subscription;
 mod topics;
+mod vapid_rotation;
 mod webpush;
 mod websocket;

@@ -139,3 +139,31 @@ async fn issue_11_expired_rows_are_purged_in_batches_and_loaded_in_pages() {
     store.pool.close().await;
     schema.drop_schema().await;
 }
+
+/// Issue 15: rows from before key rotation get the advertised key; the keys in use are listed.
+#[tokio::test]
+async fn issue_15_vapid_keys_are_assigned_to_old_rows_and_listed() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    store.upsert(&row("a", "c1", "t", 100)).await.unwrap();
+    let mut bound = row("b", "c2", "t", 100);
+    bound.target = r#"{"endpoint":"https://push.example/2","vapid_key":"NEWKEY"}"#.into();
+    store.upsert(&bound).await.unwrap();
+    let mut fcm = row("c", "c3", "t", 100);
+    fcm.service = "fcm".into();
+    fcm.target = r#"{"token":"x"}"#.into();
+    store.upsert(&fcm).await.unwrap();
+    assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+    assert_eq!(store.assign_vapid_key("OLDKEY").await.unwrap(), 1, "only the Web Push row without a key");
+    assert_eq!(store.assign_vapid_key("OTHER").await.unwrap(), 0, "idempotent");
+    let mut keys = store.vapid_keys_in_use().await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["NEWKEY", "OLDKEY"]);
+    let rows = store.load(0).await.unwrap();
+    let a = rows.iter().find(|r| r.id == "a").unwrap();
+    let t: serde_json::Value = serde_json::from_str(&a.target).unwrap();
+    assert_eq!(t, serde_json::json!({"endpoint": "https://push.example/1", "vapid_key": "OLDKEY"}));
+    assert!(!rows.iter().find(|r| r.id == "c").unwrap().target.contains("vapid_key"));
+    store.delete(&["a".into()]).await.unwrap();
+    assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+}
