@@ -137,6 +137,16 @@ impl GatewayState {
                 }
             }
         }
+        if let Some(tagged) = parts.headers.get("if") {
+            // The resource tags of an `If` header (RFC 4918 §10.4) name resources by URL, in the
+            // client's URL space: the server compares them with its own (SabreDAV refuses a tag
+            // outside its base URI, so litmus's `owner_modify` failed under `/dav.php/`).
+            let tagged = tagged.to_str().map_err(|_| GatewayError::BadRequest("If is not valid text".into()))?;
+            let mapped = map_if_tags(tagged, |tag| self.map_destination(tag))
+                .ok_or_else(|| GatewayError::BadRequest("If names a resource outside this server".into()))?;
+            headers
+                .insert("if", HeaderValue::from_str(&mapped).map_err(|_| GatewayError::BadRequest("bad If".into()))?);
+        }
         let mut req = self.upstream.request(method, self.upstream_url(path, parts.uri.query())).headers(headers);
         if let Some(body) = body {
             req = req.body(body);
@@ -299,6 +309,53 @@ pub(crate) async fn check_read(
     }
 }
 
+/// An `If` header (RFC 4918 §10.4) with each resource tag — a `<URL>` outside the parenthesised
+/// lists; inside them, `<…>` are state tokens (lock tokens), left alone, as are `[entity tags]` —
+/// replaced by `map(URL)`; `None` if a tag does not map or the header is malformed.
+pub(crate) fn map_if_tags(value: &str, map: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut depth = 0u32;
+    while let Some(c) = rest.chars().next() {
+        match c {
+            '<' if depth == 0 => {
+                let end = rest.find('>')?;
+                out.push('<');
+                out.push_str(&map(&rest[1..end])?);
+                out.push('>');
+                rest = &rest[end + 1..];
+                continue;
+            }
+            '<' => {
+                // A state token: copied as is, whatever it contains.
+                let end = rest.find('>')?;
+                out.push_str(&rest[..=end]);
+                rest = &rest[end + 1..];
+                continue;
+            }
+            '[' => {
+                // An entity tag (a quoted string, which may hold any of `<>()[]`).
+                let close = rest[1..].trim_start().strip_prefix("W/").unwrap_or(rest[1..].trim_start());
+                let skipped = rest.len() - close.len();
+                let q = close.strip_prefix('"')?;
+                let end = q.find('"')?;
+                let after = &q[end + 1..];
+                let bracket = after.find(']')?;
+                let len = skipped + 1 + end + 1 + bracket + 1;
+                out.push_str(&rest[..len]);
+                rest = &rest[len..];
+                continue;
+            }
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    (depth == 0).then_some(out)
+}
+
 /// Whether a multistatus answer to `PROPFIND resourcetype` has the property with status 200.
 fn readable(multistatus: &str) -> bool {
     use crate::xml::{self, DAV};
@@ -313,7 +370,26 @@ fn readable(multistatus: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::readable;
+    use super::{map_if_tags, readable};
+
+    #[test]
+    fn the_resource_tags_of_an_if_header_are_mapped_and_nothing_else() {
+        let map = |u: &str| u.strip_prefix("http://gw/").map(|p| format!("http://up/dav.php/{p}"));
+        assert_eq!(
+            map_if_tags("<http://gw/f/a> (<opaquelocktoken:1> [\"e<(\"]) (Not <DAV:no-lock>)", map).as_deref(),
+            Some("<http://up/dav.php/f/a> (<opaquelocktoken:1> [\"e<(\"]) (Not <DAV:no-lock>)")
+        );
+        assert_eq!(
+            map_if_tags("<http://gw/a> ([W/\"x\"]) <http://gw/b/> (<urn:uuid:2>)", map).as_deref(),
+            Some("<http://up/dav.php/a> ([W/\"x\"]) <http://up/dav.php/b/> (<urn:uuid:2>)")
+        );
+        // No-tag lists are left as they are.
+        assert_eq!(map_if_tags("(<opaquelocktoken:1>)", map).as_deref(), Some("(<opaquelocktoken:1>)"));
+        // A tag that does not map, or a malformed header: refused.
+        assert_eq!(map_if_tags("<http://elsewhere/a> (<t>)", map), None);
+        assert_eq!(map_if_tags("(<t>", map), None);
+        assert_eq!(map_if_tags("<http://gw/a (<t>)", map), None);
+    }
 
     #[test]
     fn a_multistatus_without_the_resourcetype_is_no_permission_to_read() {

@@ -33,7 +33,8 @@
 //!    per check, so that checks sharing a server do not see each other's notifications);
 //! 7. states its capabilities ([`Caps`]): the matrix tests what a server has and asserts the
 //!    documented fallback where it has not (e.g. no `sync-token` in push messages without
-//!    sync-collection).
+//!    sync-collection);
+//! 8. names where litmus runs ([`DavServer::litmus`]).
 //!
 //! Launchers of this crate: [`radicale`] (Radicale 3.9, PyPI), [`xandikos`] (Xandikos, PyPI,
 //! behind Apache as its authenticating reverse proxy, mounted under `/xandikos/`), [`apache`]
@@ -90,8 +91,6 @@ pub struct Caps {
     pub proppatch: bool,
     /// `/.well-known/caldav` (and `carddav`) redirect to the server's context path (RFC 6764).
     pub well_known: bool,
-    /// litmus applies (plain WebDAV files at [`DavServer::files`]'s home).
-    pub litmus: bool,
 }
 
 /// A user and their password.
@@ -143,6 +142,12 @@ pub struct DavServer {
     pub addressbook: Option<String>,
     /// An existing plain folder of `owner`.
     pub files: Option<String>,
+    /// Where the matrix runs litmus (`litmus <url> <user> <password>`): a collection of
+    /// `owner`'s in which litmus may create its `litmus/` collection (plain `MKCOL`). A server of
+    /// calendars and address books only names the place where litmus gets furthest (the
+    /// principal or home); if the server refuses a plain `MKCOL` there, litmus stops at its
+    /// `begin` test, the same way directly and through the gateway.
+    pub litmus: String,
     /// What it supports.
     pub caps: Caps,
     /// Its data folder (for checks of changes made outside HTTP), if it has one.
@@ -384,6 +389,7 @@ pub fn radicale() -> Option<DavServer> {
         calendar: None,
         addressbook: None,
         files: None,
+        litmus: format!("/{}/", owner.name),
         caps: Caps {
             sync_collection: true,
             caldav: true,
@@ -393,7 +399,6 @@ pub fn radicale() -> Option<DavServer> {
             copy: false,
             proppatch: true,
             well_known: true,
-            litmus: false,
         },
         data_dir: Some(dir.join("collections")),
         owner,
@@ -499,7 +504,8 @@ pub fn apache() -> Option<DavServer> {
         calendar: None,
         addressbook: None,
         files: Some(format!("/{}/files/", owner.name)),
-        caps: Caps { lock: true, copy: true, proppatch: true, litmus: true, ..Caps::default() },
+        litmus: format!("/{}/", owner.name),
+        caps: Caps { lock: true, copy: true, proppatch: true, ..Caps::default() },
         data_dir: Some(dir.join("dav")),
         owner,
         other,
@@ -565,6 +571,7 @@ pub fn xandikos() -> Option<DavServer> {
         calendar: Some(format!("{p}/calendars/calendar/")),
         addressbook: Some(format!("{p}/contacts/addressbook/")),
         files: None,
+        litmus: format!("{p}/"),
         caps: Caps {
             sync_collection: true,
             caldav: true,
@@ -574,7 +581,6 @@ pub fn xandikos() -> Option<DavServer> {
             copy: true,
             proppatch: true,
             well_known: true,
-            litmus: false,
         },
         data_dir: Some(dir.join("data")),
         owner,
@@ -608,6 +614,7 @@ pub fn sabredav() -> Option<DavServer> {
         calendar: Some(SabreDav::calendar_path(&owner.name)),
         addressbook: Some(SabreDav::addressbook_path(&owner.name)),
         files: None,
+        litmus: SabreDav::files_path(&owner.name),
         caps: Caps {
             sync_collection: false,
             caldav: true,
@@ -619,7 +626,6 @@ pub fn sabredav() -> Option<DavServer> {
             copy: true,
             proppatch: true,
             well_known: true,
-            litmus: false,
         },
         data_dir: Some(server.dir.clone()),
         owner,
@@ -661,6 +667,7 @@ pub fn davical() -> Option<DavServer> {
         calendar: None,
         addressbook: None,
         files: None,
+        litmus: Davical::principal_path(&owner.name),
         caps: Caps {
             sync_collection: true,
             caldav: true,
@@ -670,7 +677,6 @@ pub fn davical() -> Option<DavServer> {
             copy: false,
             proppatch: true,
             well_known: true,
-            litmus: false,
         },
         data_dir: None,
         owner,
@@ -704,7 +710,8 @@ pub fn nginx() -> Option<DavServer> {
         calendar: None,
         addressbook: None,
         files: None,
-        caps: Caps { lock: true, copy: true, litmus: true, ..Caps::default() },
+        litmus: NginxDav::files_path(&owner.name),
+        caps: Caps { lock: true, copy: true, ..Caps::default() },
         data_dir: Some(server.dir.join("data")),
         owner,
         other,

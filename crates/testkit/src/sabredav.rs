@@ -48,8 +48,14 @@ impl SabreDav {
         let port = crate::free_port();
         let dir = launch::instance_dir("sabredav", port);
         let users: Vec<String> = crate::radicale::USERS.iter().map(|(u, p)| format!("{u}:{p}")).collect();
+        // bcrypt's minimum cost: SabreDAV checks the password on every request (90 ms each at
+        // PHP's default cost on a busy machine; litmus makes about a thousand requests).
         launch::run(
-            Command::new("php").arg(launch::asset("sabredav/setup.php")).arg(&dir).args(&users),
+            Command::new("php")
+                .arg(launch::asset("sabredav/setup.php"))
+                .arg(&dir)
+                .args(&users)
+                .env("SABREDAV_PASSWORD_COST", "4"),
             "sabredav/setup.php",
         );
         let docroot = dir.join("www");
