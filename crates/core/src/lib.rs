@@ -15,6 +15,7 @@
 //! - [`live`]: WebSocket connections (bounded mailboxes), their hub and transport.
 //! - [`fanout`]: the `Fanout` seam between the nodes of a cluster and the messages they exchange.
 //! - [`feedback`]: transports report subscriptions that are gone.
+//! - [`history`]: positions of notifications, and what a resuming client missed.
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
 //! - [`secrets`]: secret files, mode 0600.
@@ -29,6 +30,7 @@
 
 pub mod fanout;
 pub mod feedback;
+pub mod history;
 pub mod ids;
 pub mod index;
 pub mod kind;
@@ -47,7 +49,7 @@ pub use ids::{ClientId, IdError, SubscriptionId, Topic};
 pub use index::{Caps, Index, Principal};
 pub use kind::ServiceKind;
 pub use metrics::Metrics;
-pub use notification::{Notification, PushMessage};
+pub use notification::{Framing, Notification, PushMessage};
 pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 pub use subscription::{RemoteTarget, Subscription, Target, TargetData, Triggers};

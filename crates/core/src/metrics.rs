@@ -70,6 +70,9 @@ pub struct Metrics {
     /// `deliveries{service="websocket",outcome="sent"}`, resolved once: it is counted by every
     /// connection's task on every write, where a family lookup would contend.
     pub ws_sent: Counter,
+    /// Resumes from the history ([`crate::history`]), by outcome: `replayed` notifications and
+    /// `resync` topics.
+    pub resumes: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,7 @@ impl Default for Metrics {
             store_wal_bytes: Gauge::default(),
             ready: Gauge::default(),
             ws_sent: Counter::default(),
+            resumes: Family::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
         r.register("websocket_closed", "WebSocket connections closed by the server or client", m.ws_closed.clone());
@@ -102,6 +106,11 @@ impl Default for Metrics {
             m.cluster_messages.clone(),
         );
         r.register("store_wal_bytes", "Size of the store's write-ahead log (SQLite)", m.store_wal_bytes.clone());
+        r.register(
+            "resumed",
+            "Notifications replayed from the history, and topics told to re-sync, for clients that resumed",
+            m.resumes.clone(),
+        );
         r.register("ready", "1 once the durable subscriptions are loaded from the store", m.ready.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         let ws_sent = m
@@ -117,6 +126,15 @@ impl Metrics {
     pub fn delivered(&self, service: ServiceKind, outcome: &'static str, n: u64) {
         if n > 0 {
             self.deliveries.get_or_create(&DeliveryLabels { service: service.as_str(), outcome }).inc_by(n);
+        }
+    }
+
+    /// Counts a resume: `replayed` notifications sent again, `resync` topics to re-sync.
+    pub fn replayed(&self, replayed: u64, resync: u64) {
+        for (reason, n) in [("replayed", replayed), ("resync", resync)] {
+            if n > 0 {
+                self.resumes.get_or_create(&ReasonLabel { reason }).inc_by(n);
+            }
         }
     }
 
