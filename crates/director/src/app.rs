@@ -135,7 +135,8 @@ pub async fn build_with_store(
              WebSockets. Use this for development only. !!!"
         );
     }
-    let mut service = PushService::new(store, transports, config.limits.clone(), metrics.clone());
+    let mut service =
+        PushService::new(store, transports, config.limits.clone(), metrics.clone()).with_history(config.history);
     if let Some(keys) = &startup.grant_keys {
         service = service.with_grants(keys.clone());
     }
@@ -209,7 +210,11 @@ async fn remove_gone(mut gone: FeedbackReceiver, service: std::sync::Weak<PushSe
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
-    Router::new()
+    let mut router = Router::new();
+    if state.config.sse {
+        router = router.route("/events", get(http::events::events));
+    }
+    router
         .route("/notify", post(http::notify::notify))
         .route("/subscribe", post(http::subscription::subscribe))
         .route("/unsubscribe", post(http::subscription::unsubscribe))

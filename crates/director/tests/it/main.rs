@@ -10,6 +10,7 @@ mod cluster;
 mod connections;
 mod draft;
 mod errors;
+mod events;
 mod fcm;
 mod grants;
 mod hms;
