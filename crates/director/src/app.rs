@@ -151,9 +151,11 @@ pub async fn build_with_store(
             ready_timeout: Duration::from_secs(5),
             ping_interval: c.ping_interval,
             publish_retry: c.publish_retry,
+            history: Some(config.history),
         };
         let (fanout, rx) = RedisFanout::start(settings, metrics).await?;
-        service = service.with_fanout(fanout);
+        let history = davpush_cluster::RedisHistory::new(&c.redis_url, &c.channel_prefix, config.history)?;
+        service = service.with_fanout(fanout).with_shared_history(history);
         inbound = Some(rx);
     }
     let service = Arc::new(service);
@@ -188,6 +190,7 @@ async fn apply_cluster(mut inbound: davpush_cluster::Inbound, service: std::sync
         let Some(service) = service.upgrade() else { return };
         match received {
             Received::Message(m) => service.apply(m, davpush_core::unix_now()),
+            Received::Unpublished(m) => service.apply_unpublished(m, davpush_core::unix_now()),
             Received::Resubscribed => match service.resync(davpush_core::unix_now()).await {
                 Ok(n) => tracing::info!(changed = n, "subscriptions re-read from the store after a cluster outage"),
                 Err(e) => tracing::error!(error = %e, "could not re-read subscriptions after a cluster outage"),
