@@ -6,6 +6,7 @@
 mod util;
 
 mod apns;
+mod browser;
 mod cluster;
 mod connections;
 mod draft;
