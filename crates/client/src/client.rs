@@ -444,7 +444,12 @@ impl Task {
 
     /// Subscribes `topic`; `since` resumes from a history position (the first subscribe of a
     /// topic on a connection), renewals go without.
-    async fn subscribe(&self, socket: &mut Socket, topic: &str, since: Option<String>) -> Result<(), tungstenite::Error> {
+    async fn subscribe(
+        &self,
+        socket: &mut Socket,
+        topic: &str,
+        since: Option<String>,
+    ) -> Result<(), tungstenite::Error> {
         let Some(url) = self.watched.get(topic).map(|w| w.url.clone()) else { return Ok(()) };
         if self.options.via_gateway {
             // The gateway checks that the user may read the collection and adds the grant.

@@ -158,9 +158,15 @@ impl MemoryHistory {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest position.
-    pub fn head(&self) -> Position {
-        Position { epoch: self.epoch.clone(), seq: self.lock().last }
+    /// Whether anything is kept (`max_entries` and `per_topic` above 0): a history that keeps
+    /// nothing gives no positions, and every resume is a resync.
+    pub fn enabled(&self) -> bool {
+        self.settings.max_entries > 0 && self.settings.per_topic > 0
+    }
+
+    /// The newest position (`None` when not [`MemoryHistory::enabled`]).
+    pub fn head(&self) -> Option<Position> {
+        self.enabled().then(|| Position { epoch: self.epoch.clone(), seq: self.lock().last })
     }
 
     /// Gives `message` the next position, keeps it, and calls `deliver` with it while no other
@@ -215,6 +221,9 @@ impl MemoryHistory {
 
     /// What `topics` got after `since`.
     pub fn replay(&self, topics: &[Topic], since: &str, now_ms: u64) -> Replayed {
+        if !self.enabled() {
+            return Replayed { messages: Vec::new(), resync: topics.to_vec(), head: None };
+        }
         let mut inner = self.lock();
         self.evict(&mut inner, now_ms);
         let head = Some(Position { epoch: self.epoch.clone(), seq: inner.last });
@@ -291,7 +300,7 @@ mod tests {
     #[test]
     fn a_client_gets_what_its_topics_missed_in_order() {
         let h = MemoryHistory::new(HistorySettings::default());
-        let start = h.head().to_string();
+        let start = h.head().unwrap().to_string();
         let a1 = record(&h, "a", "a1", 1_000);
         record(&h, "b", "b1", 1_000);
         record(&h, "c", "c1", 1_001);
@@ -301,14 +310,14 @@ mod tests {
         assert!(r.resync.is_empty());
         let r = h.replay(&topics(&["a", "b"]), &a1.to_string(), 1_003);
         assert_eq!(tokens(&r), ["b1", "a2"], "only what came after the position");
-        assert_eq!(r.head, Some(h.head()));
-        assert!(a1.seq < h.head().seq);
+        assert_eq!(r.head, h.head());
+        assert!(a1.seq < h.head().unwrap().seq);
     }
 
     #[test]
     fn beyond_the_window_or_another_epoch_is_a_resync() {
         let h = MemoryHistory::new(HistorySettings { per_topic: 2, max_age_ms: 10_000, max_entries: 100 });
-        let start = h.head().to_string();
+        let start = h.head().unwrap().to_string();
         for i in 0..3 {
             record(&h, "a", &format!("a{i}"), 1_000);
         }
@@ -330,7 +339,7 @@ mod tests {
     #[test]
     fn the_total_bound_drops_the_oldest() {
         let h = MemoryHistory::new(HistorySettings { per_topic: 10, max_age_ms: 10_000, max_entries: 3 });
-        let start = h.head().to_string();
+        let start = h.head().unwrap().to_string();
         for t in ["a", "b", "c", "d"] {
             record(&h, t, t, 1_000);
         }
@@ -338,5 +347,8 @@ mod tests {
         let r = h.replay(&topics(&["a", "d", "x"]), &start, 1_000);
         assert_eq!(r.resync, topics(&["a", "x"]), "a was dropped; x cannot be told apart from a dropped topic");
         assert_eq!(tokens(&r), ["d"]);
+        let off = MemoryHistory::new(HistorySettings { max_entries: 0, ..HistorySettings::default() });
+        assert!(off.head().is_none(), "a history that keeps nothing gives no positions");
+        assert_eq!(off.replay(&topics(&["a"]), &start, 1_000).resync, topics(&["a"]));
     }
 }

@@ -139,7 +139,7 @@ impl PushService {
     /// The newest position of the history now: where a client that connects starts from.
     pub async fn history_head(&self) -> Option<Position> {
         match &self.history {
-            History::Local(h) => Some(h.head()),
+            History::Local(h) => h.head(),
             History::Shared(h) => h.head().await,
         }
     }

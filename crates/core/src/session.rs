@@ -43,9 +43,8 @@ pub async fn replay(service: &PushService, conn: &Connection, topics: &[Topic], 
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
     let r = service.replay(topics, since, now_ms).await;
-    let resync = (!r.resync.is_empty()).then(|| {
-        (crate::notification::resync_frame(conn.framing(), &r.resync, r.head.as_ref()), r.head.as_ref())
-    });
+    let resync = (!r.resync.is_empty())
+        .then(|| (crate::notification::resync_frame(conn.framing(), &r.resync, r.head.as_ref()), r.head.as_ref()));
     service.metrics().replayed(r.messages.len() as u64, r.resync.len() as u64);
     conn.replay(topics, &r.messages, resync, r.head.as_ref());
 }

@@ -696,7 +696,7 @@ impl Config {
         if h.max_entries > 10_000_000 {
             return Err(invalid("history.max_entries", "must be at most 10000000"));
         }
-        if h.per_topic > h.max_entries {
+        if h.per_topic > h.max_entries && h.max_entries > 0 {
             return Err(invalid("history.per_topic", "must not be more than history.max_entries"));
         }
         let history = davpush_core::history::HistorySettings {

@@ -22,10 +22,10 @@
 pub mod app;
 pub mod config;
 pub mod http;
+mod sse;
 pub mod startup;
 mod state;
 mod ws;
-mod sse;
 
 pub use app::{Running, build, router, serve, spawn};
 pub use config::{Config, ConfigError, RawConfig};

@@ -146,6 +146,12 @@ impl PushService {
                 self.metrics.notifications.inc();
             }
             let recipients = self.index.recipients_for(&n.topic, now, exclude, n.trigger);
+            let records = positions.is_empty()
+                && reach != Reach::Durable
+                && matches!(&self.history, History::Local(h) if h.enabled());
+            if recipients.is_empty() && !records {
+                continue;
+            }
             let mut message = PushMessage::new(n);
             if let Some(p) = positions.get(i) {
                 message = message.at(p.clone());
@@ -168,7 +174,7 @@ impl PushService {
             let message = match (&self.history, reach) {
                 // Every notification is recorded, with or without live subscribers now: a
                 // client that is reconnecting has none at this moment.
-                (History::Local(h), Reach::All | Reach::Live) if positions.is_empty() => {
+                (History::Local(h), _) if records => {
                     let mut out = None;
                     h.record(message, now_ms, |m| {
                         dispatch(m, true, &mut report);
