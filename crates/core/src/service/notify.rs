@@ -189,6 +189,12 @@ impl PushService {
                     let m = Arc::new(message);
                     if reach != Reach::Durable {
                         dispatch(&m, true, &mut report);
+                    } else {
+                        // This node's live subscribers get it back through the cluster's
+                        // history: addressed all the same.
+                        for (kind, subs) in recipients.iter().filter(|(k, _)| *k == ServiceKind::WebSocket) {
+                            report.addressed[kind.index()] += subs.len() as u64;
+                        }
                     }
                     m
                 }

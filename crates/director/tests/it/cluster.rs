@@ -182,7 +182,8 @@ async fn issue_15_positions_are_the_same_on_every_node_and_a_client_resumes_on_a
     let mut on_b = Sse::open(&c.b.running.url(), "topic=t&topic=u", None).await;
     let (first_a, first_b) = (on_a.opened().await.id, on_b.opened().await.id);
     assert!(first_a.is_some() && first_b.is_some(), "a first stream starts at the history's head");
-    c.a.notify(json!({"topic": "t", "sync_token": "t1"})).await;
+    let (_, report) = c.a.notify(json!({"topic": "t", "sync_token": "t1"})).await;
+    assert_eq!(report["services"], json!({"websocket": 1}), "this node's stream is addressed (through Redis)");
     c.b.notify(json!({"topics": [{"topic": "u", "sync_token": "u1"}, {"topic": "t", "sync_token": "t2"}]})).await;
     c.a.notify(json!({"topic": "u", "sync_token": "u2"})).await;
     let mut seen_a = Vec::new();
