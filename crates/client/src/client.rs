@@ -179,7 +179,9 @@ pub enum Event {
     },
     /// A collection changed: sync it.
     Update(Update),
-    /// After a reconnect: changes may have been missed while disconnected, sync once.
+    /// Changes may have been missed, sync once: after a reconnect to a Director that keeps no
+    /// history, or whose history no longer covers the time disconnected (after a reconnect
+    /// within it, what was missed arrives as [`Event::Update`]s instead).
     Resync {
         /// The collection.
         collection: Url,
@@ -229,7 +231,8 @@ impl PushClient {
         let (commands, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, events) = mpsc::channel(options.event_queue.max(1));
         let discovery = crate::Discovery::with_extra_ca(options.extra_ca_pem.as_deref())?;
-        let task = Task { options, discovery, commands: cmd_rx, events: ev_tx, watched: HashMap::new() };
+        let task =
+            Task { options, discovery, commands: cmd_rx, events: ev_tx, watched: HashMap::new(), position: None };
         let handle = tokio::spawn(task.run(socket, connection_id));
         Ok(PushClient { commands, events, task: Some(handle) })
     }
@@ -318,9 +321,10 @@ async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
     let first = tokio::time::timeout(options.connect_timeout, socket.next()).await;
     match first {
         Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ServerFrame>(t.as_str()) {
-            Ok(ServerFrame::Hello { connection_id, ping_interval, .. }) => {
-                Ok((socket, Hello { connection_id, ping_interval: Duration::from_secs(ping_interval.max(1)) }))
-            }
+            Ok(ServerFrame::Hello { connection_id, ping_interval, position, .. }) => Ok((
+                socket,
+                Hello { connection_id, ping_interval: Duration::from_secs(ping_interval.max(1)), position },
+            )),
             _ => Err(Error::Protocol { what: DIRECTOR, message: format!("expected a hello frame, got {t}") }),
         },
         Ok(Some(Err(e))) => Err(Error::Unreachable { what: DIRECTOR, message: crate::error::with_causes(&e) }),
@@ -355,6 +359,8 @@ fn tls_config(extra_ca_pem: Option<&str>) -> Result<std::sync::Arc<rustls::Clien
 struct Hello {
     connection_id: String,
     ping_interval: Duration,
+    /// The Director's history position when the connection opened (absent: no history).
+    position: Option<String>,
 }
 
 #[derive(Debug)]
@@ -370,6 +376,9 @@ struct Task {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     watched: HashMap<String, Watched>,
+    /// The last history position the Director sent (in `hello`, `notify` or `resync`): what
+    /// the next connection's subscriptions resume from (`since`).
+    position: Option<String>,
 }
 
 enum End {
@@ -433,7 +442,14 @@ impl Task {
         }
     }
 
-    async fn subscribe(&self, socket: &mut Socket, topic: &str) -> Result<(), tungstenite::Error> {
+    /// Subscribes `topic`; `since` resumes from a history position (the first subscribe of a
+    /// topic on a connection), renewals go without.
+    async fn subscribe(
+        &self,
+        socket: &mut Socket,
+        topic: &str,
+        since: Option<String>,
+    ) -> Result<(), tungstenite::Error> {
         let Some(url) = self.watched.get(topic).map(|w| w.url.clone()) else { return Ok(()) };
         if self.options.via_gateway {
             // The gateway checks that the user may read the collection and adds the grant.
@@ -442,6 +458,7 @@ impl Task {
                 topic: topic.to_owned(),
                 expires: None,
                 grant: None,
+                since,
             };
             let mut value = serde_json::to_value(&f).expect("frames serialize");
             if let Some(object) = value.as_object_mut() {
@@ -450,7 +467,8 @@ impl Task {
             return socket.send(Message::Text(value.to_string().into())).await;
         }
         let grant = self.grant(&url).await;
-        let f = ClientFrame::Subscribe { id: Some(topic.to_owned()), topic: topic.to_owned(), expires: None, grant };
+        let f =
+            ClientFrame::Subscribe { id: Some(topic.to_owned()), topic: topic.to_owned(), expires: None, grant, since };
         socket.send(frame(&f)).await
     }
 
@@ -470,15 +488,23 @@ impl Task {
 
     async fn session(&mut self, socket: &mut Socket, hello: &Hello, reconnect: bool) -> End {
         self.emit(Event::Connected { connection_id: hello.connection_id.clone(), reconnect }).await;
+        // Resume from the last position seen (a Director without a history sends none: then
+        // every collection is re-synced after a reconnect). The first connection starts at
+        // its hello's, so nothing between it and the subscriptions is missed.
+        let resumes = hello.position.is_some() && (self.position.is_some() || !reconnect);
+        if self.position.is_none() || hello.position.is_none() {
+            self.position.clone_from(&hello.position);
+        }
+        let since = if resumes { self.position.clone() } else { None };
         let topics: Vec<(String, Url)> = self.watched.iter().map(|(t, w)| (t.clone(), w.url.clone())).collect();
         for (topic, url) in topics {
-            if let Err(e) = self.subscribe(socket, &topic).await {
+            if let Err(e) = self.subscribe(socket, &topic, since.clone()).await {
                 return End::Lost(e.to_string());
             }
             if let Some(w) = self.watched.get_mut(&topic) {
                 w.renew_at = None;
             }
-            if reconnect {
+            if reconnect && !resumes {
                 self.emit(Event::Resync { collection: url }).await;
             }
         }
@@ -490,7 +516,8 @@ impl Task {
                 c = self.commands.recv() => match c {
                     Some(Command::Watch(url, topic)) => {
                         self.watched.insert(topic.clone(), Watched { url, renew_at: None });
-                        if let Err(e) = self.subscribe(socket, &topic).await {
+                        let since = hello.position.as_ref().and(self.position.clone());
+                        if let Err(e) = self.subscribe(socket, &topic, since).await {
                             return End::Lost(e.to_string());
                         }
                     }
@@ -531,7 +558,7 @@ impl Task {
                         if let Some(w) = self.watched.get_mut(&topic) {
                             w.renew_at = None;
                         }
-                        if let Err(e) = self.subscribe(socket, &topic).await {
+                        if let Err(e) = self.subscribe(socket, &topic, None).await {
                             return End::Lost(e.to_string());
                         }
                     }
@@ -554,7 +581,10 @@ impl Task {
             return;
         };
         match f {
-            ServerFrame::Notify { topic, sync_token, trigger } => {
+            ServerFrame::Notify { topic, sync_token, trigger, position } => {
+                if position.is_some() {
+                    self.position = position;
+                }
                 if let Some(w) = self.watched.get(&topic) {
                     let u = Update {
                         collection: w.url.clone(),
@@ -572,6 +602,17 @@ impl Task {
                     w.renew_at = Some(Instant::now() + Duration::from_secs_f64((lifetime * ratio).max(1.0)));
                     let url = w.url.clone();
                     self.emit(Event::Subscribed { collection: url, expires }).await;
+                }
+            }
+            ServerFrame::Resync { topics, position } => {
+                if position.is_some() {
+                    self.position = position;
+                }
+                for topic in topics {
+                    if let Some(w) = self.watched.get(&topic) {
+                        let url = w.url.clone();
+                        self.emit(Event::Resync { collection: url }).await;
+                    }
                 }
             }
             ServerFrame::Error { id: Some(topic), error, message } => {

@@ -32,6 +32,9 @@ use tokio::time::Instant;
 use publisher::{Outgoing, Publisher};
 use subscriber::Subscriber;
 
+pub use history::RedisHistory;
+
+mod history;
 mod presence;
 mod publisher;
 mod subscriber;
@@ -64,6 +67,9 @@ pub struct ClusterSettings {
     /// How long a message that could not be published is tried again (on new connections)
     /// before it is given up and counted `failed`.
     pub publish_retry: Duration,
+    /// The cluster's notification history ([`RedisHistory`]): notify messages published with
+    /// [`Fanout::publish_positioned`] are added to it and get their positions there.
+    pub history: Option<davpush_core::history::HistorySettings>,
 }
 
 /// Joining the cluster failed.
@@ -78,6 +84,9 @@ pub enum Received {
     Message(ClusterMessage),
     /// The subscription was renewed after a lost connection: messages may have been missed.
     Resubscribed,
+    /// A positioned notify message of this node that could not be published: for this node's
+    /// own live connections ([`davpush_core::PushService::apply_unpublished`]).
+    Unpublished(ClusterMessage),
 }
 
 /// Messages from the other nodes.
@@ -87,6 +96,7 @@ pub type Inbound = mpsc::Receiver<Received>;
 #[derive(Debug)]
 pub struct RedisFanout {
     node_id: String,
+    positioned: bool,
     queue: mpsc::Sender<Outgoing>,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
@@ -104,6 +114,8 @@ impl RedisFanout {
         let (stop, stopped) = watch::channel(false);
         let (ready_tx, ready) = oneshot::channel();
         let publisher = Publisher {
+            history: settings.history.map(|h| history::HistoryKeys::new(&settings.channel_prefix, h)),
+            unpublished: inbound_tx.clone(),
             client: client.clone(),
             names: names.clone(),
             client_name: format!("{}:{}:publisher", settings.channel_prefix, settings.node_id),
@@ -132,7 +144,8 @@ impl RedisFanout {
                 "Redis is not reachable yet; this node delivers locally and keeps trying to join the cluster"
             ),
         }
-        Ok((Arc::new(RedisFanout { node_id: settings.node_id, queue, metrics, stop }), inbound))
+        let positioned = settings.history.is_some();
+        Ok((Arc::new(RedisFanout { node_id: settings.node_id, positioned, queue, metrics, stop }), inbound))
     }
 }
 
@@ -142,7 +155,26 @@ impl Fanout for RedisFanout {
     }
 
     fn publish(&self, channel: Channel, payload: Bytes) -> bool {
-        match self.queue.try_send(Outgoing { channel, payload, queued: Instant::now() }) {
+        self.queue(Outgoing { channel, payload, positioned: None, queued: Instant::now() })
+    }
+
+    fn publish_positioned(&self, message: ClusterMessage) -> bool {
+        if !self.positioned {
+            return self.publish(Channel::Notify, message.encode());
+        }
+        let payload = message.encode();
+        self.queue(Outgoing { channel: Channel::Notify, payload, positioned: Some(message), queued: Instant::now() })
+    }
+
+    fn close(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl RedisFanout {
+    fn queue(&self, m: Outgoing) -> bool {
+        let channel = m.channel;
+        match self.queue.try_send(m) {
             Ok(()) => true,
             Err(e) => {
                 self.metrics.cluster(channel.as_str(), "dropped");
@@ -150,10 +182,6 @@ impl Fanout for RedisFanout {
                 false
             }
         }
-    }
-
-    fn close(&self) {
-        let _ = self.stop.send(true);
     }
 }
 

@@ -16,25 +16,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use davpush_core::{Channel, Metrics};
+use davpush_core::{Channel, ClusterEvent, ClusterMessage, Metrics};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::{IO_TIMEOUT, MIN_BACKOFF, next_backoff};
+use crate::history::HistoryKeys;
+use crate::{IO_TIMEOUT, MIN_BACKOFF, Received, next_backoff};
 
 /// A message waiting to be published.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) channel: Channel,
     pub(crate) payload: Bytes,
+    /// A notify message to add to the history first ([`crate::history::NOTIFY`]).
+    pub(crate) positioned: Option<ClusterMessage>,
     /// When [`davpush_core::Fanout::publish`] queued it (its retries end `publish_retry` later).
     pub(crate) queued: Instant,
 }
 
 /// See the module documentation.
 pub(crate) struct Publisher {
+    /// The cluster's history, if notify messages are positioned.
+    pub(crate) history: Option<HistoryKeys>,
+    /// Where positioned messages that could not be published go (this node's own delivery).
+    pub(crate) unpublished: mpsc::Sender<Received>,
     pub(crate) client: redis::Client,
     /// The channels' names, by [`Channel`].
     pub(crate) names: [String; 2],
@@ -97,9 +104,28 @@ impl Publisher {
                 continue;
             }
             let Some(conn) = st.conn.as_mut() else { continue };
-            let mut publish = redis::cmd("PUBLISH");
-            publish.arg(&name).arg(m.payload.as_ref());
-            match tokio::time::timeout(IO_TIMEOUT, publish.query_async::<i64>(conn)).await {
+            let sent = match (&m.positioned, &self.history) {
+                (Some(message), Some(keys)) => {
+                    let mut call = crate::history::eval(crate::history::NOTIFY, &[&keys.stream, &keys.epoch, &name]);
+                    call.arg(&*davpush_core::history::new_epoch())
+                        .arg(keys.settings.max_entries)
+                        .arg(keys.settings.max_age_ms)
+                        .arg(m.payload.as_ref());
+                    if let ClusterEvent::Notify { notifications, .. } = &message.event {
+                        for n in notifications {
+                            let json = serde_json::to_string(n).expect("a notification serializes");
+                            call.arg(&n.topic).arg(json);
+                        }
+                    }
+                    tokio::time::timeout(IO_TIMEOUT, call.query_async::<i64>(conn)).await
+                }
+                _ => {
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(&name).arg(m.payload.as_ref());
+                    tokio::time::timeout(IO_TIMEOUT, publish.query_async::<i64>(conn)).await
+                }
+            };
+            match sent {
                 Ok(Ok(_)) => {
                     self.metrics.cluster(m.channel.as_str(), "published");
                     succeeded(st, self.ping_interval);
@@ -113,6 +139,10 @@ impl Publisher {
             }
         }
         self.metrics.cluster(m.channel.as_str(), "failed");
+        if let Some(message) = m.positioned {
+            // This node's live connections get it at least (without a position).
+            let _ = self.unpublished.try_send(Received::Unpublished(message));
+        }
         if !std::mem::replace(&mut st.dropping, true) {
             tracing::warn!(
                 channel = %name, retried_for = ?self.publish_retry,

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use davpush_core::{Channel, ClusterMessage, Metrics};
+use davpush_core::fanout::DecodeError;
+use davpush_core::{Channel, ClusterEvent, ClusterMessage, Metrics};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -75,10 +76,13 @@ impl Subscriber {
             };
             let channel =
                 if msg.get_channel_name() == self.names[0] { Channel::Notify } else { Channel::Subscriptions };
-            match ClusterMessage::decode(msg.get_payload_bytes()) {
-                Ok(m) if m.node == self.node_id => {}
+            match decode(msg.get_payload_bytes()) {
+                // A positioned notify reaches this node's live connections through here too.
+                Ok(m) if m.node == self.node_id && !positioned(&m) => {}
                 Ok(m) => {
-                    self.metrics.cluster(channel.as_str(), "received");
+                    if m.node != self.node_id {
+                        self.metrics.cluster(channel.as_str(), "received");
+                    }
                     if self.inbound.send(Received::Message(m)).await.is_err() {
                         return false;
                     }
@@ -90,4 +94,24 @@ impl Subscriber {
             }
         }
     }
+}
+
+fn positioned(m: &ClusterMessage) -> bool {
+    matches!(&m.event, ClusterEvent::Notify { positions, .. } if !positions.is_empty())
+}
+
+/// Reads a message: JSON, or `<epoch> <id>,<id>… <JSON>` from the history's script, whose ids
+/// become the notifications' positions.
+fn decode(payload: &[u8]) -> Result<ClusterMessage, DecodeError> {
+    if payload.first() == Some(&b'{') {
+        return ClusterMessage::decode(payload);
+    }
+    let text = std::str::from_utf8(payload).unwrap_or_default();
+    let mut parts = text.splitn(3, ' ');
+    let (epoch, ids, json) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next());
+    let mut m = ClusterMessage::decode(json.unwrap_or_default().as_bytes())?;
+    if let ClusterEvent::Notify { positions, .. } = &mut m.event {
+        *positions = ids.split(',').filter(|id| !id.is_empty()).map(|id| format!("{epoch}-{id}")).collect();
+    }
+    Ok(m)
 }

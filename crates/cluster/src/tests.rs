@@ -15,6 +15,7 @@ fn settings(url: &str, node: &str, prefix: &str) -> ClusterSettings {
         ready_timeout: Duration::from_secs(5),
         ping_interval: Duration::from_secs(1),
         publish_retry: Duration::from_secs(30),
+        history: None,
     }
 }
 

@@ -44,6 +44,12 @@ pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
     /// Queues `payload` for every node; never blocks or waits. Returns `false` if it was
     /// dropped (queue full or closed); the implementation counts and logs that.
     fn publish(&self, channel: Channel, payload: Bytes) -> bool;
+    /// Queues a notify message to be given positions in the cluster's history and then sent
+    /// to every node, this one included, with them ([`ClusterEvent::Notify::positions`]). A
+    /// fanout without a history publishes it as it is.
+    fn publish_positioned(&self, message: ClusterMessage) -> bool {
+        self.publish(Channel::Notify, message.encode())
+    }
     /// Stops talking to the other nodes (at shutdown).
     fn close(&self) {}
 }
@@ -123,6 +129,10 @@ pub enum ClusterEvent {
         /// Subscription ids to skip.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
+        /// The notifications' positions in the cluster's history, one each, when they have
+        /// them ([`crate::history`]). Such a message is applied by its sender too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        positions: Vec<String>,
     },
     /// A durable subscription was created or updated.
     Subscribed {
@@ -187,6 +197,7 @@ mod tests {
                     trigger: Some(Trigger::Content),
                 }],
                 exclude: vec!["x".into()],
+                positions: vec![],
             },
         };
         let back = ClusterMessage::decode(&m.encode()).unwrap();

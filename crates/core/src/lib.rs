@@ -16,6 +16,7 @@
 //! - [`fanout`]: the `Fanout` seam between the nodes of a cluster and the messages they exchange.
 //! - [`presence`]: the `Presence` seam: which topics other nodes hold WebSocket subscriptions of.
 //! - [`feedback`]: transports report subscriptions that are gone.
+//! - [`history`]: positions of notifications, and what a resuming client missed.
 //! - [`transport`]: the `Transport` trait and the `Transports` registry.
 //! - [`store`]: the `SubscriptionStore` trait and an in-memory store.
 //! - [`secrets`]: secret files, mode 0600.
@@ -30,6 +31,7 @@
 
 pub mod fanout;
 pub mod feedback;
+pub mod history;
 pub mod ids;
 pub mod index;
 pub mod kind;
@@ -49,7 +51,7 @@ pub use ids::{ClientId, IdError, SubscriptionId, Topic};
 pub use index::{Caps, Index, Principal};
 pub use kind::ServiceKind;
 pub use metrics::Metrics;
-pub use notification::{KEY_ROTATION_TOPIC, Notification, PushMessage};
+pub use notification::{Framing, KEY_ROTATION_TOPIC, Notification, PushMessage};
 pub use presence::{LocalTopics, NodeStatus, Presence, RemotePage};
 pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed, Unheard};
 pub use store::{MemoryStore, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};

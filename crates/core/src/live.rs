@@ -5,7 +5,9 @@
 //! then owns no queue allocation at all, which matters at tens of thousands of connections.
 //!
 //! Pending frames are coalesced per topic: a newer notification of a topic that is still queued
-//! replaces the older one in place (the client syncs once, with the newest sync-token). So the
+//! replaces the older one (the client syncs once, with the newest sync-token), and takes its
+//! place in the order of positions ([`crate::history`]): frames leave a mailbox in the order of
+//! their positions, so a client's last position means "everything before was written". So the
 //! queue never holds more frames than the connection has topics, and a burst of changes to one
 //! collection never overflows it. When more distinct topics are pending than the mailbox holds,
 //! the client is too slow; it is closed rather than allowed to hold anyone else up, and its
@@ -13,12 +15,14 @@
 //! timeout of its task.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::history::{Position, Seq};
+use crate::notification::Framing;
 use crate::transport::{Dispatched, TargetError, Transport};
 use crate::{PushMessage, ServiceKind, Subscription, SubscriptionId, Target, Topic};
 
@@ -46,12 +50,40 @@ pub enum Pushed {
     Closed,
 }
 
+/// A frame waiting in a mailbox.
+#[derive(Debug)]
+struct Pending {
+    /// Its topic; `None` for a frame of no one topic (a `resync`, a position marker).
+    topic: Option<Topic>,
+    frame: Bytes,
+    /// Its position, if it has one: the queue is kept in this order.
+    seq: Option<Seq>,
+    /// Replayed (or a `resync`): never coalesced away, and not counted against the capacity.
+    pinned: bool,
+}
+
 #[derive(Debug, Default)]
 struct Mailbox {
-    queue: VecDeque<(Topic, Bytes)>,
+    queue: VecDeque<Pending>,
     closed: Option<CloseReason>,
     ping_due: bool,
     subscriptions: Vec<SubscriptionId>,
+    /// Per replayed topic, the newest position the replay covered: a live frame of the topic
+    /// at or before it was replayed already (or seen by the client before), and is skipped.
+    floors: Vec<(Topic, Seq)>,
+}
+
+impl Mailbox {
+    /// Inserts `p` after every queued frame with an earlier position (usually at the end).
+    fn insert(&mut self, p: Pending) {
+        let mut at = self.queue.len();
+        if let Some(seq) = p.seq {
+            while at > 0 && self.queue[at - 1].seq.is_some_and(|s| s > seq) {
+                at -= 1;
+            }
+        }
+        self.queue.insert(at, p);
+    }
 }
 
 /// What the connection's task must do after [`Connection::take`].
@@ -69,6 +101,7 @@ pub struct Connection {
     id: Arc<str>,
     capacity: usize,
     last_seen: AtomicI64,
+    framing: AtomicU8,
     mailbox: Mutex<Mailbox>,
     wake: Notify,
 }
@@ -79,17 +112,49 @@ impl Connection {
         &self.id
     }
 
+    /// How this connection wants notifications written.
+    pub fn framing(&self) -> Framing {
+        match self.framing.load(Ordering::Relaxed) {
+            1 => Framing::WebSocketPositions,
+            2 => Framing::Sse,
+            _ => Framing::WebSocket,
+        }
+    }
+
+    /// Sets how notifications are written from now on.
+    pub fn set_framing(&self, framing: Framing) {
+        self.framing.store(framing as u8, Ordering::Relaxed);
+    }
+
     /// Queues the frame of a notification of `topic` without blocking.
     pub fn push(&self, topic: &Topic, frame: &Bytes) -> Pushed {
+        self.push_at(topic, frame, None)
+    }
+
+    /// Queues `message`, written as this connection wants it, without blocking.
+    pub fn push_message(&self, message: &PushMessage) -> Pushed {
+        let seq = message.position.as_ref().map(|p| p.seq);
+        self.push_at(&message.notification.topic, message.frame(self.framing()), seq)
+    }
+
+    fn push_at(&self, topic: &Topic, frame: &Bytes, seq: Option<Seq>) -> Pushed {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
         if m.closed.is_some() {
             return Pushed::Closed;
         }
-        if let Some(slot) = m.queue.iter_mut().find(|(t, _)| t == topic) {
-            slot.1 = frame.clone();
+        if let Some(seq) = seq
+            && m.floors.iter().any(|(t, floor)| t == topic && seq <= *floor)
+        {
+            // Replayed already.
             return Pushed::Coalesced;
         }
-        if m.queue.len() >= self.capacity {
+        let pending = Pending { topic: Some(topic.clone()), frame: frame.clone(), seq, pinned: false };
+        if let Some(at) = m.queue.iter().position(|p| !p.pinned && p.topic.as_ref() == Some(topic)) {
+            m.queue.remove(at);
+            m.insert(pending);
+            return Pushed::Coalesced;
+        }
+        if m.queue.iter().filter(|p| !p.pinned).count() >= self.capacity {
             m.closed = Some(CloseReason::TooSlow);
             m.queue.clear();
             drop(m);
@@ -97,12 +162,48 @@ impl Connection {
             return Pushed::Overflow;
         }
         let was_empty = m.queue.is_empty();
-        m.queue.push_back((topic.clone(), frame.clone()));
+        m.insert(pending);
         drop(m);
         if was_empty {
             self.wake.notify_one();
         }
         Pushed::Queued
+    }
+
+    /// Queues what `topics` missed (`messages`, in order, then a `resync` frame for the topics in
+    /// `resync`), merged with the live frames already queued in the order of positions. Live
+    /// frames of `topics` up to `head` are skipped from now on: the replay covered them.
+    pub fn replay(
+        &self,
+        topics: &[Topic],
+        messages: &[Arc<PushMessage>],
+        resync: Option<(Bytes, Option<&Position>)>,
+        head: Option<&Position>,
+    ) {
+        let framing = self.framing();
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if m.closed.is_some() {
+            return;
+        }
+        if let Some(head) = head {
+            for t in topics {
+                match m.floors.iter_mut().find(|(ft, _)| ft == t) {
+                    Some((_, f)) => *f = (*f).max(head.seq),
+                    None => m.floors.push((t.clone(), head.seq)),
+                }
+                m.queue.retain(|p| p.pinned || p.topic.as_ref() != Some(t) || p.seq.is_none_or(|s| s > head.seq));
+            }
+        }
+        for msg in messages {
+            let seq = msg.position.as_ref().map(|p| p.seq);
+            let topic = Some(msg.notification.topic.clone());
+            m.insert(Pending { topic, frame: msg.frame(framing).clone(), seq, pinned: true });
+        }
+        if let Some((frame, at)) = resync {
+            m.insert(Pending { topic: None, frame, seq: at.map(|p| p.seq), pinned: true });
+        }
+        drop(m);
+        self.wake.notify_one();
     }
 
     /// Asks the connection's task to close.
@@ -128,7 +229,7 @@ impl Connection {
     /// Moves the queued frames into `out` and says what else to do.
     pub fn take(&self, out: &mut Vec<Bytes>) -> Work {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
-        out.extend(m.queue.drain(..).map(|(_, f)| f));
+        out.extend(m.queue.drain(..).map(|p| p.frame));
         if m.queue.capacity() > 16 {
             // A burst is over; an idle connection keeps no large buffer.
             m.queue.shrink_to(0);
@@ -203,6 +304,7 @@ impl Hub {
             id: id.clone(),
             capacity: self.capacity,
             last_seen: AtomicI64::new(now),
+            framing: AtomicU8::new(Framing::WebSocket as u8),
             mailbox: Mutex::default(),
             wake: Notify::new(),
         });
@@ -295,7 +397,7 @@ impl Transport for WebSocketTransport {
                 d.dropped += 1;
                 continue;
             };
-            match conn.push(&message.notification.topic, &message.ws_frame) {
+            match conn.push_message(message) {
                 Pushed::Queued => d.queued += 1,
                 Pushed::Coalesced => d.coalesced += 1,
                 Pushed::Overflow | Pushed::Closed => d.dropped += 1,
@@ -314,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn same_topic_coalesces_in_place() {
+    fn same_topic_coalesces_and_moves_behind_older_frames() {
         let hub = Hub::new(2, 10);
         let c = hub.open(0).unwrap();
         assert_eq!(c.push(&topic("a"), &Bytes::from_static(b"a1")), Pushed::Queued);
@@ -324,7 +426,37 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(c.take(&mut out), Work::default());
-        assert_eq!(out, vec![Bytes::from_static(b"a2"), Bytes::from_static(b"b1")]);
+        assert_eq!(out, vec![Bytes::from_static(b"b1"), Bytes::from_static(b"a2")]);
+    }
+
+    fn seq(n: u64) -> Position {
+        Position { epoch: Arc::from("e"), seq: Seq { ms: 1, n } }
+    }
+
+    fn message(t: &str, n: u64) -> Arc<PushMessage> {
+        let note = crate::Notification { topic: topic(t), sync_token: Some(format!("{t}{n}")), trigger: None };
+        Arc::new(PushMessage::new(note).at(seq(n)))
+    }
+
+    #[test]
+    fn replayed_frames_merge_in_order_and_live_duplicates_are_skipped() {
+        let hub = Hub::new(4, 10);
+        let c = hub.open(0).unwrap();
+        c.set_framing(Framing::WebSocketPositions);
+        // Live frames that arrived while the replay was read: b5 (another topic) and a4 (also
+        // in the replay).
+        c.push_message(&message("b", 5));
+        c.push_message(&message("a", 4));
+        c.replay(&[topic("a")], &[message("a", 2), message("a", 4)], None, Some(&seq(4)));
+        assert_eq!(c.push_message(&message("a", 3)), Pushed::Coalesced, "covered by the replay");
+        c.push_message(&message("a", 6));
+        let mut out = Vec::new();
+        c.take(&mut out);
+        let positions: Vec<String> = out
+            .iter()
+            .map(|f| serde_json::from_slice::<serde_json::Value>(f).unwrap()["position"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(positions, ["e-1-2", "e-1-4", "e-1-5", "e-1-6"]);
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub ws_sent: Counter,
     /// The last errors per push service and the most notified topics (the admin view).
     pub recent: Recent,
+    /// Resumes from the history ([`crate::history`]), by outcome: `replayed` notifications and
+    /// `resync` topics.
+    pub resumes: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +94,7 @@ impl Default for Metrics {
             ready: Gauge::default(),
             ws_sent: Counter::default(),
             recent: Recent::default(),
+            resumes: Family::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
         r.register("websocket_closed", "WebSocket connections closed by the server or client", m.ws_closed.clone());
@@ -105,6 +109,11 @@ impl Default for Metrics {
             m.cluster_messages.clone(),
         );
         r.register("store_wal_bytes", "Size of the store's write-ahead log (SQLite)", m.store_wal_bytes.clone());
+        r.register(
+            "resumed",
+            "Notifications replayed from the history, and topics told to re-sync, for clients that resumed",
+            m.resumes.clone(),
+        );
         r.register("ready", "1 once the durable subscriptions are loaded from the store", m.ready.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         let ws_sent = m
@@ -120,6 +129,15 @@ impl Metrics {
     pub fn delivered(&self, service: ServiceKind, outcome: &'static str, n: u64) {
         if n > 0 {
             self.deliveries.get_or_create(&DeliveryLabels { service: service.as_str(), outcome }).inc_by(n);
+        }
+    }
+
+    /// Counts a resume: `replayed` notifications sent again, `resync` topics to re-sync.
+    pub fn replayed(&self, replayed: u64, resync: u64) {
+        for (reason, n) in [("replayed", replayed), ("resync", resync)] {
+            if n > 0 {
+                self.resumes.get_or_create(&ReasonLabel { reason }).inc_by(n);
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use davpush_proto::GrantKeys;
 
 use crate::fanout::Fanout;
+use crate::history::{MemoryHistory, Position, Replayed, SharedHistory};
 use crate::presence::Presence;
 use crate::store::SubscriptionStore;
 use crate::transport::Transports;
@@ -33,6 +34,15 @@ pub use limits::Limits;
 pub use notify::{NotifyReport, Unheard};
 pub use subscribe::{PURGE_BATCH, Subscribed};
 
+/// Where positions come from ([`crate::history`]).
+#[derive(Debug)]
+enum History {
+    /// This node's own, in memory.
+    Local(MemoryHistory),
+    /// The cluster's: notifications reach live connections (this node's too) through it.
+    Shared(Arc<dyn SharedHistory>),
+}
+
 /// See the module documentation.
 pub struct PushService {
     index: Arc<Index>,
@@ -43,6 +53,7 @@ pub struct PushService {
     fanout: Option<Arc<dyn Fanout>>,
     presence: Option<Arc<dyn Presence>>,
     grants: Option<GrantKeys>,
+    history: History,
     /// `true` once [`PushService::load`] has made every durable subscription routable.
     ready: tokio::sync::watch::Sender<bool>,
     /// Requests waiting in [`PushService::until_ready`].
@@ -72,6 +83,7 @@ impl PushService {
             fanout: None,
             presence: None,
             grants: None,
+            history: History::Local(MemoryHistory::new(Default::default())),
             ready: tokio::sync::watch::Sender::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -109,6 +121,38 @@ impl PushService {
     pub fn with_grants(mut self, keys: GrantKeys) -> Self {
         self.grants = Some(keys);
         self
+    }
+
+    /// Keeps this node's notification history in memory with `settings` (the default, with
+    /// [`crate::history::HistorySettings::default`]).
+    pub fn with_history(mut self, settings: crate::history::HistorySettings) -> Self {
+        self.history = History::Local(MemoryHistory::new(settings));
+        self
+    }
+
+    /// Uses the cluster's history: the positions of notifications are assigned where it lives,
+    /// and notifications reach live connections (this node's too) only through the cluster,
+    /// so that every node writes them in the same order with the same positions. Needs a
+    /// [`Fanout`] that assigns positions ([`Fanout::publish_positioned`]).
+    pub fn with_shared_history(mut self, history: Arc<dyn SharedHistory>) -> Self {
+        self.history = History::Shared(history);
+        self
+    }
+
+    /// The newest position of the history now: where a client that connects starts from.
+    pub async fn history_head(&self) -> Option<Position> {
+        match &self.history {
+            History::Local(h) => h.head(),
+            History::Shared(h) => h.head().await,
+        }
+    }
+
+    /// What `topics` got after the position `since` (see [`Replayed`]).
+    pub async fn replay(&self, topics: &[crate::Topic], since: &str, now_ms: u64) -> Replayed {
+        match &self.history {
+            History::Local(h) => h.replay(topics, since, now_ms),
+            History::Shared(h) => h.replay(topics, since, now_ms).await,
+        }
     }
 
     /// The limits in force.

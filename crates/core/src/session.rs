@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use davpush_proto::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
 
+use crate::history::Position;
 use crate::live::Connection;
-use crate::{ClientId, PushService, ServiceKind, Target};
+use crate::notification::Framing;
+use crate::{ClientId, PushService, ServiceKind, Target, Topic};
 
 /// A data frame from the client, as the socket delivered it.
 #[derive(Debug, Clone, Copy)]
@@ -21,13 +23,30 @@ pub enum Inbound<'a> {
     Binary,
 }
 
-/// The first frame of every connection.
-pub fn hello(conn: &Connection, ping_interval_secs: u64) -> ServerFrame {
+/// The first frame of every connection; `position` is the history's newest
+/// ([`PushService::history_head`]), read before the connection can subscribe.
+pub fn hello(conn: &Connection, ping_interval_secs: u64, position: Option<&Position>) -> ServerFrame {
     ServerFrame::Hello {
         version: PROTOCOL_VERSION,
         connection_id: conn.id().to_owned(),
         ping_interval: ping_interval_secs,
+        position: position.map(ToString::to_string),
     }
+}
+
+/// Queues for `conn` what `topics` missed since the position `since` (replayed notifications in
+/// order, or a `resync` for those the history cannot account for). Call it after `conn` is
+/// subscribed to `topics`, so that nothing falls between the replay and live notifications.
+pub async fn replay(service: &PushService, conn: &Connection, topics: &[Topic], since: &str) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let r = service.replay(topics, since, now_ms).await;
+    let resync = (!r.resync.is_empty())
+        .then(|| (crate::notification::resync_frame(conn.framing(), &r.resync, r.head.as_ref()), r.head.as_ref()));
+    service.metrics().replayed(r.messages.len() as u64, r.resync.len() as u64);
+    conn.replay(topics, &r.messages, resync, r.head.as_ref());
 }
 
 /// An `error` frame.
@@ -61,7 +80,7 @@ pub async fn handle(service: &PushService, conn: &Arc<Connection>, frame: Inboun
     };
     match frame {
         ClientFrame::Ping { id } => ServerFrame::Pong { id },
-        ClientFrame::Subscribe { id, topic, expires, grant } => {
+        ClientFrame::Subscribe { id, topic, expires, grant, since } => {
             let topic_id = match service.topic("topic", &topic) {
                 Ok(t) => t,
                 Err(e) => return error(id, e.code(), &e.to_string()),
@@ -69,10 +88,17 @@ pub async fn handle(service: &PushService, conn: &Arc<Connection>, frame: Inboun
             if let Err(e) = service.authorize(&topic_id, grant.as_deref(), now) {
                 return error(id, e.code(), &e.to_string());
             }
+            if since.is_some() && conn.framing() == Framing::WebSocket {
+                conn.set_framing(Framing::WebSocketPositions);
+            }
             let targets = vec![Target::WebSocket(conn.clone())];
-            match service.subscribe(client, topic_id, targets, expires, now).await {
+            match service.subscribe(client, topic_id.clone(), targets, expires, now).await {
                 Ok(done) => {
                     let (sub, _) = &done.subscriptions[0];
+                    if let Some(since) = since {
+                        // Queued: written after the `subscribed` answer.
+                        replay(service, conn, std::slice::from_ref(&topic_id), &since).await;
+                    }
                     ServerFrame::Subscribed { id, topic, subscription_id: sub.id.to_string(), expires: done.expires }
                 }
                 Err(e) => error(id, e.code(), &e.to_string()),
@@ -126,7 +152,7 @@ mod tests {
     async fn subscribe_unsubscribe_and_ping_are_answered_with_their_ids() {
         let (svc, hub) = service(None);
         let conn = hub.open(NOW).unwrap();
-        assert!(matches!(hello(&conn, 30), ServerFrame::Hello { connection_id, ping_interval: 30, .. }
+        assert!(matches!(hello(&conn, 30, None), ServerFrame::Hello { connection_id, ping_interval: 30, .. }
             if connection_id == conn.id()));
         let text = Inbound::Text(r#"{"type":"subscribe","id":"1","topic":"t","expires":0}"#);
         let ServerFrame::Subscribed { id, topic, subscription_id, expires } = handle(&svc, &conn, text, NOW).await
@@ -176,7 +202,7 @@ mod tests {
         let (svc, hub) = service(Some(keys.clone()));
         let conn = hub.open(NOW).unwrap();
         let subscribe = |topic: &str, grant: Option<String>| {
-            let frame = ClientFrame::Subscribe { id: None, topic: topic.into(), expires: None, grant };
+            let frame = ClientFrame::Subscribe { id: None, topic: topic.into(), expires: None, grant, since: None };
             serde_json::to_string(&frame).unwrap()
         };
         let text = subscribe("t", None);

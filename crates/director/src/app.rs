@@ -143,7 +143,8 @@ pub async fn build_with_store(
              WebSockets. Use this for development only. !!!"
         );
     }
-    let mut service = PushService::new(store, transports, config.limits.clone(), metrics.clone());
+    let mut service =
+        PushService::new(store, transports, config.limits.clone(), metrics.clone()).with_history(config.history);
     if let Some(keys) = &startup.grant_keys {
         service = service.with_grants(keys.clone());
     }
@@ -158,6 +159,7 @@ pub async fn build_with_store(
             ready_timeout: Duration::from_secs(5),
             ping_interval: c.ping_interval,
             publish_retry: c.publish_retry,
+            history: Some(config.history),
         };
         let (fanout, rx) = RedisFanout::start(settings, metrics).await?;
         let presence = RedisPresence::start(PresenceSettings {
@@ -166,7 +168,8 @@ pub async fn build_with_store(
             prefix: c.channel_prefix.clone(),
             ttl: c.presence_ttl,
         })?;
-        service = service.with_fanout(fanout).with_presence(presence);
+        let history = davpush_cluster::RedisHistory::new(&c.redis_url, &c.channel_prefix, config.history)?;
+        service = service.with_fanout(fanout).with_presence(presence).with_shared_history(history);
         inbound = Some(rx);
     }
     let service = Arc::new(service);
@@ -225,6 +228,7 @@ async fn apply_cluster(mut inbound: davpush_cluster::Inbound, service: std::sync
         let Some(service) = service.upgrade() else { return };
         match received {
             Received::Message(m) => service.apply(m, davpush_core::unix_now()),
+            Received::Unpublished(m) => service.apply_unpublished(m, davpush_core::unix_now()),
             Received::Resubscribed => match service.resync(davpush_core::unix_now()).await {
                 Ok(n) => tracing::info!(changed = n, "subscriptions re-read from the store after a cluster outage"),
                 Err(e) => tracing::error!(error = %e, "could not re-read subscriptions after a cluster outage"),
@@ -247,7 +251,11 @@ async fn remove_gone(mut gone: FeedbackReceiver, service: std::sync::Weak<PushSe
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
-    Router::new()
+    let mut router = Router::new();
+    if state.config.sse {
+        router = router.route("/events", get(http::events::events));
+    }
+    router
         .route("/notify", post(http::notify::notify))
         .route("/topics/active", get(http::notify::active))
         .route("/subscribe", post(http::subscription::subscribe))

@@ -127,6 +127,8 @@ pub struct RawConfig {
     pub subscription: RawSubscription,
     /// `[websocket]`
     pub websocket: RawWebSocket,
+    /// `[history]`
+    pub history: RawHistory,
     /// `[web_push]`
     pub web_push: RawWebPush,
     /// `[fcm]`
@@ -321,10 +323,31 @@ pub enum Grants {
     Off,
 }
 
+/// `[history]`: what clients that reconnect can get replayed (`docs/protocol.md` §4.6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHistory {
+    /// Notifications kept per topic.
+    pub per_topic: usize,
+    /// Seconds a notification is kept.
+    pub max_age_secs: u64,
+    /// Notifications kept in all.
+    pub max_entries: usize,
+}
+
+impl Default for RawHistory {
+    fn default() -> Self {
+        let d = davpush_core::history::HistorySettings::default();
+        RawHistory { per_topic: d.per_topic, max_age_secs: d.max_age_ms / 1000, max_entries: d.max_entries }
+    }
+}
+
 /// `[websocket]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawWebSocket {
+    /// Offer Server-Sent Events (`GET /events`) too.
+    pub sse: bool,
     /// Offer the WebSocket push service.
     pub enabled: bool,
     /// Seconds between server pings; silent clients are dropped after two.
@@ -342,6 +365,7 @@ pub struct RawWebSocket {
 impl Default for RawWebSocket {
     fn default() -> Self {
         RawWebSocket {
+            sse: true,
             enabled: true,
             ping_interval_secs: 30,
             queue_frames: 256,
@@ -433,6 +457,10 @@ pub struct Config {
     pub limits: Limits,
     /// WebSocket settings.
     pub websocket: RawWebSocket,
+    /// The notification history that WebSocket and SSE clients resume from.
+    pub history: davpush_core::history::HistorySettings,
+    /// Server-Sent Events (`GET /events`) are offered.
+    pub sse: bool,
     /// Web Push settings, if enabled.
     pub web_push: Option<WebPushConfig>,
     /// FCM settings, if enabled.
@@ -678,6 +706,21 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        let h = &raw.history;
+        if h.max_age_secs > 86_400 {
+            return Err(invalid("history.max_age_secs", "must be at most 86400 (a day)"));
+        }
+        if h.max_entries > 10_000_000 {
+            return Err(invalid("history.max_entries", "must be at most 10000000"));
+        }
+        if h.per_topic > h.max_entries && h.max_entries > 0 {
+            return Err(invalid("history.per_topic", "must not be more than history.max_entries"));
+        }
+        let history = davpush_core::history::HistorySettings {
+            per_topic: h.per_topic,
+            max_age_ms: h.max_age_secs * 1000,
+            max_entries: h.max_entries,
+        };
         if raw.websocket.max_message_bytes < 256 {
             return Err(invalid("websocket.max_message_bytes", "must be at least 256"));
         }
@@ -803,7 +846,9 @@ impl Config {
             subscription_auth,
             admin_tokens,
             limits,
+            sse: raw.websocket.enabled && raw.websocket.sse,
             websocket: raw.websocket,
+            history,
             web_push,
             fcm,
             apns,

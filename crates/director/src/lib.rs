@@ -11,6 +11,7 @@
 //! - [`http`]: one module per API; errors mapped to status + JSON in [`http::error`].
 //! - `ws`: the WebSocket connection task; it only moves frames between the socket and
 //!   [`davpush_core::session`] (the protocol).
+//! - `sse`: the Server-Sent Events stream task (`GET /events`): a hub connection written as SSE.
 //!
 //! No file imports one that imports it back: `app` → `http/*` → `ws` → `state` → `config`
 //! (→ `http/webdav_auth` → `http/error`).
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+mod sse;
 pub mod startup;
 mod state;
 pub mod vapid;

@@ -157,7 +157,8 @@ pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Futu
 
 async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, write_timeout: Duration) -> End {
     {
-        let hello = text(&session::hello(conn, st.config.websocket.ping_interval_secs));
+        let head = Box::pin(st.service.history_head()).await;
+        let hello = text(&session::hello(conn, st.config.websocket.ping_interval_secs, head.as_ref()));
         if let Err(end) = Box::pin(send_one(socket, hello, write_timeout)).await {
             return end;
         }

@@ -353,9 +353,9 @@ async fn check_frame(st: &GatewayState, owner: &str, access: &Access, text: &str
     }
     // The gateway vouches for the check it made: the Director subscribes only with a grant.
     let frame = match frame {
-        ClientFrame::Subscribe { id, topic, expires, .. } => {
+        ClientFrame::Subscribe { id, topic, expires, since, .. } => {
             let grant = Some(st.grant(owner, &[&topic]));
-            ClientFrame::Subscribe { id, topic, expires, grant }
+            ClientFrame::Subscribe { id, topic, expires, grant, since }
         }
         other => other,
     };

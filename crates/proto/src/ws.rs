@@ -27,6 +27,11 @@ pub enum ClientFrame {
         /// Proof that the subscriber may read the topic's collection ([`crate::grant`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grant: Option<String>,
+        /// The last position the client saw (from `hello`, `notify` or `resync`): what the topic
+        /// got since is replayed, or a `resync` frame says it cannot be. Also turns `position`
+        /// on in this connection's `notify` frames.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
     },
     /// End this connection's subscription to a topic.
     Unsubscribe {
@@ -56,6 +61,11 @@ pub enum ServerFrame {
         connection_id: String,
         /// Seconds between the server's pings; a client silent for two intervals is dropped.
         ping_interval: u64,
+        /// The newest position of the Director's notification history when the connection
+        /// opened: what a first `subscribe` passes as `since`, so that nothing between this
+        /// frame and the subscription is missed. Absent when the history is unavailable.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<String>,
     },
     /// A change notification.
     Notify {
@@ -67,6 +77,19 @@ pub enum ServerFrame {
         /// What changed, when the Application Server said.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trigger: Option<Trigger>,
+        /// The notification's position in the history: only on connections that subscribed
+        /// with `since`; the client passes the last one it saw as `since` when it subscribes again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<String>,
+    },
+    /// The history cannot say what these topics missed since the client's `since` (too old,
+    /// or the Director lost its history): sync them fully.
+    Resync {
+        /// The topics to sync.
+        topics: Vec<String>,
+        /// The position to pass as `since` from now on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<String>,
     },
     /// Answer to a `subscribe` frame.
     Subscribed {
@@ -112,7 +135,7 @@ mod tests {
 
     #[test]
     fn notify_frame_is_small_and_omits_unknowns() {
-        let f = ServerFrame::Notify { topic: "t1".into(), sync_token: None, trigger: None };
+        let f = ServerFrame::Notify { topic: "t1".into(), sync_token: None, trigger: None, position: None };
         assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"notify","topic":"t1"}"#);
     }
 

@@ -329,7 +329,7 @@ pub(super) async fn open(idx: usize, cs: &ConnSetup) -> Result<Ws, SetupError> {
     }
     let topic = cs.topics[cs.topic_of(idx)].clone();
     let grant = cs.grants[cs.topic_of(idx)].clone();
-    let frame = serde_json::to_string(&ClientFrame::Subscribe { id: None, topic, expires: None, grant })
+    let frame = serde_json::to_string(&ClientFrame::Subscribe { id: None, topic, expires: None, grant, since: None })
         .expect("a frame always serializes");
     ws.send(Message::text(frame)).await?;
     loop {

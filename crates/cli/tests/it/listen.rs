@@ -285,3 +285,55 @@ async fn clear_exit_codes_for_no_push_wrong_credentials_and_an_unreachable_direc
     assert_eq!(l.exit_code().await, Some(69), "{:?}", err.lock().unwrap());
     assert!(err.lock().unwrap().iter().any(|x| x.contains("the Director")), "{:?}", err.lock().unwrap());
 }
+
+/// Issue 15: a short disconnect misses nothing. The Director drops the connection (as it does a
+/// silent one), a change happens while `listen` waits to reconnect, and after reconnecting it
+/// prints that change as an update (replayed from the Director's history), not a resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_15_listen_misses_nothing_across_a_short_disconnect() {
+    let Some(s) = stack().await else { return };
+    let cal = "/alice/resume/";
+    assert_eq!(s.dav("MKCALENDAR", cal, String::new()).await, 201);
+    let url = format!("{}{cal}", s.gateway.url());
+    let mut l = listen(&[&url], &s.data.path().join("subscription-token"), ALICE.1);
+    l.wait_stderr("subscribed 1 collection(s)", Duration::from_secs(20)).await;
+    s.put_event(cal, "before").await;
+    let before = s.sync_token(cal).await;
+    eventually("the change before the disconnect", Duration::from_secs(10), async || {
+        l.updates().iter().any(|u| u["sync_token"] == before.as_str())
+    })
+    .await;
+    let topic = l.updates()[0]["topic"].as_str().unwrap().to_owned();
+
+    let director = s.director.as_ref().unwrap();
+    director.state.hub.close_all(davpush_core::live::CloseReason::Timeout);
+    l.wait_stderr("disconnected", Duration::from_secs(10)).await;
+    // listen waits out its backoff (at least 250 ms) before it reconnects: this change finds
+    // nobody listening.
+    let token = std::fs::read_to_string(s.data.path().join("notify-token")).unwrap();
+    let r = s
+        .http
+        .post(format!("{}/notify", director.url()))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"topic": topic, "sync_token": "while-away"}))
+        .send()
+        .await
+        .unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["addressed"], 0, "the change happened while listen was away: {report}");
+    l.wait_stderr("reconnected", Duration::from_secs(20)).await;
+    eventually("the change made while away is printed", Duration::from_secs(10), async || {
+        l.updates().iter().any(|u| u["sync_token"] == "while-away")
+    })
+    .await;
+    s.put_event(cal, "after").await;
+    let after = s.sync_token(cal).await;
+    eventually("and live changes after it", Duration::from_secs(10), async || {
+        l.updates().iter().any(|u| u["sync_token"] == after.as_str())
+    })
+    .await;
+    let stdout = l.stdout.lock().unwrap().clone();
+    assert!(!stdout.iter().any(|x| x.contains("\"resync\"")), "nothing to re-sync: {stdout:?}");
+    let tokens: Vec<String> = l.updates().iter().map(|u| u["sync_token"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(tokens, [before, "while-away".to_owned(), after], "each change once, in order");
+}

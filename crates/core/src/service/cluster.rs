@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use crate::fanout::{ClusterEvent, ClusterMessage, Fanout};
+use crate::history::Position;
 use crate::notification::Exclusions;
 use crate::presence::Presence;
+use crate::service::notify::Reach;
 use crate::store::{StoreError, StoredSubscription};
 use crate::{Notification, PushService, SubscriptionId, Topic};
 
@@ -51,12 +53,25 @@ impl PushService {
     /// Only the index changes: the sending node has written the store and talked to the push
     /// service already.
     pub fn apply(&self, message: ClusterMessage, now: i64) {
-        if self.fanout.as_ref().is_some_and(|f| f.node_id() == message.node) {
+        let positioned = matches!(&message.event, ClusterEvent::Notify { positions, .. } if !positions.is_empty());
+        if !positioned && self.fanout.as_ref().is_some_and(|f| f.node_id() == message.node) {
             return;
         }
-        match message.event {
-            ClusterEvent::Notify { notifications, exclude } => {
-                let notifications = notifications
+        self.apply_event(message.event, now);
+    }
+
+    /// Delivers to this node's live connections a notify message that could not be published
+    /// to the cluster (so it has no positions): at least they get it.
+    pub fn apply_unpublished(&self, message: ClusterMessage, now: i64) {
+        if matches!(message.event, ClusterEvent::Notify { .. }) {
+            self.apply_event(message.event, now);
+        }
+    }
+
+    fn apply_event(&self, event: ClusterEvent, now: i64) {
+        match event {
+            ClusterEvent::Notify { notifications, exclude, positions } => {
+                let notifications: Vec<Notification> = notifications
                     .into_iter()
                     .filter_map(|n| {
                         Some(Notification {
@@ -68,8 +83,10 @@ impl PushService {
                     .collect();
                 let exclude =
                     Exclusions::new(exclude.iter().filter_map(|id| SubscriptionId::parse(id, 64).ok()).collect());
+                let positions: Vec<_> = positions.iter().filter_map(|p| Position::parse(p)).collect();
+                let positions = if positions.len() == notifications.len() { positions } else { Vec::new() };
                 // Durable subscriptions were served by the node that received the notification.
-                self.deliver(notifications, &exclude, now, false);
+                self.deliver(notifications, &exclude, now, Reach::Live, &positions);
             }
             ClusterEvent::Subscribed { subscription } => {
                 let row = StoredSubscription::from(subscription);

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use davpush_proto::{NotifyRequest, NotifyTopic};
 
-use crate::fanout::{ClusterEvent, WireNotification};
+use crate::fanout::{ClusterEvent, ClusterMessage, WireNotification};
+use crate::history::Position;
 use crate::notification::Exclusions;
+use crate::service::History;
 use crate::{Notification, PushMessage, PushService, ServiceError, ServiceKind, SubscriptionId, Topic};
 
 /// Result of a notify.
@@ -134,8 +136,9 @@ impl PushService {
     /// In a cluster, the notifications are also published (once) for the other nodes' WebSocket
     /// connections; this node alone serves durable subscriptions.
     pub fn notify(&self, notifications: Vec<Notification>, exclude: &Exclusions, now: i64) -> NotifyReport {
-        if self.fanout.is_some() {
-            self.publish(ClusterEvent::Notify {
+        let shared = matches!(self.history, History::Shared(_));
+        if let Some(f) = &self.fanout {
+            let event = ClusterEvent::Notify {
                 notifications: notifications
                     .iter()
                     .map(|n| WireNotification {
@@ -145,46 +148,120 @@ impl PushService {
                     })
                     .collect(),
                 exclude: exclude.ids().iter().map(ToString::to_string).collect(),
-            });
+                positions: Vec::new(),
+            };
+            if shared {
+                // Positioned where the history lives, and back to every node's live
+                // connections (this one's too) in the history's order.
+                let message = ClusterMessage { node: f.node_id().to_owned(), event };
+                f.publish_positioned(message);
+            } else {
+                self.publish(event);
+            }
         }
-        self.deliver(notifications, exclude, now, true)
+        let reach = if shared { Reach::Durable } else { Reach::All };
+        self.deliver(notifications, exclude, now, reach, &[])
     }
 
-    /// Hands notifications to the transports: all of them, or (`durable == false`) only those
-    /// that reach connections of this process.
+    /// Hands notifications to the transports `reach` names; `positions` (one per notification,
+    /// or none) were assigned by the cluster's history. Without them, live deliveries of a
+    /// node with a history in memory get their positions there.
     pub(super) fn deliver(
         &self,
         notifications: Vec<Notification>,
         exclude: &Exclusions,
         now: i64,
-        durable: bool,
+        reach: Reach,
+        positions: &[Position],
     ) -> NotifyReport {
         let mut report = NotifyReport::default();
-        for n in notifications {
+        let now_ms = unix_now_ms(now);
+        for (i, n) in notifications.into_iter().enumerate() {
             report.topics += 1;
-            if durable {
+            if reach != Reach::Live {
                 self.metrics.notifications.inc();
                 self.metrics.recent.notified(&n.topic);
             }
             let recipients = self.index.recipients_for(&n.topic, now, exclude, n.trigger);
-            if recipients.is_empty() {
+            let records = positions.is_empty()
+                && reach != Reach::Durable
+                && matches!(&self.history, History::Local(h) if h.enabled());
+            if recipients.is_empty() && !records {
                 continue;
             }
-            let message = Arc::new(PushMessage::new(n));
-            for (kind, subs) in recipients {
-                if !durable && kind != ServiceKind::WebSocket {
-                    continue;
+            let mut message = PushMessage::new(n);
+            if let Some(p) = positions.get(i) {
+                message = message.at(p.clone());
+            }
+            let dispatch = |message: &Arc<PushMessage>, live: bool, report: &mut NotifyReport| {
+                for (kind, subs) in &recipients {
+                    if live != (*kind == ServiceKind::WebSocket) {
+                        continue;
+                    }
+                    let Some(t) = self.transports.get(*kind) else {
+                        continue;
+                    };
+                    let d = t.dispatch(message, subs);
+                    report.addressed[kind.index()] += subs.len() as u64;
+                    self.metrics.delivered(*kind, "queued", d.queued);
+                    self.metrics.delivered(*kind, "coalesced", d.coalesced);
+                    self.metrics.delivered(*kind, "dropped", d.dropped);
                 }
-                let Some(t) = self.transports.get(kind) else {
-                    continue;
-                };
-                let d = t.dispatch(&message, &subs);
-                report.addressed[kind.index()] += subs.len() as u64;
-                self.metrics.delivered(kind, "queued", d.queued);
-                self.metrics.delivered(kind, "coalesced", d.coalesced);
-                self.metrics.delivered(kind, "dropped", d.dropped);
+            };
+            let message = match (&self.history, reach) {
+                // Every notification is recorded, with or without live subscribers now: a
+                // client that is reconnecting has none at this moment.
+                (History::Local(h), _) if records => {
+                    let mut out = None;
+                    h.record(message, now_ms, |m| {
+                        dispatch(m, true, &mut report);
+                        out = Some(m.clone());
+                    });
+                    match out {
+                        Some(m) => m,
+                        None => continue,
+                    }
+                }
+                _ => {
+                    let m = Arc::new(message);
+                    if reach != Reach::Durable {
+                        dispatch(&m, true, &mut report);
+                    } else {
+                        // This node's live subscribers get it back through the cluster's
+                        // history: addressed all the same.
+                        for (kind, subs) in recipients.iter().filter(|(k, _)| *k == ServiceKind::WebSocket) {
+                            report.addressed[kind.index()] += subs.len() as u64;
+                        }
+                    }
+                    m
+                }
+            };
+            if reach != Reach::Live {
+                dispatch(&message, false, &mut report);
             }
         }
         report
     }
+}
+
+/// Which transports a delivery reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// All (a notify received by a single node).
+    All,
+    /// Durable subscriptions only (a notify received by a node whose live connections are
+    /// served through the cluster's history).
+    Durable,
+    /// Live connections of this process only (a notification from the cluster).
+    Live,
+}
+
+/// Milliseconds for the history: the clock's, when `now` is the current second (tests pass
+/// made-up seconds, which are taken as they are).
+fn unix_now_ms(now: i64) -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    if ms / 1000 == now.max(0) as u64 { ms } else { now.max(0) as u64 * 1000 }
 }

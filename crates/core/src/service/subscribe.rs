@@ -42,6 +42,24 @@ impl PushService {
         }
     }
 
+    /// Like [`PushService::authorize`] with several grants (an SSE stream's, one or more for its
+    /// topics): the topic is granted if one of them names it; a refusal is counted once, with
+    /// the error of the last grant tried (`grant_required` without any).
+    pub fn authorize_any(&self, topic: &Topic, grants: &[String], now: i64) -> Result<(), ServiceError> {
+        let Some(keys) = &self.grants else { return Ok(()) };
+        let mut last = keys.verify(None, topic.as_str(), now).map(|_| ());
+        for g in grants {
+            last = keys.verify(Some(g), topic.as_str(), now).map(|_| ());
+            if last.is_ok() {
+                break;
+            }
+        }
+        last.map_err(|e| {
+            self.metrics.reject("grant_refused");
+            ServiceError::Grant(e)
+        })
+    }
+
     /// Parses and checks `push_services` of a subscribe request into targets.
     pub async fn parse_targets(
         &self,

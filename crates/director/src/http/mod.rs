@@ -5,6 +5,7 @@ pub mod admin;
 pub mod error;
 
 pub(crate) mod auth;
+pub(crate) mod events;
 pub(crate) mod json;
 pub(crate) mod notify;
 pub(crate) mod ops;

@@ -6,6 +6,7 @@ use davpush_testkit::redis_server::RedisServer;
 use davpush_testkit::services::{PgSchema, postgres_schema, redis_url, unique_suffix};
 use serde_json::json;
 
+use crate::events::Sse;
 use crate::util::*;
 use crate::webpush::{ua_keys, web_push_params};
 use davpush_testkit::fake_push::FakePush;
@@ -253,5 +254,86 @@ async fn issue_15_after_a_redis_restart_no_listened_topic_is_called_unheard() {
         }
     })
     .await;
+    c.stop().await;
+}
+
+/// Issue 15: the history lives in Redis, so a notification has the same position on every node
+/// and a client that lost its stream resumes on any node, also after that node restarted.
+#[tokio::test]
+async fn issue_15_positions_are_the_same_on_every_node_and_a_client_resumes_on_another() {
+    let Some(c) = cluster().await else { return };
+    let mut on_a = Sse::open(&c.a.running.url(), "topic=t&topic=u", None).await;
+    let mut on_b = Sse::open(&c.b.running.url(), "topic=t&topic=u", None).await;
+    let (first_a, first_b) = (on_a.opened().await.id, on_b.opened().await.id);
+    assert!(first_a.is_some() && first_b.is_some(), "a first stream starts at the history's head");
+    let (_, report) = c.a.notify(json!({"topic": "t", "sync_token": "t1"})).await;
+    assert_eq!(report["services"], json!({"websocket": 1}), "this node's stream is addressed (through Redis)");
+    c.b.notify(json!({"topics": [{"topic": "u", "sync_token": "u1"}, {"topic": "t", "sync_token": "t2"}]})).await;
+    c.a.notify(json!({"topic": "u", "sync_token": "u2"})).await;
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    for _ in 0..4 {
+        let (ea, eb) = (on_a.event().await, on_b.event().await);
+        seen_a.push((ea.id.clone().unwrap(), ea.json()["sync_token"].clone()));
+        seen_b.push((eb.id.clone().unwrap(), eb.json()["sync_token"].clone()));
+    }
+    assert_eq!(seen_a, seen_b, "both nodes: the same events, in the same order, with the same ids");
+    let tokens: Vec<_> = seen_a.iter().map(|(_, t)| t.as_str().unwrap()).collect();
+    assert_eq!(tokens, ["t1", "u1", "t2", "u2"]);
+    on_a.assert_silent(200).await;
+
+    // The client of node a goes away, misses two notifications and comes back on node b.
+    let seen = on_a.last_id.clone().unwrap();
+    drop(on_a);
+    c.b.notify(json!({"topic": "t", "sync_token": "t3"})).await;
+    c.a.notify(json!({"topic": "u", "sync_token": "u3"})).await;
+    assert_eq!(on_b.event().await.json()["sync_token"], "t3");
+    assert_eq!(on_b.event().await.json()["sync_token"], "u3");
+    let mut back = Sse::open(&c.b.running.url(), "topic=t&topic=u", Some(&seen)).await;
+    back.opened().await;
+    assert_eq!(back.event().await.json()["sync_token"], "t3");
+    assert_eq!(back.event().await.json()["sync_token"], "u3");
+    back.assert_silent(200).await;
+
+    // Node b restarts: the history is Redis's, so resuming from before still replays.
+    let seen = back.last_id.clone().unwrap();
+    drop((back, on_b));
+    c.a.notify(json!({"topic": "t", "sync_token": "t4"})).await;
+    let b = c.b.restart().await;
+    let mut again = Sse::open(&b.running.url(), "topic=t&topic=u", Some(&seen)).await;
+    again.opened().await;
+    assert_eq!(again.event().await.json()["sync_token"], "t4");
+    // A WebSocket on node a resumes the same way (subscribe with since).
+    let (mut ws, _) = c.a.ws().await;
+    send_json(&mut ws, json!({"type": "subscribe", "topic": "t", "since": seen})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let f = next_json(&mut ws).await;
+    assert_eq!(f["sync_token"], "t4");
+    assert_eq!(Some(f["position"].as_str().unwrap()), again.last_id.as_deref(), "the same position on both nodes");
+    let c = Cluster { b, ..c };
+    c.stop().await;
+}
+
+/// Issue 15: when Redis loses the history (a restart without persistence), a position from
+/// before is never replayed from: the client re-syncs.
+#[tokio::test]
+async fn issue_15_a_history_redis_lost_is_a_resync() {
+    let Some(mut redis) = RedisServer::start().await else { return };
+    let Some(c) = cluster_on(&redis.url()).await else { return };
+    let mut s = Sse::open(&c.a.running.url(), "topic=t", None).await;
+    s.opened().await;
+    c.b.notify(json!({"topic": "t", "sync_token": "t1"})).await;
+    assert_eq!(s.event().await.json()["sync_token"], "t1");
+    let seen = s.last_id.clone().unwrap();
+    drop(s);
+    redis.restart().await;
+    let channel = format!("{}:notify", c.prefix);
+    eventually("both nodes subscribe again", || async { redis.subscribers(&channel).await == 2 }).await;
+    c.b.notify(json!({"topic": "t", "sync_token": "t2"})).await;
+    let mut s = Sse::open(&c.a.running.url(), "topic=t", Some(&seen)).await;
+    s.opened().await;
+    let r = s.event().await;
+    assert_eq!((r.event.as_deref(), r.json()["topics"].clone()), (Some("resync"), json!(["t"])));
+    assert_ne!(r.id.unwrap().split('-').next(), seen.split('-').next(), "a new epoch");
     c.stop().await;
 }

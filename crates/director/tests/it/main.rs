@@ -7,10 +7,12 @@ mod util;
 
 mod admin;
 mod apns;
+mod browser;
 mod cluster;
 mod connections;
 mod draft;
 mod errors;
+mod events;
 mod fcm;
 mod grants;
 mod hms;
