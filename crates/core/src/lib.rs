@@ -35,6 +35,7 @@ pub mod kind;
 pub mod live;
 pub mod metrics;
 pub mod notification;
+pub mod pushsvc;
 pub mod secrets;
 pub mod service;
 pub mod session;

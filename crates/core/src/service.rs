@@ -41,6 +41,7 @@ pub struct PushService {
     metrics: Arc<Metrics>,
     fanout: Option<Arc<dyn Fanout>>,
     grants: Option<GrantKeys>,
+    push_endpoints: Option<Arc<crate::pushsvc::PushEndpoints>>,
     /// `true` once [`PushService::load`] has made every durable subscription routable.
     ready: tokio::sync::watch::Sender<bool>,
     /// Requests waiting in [`PushService::until_ready`].
@@ -69,6 +70,7 @@ impl PushService {
             metrics,
             fanout: None,
             grants: None,
+            push_endpoints: None,
             ready: tokio::sync::watch::Sender::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -106,6 +108,17 @@ impl PushService {
     pub fn with_grants(mut self, keys: GrantKeys) -> Self {
         self.grants = Some(keys);
         self
+    }
+
+    /// Makes this Director a push service (`push_subscribe` frames; see [`crate::pushsvc`]).
+    pub fn with_push_endpoints(mut self, endpoints: Arc<crate::pushsvc::PushEndpoints>) -> Self {
+        self.push_endpoints = Some(endpoints);
+        self
+    }
+
+    /// The push subscriptions, when this Director is a push service.
+    pub fn push_endpoints(&self) -> Option<&Arc<crate::pushsvc::PushEndpoints>> {
+        self.push_endpoints.as_ref()
     }
 
     /// The limits in force.
