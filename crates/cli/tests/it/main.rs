@@ -15,6 +15,7 @@ mod listen_readme;
 mod monitoring;
 mod operator;
 mod procs;
+mod push_service_plaintext;
 mod proxy_tls;
 mod radicale_recipe;
 mod sd_notify;
