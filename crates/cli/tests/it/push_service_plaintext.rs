@@ -117,7 +117,8 @@ async fn issue_16_no_plaintext_push_id_or_secret_in_the_log_or_the_store() {
     assert_eq!(sent["status"], 201, "{sent}");
     let frame: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
     assert_eq!(frame["type"], "push");
-    let plain = sender(&py, "decrypt", &json!({"data": frame["data"], "private": keys["private"], "auth": keys["auth"]}));
+    let plain =
+        sender(&py, "decrypt", &json!({"data": frame["data"], "private": keys["private"], "auth": keys["auth"]}));
     assert_eq!(plain["plaintext"], PLAINTEXT, "the client gets the message");
     drop(ws);
 
