@@ -22,3 +22,4 @@ mod sd_notify;
 mod secrets_in_gateway_logs;
 mod secrets_in_logs;
 mod topic_secret;
+mod xandikos_push;
