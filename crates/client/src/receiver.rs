@@ -182,7 +182,7 @@ async fn register(http: &reqwest::Client, credentials: &Credentials, reg: &mut R
         .headers()
         .get("expires")
         .and_then(|e| e.to_str().ok())
-        .and_then(|e| httpdate(e))
+        .and_then(httpdate)
         .unwrap_or(unix_now() + DEFAULT_LIFETIME);
     // Renew at two thirds of the lifetime (at least a minute from now).
     let lifetime = (expires - unix_now()).max(90);
