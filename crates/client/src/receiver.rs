@@ -323,15 +323,37 @@ impl Task {
                 }
             };
             let mut ok = true;
-            for r in &self.regs {
+            let (http, creds) = (self.http.clone(), self.credentials.clone());
+            for r in &mut self.regs {
                 let frame = ClientFrame::PushSubscribe {
                     id: None,
                     vapid_key: None,
                     push_id: Some(r.push_id.clone()),
                     secret: Some(r.secret.clone()),
                 };
-                if !matches!(request(&mut socket, &frame).await, Ok(ServerFrame::PushSubscribed { .. })) {
-                    ok = false;
+                match request(&mut socket, &frame).await {
+                    Ok(ServerFrame::PushSubscribed { .. }) => {}
+                    // The Director forgot it (restarted, or it expired): a new push subscription,
+                    // registered again with the server.
+                    Ok(ServerFrame::Error { error, .. }) if error == "not_found" || error == "gone" => {
+                        let frame = ClientFrame::PushSubscribe {
+                            id: None,
+                            vapid_key: r.collection.vapid_public_key.clone(),
+                            push_id: None,
+                            secret: None,
+                        };
+                        match request(&mut socket, &frame).await {
+                            Ok(ServerFrame::PushSubscribed { push_id, endpoint, secret, .. }) => {
+                                (r.push_id, r.endpoint, r.secret) = (push_id, endpoint, secret);
+                                if let Err(e) = register(&http, &creds, r).await {
+                                    tracing::warn!(collection = %r.collection.url, error = %e, "registering again failed");
+                                    r.renew_at = Instant::now() + Duration::from_secs(60);
+                                }
+                            }
+                            _ => ok = false,
+                        }
+                    }
+                    _ => ok = false,
                 }
             }
             if !ok {

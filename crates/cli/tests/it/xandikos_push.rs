@@ -60,22 +60,43 @@ impl Drop for Killed {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_16_xandikos_pushes_through_the_director_to_davpush_listen() {
-    let Some(py) = davpush_testkit::python::python_with(&["xandikos", "pywebpush", "py_vapid"]) else { return };
+/// The Director of `toml`, running.
+async fn director(toml: &str) -> davpush_director::Running {
+    let raw =
+        davpush_director::RawConfig::from_toml(toml, &std::collections::BTreeMap::new(), &Default::default()).unwrap();
+    davpush_director::spawn(davpush_director::Config::from_raw(raw).unwrap()).await.unwrap()
+}
+
+/// What [`setup`] started.
+struct Setup {
+    dir: tempfile::TempDir,
+    toml: String,
+    director: Option<davpush_director::Running>,
+    tls_port: u16,
+    ca: std::path::PathBuf,
+    xlog: std::path::PathBuf,
+    calendar: String,
+    topic: String,
+    http: reqwest::Client,
+    _xandikos: Killed,
+}
+
+/// The Director behind a TLS proxy, and Xandikos pushing to it; `None` when Xandikos is
+/// missing and skipping was chosen.
+async fn setup() -> Option<Setup> {
+    let py = davpush_testkit::python::python_with(&["xandikos", "pywebpush", "py_vapid"])?;
     let dir = tempfile::tempdir().unwrap();
 
     // The Director, reached by Xandikos at https://localhost:<tls>/push/… through a TLS proxy.
     let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls_port = tls.local_addr().unwrap().port();
+    let dport = davpush_testkit::free_port();
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[subscription]\nauth = \"none\"\n\
+        "[server]\nlisten = \"127.0.0.1:{dport}\"\ndata_dir = {:?}\n[subscription]\nauth = \"none\"\n\
          [push_service]\nenabled = true\npublic_url = \"https://localhost:{tls_port}\"\n",
         dir.path().join("director").display().to_string()
     );
-    let raw =
-        davpush_director::RawConfig::from_toml(&toml, &std::collections::BTreeMap::new(), &Default::default()).unwrap();
-    let director = davpush_director::spawn(davpush_director::Config::from_raw(raw).unwrap()).await.unwrap();
+    let director = director(&toml).await;
     let ca_pem = tls_proxy(tls, director.addr);
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &ca_pem).unwrap();
@@ -133,10 +154,34 @@ async fn issue_16_xandikos_pushes_through_the_director_to_davpush_listen() {
     let topic = propfind.split("topic>").nth(1).and_then(|t| t.split('<').next()).unwrap_or_default().to_owned();
     assert!(!topic.is_empty(), "Xandikos advertises a topic: {propfind}");
 
+    Some(Setup { dir, toml, director: Some(director), tls_port, ca, xlog, calendar, topic, http, _xandikos })
+}
+
+/// PUTs an event into the calendar.
+async fn put_event(s: &Setup, uid: &str) {
+    let ics = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//davpush//test//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\n\
+         DTSTAMP:20260101T000000Z\r\nDTSTART:20260102T100000Z\r\nSUMMARY:pushed\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    );
+    let put = s
+        .http
+        .put(format!("{}{uid}.ics", s.calendar))
+        .header("content-type", "text/calendar")
+        .body(ics)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_16_xandikos_pushes_through_the_director_to_davpush_listen() {
+    let Some(mut s) = setup().await else { return };
+    let (tls_port, ca, calendar, topic, xlog) = (s.tls_port, &s.ca, &s.calendar, &s.topic, &s.xlog);
     let mut listen = Command::new(env!("CARGO_BIN_EXE_davpush"))
         .args(["listen", "--push-service", &format!("wss://localhost:{tls_port}/ws"), "--ca-file"])
-        .arg(&ca)
-        .arg(&calendar)
+        .arg(ca)
+        .arg(calendar)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -165,20 +210,50 @@ async fn issue_16_xandikos_pushes_through_the_director_to_davpush_listen() {
     };
     wait_for("subscribed 1 collection");
 
-    let ics = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//davpush//test//EN\r\nBEGIN:VEVENT\r\nUID:push-1\r\n\
-               DTSTAMP:20260101T000000Z\r\nDTSTART:20260102T100000Z\r\nSUMMARY:pushed\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
-    let put = http
-        .put(format!("{calendar}push-1.ics"))
-        .header("content-type", "text/calendar")
-        .body(ics)
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "{}", put.status());
+    put_event(&s, "push-1").await;
     let line = wait_for("\"update\"");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["collection"], calendar.as_str());
     assert_eq!(v["topic"], topic.as_str(), "the topic Xandikos advertises");
     assert!(v["sync_token"].is_string(), "Xandikos sends its new sync-token: {v}");
-    director.shutdown().await.unwrap();
+    s.director.take().unwrap().shutdown().await.unwrap();
+}
+
+/// The Director restarts (push subscriptions live in its memory only): the receiver reconnects,
+/// finds its push subscription gone, makes a new one and registers it with Xandikos again, and
+/// the next change arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_16_after_a_director_restart_the_receiver_registers_again() {
+    use davpush_client::{ClientOptions, Credentials, DirectorAuth, Discovery, Event, WebPushReceiver};
+    use futures_util::StreamExt;
+    let Some(mut s) = setup().await else { return };
+    let ca_pem = std::fs::read_to_string(&s.ca).unwrap();
+    let url = url::Url::parse(&s.calendar).unwrap();
+    let collection = Discovery::with_extra_ca(Some(&ca_pem)).unwrap().discover(&url, &Credentials::None).await.unwrap();
+    assert!(collection.vapid_public_key.is_some(), "Xandikos advertises its VAPID key");
+    let ws = url::Url::parse(&format!("wss://localhost:{}/ws", s.tls_port)).unwrap();
+    let mut opts = ClientOptions::new(ws, DirectorAuth::None);
+    opts.extra_ca_pem = Some(ca_pem);
+    opts.min_backoff = Duration::from_millis(50);
+    opts.max_backoff = Duration::from_millis(500);
+    let mut rx = WebPushReceiver::start(opts, Credentials::None, vec![collection]).await.unwrap();
+    let mut next = async |what: &str| loop {
+        let e = tokio::time::timeout(Duration::from_secs(60), rx.next()).await.expect(what).expect("open");
+        match (&e, what) {
+            (Event::Update(_), "update") | (Event::Resync { .. }, "resync") => return e,
+            _ => continue,
+        }
+    };
+    put_event(&s, "before").await;
+    let Event::Update(u) = next("update").await else { unreachable!() };
+    assert_eq!(u.topic, s.topic);
+
+    s.director.take().unwrap().shutdown().await.unwrap();
+    s.director = Some(director(&s.toml).await);
+    next("resync").await;
+    put_event(&s, "after").await;
+    let Event::Update(u) = next("update").await else { unreachable!() };
+    assert_eq!((u.collection.as_str(), u.topic.as_str()), (s.calendar.as_str(), s.topic.as_str()));
+    rx.close().await;
+    let _ = &s.dir;
 }
