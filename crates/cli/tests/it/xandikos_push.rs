@@ -201,10 +201,9 @@ async fn issue_16_xandikos_pushes_through_the_director_to_davpush_listen() {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(l) if l.contains(what) => return l,
                 Ok(_) => continue,
-                Err(_) => panic!(
-                    "no `{what}` from davpush listen; Xandikos log:\n{}",
-                    std::fs::read_to_string(&xlog).unwrap()
-                ),
+                Err(_) => {
+                    panic!("no `{what}` from davpush listen; Xandikos log:\n{}", std::fs::read_to_string(xlog).unwrap())
+                }
             }
         }
     };
