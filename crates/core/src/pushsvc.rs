@@ -40,6 +40,8 @@ pub struct PushLimits {
     pub max_pending: usize,
     /// Push subscriptions on this node.
     pub max_subscriptions: usize,
+    /// Live push subscriptions one connection may hold (`subscription.max_per_client`).
+    pub max_per_connection: usize,
     /// Messages accepted per subscription and minute.
     pub per_subscription_per_minute: u32,
     /// Messages accepted per sender IP address and minute.
@@ -53,6 +55,7 @@ impl Default for PushLimits {
             max_ttl_secs: 4 * 7 * 86400,
             max_pending: 100,
             max_subscriptions: 100_000,
+            max_per_connection: 100,
             per_subscription_per_minute: 120,
             per_sender_per_minute: 1200,
         }
@@ -77,6 +80,9 @@ pub enum PushError {
     /// This node holds as many push subscriptions as it may.
     #[error("too many push subscriptions on this server")]
     Full,
+    /// The connection holds as many push subscriptions as it may.
+    #[error("this connection holds as many push subscriptions as it may")]
+    TooManyForConnection,
     /// A rate limit is exceeded; try again after this many seconds.
     #[error("too many messages; retry after {0} s")]
     RateLimited(u64),
@@ -90,7 +96,7 @@ impl PushError {
             PushError::Gone => "gone",
             PushError::Forbidden => "forbidden",
             PushError::BadKey => "invalid_request",
-            PushError::Full => "too_many_subscriptions",
+            PushError::Full | PushError::TooManyForConnection => "too_many_subscriptions",
             PushError::RateLimited(_) => "rate_limited",
         }
     }
@@ -309,6 +315,13 @@ impl PushEndpoints {
             if entries.len() >= self.limits.max_subscriptions {
                 return Err(PushError::Full);
             }
+        }
+        let mine = entries
+            .values()
+            .filter(|e| !e.gone && e.expires > now && e.conn.as_ref().is_some_and(|w| w.as_ptr() == Arc::as_ptr(conn)))
+            .count();
+        if mine >= self.limits.max_per_connection {
+            return Err(PushError::TooManyForConnection);
         }
         let push_id = random_token(18); // 144 bits
         let secret = random_token(18);
@@ -557,5 +570,18 @@ mod tests {
         let key = URL_SAFE_NO_PAD.encode([4u8; 65]);
         let c = eps.create(&conn, Some(&key), NOW).unwrap();
         assert_eq!(eps.restriction(&c.push_id, NOW).unwrap(), Some(vec![4u8; 65]));
+    }
+
+    #[test]
+    fn a_connection_holds_a_bounded_number() {
+        let hub = Hub::new(16, 16);
+        let eps = PushEndpoints::new("https://p", PushLimits { max_per_connection: 2, ..PushLimits::default() });
+        let conn = hub.open(NOW).unwrap();
+        let a = eps.create(&conn, None, NOW).unwrap();
+        eps.create(&conn, None, NOW).unwrap();
+        assert_eq!(eps.create(&conn, None, NOW), Err(PushError::TooManyForConnection));
+        eps.create(&hub.open(NOW).unwrap(), None, NOW).unwrap();
+        eps.remove(&a.push_id, &a.secret, NOW).unwrap();
+        eps.create(&conn, None, NOW).unwrap();
     }
 }

@@ -743,6 +743,7 @@ impl Config {
                     max_ttl_secs: p.max_ttl_secs.min(i64::MAX as u64) as i64,
                     max_pending: p.max_pending,
                     max_subscriptions: p.max_subscriptions,
+                    max_per_connection: sub.max_per_client,
                     per_subscription_per_minute: p.per_subscription_per_minute,
                     per_sender_per_minute: p.per_sender_per_minute,
                 },

@@ -53,6 +53,7 @@ impl PushApiError {
                 PushError::Forbidden => StatusCode::FORBIDDEN,
                 PushError::BadKey => StatusCode::BAD_REQUEST,
                 PushError::Full => StatusCode::SERVICE_UNAVAILABLE,
+                PushError::TooManyForConnection => StatusCode::CONFLICT,
                 PushError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             },
             PushApiError::Disabled => StatusCode::NOT_FOUND,
