@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use davpush_client::{ClientOptions, Collection, Credentials, Discovery, Error, Event, PushClient};
+use davpush_client::{
+    ClientOptions, Collection, Credentials, DirectorAuth, Discovery, Error, Event, PushClient, WebPushReceiver,
+};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -64,6 +66,39 @@ pub(crate) struct ListenArgs {
     /// and a `wss://` WebSocket: e.g. a reverse proxy's private CA.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// The WebSocket URL of a Director acting as push service (`ws[s]://host/ws`, with
+    /// `[push_service]` enabled): collections whose server pushes Web Push natively, not behind
+    /// `davpush gateway`, are registered there (`push-register`) and their pushes received
+    /// through it. --token/--token-file authenticate to it.
+    #[arg(long, value_name = "URL")]
+    push_service: Option<Url>,
+}
+
+/// Where events come from: a Director's (or gateway's) WebSocket, or Web Push received through
+/// a Director as push service.
+enum Source {
+    Director(PushClient),
+    WebPush(WebPushReceiver),
+}
+
+impl futures_util::Stream for Source {
+    type Item = Event;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Event>> {
+        match self.get_mut() {
+            Source::Director(c) => c.poll_next_unpin(cx),
+            Source::WebPush(r) => r.poll_next_unpin(cx),
+        }
+    }
+}
+
+impl Source {
+    async fn close(self) {
+        match self {
+            Source::Director(c) => c.close().await,
+            Source::WebPush(r) => r.close().await,
+        }
+    }
 }
 
 fn read_secret(path: &PathBuf) -> Result<String, String> {
@@ -249,7 +284,13 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
     }
     // One connection per Director (and authentication).
     let mut groups: Vec<(ClientOptions, Vec<Collection>)> = Vec::new();
+    let mut native: Vec<Collection> = Vec::new();
     for c in collections {
+        // A server that pushes by itself, without a davpush WebSocket: through the push service.
+        if args.push_service.is_some() && c.websocket_url.is_none() && c.gateway_websocket_url.is_none() {
+            native.push(c);
+            continue;
+        }
         let mut opts = match ClientOptions::for_collection(&c, &credentials, token.as_deref()) {
             Ok(o) => o,
             Err(e) => return fail(c.url.as_str(), &e),
@@ -260,8 +301,22 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
             None => groups.push((opts, vec![c])),
         }
     }
-    let mut status = Status { tty: std::io::stderr().is_terminal(), clients: groups.len(), ..Default::default() };
+    let mut status = Status {
+        tty: std::io::stderr().is_terminal(),
+        clients: groups.len() + usize::from(!native.is_empty()),
+        ..Default::default()
+    };
     let mut clients = Vec::new();
+    if let (Some(url), false) = (&args.push_service, native.is_empty()) {
+        let auth = token.clone().map_or(DirectorAuth::None, DirectorAuth::Bearer);
+        let mut opts = ClientOptions::new(url.clone(), auth);
+        opts.extra_ca_pem = extra_ca.clone();
+        status.watched += native.len();
+        match WebPushReceiver::start(opts, credentials.clone(), native).await {
+            Ok(r) => clients.push(Source::WebPush(r)),
+            Err(e) => return fail(&format!("the push service at {url}"), &e),
+        }
+    }
     for (opts, cols) in groups {
         let url = opts.websocket_url.clone();
         let client = match PushClient::connect(opts).await {
@@ -274,7 +329,7 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
             }
         }
         status.watched += cols.len();
-        clients.push(client);
+        clients.push(Source::Director(client));
     }
     status.connected = clients.len();
     let settle = Duration::from_millis(args.settle_ms);
@@ -342,7 +397,7 @@ pub(crate) async fn run(args: ListenArgs) -> ExitCode {
         eprintln!();
     }
     // Unsubscribe and close politely, but do not hang on a dead connection.
-    let close = futures_util::future::join_all(events.into_iter().map(PushClient::close));
+    let close = futures_util::future::join_all(events.into_iter().map(Source::close));
     let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
     ExitCode::SUCCESS
 }

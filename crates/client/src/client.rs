@@ -22,7 +22,7 @@ const DIRECTOR: &str = "the Director";
 /// Commands waiting for the connection task at most.
 const COMMAND_QUEUE: usize = 64;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How the client authenticates to the Director's WebSocket.
 #[derive(Clone, Default)]
@@ -284,7 +284,7 @@ impl Drop for PushClient {
 use davpush_proto::unix_now;
 
 /// Opens a connection and reads the `hello`.
-async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
+pub(crate) async fn open(options: &ClientOptions) -> Result<(Socket, Hello), Error> {
     let mut request = options
         .websocket_url
         .as_str()
@@ -356,11 +356,11 @@ fn tls_config(extra_ca_pem: Option<&str>) -> Result<std::sync::Arc<rustls::Clien
 }
 
 #[derive(Debug)]
-struct Hello {
-    connection_id: String,
-    ping_interval: Duration,
+pub(crate) struct Hello {
+    pub(crate) connection_id: String,
+    pub(crate) ping_interval: Duration,
     /// The Director's history position when the connection opened (absent: no history).
-    position: Option<String>,
+    pub(crate) position: Option<String>,
 }
 
 #[derive(Debug)]

@@ -30,6 +30,10 @@
 //!   notify), as the gateway, `davpush notify` and the load tool use them.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`error`]: [`Error`], classified by the part that failed.
+//! - [`receiver`]: [`WebPushReceiver`], the same [`Event`]s for collections whose server pushes
+//!   Web Push natively, through a Director as push service.
+//! - [`webpush`]: receiving Web Push through the Director as push service (docs/protocol.md §10):
+//!   RFC 8291 keys and decryption, `push-register` bodies, `push-message` parsing.
 //!
 //! The choice a reader may question: subscriptions are made with `subscribe` frames over the
 //! WebSocket (docs/protocol.md §4.2), not with `POST /subscribe`: one round trip fewer, no
@@ -47,9 +51,12 @@ pub mod client;
 pub mod director;
 pub mod discovery;
 pub mod error;
+pub mod receiver;
+pub mod webpush;
 
 pub use client::{ClientOptions, DirectorAuth, Event, PushClient, Update};
 pub use davpush_proto::Trigger;
 pub use director::{DirectorClient, DirectorError};
 pub use discovery::{Collection, Credentials, Discovery, SubscriptionAuth};
 pub use error::Error;
+pub use receiver::WebPushReceiver;

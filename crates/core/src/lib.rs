@@ -39,6 +39,7 @@ pub mod live;
 pub mod metrics;
 pub mod notification;
 pub mod presence;
+pub mod pushsvc;
 pub mod secrets;
 pub mod service;
 pub mod session;

@@ -54,6 +54,7 @@ pub struct PushService {
     presence: Option<Arc<dyn Presence>>,
     grants: Option<GrantKeys>,
     history: History,
+    push_endpoints: Option<Arc<crate::pushsvc::PushEndpoints>>,
     /// `true` once [`PushService::load`] has made every durable subscription routable.
     ready: tokio::sync::watch::Sender<bool>,
     /// Requests waiting in [`PushService::until_ready`].
@@ -84,6 +85,7 @@ impl PushService {
             presence: None,
             grants: None,
             history: History::Local(MemoryHistory::new(Default::default())),
+            push_endpoints: None,
             ready: tokio::sync::watch::Sender::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -153,6 +155,17 @@ impl PushService {
             History::Local(h) => h.replay(topics, since, now_ms),
             History::Shared(h) => h.replay(topics, since, now_ms).await,
         }
+    }
+
+    /// Makes this Director a push service (`push_subscribe` frames; see [`crate::pushsvc`]).
+    pub fn with_push_endpoints(mut self, endpoints: Arc<crate::pushsvc::PushEndpoints>) -> Self {
+        self.push_endpoints = Some(endpoints);
+        self
+    }
+
+    /// The push subscriptions, when this Director is a push service.
+    pub fn push_endpoints(&self) -> Option<&Arc<crate::pushsvc::PushEndpoints>> {
+        self.push_endpoints.as_ref()
     }
 
     /// The limits in force.

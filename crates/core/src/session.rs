@@ -80,6 +80,35 @@ pub async fn handle(service: &PushService, conn: &Arc<Connection>, frame: Inboun
     };
     match frame {
         ClientFrame::Ping { id } => ServerFrame::Pong { id },
+        ClientFrame::PushSubscribe { id, vapid_key, push_id, secret } => {
+            let Some(eps) = service.push_endpoints() else {
+                return error(id, "not_enabled", "this Director is not a push service (`push_service.enabled`)");
+            };
+            let done = match (push_id, secret) {
+                (None, None) => eps.create(conn, vapid_key.as_deref(), now),
+                (Some(push_id), Some(secret)) => eps.attach(&push_id, &secret, conn, now),
+                _ => return error(id, "invalid_request", "`push_id` and `secret` go together"),
+            };
+            match done {
+                Ok(c) => ServerFrame::PushSubscribed {
+                    id,
+                    push_id: c.push_id,
+                    endpoint: c.endpoint,
+                    secret: c.secret,
+                    expires: c.expires,
+                },
+                Err(e) => error(id, e.code(), &e.to_string()),
+            }
+        }
+        ClientFrame::PushUnsubscribe { id, push_id, secret } => {
+            let Some(eps) = service.push_endpoints() else {
+                return error(id, "not_enabled", "this Director is not a push service (`push_service.enabled`)");
+            };
+            match eps.remove(&push_id, &secret, now) {
+                Ok(()) => ServerFrame::PushUnsubscribed { id, push_id },
+                Err(e) => error(id, e.code(), &e.to_string()),
+            }
+        }
         ClientFrame::Subscribe { id, topic, expires, grant, since } => {
             let topic_id = match service.topic("topic", &topic) {
                 Ok(t) => t,

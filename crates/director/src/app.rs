@@ -148,6 +148,11 @@ pub async fn build_with_store(
     if let Some(keys) = &startup.grant_keys {
         service = service.with_grants(keys.clone());
     }
+    if let Some(p) = &config.push_service {
+        let endpoints = davpush_core::pushsvc::PushEndpoints::new(&p.public_url, p.limits.clone());
+        service = service.with_push_endpoints(Arc::new(endpoints));
+        tracing::info!(public_url = %p.public_url, "push service enabled: endpoints are <public_url>/push/<id>");
+    }
     // Join the cluster before reading the store, so that no change made meanwhile is missed.
     let mut inbound = None;
     if let Some(c) = &config.cluster {
@@ -261,6 +266,7 @@ pub fn router(state: AppState) -> Router {
         .route("/subscribe", post(http::subscription::subscribe))
         .route("/unsubscribe", post(http::subscription::unsubscribe))
         .route("/ws", get(http::websocket::upgrade))
+        .route("/push/{id}", post(http::push::push).delete(http::push::delete))
         .route("/healthz", get(http::ops::healthz))
         .route("/readyz", get(http::ops::readyz))
         .route("/info", get(http::ops::info))
@@ -335,6 +341,12 @@ async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             _ = purge_tick.tick() => {
+                if let Some(eps) = st.service.push_endpoints() {
+                    let n = eps.purge(davpush_core::unix_now());
+                    if n > 0 {
+                        tracing::info!(purged = n, "expired push subscriptions forgotten");
+                    }
+                }
                 match st.service.purge_expired(davpush_core::unix_now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "expired subscriptions purged"),

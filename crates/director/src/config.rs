@@ -141,6 +141,8 @@ pub struct RawConfig {
     pub cluster: RawCluster,
     /// `[admin]`
     pub admin: RawAdmin,
+    /// `[push_service]`
+    pub push_service: RawPushService,
     /// Where keys not from the file came from (dotted key → `environment variable DAVPUSH_…` or
     /// `--listen`), named by validation errors.
     #[serde(skip)]
@@ -376,6 +378,54 @@ impl Default for RawWebSocket {
     }
 }
 
+/// `[push_service]`: the Director as an RFC 8030 push service for its WebSocket clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPushService {
+    /// Offer push subscriptions (`push_subscribe` frames, `POST /push/<id>`).
+    pub enabled: bool,
+    /// The URL senders reach this Director at (`https://push.example.org`); endpoints are
+    /// `<public_url>/push/<id>` and VAPID tokens must name its origin as `aud`.
+    pub public_url: String,
+    /// Seconds a push subscription lives after it was made or last re-attached.
+    pub expiry_secs: u64,
+    /// Largest `TTL` honoured, seconds.
+    pub max_ttl_secs: u64,
+    /// Messages kept per subscription while its client is offline.
+    pub max_pending: usize,
+    /// Push subscriptions on this node.
+    pub max_subscriptions: usize,
+    /// Messages accepted per subscription and minute.
+    pub per_subscription_per_minute: u32,
+    /// Messages accepted per sender IP address and minute.
+    pub per_sender_per_minute: u32,
+}
+
+impl Default for RawPushService {
+    fn default() -> Self {
+        let l = davpush_core::pushsvc::PushLimits::default();
+        RawPushService {
+            enabled: false,
+            public_url: String::new(),
+            expiry_secs: l.expiry_secs as u64,
+            max_ttl_secs: l.max_ttl_secs as u64,
+            max_pending: l.max_pending,
+            max_subscriptions: l.max_subscriptions,
+            per_subscription_per_minute: l.per_subscription_per_minute,
+            per_sender_per_minute: l.per_sender_per_minute,
+        }
+    }
+}
+
+/// Validated `[push_service]`.
+#[derive(Debug, Clone)]
+pub struct PushServiceConfig {
+    /// `push_service.public_url`, without a trailing slash.
+    pub public_url: String,
+    /// Its limits.
+    pub limits: davpush_core::pushsvc::PushLimits,
+}
+
 /// A secret string: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub(crate) String);
@@ -461,6 +511,8 @@ pub struct Config {
     pub history: davpush_core::history::HistorySettings,
     /// Server-Sent Events (`GET /events`) are offered.
     pub sse: bool,
+    /// The push service, if enabled.
+    pub push_service: Option<PushServiceConfig>,
     /// Web Push settings, if enabled.
     pub web_push: Option<WebPushConfig>,
     /// FCM settings, if enabled.
@@ -721,6 +773,43 @@ impl Config {
             max_age_ms: h.max_age_secs * 1000,
             max_entries: h.max_entries,
         };
+        let push_service = if raw.push_service.enabled {
+            let p = &raw.push_service;
+            let url = url::Url::parse(&p.public_url).map_err(|e| {
+                invalid("push_service.public_url", format!("must be the Director's public http(s) URL: {e}"))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+                return Err(invalid("push_service.public_url", "must be an http(s) URL without a query"));
+            }
+            for (key, v) in [
+                ("push_service.expiry_secs", p.expiry_secs as usize),
+                ("push_service.max_pending", p.max_pending),
+                ("push_service.max_subscriptions", p.max_subscriptions),
+                ("push_service.per_subscription_per_minute", p.per_subscription_per_minute as usize),
+                ("push_service.per_sender_per_minute", p.per_sender_per_minute as usize),
+            ] {
+                if v == 0 {
+                    return Err(invalid(key, "must be at least 1"));
+                }
+            }
+            if !raw.websocket.enabled {
+                return Err(invalid("push_service.enabled", "needs websocket.enabled = true"));
+            }
+            Some(PushServiceConfig {
+                public_url: p.public_url.trim_end_matches('/').to_owned(),
+                limits: davpush_core::pushsvc::PushLimits {
+                    expiry_secs: p.expiry_secs.min(i64::MAX as u64) as i64,
+                    max_ttl_secs: p.max_ttl_secs.min(i64::MAX as u64) as i64,
+                    max_pending: p.max_pending,
+                    max_subscriptions: p.max_subscriptions,
+                    max_per_connection: sub.max_per_client,
+                    per_subscription_per_minute: p.per_subscription_per_minute,
+                    per_sender_per_minute: p.per_sender_per_minute,
+                },
+            })
+        } else {
+            None
+        };
         if raw.websocket.max_message_bytes < 256 {
             return Err(invalid("websocket.max_message_bytes", "must be at least 256"));
         }
@@ -849,6 +938,7 @@ impl Config {
             sse: raw.websocket.enabled && raw.websocket.sse,
             websocket: raw.websocket,
             history,
+            push_service,
             web_push,
             fcm,
             apns,

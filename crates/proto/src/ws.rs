@@ -41,6 +41,35 @@ pub enum ClientFrame {
         /// The topic.
         topic: String,
     },
+    /// Create a push subscription at this Director acting as an RFC 8030 push service, or
+    /// re-attach an existing one (`push_id` and `secret` given) to this connection.
+    #[serde(rename = "push_subscribe")]
+    PushSubscribe {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// Restrict the subscription to this application-server key (RFC 8292 §4): an
+        /// uncompressed P-256 point, base64url. Pushes must then carry a VAPID signature by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vapid_key: Option<String>,
+        /// Re-attach this existing push subscription (with `secret`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        push_id: Option<String>,
+        /// The secret the subscription was created with (`push_subscribed.secret`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
+    /// End a push subscription: later pushes to its endpoint get `410 Gone`.
+    #[serde(rename = "push_unsubscribe")]
+    PushUnsubscribe {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The push subscription.
+        push_id: String,
+        /// Its secret.
+        secret: String,
+    },
     /// Application-level keep-alive for clients that cannot send WebSocket pings (browsers).
     Ping {
         /// Echoed in the `pong`.
@@ -116,6 +145,45 @@ pub enum ServerFrame {
         /// The `id` of the request.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
+    },
+    /// A push subscription was created or re-attached.
+    #[serde(rename = "push_subscribed")]
+    PushSubscribed {
+        /// The request's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The push subscription's id (the last segment of `endpoint`).
+        push_id: String,
+        /// Where application servers send pushes: `<push_service.public_url>/push/<push_id>`.
+        endpoint: String,
+        /// Re-attaches the subscription from a later connection, and deletes it.
+        secret: String,
+        /// Unix seconds when it ends unless re-attached before.
+        expires: i64,
+    },
+    /// A push subscription was ended.
+    #[serde(rename = "push_unsubscribed")]
+    PushUnsubscribed {
+        /// The request's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The push subscription.
+        push_id: String,
+    },
+    /// A message an application server pushed to one of the connection's push subscriptions,
+    /// as it arrived: still encrypted (`aes128gcm`), the Director never decrypts it.
+    Push {
+        /// The push subscription.
+        push_id: String,
+        /// The message's id (the last segment of the `Location` its sender got).
+        message_id: String,
+        /// The sender's `Topic` header, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        /// The sender's `Urgency` (`very-low`, `low`, `normal`, `high`).
+        urgency: String,
+        /// The body as sent (base64url without padding); empty for a push without payload.
+        data: String,
     },
     /// A request frame could not be honoured; the connection stays open.
     Error {

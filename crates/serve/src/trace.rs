@@ -8,8 +8,12 @@ use axum::http::{Request, Uri};
 const SECRET_PARAMS: &[&str] = &["access_token", "token", "ticket", "grant", "key", "password", "secret"];
 
 /// `uri` as it may be logged: path and query, every credential's value replaced by `***`.
+/// A push endpoint's id (`/push/<id>`) is a capability, so it is replaced as well.
 pub fn loggable_uri(uri: &Uri) -> String {
-    let mut out = uri.path().to_owned();
+    let mut out = match uri.path().strip_prefix("/push/") {
+        Some(rest) if !rest.is_empty() => "/push/***".to_owned(),
+        _ => uri.path().to_owned(),
+    };
     if let Some(q) = uri.query() {
         out.push('?');
         for (i, pair) in q.split('&').enumerate() {
@@ -45,5 +49,6 @@ mod tests {
         assert_eq!(logged, "/ws?access_token=***&x=1&Ticket=***");
         assert!(!logged.contains("pw") && !logged.contains("s3cr3t") && !logged.contains("t1ck"));
         assert_eq!(loggable_uri(&"/healthz".parse().unwrap()), "/healthz");
+        assert_eq!(loggable_uri(&"/push/Abc123secretid".parse().unwrap()), "/push/***");
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod events;
 pub(crate) mod json;
 pub(crate) mod notify;
 pub(crate) mod ops;
+pub(crate) mod push;
 pub(crate) mod subscription;
 pub mod webdav_auth;
 pub(crate) mod websocket;

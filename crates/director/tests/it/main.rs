@@ -17,6 +17,7 @@ mod fcm;
 mod grants;
 mod hms;
 mod ops;
+mod push_service;
 mod readiness;
 mod subscription;
 mod topics;

@@ -1,0 +1,224 @@
+//! The push-service endpoints (RFC 8030 §5, the subset Web Push senders use):
+//! `POST /push/<id>` accepts an encrypted message, `DELETE /push/<id>` ends the subscription.
+//! The domain is [`davpush_core::pushsvc`]; here are the headers, VAPID (RFC 8292) and status codes.
+//!
+//! The body is never decrypted, logged or stored: it is base64url-encoded into the client's
+//! frame as it came.
+
+use std::net::SocketAddr;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use davpush_core::pushsvc::{Message, PushError, Urgency, valid_topic};
+use davpush_proto::ErrorBody;
+
+use crate::state::AppState;
+
+/// Largest message body (RFC 8030 §7.2 asks push services to accept at least 4096 bytes).
+pub(crate) const MAX_BODY: usize = 4096;
+
+/// How a push request was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PushApiError {
+    #[error(transparent)]
+    Domain(#[from] PushError),
+    #[error("this Director is not a push service")]
+    Disabled,
+    #[error("the message body exceeds {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("Content-Encoding must be aes128gcm (RFC 8291)")]
+    Encoding,
+    #[error("{0}")]
+    BadHeader(&'static str),
+    #[error("this push subscription is restricted: send `Authorization: vapid t=<JWT>, k=<key>` (RFC 8292)")]
+    VapidMissing,
+    #[error("VAPID authentication failed: {0}")]
+    VapidInvalid(&'static str),
+    #[error("send `Authorization: Bearer <secret>` with the subscription's secret")]
+    SecretMissing,
+}
+
+impl PushApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            PushApiError::Domain(e) => match e {
+                PushError::NotFound => StatusCode::NOT_FOUND,
+                PushError::Gone => StatusCode::GONE,
+                PushError::Forbidden => StatusCode::FORBIDDEN,
+                PushError::BadKey => StatusCode::BAD_REQUEST,
+                PushError::Full => StatusCode::SERVICE_UNAVAILABLE,
+                PushError::TooManyForConnection => StatusCode::CONFLICT,
+                PushError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            },
+            PushApiError::Disabled => StatusCode::NOT_FOUND,
+            PushApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PushApiError::Encoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PushApiError::BadHeader(_) => StatusCode::BAD_REQUEST,
+            PushApiError::VapidMissing | PushApiError::SecretMissing => StatusCode::UNAUTHORIZED,
+            PushApiError::VapidInvalid(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            PushApiError::Domain(e) => e.code(),
+            PushApiError::Disabled => "not_found",
+            PushApiError::TooLarge => "payload_too_large",
+            PushApiError::Encoding => "unsupported_media_type",
+            PushApiError::BadHeader(_) => "invalid_request",
+            PushApiError::VapidMissing | PushApiError::SecretMissing => "unauthorized",
+            PushApiError::VapidInvalid(_) => "forbidden",
+        }
+    }
+}
+
+impl IntoResponse for PushApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.code().into(), message: self.to_string(), field: None };
+        let mut resp = (self.status(), Json(body)).into_response();
+        if let PushApiError::Domain(PushError::RateLimited(secs)) = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /push/<id>`.
+pub(crate) async fn push(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    match accept(&st, &id, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn accept(st: &AppState, id: &str, req: Request) -> Result<Response, PushApiError> {
+    let eps = st.service.push_endpoints().ok_or(PushApiError::Disabled)?;
+    let now = davpush_core::unix_now();
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        eps.check_sender(peer.ip(), now)?;
+    }
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    if let Some(key) = eps.restriction(id, now)? {
+        verify_vapid(headers, &key, eps.origin(), now)?;
+    }
+    let ttl = header_str(headers, "ttl")
+        .ok_or(PushApiError::BadHeader("the TTL header is required (RFC 8030 §5.2)"))?
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| PushApiError::BadHeader("TTL must be a number of seconds"))?;
+    let urgency = match header_str(headers, "urgency") {
+        None => Urgency::Normal,
+        Some(u) => Urgency::parse(u).ok_or(PushApiError::BadHeader("Urgency must be very-low, low, normal or high"))?,
+    };
+    let topic = match header_str(headers, "topic") {
+        None => None,
+        Some(t) if valid_topic(t) => Some(t.to_owned()),
+        Some(_) => return Err(PushApiError::BadHeader("Topic must be at most 32 base64url characters")),
+    };
+    if let Some(len) = header_str(headers, "content-length").and_then(|l| l.parse::<u64>().ok())
+        && len > MAX_BODY as u64
+    {
+        return Err(PushApiError::TooLarge);
+    }
+    let body = axum::body::to_bytes(Body::new(body), MAX_BODY).await.map_err(|_| PushApiError::TooLarge)?;
+    if !body.is_empty()
+        && !header_str(headers, "content-encoding").is_some_and(|e| e.trim().eq_ignore_ascii_case("aes128gcm"))
+    {
+        return Err(PushApiError::Encoding);
+    }
+    let ttl = ttl.min(i64::MAX as u64) as i64;
+    let done = eps.accept(id, Message { topic, urgency, ttl, body }, now)?;
+    let location = format!("{}/messages/{}", eps.endpoint(id), done.message_id);
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert("ttl", HeaderValue::from(done.ttl));
+    Ok(resp)
+}
+
+/// `DELETE /push/<id>` with `Authorization: Bearer <secret>`.
+pub(crate) async fn delete(State(st): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let run = || -> Result<Response, PushApiError> {
+        let eps = st.service.push_endpoints().ok_or(PushApiError::Disabled)?;
+        let secret = header_str(&headers, "authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .ok_or(PushApiError::SecretMissing)?;
+        eps.remove(&id, secret.trim(), davpush_core::unix_now())?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The token and key of a VAPID `Authorization` header: `vapid t=<JWT>, k=<key>` (RFC 8292
+/// §3), or the draft form `WebPush <JWT>` with `Crypto-Key: p256ecdsa=<key>`.
+fn vapid_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let auth = header_str(headers, "authorization")?.trim();
+    let (scheme, rest) = auth.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("vapid") {
+        let (mut t, mut k) = (None, None);
+        for param in rest.split(',') {
+            match param.trim().split_once('=') {
+                Some(("t", v)) => t = Some(v.trim().to_owned()),
+                Some(("k", v)) => k = Some(v.trim().trim_end_matches('=').to_owned()),
+                _ => {}
+            }
+        }
+        return Some((t?, k?));
+    }
+    if scheme.eq_ignore_ascii_case("webpush") {
+        let crypto_key = header_str(headers, "crypto-key")?;
+        let k = crypto_key.split([';', ',']).find_map(|p| p.trim().strip_prefix("p256ecdsa="))?;
+        return Some((rest.trim().to_owned(), k.trim_end_matches('=').to_owned()));
+    }
+    None
+}
+
+/// Checks the sender's VAPID token against the application-server `key` the subscription is
+/// restricted to (RFC 8292 §4.2): same key, valid ES256 signature, `aud` this push service's
+/// origin, `exp` in the future and at most 24 hours away.
+fn verify_vapid(headers: &HeaderMap, key: &[u8], origin: &str, now: i64) -> Result<(), PushApiError> {
+    let (token, k) = vapid_credentials(headers).ok_or(PushApiError::VapidMissing)?;
+    let k = URL_SAFE_NO_PAD.decode(k).map_err(|_| PushApiError::VapidInvalid("`k` is not base64url"))?;
+    if k != key {
+        return Err(PushApiError::VapidInvalid("the key is not the one the subscription is restricted to"));
+    }
+    let (signed, sig) = token.rsplit_once('.').ok_or(PushApiError::VapidInvalid("malformed JWT"))?;
+    let (head, claims) = signed.split_once('.').ok_or(PushApiError::VapidInvalid("malformed JWT"))?;
+    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| PushApiError::VapidInvalid("malformed JWT"))?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
+        .verify(signed.as_bytes(), &sig)
+        .map_err(|_| PushApiError::VapidInvalid("the signature does not verify"))?;
+    let json =
+        |part: &str| -> Option<serde_json::Value> { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok() };
+    let head = json(head).ok_or(PushApiError::VapidInvalid("malformed JWT header"))?;
+    if head.get("alg").and_then(|a| a.as_str()) != Some("ES256") {
+        return Err(PushApiError::VapidInvalid("the JWT must be signed with ES256"));
+    }
+    let claims = json(claims).ok_or(PushApiError::VapidInvalid("malformed JWT claims"))?;
+    let aud = claims.get("aud").and_then(|a| a.as_str()).unwrap_or_default();
+    if aud.trim_end_matches('/') != origin {
+        return Err(PushApiError::VapidInvalid("`aud` is not this push service's origin"));
+    }
+    let exp = claims.get("exp").and_then(|e| e.as_i64()).ok_or(PushApiError::VapidInvalid("`exp` is missing"))?;
+    // A minute of clock skew either way.
+    if exp + 60 < now {
+        return Err(PushApiError::VapidInvalid("the JWT has expired"));
+    }
+    if exp > now + 86400 + 60 {
+        return Err(PushApiError::VapidInvalid("`exp` is more than 24 hours away"));
+    }
+    Ok(())
+}
