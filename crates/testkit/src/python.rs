@@ -37,9 +37,20 @@ pub fn python_with(modules: &[&str]) -> Option<String> {
 
 /// Runs the Web Push oracle (`crates/director/tests/interop/webpush.py CMD`) with `stdin`.
 pub fn webpush_oracle(py: &str, cmd: &str, stdin: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../director/tests/interop/webpush.py");
+    interop(py, "webpush.py", cmd, stdin)
+}
+
+/// Runs the push-service oracle (`crates/director/tests/interop/pushsvc.py CMD`: a `pywebpush`
+/// sender and an `http_ece` decrypter) with `stdin`.
+pub fn pushsvc_oracle(py: &str, cmd: &str, stdin: &serde_json::Value) -> serde_json::Value {
+    interop(py, "pushsvc.py", cmd, stdin).unwrap_or_else(|e| panic!("pushsvc.py {cmd}: {e}"))
+}
+
+/// Runs `crates/director/tests/interop/<script> CMD` with the JSON `stdin`; its JSON answer.
+fn interop(py: &str, script: &str, cmd: &str, stdin: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let script = format!("{}/../director/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut child = std::process::Command::new(py)
-        .args([script, cmd])
+        .args([script.as_str(), cmd])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

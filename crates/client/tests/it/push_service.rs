@@ -4,7 +4,6 @@
 //! hands it over the WebSocket, and parses the topic and sync-token.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,18 +14,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 fn sender(py: &str, cmd: &str, stdin: &Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../director/tests/interop/pushsvc.py");
-    let mut child = std::process::Command::new(py)
-        .args([script, cmd])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "pushsvc.py {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    davpush_testkit::python::pushsvc_oracle(py, cmd, stdin)
 }
 
 async fn next_json(

@@ -22,19 +22,7 @@ fn python() -> Option<String> {
 }
 
 fn oracle(py: &str, cmd: &str, stdin: &Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/pushsvc.py");
-    let mut child = std::process::Command::new(py)
-        .args([script, cmd])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "pushsvc.py {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    davpush_testkit::python::pushsvc_oracle(py, cmd, stdin)
 }
 
 /// Asks for a push subscription over `ws`; returns the `push_subscribed` frame.
