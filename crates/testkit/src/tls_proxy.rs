@@ -15,6 +15,24 @@ use tokio_rustls::rustls;
 /// The public host name of the shipped configurations, which tests replace.
 pub const PUBLIC_HOST: &str = "dav.example.org";
 
+/// A test CA (its PEM) and a leaf for `localhost` signed by it, with the leaf's key, for a
+/// rustls server in a test (rustls refuses a CA used as end entity). [`TestCa`] writes files
+/// for nginx and Caddy instead.
+pub fn localhost_certificates()
+-> (String, rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().expect("test certificate");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("test certificate");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "davpush test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("test certificate");
+    let leaf_key = rcgen::KeyPair::generate().expect("test certificate");
+    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("test certificate");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("test certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    (ca.pem(), leaf.der().clone(), key)
+}
+
 /// A private CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM
 /// files in a folder.
 pub struct TestCa {

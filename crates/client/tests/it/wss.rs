@@ -9,24 +9,9 @@ use davpush_client::{ClientOptions, DirectorAuth, Event, PushClient};
 use futures_util::StreamExt;
 use tokio_rustls::rustls;
 
-/// A test CA and a leaf for `localhost` signed by it (rustls refuses a CA used as end entity).
-fn certificates() -> (String, rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "davpush test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    (ca.pem(), leaf.der().clone(), key)
-}
-
 /// Terminates TLS on a free port and forwards to `backend`.
 async fn tls_proxy(backend: std::net::SocketAddr) -> (u16, String) {
-    let (ca_pem, cert, key) = certificates();
+    let (ca_pem, cert, key) = davpush_testkit::tls_proxy::localhost_certificates();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
