@@ -61,8 +61,7 @@ fn main() {
             ttl: Duration::from_secs(30),
         })
         .unwrap();
-        let topics =
-            (0..TOPICS).map(|t| (Topic::parse(&format!("{t:0>22}"), 64).unwrap(), 1)).collect::<Vec<_>>();
+        let topics = (0..TOPICS).map(|t| (Topic::parse(&format!("{t:0>22}"), 64).unwrap(), 1)).collect::<Vec<_>>();
         presence.attach(Arc::new(Fixed(topics)));
         let hash = format!("{prefix}:presence:node:{node}");
         let nodes = format!("{prefix}:presence:nodes");
@@ -93,6 +92,7 @@ fn main() {
             (after - before) as f64 / 1e6
         );
         presence.leave().await;
-        let _: () = redis::cmd("DEL").arg(&hash).arg(&nodes).arg(format!("{hash}:new")).query_async(&mut c).await.unwrap();
+        let _: () =
+            redis::cmd("DEL").arg(&hash).arg(&nodes).arg(format!("{hash}:new")).query_async(&mut c).await.unwrap();
     });
 }

@@ -51,8 +51,7 @@ fn live() -> isize {
 
 fn measure(name: &str, topics: usize) {
     let settings = HistorySettings { per_topic: 100, max_age_ms: 600_000, max_entries: ENTRIES };
-    let names: Vec<Topic> =
-        (0..topics).map(|t| Topic::parse(&format!("{t:0>22}"), 64).unwrap()).collect();
+    let names: Vec<Topic> = (0..topics).map(|t| Topic::parse(&format!("{t:0>22}"), 64).unwrap()).collect();
     let before = live();
     let history = MemoryHistory::new(settings);
     let mut kept: Vec<Arc<PushMessage>> = Vec::with_capacity(ENTRIES);

@@ -148,8 +148,8 @@ pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Resul
         "demo/favicon.svg" if get => asset("image/svg+xml", DEMO_ICON),
         "ticket" if method == Method::POST => ticket(st, req).await?,
         "ws" if method == Method::GET => proxy(st, req).await?,
-        "client/davpush.js" | "client/webpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js" | "demo/calendar.css"
-        | "demo/favicon.svg" | "ticket" | "ws" => {
+        "client/davpush.js" | "client/webpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js"
+        | "demo/calendar.css" | "demo/favicon.svg" | "ticket" | "ws" => {
             return Err(GatewayError::MethodNotAllowed { message: "method not allowed", allow: None });
         }
         _ => return Err(GatewayError::NotFound("not found")),

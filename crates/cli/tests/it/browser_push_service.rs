@@ -49,12 +49,9 @@ async fn issue_16_davpush_js_in_chromium_receives_xandikos_web_push_through_the_
     let xlog = || std::fs::read_to_string(&s.xlog).unwrap_or_default();
     let errors = async || b.eval("return window.__errors;", json!([])).await;
     let within = Duration::from_secs(30);
-    if tokio::time::timeout(
-        within,
-        b.wait_for("registered with Xandikos", "return window.__subs.length >= 1;", within),
-    )
-    .await
-    .is_err()
+    if tokio::time::timeout(within, b.wait_for("registered with Xandikos", "return window.__subs.length >= 1;", within))
+        .await
+        .is_err()
     {
         panic!("not registered: {}; Xandikos log:\n{}", errors().await, xlog());
     }
@@ -73,7 +70,8 @@ async fn issue_16_davpush_js_in_chromium_receives_xandikos_web_push_through_the_
     b.wait_for("a renewal", "return window.__subs.length >= 2;", Duration::from_secs(10)).await;
     put_event(&s, "browser-2").await;
     b.wait_for("a push after the renewal", "return window.__got.length >= 2;", Duration::from_secs(30)).await;
-    let tokens: Vec<Value> = b.eval("return window.__got.map((u) => u.syncToken);", json!([])).await.as_array().unwrap().clone();
+    let tokens: Vec<Value> =
+        b.eval("return window.__got.map((u) => u.syncToken);", json!([])).await.as_array().unwrap().clone();
     assert_ne!(tokens[0], tokens[1], "two changes, two sync-tokens");
     assert_eq!(errors().await, json!([]), "no errors");
 
