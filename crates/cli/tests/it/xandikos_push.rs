@@ -121,10 +121,12 @@ pub(crate) async fn setup() -> Option<Setup> {
     let _xandikos = Killed(xandikos);
     let http = reqwest::Client::new();
     let calendar = format!("http://127.0.0.1:{xport}/user/calendars/calendar/");
-    davpush_testkit::eventually("Xandikos answers", || async {
-        http.request(reqwest::Method::OPTIONS, &calendar).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    // Python starts slowly on a loaded machine (two Xandikos at once took over 10 s): up to 60 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !http.request(reqwest::Method::OPTIONS, &calendar).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "Xandikos did not answer within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let propfind = http
         .request(reqwest::Method::from_bytes(b"PROPFIND").unwrap(), &calendar)
         .header("depth", "0")
