@@ -45,4 +45,4 @@ pub use app::{RunningGateway, spawn};
 pub use config::{GatewayConfig, RawGatewayConfig};
 pub use error::GatewayError;
 pub use state::{GatewayState, StartError};
-pub use web::DAVPUSH_JS;
+pub use web::{DAVPUSH_JS, WEBPUSH_JS};

@@ -1,6 +1,7 @@
 //! What browsers need from the gateway, under `<public_url>.davpush/`:
 //!
-//! - `client/davpush.js`: the dependency-free ES module (`web/davpush.js` in the repository);
+//! - `client/davpush.js`: the dependency-free ES module (`web/davpush.js` in the repository),
+//!   and `client/webpush.js`, which it imports (Web Push decryption with Web Crypto);
 //! - `demo/`: the live web calendar (`web/demo/`), with its own icon (`demo/favicon.svg`, linked
 //!   from the page, so browsers do not ask the upstream for `/favicon.ico`);
 //! - `POST ticket`: a short-lived WebSocket ticket for a user the upstream accepts;
@@ -43,6 +44,8 @@ use crate::upstream::check_read;
 
 /// The browser module.
 pub const DAVPUSH_JS: &str = include_str!("../../../web/davpush.js");
+/// Web Push decryption with Web Crypto, imported by `davpush.js` (`web/webpush.js`).
+pub const WEBPUSH_JS: &str = include_str!("../../../web/webpush.js");
 const DEMO_HTML: &str = include_str!("../../../web/demo/index.html");
 const DEMO_JS: &str = include_str!("../../../web/demo/calendar.js");
 const DEMO_CSS: &str = include_str!("../../../web/demo/calendar.css");
@@ -129,6 +132,7 @@ pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Resul
     let get = method == Method::GET || method == Method::HEAD;
     Ok(match rest {
         "client/davpush.js" if get => asset("text/javascript; charset=utf-8", DAVPUSH_JS),
+        "client/webpush.js" if get => asset("text/javascript; charset=utf-8", WEBPUSH_JS),
         "demo" if get => {
             let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
             let mut r = StatusCode::FOUND.into_response();
@@ -144,8 +148,8 @@ pub(crate) async fn handle(st: &GatewayState, req: Request, rest: &str) -> Resul
         "demo/favicon.svg" if get => asset("image/svg+xml", DEMO_ICON),
         "ticket" if method == Method::POST => ticket(st, req).await?,
         "ws" if method == Method::GET => proxy(st, req).await?,
-        "client/davpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js" | "demo/calendar.css"
-        | "demo/favicon.svg" | "ticket" | "ws" => {
+        "client/davpush.js" | "client/webpush.js" | "demo/" | "demo/index.html" | "demo/calendar.js"
+        | "demo/calendar.css" | "demo/favicon.svg" | "ticket" | "ws" => {
             return Err(GatewayError::MethodNotAllowed { message: "method not allowed", allow: None });
         }
         _ => return Err(GatewayError::NotFound("not found")),

@@ -22,6 +22,19 @@ pub const CHROMIUM_ARGS: &[&str] = &[
     "--window-size=1440,900",
 ];
 
+/// `web/davpush.js`, for pages that are not served by the gateway ([`Browser::import_davpush_js`]).
+pub const DAVPUSH_JS: &str = include_str!("../../../web/davpush.js");
+/// `web/webpush.js`, which `davpush.js` imports.
+pub const WEBPUSH_JS: &str = include_str!("../../../web/webpush.js");
+
+/// Loads the two modules as `blob:` URLs (the first with its import pointed at the second).
+const IMPORT_DAVPUSH: &str = r#"
+const blob = (src) => URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
+const webpush = blob(arguments[1]);
+const main = blob(arguments[0].replaceAll('"./webpush.js"', JSON.stringify(webpush)));
+return import(main).then((m) => { window.davpush = m; return true; });
+"#;
+
 /// A browser session.
 pub struct Browser {
     driver: Child,
@@ -132,6 +145,14 @@ impl Browser {
         use base64::Engine as _;
         let v = self.call(reqwest::Method::GET, &self.path("/screenshot"), None).await;
         base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("base64 PNG")).expect("base64")
+    }
+
+    /// Imports `davpush.js` (as it is in the repository) into the current page as
+    /// `window.davpush`, for pages of an origin that does not serve it (the Director's, a
+    /// WebDAV server's). The page must allow `blob:` scripts (no Content-Security-Policy).
+    pub async fn import_davpush_js(&self) {
+        let ok = self.eval(IMPORT_DAVPUSH, json!([DAVPUSH_JS, WEBPUSH_JS])).await;
+        assert_eq!(ok, true, "davpush.js imported");
     }
 
     /// Waits until `script` returns `true`, polling every 20 ms for at most `within`; panics

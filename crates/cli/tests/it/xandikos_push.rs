@@ -53,22 +53,22 @@ async fn director(toml: &str) -> davpush_director::Running {
 }
 
 /// What [`setup`] started.
-struct Setup {
-    dir: tempfile::TempDir,
-    toml: String,
-    director: Option<davpush_director::Running>,
-    tls_port: u16,
-    ca: std::path::PathBuf,
-    xlog: std::path::PathBuf,
-    calendar: String,
-    topic: String,
-    http: reqwest::Client,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) toml: String,
+    pub(crate) director: Option<davpush_director::Running>,
+    pub(crate) tls_port: u16,
+    pub(crate) ca: std::path::PathBuf,
+    pub(crate) xlog: std::path::PathBuf,
+    pub(crate) calendar: String,
+    pub(crate) topic: String,
+    pub(crate) http: reqwest::Client,
     _xandikos: Killed,
 }
 
 /// The Director behind a TLS proxy, and Xandikos pushing to it; `None` when Xandikos is
 /// missing and skipping was chosen.
-async fn setup() -> Option<Setup> {
+pub(crate) async fn setup() -> Option<Setup> {
     let py = davpush_testkit::python::python_with(&["xandikos", "pywebpush", "py_vapid"])?;
     let dir = tempfile::tempdir().unwrap();
 
@@ -121,10 +121,12 @@ async fn setup() -> Option<Setup> {
     let _xandikos = Killed(xandikos);
     let http = reqwest::Client::new();
     let calendar = format!("http://127.0.0.1:{xport}/user/calendars/calendar/");
-    davpush_testkit::eventually("Xandikos answers", || async {
-        http.request(reqwest::Method::OPTIONS, &calendar).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    // Python starts slowly on a loaded machine (two Xandikos at once took over 10 s): up to 60 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !http.request(reqwest::Method::OPTIONS, &calendar).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "Xandikos did not answer within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let propfind = http
         .request(reqwest::Method::from_bytes(b"PROPFIND").unwrap(), &calendar)
         .header("depth", "0")
@@ -143,7 +145,7 @@ async fn setup() -> Option<Setup> {
 }
 
 /// PUTs an event into the calendar.
-async fn put_event(s: &Setup, uid: &str) {
+pub(crate) async fn put_event(s: &Setup, uid: &str) {
     let ics = format!(
         "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//davpush//test//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\n\
          DTSTAMP:20260101T000000Z\r\nDTSTART:20260102T100000Z\r\nSUMMARY:pushed\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"

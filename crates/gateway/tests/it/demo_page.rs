@@ -221,7 +221,9 @@ async fn the_demo_page_keeps_to_a_strict_policy_and_asks_the_upstream_for_no_fav
     let cal = s.mkcalendar("alice", "team").await;
 
     // The page and its assets carry the security headers.
-    for asset in ["demo/", "demo/calendar.js", "demo/calendar.css", "demo/favicon.svg", "client/davpush.js"] {
+    for asset in
+        ["demo/", "demo/calendar.js", "demo/calendar.css", "demo/favicon.svg", "client/davpush.js", "client/webpush.js"]
+    {
         let r = s.http.get(s.url(&format!("/.davpush/{asset}"))).send().await.unwrap();
         assert_eq!(r.status(), 200, "{asset}");
         let h = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
