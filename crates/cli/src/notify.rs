@@ -52,9 +52,11 @@ pub(crate) struct NotifyArgs {
     /// The collection (URL or path) that changed; its topic is computed as the gateway does.
     #[arg(long, conflicts_with = "item")]
     collection: Option<String>,
-    /// A member (URL or path) that changed: its collection is notified.
-    #[arg(long)]
-    item: Option<String>,
+    /// A member (URL or path) that changed: its collection is notified. Takes several: a move
+    /// names its source and its destination (Radicale's `%(path)s %(to_path)s`, where `%(to_path)s`
+    /// is empty for every other write), and each distinct collection is notified once.
+    #[arg(long, num_args = 1.., value_name = "ITEM")]
+    item: Vec<String>,
     /// Remove this prefix from --collection/--item first: for hooks that pass a file path,
     /// e.g. Radicale's `%(path)s` with `--strip-prefix /var/lib/radicale/collections/collection-root`.
     /// A path not under it is an error (exit 65).
@@ -94,9 +96,9 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let topic = match (&args.topic, &args.collection, &args.item) {
-        (Some(t), _, _) => t.clone(),
-        (None, c, i) => {
+    let topics = match (&args.topic, &args.collection) {
+        (Some(t), _) => vec![t.clone()],
+        (None, c) => {
             let key = match existing_topic_key(&raw) {
                 Ok(k) => k,
                 Err(c) => return c,
@@ -114,32 +116,53 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
                     None => Ok(p),
                 }
             };
-            let path = match (c, i) {
-                (Some(c), _) => match strip(c) {
-                    Ok(p) => canonical_path(&p),
+            let mut paths = Vec::new();
+            match c {
+                Some(c) => match strip(c) {
+                    Ok(p) => paths.push(canonical_path(&p)),
                     Err(code) => return code,
                 },
-                (None, Some(i)) => {
-                    let item = match strip(i) {
-                        Ok(p) => p,
-                        Err(code) => return code,
-                    };
-                    if canonical_path(&item).as_deref() == Some("/") {
-                        // The root has no collection above it (Radicale's hook also runs for it).
-                        eprintln!("davpush: {item} is the root: nothing to notify");
+                None => {
+                    for i in &args.item {
+                        let item = match strip(i) {
+                            Ok(p) => p,
+                            Err(code) => return code,
+                        };
+                        if canonical_path(&item).as_deref() == Some("/") {
+                            // The root has no collection above it (Radicale's hook also runs for it).
+                            eprintln!("davpush: {item} is the root: nothing to notify");
+                            continue;
+                        }
+                        paths.push(parent_path(&item));
+                    }
+                    if paths.is_empty() {
                         return ExitCode::SUCCESS;
                     }
-                    parent_path(&item)
-                }
-                (None, None) => None,
-            };
-            match path {
-                Some(p) => key.topic_of_canonical(&p),
-                None => {
-                    eprintln!("davpush: not a valid collection path");
-                    return ExitCode::from(EXIT_CONFIG);
                 }
             }
+            let mut topics: Vec<String> = Vec::with_capacity(paths.len());
+            for path in paths {
+                match path {
+                    Some(p) => {
+                        let topic = key.topic_of_canonical(&p);
+                        if !topics.contains(&topic) {
+                            topics.push(topic);
+                        }
+                    }
+                    None => {
+                        eprintln!("davpush: not a valid collection path");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            if topics.len() > 1 && args.sync_token.is_some() {
+                eprintln!(
+                    "davpush: --sync-token names one collection's state, but the items are in {} collections",
+                    topics.len()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            topics
         }
     };
     let token = match raw.notify_token() {
@@ -151,11 +174,18 @@ pub(crate) async fn run_notify(args: NotifyArgs) -> ExitCode {
     };
     let trigger = if args.property { Trigger::Property } else { Trigger::Content };
     let req = NotifyRequest {
-        topics: Some(vec![NotifyTopic::Detailed(TopicEntry {
-            topic,
-            sync_token: args.sync_token,
-            trigger: Some(trigger),
-        })]),
+        topics: Some(
+            topics
+                .into_iter()
+                .map(|topic| {
+                    NotifyTopic::Detailed(TopicEntry {
+                        topic,
+                        sync_token: args.sync_token.clone(),
+                        trigger: Some(trigger),
+                    })
+                })
+                .collect(),
+        ),
         ..Default::default()
     };
     let director = match url::Url::parse(&raw.director_url)

@@ -64,6 +64,33 @@ async fn issue_12_the_readme_storage_hook_recipe_notifies_subscribers_of_the_gat
     let stray: Vec<_> = std::fs::read_dir(&storage).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(stray.iter().all(|n| n == "collection-root" || n.to_string_lossy().starts_with(".Radicale")), "{stray:?}");
 
+    // A MOVE made directly at Radicale to another calendar notifies both collections: the hook
+    // gets the source as `%(path)s` and the destination as `%(to_path)s`.
+    let other = "/alice/other/";
+    let status = procs::dav("MKCALENDAR", &format!("{}{}", radicale.url, &other[1..]), "").await;
+    assert_eq!(status, 201, "{}", radicale.log());
+    let other_topic = procs::advertised_topic(&format!("{}{}", gateway.url(), &other[1..])).await;
+    let mut other_ws = procs::subscribe_through_gateway(&gateway, other, &other_topic).await;
+    let logged = radicale.log().len();
+    let status = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(b"MOVE").unwrap(), format!("{}{}e1.ics", radicale.url, &cal[1..]))
+        .header("Authorization", procs::basic(procs::ALICE.0, procs::ALICE.1))
+        .header("Destination", format!("{}{}e1.ics", radicale.url, &other[1..]))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201, "{}", radicale.log());
+    let frame = procs::next_frame(&mut ws).await;
+    assert_eq!((frame["type"].as_str(), frame["topic"].as_str()), (Some("notify"), Some(topic.as_str())), "{frame}");
+    let frame = procs::next_frame(&mut other_ws).await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["topic"].as_str()),
+        (Some("notify"), Some(other_topic.as_str())),
+        "{frame}"
+    );
+    assert!(!radicale.log()[logged..].contains("storage hook"), "the hook failed: {}", radicale.log());
+
     // The hook's command also works from any other directory, e.g. `/`, …
     let hook = config.lines().find_map(|l| l.strip_prefix("hook = ")).unwrap();
     let item = storage.join("collection-root/alice/calendar/e2.ics");
@@ -71,7 +98,8 @@ async fn issue_12_the_readme_storage_hook_recipe_notifies_subscribers_of_the_gat
         let mut cmd = Command::new("sh");
         procs::clean_env(&mut cmd);
         cmd.current_dir("/").env("PATH", &path).env("DAVPUSH_GATEWAY_CONFIG", &gateway_toml);
-        cmd.arg("-c").arg(hook.replace("%(path)s", item)).output().unwrap()
+        // Radicale leaves `%(to_path)s` empty for every write but a MOVE.
+        cmd.arg("-c").arg(hook.replace("%(path)s", item).replace("%(to_path)s", "")).output().unwrap()
     };
     let out = run(&item.display().to_string());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
