@@ -17,23 +17,23 @@ async fn director(extra: &str) -> crate::util::TestDirector {
     .await
 }
 
-fn python() -> Option<String> {
+pub(crate) fn python() -> Option<String> {
     davpush_testkit::python::python_with(&["pywebpush", "http_ece", "py_vapid", "cryptography"])
 }
 
-fn oracle(py: &str, cmd: &str, stdin: &Value) -> Value {
+pub(crate) fn oracle(py: &str, cmd: &str, stdin: &Value) -> Value {
     davpush_testkit::python::pushsvc_oracle(py, cmd, stdin)
 }
 
 /// Asks for a push subscription over `ws`; returns the `push_subscribed` frame.
-async fn push_subscribe(ws: &mut Ws, frame: Value) -> Value {
+pub(crate) async fn push_subscribe(ws: &mut Ws, frame: Value) -> Value {
     send_json(ws, frame).await;
     let answer = next_json(ws).await;
     assert_eq!(answer["type"], "push_subscribed", "{answer}");
     answer
 }
 
-async fn send(py: &str, keys: &Value, endpoint: &str, data: &str, extra: Value) -> Value {
+pub(crate) async fn send(py: &str, keys: &Value, endpoint: &str, data: &str, extra: Value) -> Value {
     let mut req =
         json!({"endpoint": endpoint, "p256dh": keys["p256dh"], "auth": keys["auth"], "data": data, "ttl": 60});
     for (k, v) in extra.as_object().unwrap() {
@@ -43,7 +43,7 @@ async fn send(py: &str, keys: &Value, endpoint: &str, data: &str, extra: Value) 
     tokio::task::spawn_blocking(move || oracle(&py, "send", &req)).await.unwrap()
 }
 
-fn decrypt(py: &str, keys: &Value, data: &Value) -> String {
+pub(crate) fn decrypt(py: &str, keys: &Value, data: &Value) -> String {
     let out = oracle(py, "decrypt", &json!({"data": data, "private": keys["private"], "auth": keys["auth"]}));
     out["plaintext"].as_str().unwrap().to_owned()
 }
