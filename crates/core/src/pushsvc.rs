@@ -57,7 +57,7 @@ pub struct PushLimits {
     pub max_per_connection: usize,
     /// Messages accepted per subscription and minute.
     pub per_subscription_per_minute: u32,
-    /// Messages accepted per sender IP address and minute.
+    /// Messages accepted per [`Sender`] and minute.
     pub per_sender_per_minute: u32,
 }
 
