@@ -19,7 +19,8 @@
 //! - here: [`ClusterSettings`], [`RedisFanout::start`] and its [`Fanout`] side (the bounded queue);
 //! - `publisher`: the publisher task (ping, reconnect, retry);
 //! - `subscriber`: the subscriber task;
-//! - `presence`: [`RedisPresence`], which topics each node holds WebSocket subscriptions of.
+//! - `presence`: [`RedisPresence`], which topics each node holds WebSocket subscriptions of;
+//! - `pushdir`: [`RedisPushDirectory`], the push-service subscriptions of every node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,9 +38,11 @@ pub use history::RedisHistory;
 mod history;
 mod presence;
 mod publisher;
+mod pushdir;
 mod subscriber;
 
 pub use presence::{PresenceSettings, RedisPresence};
+pub use pushdir::RedisPushDirectory;
 
 /// Shortest wait before reconnecting to Redis.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -87,6 +90,9 @@ pub enum Received {
     /// A positioned notify message of this node that could not be published: for this node's
     /// own live connections ([`davpush_core::PushService::apply_unpublished`]).
     Unpublished(ClusterMessage),
+    /// What another node tells this one about a push subscription it holds
+    /// ([`davpush_core::pushsvc::PushEndpoints::receive`]).
+    Push(davpush_core::pushsvc::Forwarded),
 }
 
 /// Messages from the other nodes.
@@ -129,6 +135,7 @@ impl RedisFanout {
         let sub = Subscriber {
             client,
             names,
+            push_channel: pushdir::push_channel(&settings.channel_prefix, &settings.node_id),
             node_id: settings.node_id.clone(),
             inbound: inbound_tx,
             metrics: metrics.clone(),

@@ -1,9 +1,11 @@
-//! The subscriber task: listens to both channels on a connection of its own, hands other nodes'
-//! messages on, and subscribes again (with backoff) when the connection is lost.
+//! The subscriber task: listens to both channels, and to this node's push channel
+//! (`<prefix>:push:<node>`, [`crate::RedisPushDirectory`]), on a connection of its own, hands
+//! other nodes' messages on, and subscribes again (with backoff) when the connection is lost.
 
 use std::sync::Arc;
 
 use davpush_core::fanout::DecodeError;
+use davpush_core::pushsvc::Forwarded;
 use davpush_core::{Channel, ClusterEvent, ClusterMessage, Metrics};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -14,6 +16,8 @@ use crate::{IO_TIMEOUT, MIN_BACKOFF, Received, next_backoff};
 pub(crate) struct Subscriber {
     pub(crate) client: redis::Client,
     pub(crate) names: [String; 2],
+    /// This node's push channel.
+    pub(crate) push_channel: String,
     pub(crate) node_id: String,
     pub(crate) inbound: mpsc::Sender<Received>,
     pub(crate) metrics: Arc<Metrics>,
@@ -30,6 +34,7 @@ impl Subscriber {
             let attempt = async {
                 let mut ps = self.client.get_async_pubsub().await?;
                 ps.subscribe(&self.names[..]).await?;
+                ps.subscribe(&self.push_channel).await?;
                 Ok::<_, redis::RedisError>(ps)
             };
             let attempt = tokio::select! {
@@ -74,6 +79,17 @@ impl Subscriber {
                 _ = self.stop.changed() => return false,
                 _ = self.inbound.closed() => return false,
             };
+            if msg.get_channel_name() == self.push_channel {
+                match serde_json::from_slice::<Forwarded>(msg.get_payload_bytes()) {
+                    Ok(f) => {
+                        if self.inbound.send(Received::Push(f)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignored a malformed push message from the cluster"),
+                }
+                continue;
+            }
             let channel =
                 if msg.get_channel_name() == self.names[0] { Channel::Notify } else { Channel::Subscriptions };
             match decode(msg.get_payload_bytes()) {

@@ -9,11 +9,18 @@
 //! subscription, a newer message with the same `Topic` replacing the older one) until the
 //! client re-attaches the subscription from a new connection (`push_id` + `secret`).
 //!
-//! The design choice a reader would question: push subscriptions live in memory only, on the
-//! node that created them. They are short-lived (a client renews its WebDAV-Push registration
-//! well within their expiry), the messages are opaque ciphertext that nobody but the client can
-//! read, and a lost subscription is repaired by the client re-registering. Nothing here is
-//! written to the store, so neither are message bodies.
+//! The design choice a reader would question: push subscriptions are never written to the
+//! store. On a single node they live in memory only; they are short-lived (a client renews its
+//! WebDAV-Push registration well within their expiry), the messages are opaque ciphertext that
+//! nobody but the client can read, and a lost subscription is repaired by the client
+//! re-registering. In a cluster, a [`PushDirectory`] (the cluster's Redis) knows every node's
+//! push subscriptions and keeps the messages of offline clients (`shared`, `docs/protocol.md`
+//! §10.4).
+//!
+//! # Layout
+//! - here: the node's own push subscriptions ([`PushEndpoints`]), their limits and messages;
+//! - `shared`: the operations the Director calls, which consult the directory in a cluster;
+//! - `directory`: [`PushDirectory`] and what nodes share and send each other.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -28,6 +35,12 @@ use davpush_proto::ServerFrame;
 use crate::Topic;
 use crate::ids::random_token;
 use crate::live::{Connection, Pushed};
+
+mod directory;
+mod shared;
+
+pub use directory::{DirectoryError, ForwardKind, Forwarded, PushDirectory, SharedRecord, Waiting};
+pub use shared::Route;
 
 /// Bounds of the push service (`[push_service]` in the configuration).
 #[derive(Debug, Clone)]
@@ -44,7 +57,7 @@ pub struct PushLimits {
     pub max_per_connection: usize,
     /// Messages accepted per subscription and minute.
     pub per_subscription_per_minute: u32,
-    /// Messages accepted per sender IP address and minute.
+    /// Messages accepted per [`Sender`] and minute.
     pub per_sender_per_minute: u32,
 }
 
@@ -86,6 +99,9 @@ pub enum PushError {
     /// A rate limit is exceeded; try again after this many seconds.
     #[error("too many messages; retry after {0} s")]
     RateLimited(u64),
+    /// The cluster's directory of push subscriptions cannot be reached.
+    #[error("the cluster's push-subscription directory cannot be reached; try again")]
+    Unavailable,
 }
 
 impl PushError {
@@ -98,6 +114,7 @@ impl PushError {
             PushError::BadKey => "invalid_request",
             PushError::Full | PushError::TooManyForConnection => "too_many_subscriptions",
             PushError::RateLimited(_) => "rate_limited",
+            PushError::Unavailable => "unavailable",
         }
     }
 }
@@ -200,6 +217,15 @@ struct Entry {
     window: Window,
 }
 
+/// Whom the per-sender limit counts a message against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// The application-server key of a VAPID signature that verified.
+    Key(Vec<u8>),
+    /// The sender's address (behind trusted proxies, the one they name).
+    Address(IpAddr),
+}
+
 /// A fixed one-minute window of counted events.
 #[derive(Debug, Default, Clone, Copy)]
 struct Window {
@@ -244,7 +270,10 @@ pub struct PushEndpoints {
     public_url: String,
     limits: PushLimits,
     entries: Mutex<HashMap<Arc<str>, Entry>>,
-    senders: Mutex<Windows<IpAddr>>,
+    senders: Mutex<Windows<Sender>>,
+    /// Windows of the subscriptions held by other nodes, for messages accepted here.
+    remote: Mutex<Windows<Arc<str>>>,
+    directory: Option<Arc<dyn PushDirectory>>,
 }
 
 fn eq_ct(a: &[u8], b: &[u8]) -> bool {
@@ -259,7 +288,15 @@ impl PushEndpoints {
             limits,
             entries: Mutex::default(),
             senders: Mutex::new(Windows { map: HashMap::new() }),
+            remote: Mutex::new(Windows { map: HashMap::new() }),
+            directory: None,
         }
+    }
+
+    /// Shares the push subscriptions with the other nodes of a cluster through `directory`.
+    pub fn with_directory(mut self, directory: Arc<dyn PushDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 
     /// The limits in force.
@@ -391,7 +428,7 @@ impl PushEndpoints {
     }
 
     /// Counts a message from `sender` against its per-minute limit.
-    pub fn check_sender(&self, sender: IpAddr, now: i64) -> Result<(), PushError> {
+    pub fn check_sender(&self, sender: Sender, now: i64) -> Result<(), PushError> {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         senders.take(sender, now, self.limits.per_sender_per_minute).map_err(PushError::RateLimited)
     }
@@ -399,41 +436,48 @@ impl PushEndpoints {
     /// Accepts `msg` for `push_id`: hands it to the attached connection, or keeps it within
     /// its TTL for the next re-attach.
     pub fn accept(&self, push_id: &str, msg: Message, now: i64) -> Result<Accepted, PushError> {
+        self.accept_local(push_id, msg, now, true).map(|(a, _)| a)
+    }
+
+    /// Like [`Self::accept`]; with `keep` false a message that cannot be handed over now is
+    /// returned instead of kept (for the cluster's directory).
+    fn accept_local(
+        &self,
+        push_id: &str,
+        msg: Message,
+        now: i64,
+        keep: bool,
+    ) -> Result<(Accepted, Option<Waiting>), PushError> {
         let ttl = msg.ttl.clamp(0, self.limits.max_ttl_secs);
         let mut entries = self.lock();
         let entry = live_entry(&mut entries, push_id, now)?;
         entry.window.take(now, self.limits.per_subscription_per_minute).map_err(PushError::RateLimited)?;
-        let message_id = random_token(12);
-        let frame = ServerFrame::Push {
-            push_id: push_id.to_owned(),
-            message_id: message_id.clone(),
-            topic: msg.topic.clone(),
-            urgency: msg.urgency.as_str().to_owned(),
-            data: URL_SAFE_NO_PAD.encode(&msg.body),
-        };
-        let frame = Bytes::from(serde_json::to_vec(&frame).expect("frames always serialize"));
-        // The mailbox coalesces by this key: a newer message with the same `Topic` replaces a
-        // queued older one; messages without a topic never replace each other.
-        let key = format!("push:{push_id}:{}", msg.topic.as_deref().map_or(message_id.as_str(), |t| t));
-        let key = Topic::parse(&key, usize::MAX).expect("ids and topics are visible ASCII");
+        let (message_id, key, frame) = push_frame(push_id, &msg);
         let conn = entry.conn.as_ref().and_then(Weak::upgrade);
         if let Some(conn) = conn {
             if matches!(conn.push(&key, &frame), Pushed::Queued | Pushed::Coalesced) {
-                return Ok(Accepted { message_id, ttl, delivered: true });
+                return Ok((Accepted { message_id, ttl, delivered: true }, None));
             }
             entry.conn = None;
         }
-        if ttl > 0 {
-            if let Some(t) = &msg.topic {
-                entry.pending.retain(|p| p.topic.as_ref() != Some(t));
-            }
-            entry.pending.retain(|p| p.expires >= now);
-            if entry.pending.len() >= self.limits.max_pending {
-                entry.pending.pop_front();
-            }
-            entry.pending.push_back(Pending { key, topic: msg.topic, frame, expires: now + ttl });
+        let accepted = Accepted { message_id, ttl, delivered: false };
+        if ttl == 0 {
+            return Ok((accepted, None));
         }
-        Ok(Accepted { message_id, ttl, delivered: false })
+        if !keep {
+            let frame = String::from_utf8(frame.to_vec()).expect("frames are JSON");
+            let waiting = Waiting { key: key.as_str().to_owned(), topic: msg.topic, frame, expires: now + ttl };
+            return Ok((accepted, Some(waiting)));
+        }
+        if let Some(t) = &msg.topic {
+            entry.pending.retain(|p| p.topic.as_ref() != Some(t));
+        }
+        entry.pending.retain(|p| p.expires >= now);
+        if entry.pending.len() >= self.limits.max_pending {
+            entry.pending.pop_front();
+        }
+        entry.pending.push_back(Pending { key, topic: msg.topic, frame, expires: now + ttl });
+        Ok((accepted, None))
     }
 
     /// Messages waiting for `push_id` to be re-attached.
@@ -451,6 +495,24 @@ impl PushEndpoints {
         }
         before - entries.len()
     }
+}
+
+/// The message's id, its mailbox key and the client's `push` frame.
+fn push_frame(push_id: &str, msg: &Message) -> (String, Topic, Bytes) {
+    let message_id = random_token(12);
+    let frame = ServerFrame::Push {
+        push_id: push_id.to_owned(),
+        message_id: message_id.clone(),
+        topic: msg.topic.clone(),
+        urgency: msg.urgency.as_str().to_owned(),
+        data: URL_SAFE_NO_PAD.encode(&msg.body),
+    };
+    let frame = Bytes::from(serde_json::to_vec(&frame).expect("frames always serialize"));
+    // The mailbox coalesces by this key: a newer message with the same `Topic` replaces a
+    // queued older one; messages without a topic never replace each other.
+    let key = format!("push:{push_id}:{}", msg.topic.as_deref().map_or(message_id.as_str(), |t| t));
+    let key = Topic::parse(&key, usize::MAX).expect("ids and topics are visible ASCII");
+    (message_id, key, frame)
 }
 
 fn live_entry<'a>(
@@ -555,10 +617,11 @@ mod tests {
         eps.accept(&c.push_id, msg(None, 0, b""), t + 10).unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..3 {
-            eps.check_sender(ip, t).unwrap();
+            eps.check_sender(Sender::Address(ip), t).unwrap();
         }
-        assert_eq!(eps.check_sender(ip, t), Err(PushError::RateLimited(10)));
-        eps.check_sender("192.0.2.2".parse().unwrap(), t).unwrap();
+        assert_eq!(eps.check_sender(Sender::Address(ip), t), Err(PushError::RateLimited(10)));
+        eps.check_sender(Sender::Address("192.0.2.2".parse().unwrap()), t).unwrap();
+        eps.check_sender(Sender::Key(vec![4; 65]), t).unwrap();
     }
 
     #[test]

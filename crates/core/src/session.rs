@@ -85,8 +85,8 @@ pub async fn handle(service: &PushService, conn: &Arc<Connection>, frame: Inboun
                 return error(id, "not_enabled", "this Director is not a push service (`push_service.enabled`)");
             };
             let done = match (push_id, secret) {
-                (None, None) => eps.create(conn, vapid_key.as_deref(), now),
-                (Some(push_id), Some(secret)) => eps.attach(&push_id, &secret, conn, now),
+                (None, None) => eps.subscribe(conn, vapid_key.as_deref(), now).await,
+                (Some(push_id), Some(secret)) => eps.reattach(&push_id, &secret, conn, now).await,
                 _ => return error(id, "invalid_request", "`push_id` and `secret` go together"),
             };
             match done {
@@ -104,7 +104,7 @@ pub async fn handle(service: &PushService, conn: &Arc<Connection>, frame: Inboun
             let Some(eps) = service.push_endpoints() else {
                 return error(id, "not_enabled", "this Director is not a push service (`push_service.enabled`)");
             };
-            match eps.remove(&push_id, &secret, now) {
+            match eps.unsubscribe(&push_id, &secret, now).await {
                 Ok(()) => ServerFrame::PushUnsubscribed { id, push_id },
                 Err(e) => error(id, e.code(), &e.to_string()),
             }

@@ -149,7 +149,12 @@ pub async fn build_with_store(
         service = service.with_grants(keys.clone());
     }
     if let Some(p) = &config.push_service {
-        let endpoints = davpush_core::pushsvc::PushEndpoints::new(&p.public_url, p.limits.clone());
+        let mut endpoints = davpush_core::pushsvc::PushEndpoints::new(&p.public_url, p.limits.clone());
+        if let Some(c) = &config.cluster {
+            // Any node accepts a push; the directory says which node holds the client.
+            let directory = davpush_cluster::RedisPushDirectory::new(&c.redis_url, &c.channel_prefix, &c.node_id)?;
+            endpoints = endpoints.with_directory(Arc::new(directory));
+        }
         service = service.with_push_endpoints(Arc::new(endpoints));
         tracing::info!(public_url = %p.public_url, "push service enabled: endpoints are <public_url>/push/<id>");
     }
@@ -234,6 +239,11 @@ async fn apply_cluster(mut inbound: davpush_cluster::Inbound, service: std::sync
         match received {
             Received::Message(m) => service.apply(m, davpush_core::unix_now()),
             Received::Unpublished(m) => service.apply_unpublished(m, davpush_core::unix_now()),
+            Received::Push(f) => {
+                if let Some(eps) = service.push_endpoints() {
+                    eps.receive(f, davpush_core::unix_now()).await;
+                }
+            }
             Received::Resubscribed => match service.resync(davpush_core::unix_now()).await {
                 Ok(n) => tracing::info!(changed = n, "subscriptions re-read from the store after a cluster outage"),
                 Err(e) => tracing::error!(error = %e, "could not re-read subscriptions after a cluster outage"),

@@ -397,8 +397,11 @@ pub struct RawPushService {
     pub max_subscriptions: usize,
     /// Messages accepted per subscription and minute.
     pub per_subscription_per_minute: u32,
-    /// Messages accepted per sender IP address and minute.
+    /// Messages accepted per sender (its verified VAPID key, else its address) and minute.
     pub per_sender_per_minute: u32,
+    /// Networks of reverse proxies (CIDR) whose `X-Forwarded-For`/`Forwarded` names the
+    /// sender's address; nobody else is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawPushService {
@@ -413,6 +416,7 @@ impl Default for RawPushService {
             max_subscriptions: l.max_subscriptions,
             per_subscription_per_minute: l.per_subscription_per_minute,
             per_sender_per_minute: l.per_sender_per_minute,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -424,6 +428,8 @@ pub struct PushServiceConfig {
     pub public_url: String,
     /// Its limits.
     pub limits: davpush_core::pushsvc::PushLimits,
+    /// `push_service.trusted_proxies`.
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 }
 
 /// A secret string: never printed by `Debug` or `Display`.
@@ -795,7 +801,10 @@ impl Config {
             if !raw.websocket.enabled {
                 return Err(invalid("push_service.enabled", "needs websocket.enabled = true"));
             }
+            let trusted_proxies = crate::http::forwarded::TrustedProxies::parse(&p.trusted_proxies)
+                .map_err(|e| invalid("push_service.trusted_proxies", e.to_string()))?;
             Some(PushServiceConfig {
+                trusted_proxies,
                 public_url: p.public_url.trim_end_matches('/').to_owned(),
                 limits: davpush_core::pushsvc::PushLimits {
                     expiry_secs: p.expiry_secs.min(i64::MAX as u64) as i64,

@@ -81,18 +81,23 @@ async fn stack(kind: Kind) -> Option<Stack> {
     let radicale =
         Radicale::start(dir.path(), &format!("[storage]\nfilesystem_folder = {}\n", storage.display()), &[])?;
     let data = dir.path().join("data");
+    let port = davpush_testkit::free_port();
+    let public_host = format!("localhost:{port}");
     let mut serve = procs::davpush();
     serve
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .env("DAVPUSH_WEBSOCKET__PING_INTERVAL_SECS", PING_SECS.to_string())
+        // The push service behind the proxy, as the proxy files' comments say.
+        .env("DAVPUSH_PUSH_SERVICE__ENABLED", "true")
+        .env("DAVPUSH_PUSH_SERVICE__PUBLIC_URL", format!("https://{public_host}/.davpush/director"))
+        .env("DAVPUSH_PUSH_SERVICE__TRUSTED_PROXIES", r#"["127.0.0.1"]"#)
+        .env("DAVPUSH_PUSH_SERVICE__PER_SENDER_PER_MINUTE", "2")
         // The push-register test's endpoint (never delivered to: the registration is deleted).
         .env("DAVPUSH_WEB_PUSH__ALLOW_HOSTS", r#"["127.0.0.1:9"]"#)
         .env("DAVPUSH_WEB_PUSH__ALLOW_HTTP", "true");
     let director = Proc::start(serve, "Push Director listening");
 
-    let port = davpush_testkit::free_port();
-    let public_host = format!("localhost:{port}");
     // The gateway's keys as docs/operations.md prints them, with the test's public host.
     let keys = procs::fenced_block(&procs::repo_file(OPERATIONS), "toml", "director_public_url");
     let gateway_toml = dir.path().join("gateway.toml");
@@ -298,6 +303,42 @@ async fn urls_registration_and_websockets(s: &Stack) {
             "{which}: {frame}"
         );
     }
+    push_senders_are_told_apart(s, &mut direct).await;
+}
+
+/// The push service through the proxy: its endpoints are under the public URL, and its
+/// per-sender limit (2 a minute here) counts the senders the proxy names in
+/// `X-Forwarded-For`, not the proxy (`push_service.trusted_proxies`). The senders are two
+/// loopback addresses of this host.
+async fn push_senders_are_told_apart(s: &Stack, ws: &mut Wss) {
+    ws.send(Message::Text(json!({"type": "push_subscribe", "id": "p"}).to_string().into())).await.unwrap();
+    let sub = next_text(ws).await;
+    assert_eq!(sub["type"], "push_subscribed", "{sub}");
+    let endpoint = sub["endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with(&s.public("/.davpush/director/push/")), "{endpoint}");
+    let proxy: std::net::SocketAddr =
+        format!("127.0.0.1:{}", s.proxy.origin().rsplit(':').next().unwrap()).parse().unwrap();
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .tls_certs_merge([reqwest::Certificate::from_pem(s.ca.ca_pem.as_bytes()).unwrap()])
+            .no_proxy()
+            .resolve("localhost", proxy)
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let post = |client: reqwest::Client| async move {
+        let r = client.post(endpoint).header("TTL", "0").send().await.unwrap();
+        r.status().as_u16()
+    };
+    let (first, second) = (from([127, 0, 0, 2]), from([127, 0, 0, 3]));
+    // A fixed one-minute window may roll over once in between: post until refused.
+    let mut statuses = Vec::new();
+    while statuses.last() != Some(&429) && statuses.len() < 5 {
+        statuses.push(post(first.clone()).await);
+    }
+    assert_eq!(statuses.last(), Some(&429), "127.0.0.2 is refused after 2: {statuses:?} {}", s.proxy.log());
+    assert_eq!(post(second).await, 201, "127.0.0.3 is another sender: {}", s.proxy.log());
 }
 
 /// `proxy_read_timeout` of the shipped nginx file is above the Director's default ping

@@ -3,32 +3,16 @@
 //! endpoint's capability (push id) nor the subscription's secret is in `davpush serve`'s log at
 //! `RUST_LOG=debug` or anywhere in its data directory (SQLite store and its journal).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::secrets_in_logs::next_text;
+use crate::secrets_in_logs::{DebugServe, next_text};
 
 const PLAINTEXT: &str = "plaintext-marker-never-in-the-director-3b9c";
 
 fn sender(py: &str, cmd: &str, stdin: &Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../director/tests/interop/pushsvc.py");
-    let mut child = Command::new(py)
-        .args([script, cmd])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "pushsvc.py {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    davpush_testkit::python::pushsvc_oracle(py, cmd, stdin)
 }
 
 /// Every file under `dir`, concatenated.
@@ -67,39 +51,7 @@ async fn issue_16_no_plaintext_push_id_or_secret_in_the_log_or_the_store() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_davpush"))
-        .args(["serve", "--log-format", "json", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let stderr = child.stderr.take().unwrap();
-    let child = Killed(child);
-    let reader = {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if line.contains("Push Director listening") {
-                    let _ = tx.try_send(());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    rx.recv_timeout(Duration::from_secs(60)).expect("the Director did not start");
+    let serve = DebugServe::start(&config);
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
     next_text(&mut ws).await; // hello
@@ -122,9 +74,7 @@ async fn issue_16_no_plaintext_push_id_or_secret_in_the_log_or_the_store() {
     assert_eq!(plain["plaintext"], PLAINTEXT, "the client gets the message");
     drop(ws);
 
-    drop(child);
-    reader.join().unwrap();
-    let log = lines.lock().unwrap().join("\n");
+    let log = serve.stop();
     assert!(log.contains("/push/***"), "the request trace logs the push:\n{log}");
     let store = all_bytes(&data);
     assert!(!store.is_empty(), "the data directory holds the store");

@@ -32,46 +32,8 @@ async fn issue_12_the_debug_log_holds_no_secret() {
     assert!(grant.status.success(), "{}", String::from_utf8_lossy(&grant.stderr));
     let grant = String::from_utf8(grant.stdout).unwrap().trim().to_owned();
 
-    let mut child = Command::new(bin)
-        .args(["serve", "--log-format", "json", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Ended whatever happens, also when an assertion fails.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let (child, reader) = {
-        let lines = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        let child = Killed(child);
-        (
-            child,
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                    if v["fields"]["message"] == "Push Director listening"
-                        && let Some(addr) = v["fields"]["addr"].as_str()
-                    {
-                        let _ = tx.try_send(addr.to_owned());
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-            }),
-        )
-    };
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the Director did not start");
+    let serve = DebugServe::start(&config);
+    let addr = serve.addr.clone();
 
     // A browser's WebSocket: the token in the query; a subscribe with a grant.
     let (mut ws, _) =
@@ -96,15 +58,75 @@ async fn issue_12_the_debug_log_holds_no_secret() {
     assert_eq!(r.status(), 401);
     drop(ws);
 
-    drop(child);
-    reader.join().unwrap();
-    let log = lines.lock().unwrap().join("\n");
+    let log = serve.stop();
     assert!(log.contains("access_token=***"), "the request trace logs the requests:\n{log}");
     for (what, secret) in [("subscription token", SUBSCRIBE), ("notify token", NOTIFY), ("grant", grant.as_str())] {
         assert!(!log.contains(secret), "the {what} is in the debug log:\n{log}");
     }
     let (_, mac) = grant.split_once('.').unwrap();
     assert!(!log.contains(mac), "the grant's signature is in the debug log");
+}
+
+/// `davpush serve --config CONFIG` at `RUST_LOG=debug` with JSON logs, whose log is kept.
+pub(crate) struct DebugServe {
+    child: Killed,
+    reader: std::thread::JoinHandle<()>,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Where it listens.
+    pub(crate) addr: String,
+}
+
+/// Ended whatever happens, also when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl DebugServe {
+    /// Starts it and waits until it listens.
+    pub(crate) fn start(config: &std::path::Path) -> DebugServe {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_davpush"))
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let stderr = child.stderr.take().unwrap();
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if v["fields"]["message"] == "Push Director listening"
+                        && let Some(addr) = v["fields"]["addr"].as_str()
+                    {
+                        let _ = tx.try_send(addr.to_owned());
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        let child = Killed(child);
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the Director did not start");
+        DebugServe { child, reader, lines, addr }
+    }
+
+    /// Stops it; its whole log.
+    pub(crate) fn stop(self) -> String {
+        drop(self.child);
+        self.reader.join().unwrap();
+        self.lines.lock().unwrap().join("\n")
+    }
 }
 
 /// The next text frame (control frames skipped), within 10 s.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod forwarded;
 
 pub(crate) mod auth;
 pub(crate) mod events;

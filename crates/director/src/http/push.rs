@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use davpush_core::pushsvc::{Message, PushError, Urgency, valid_topic};
+use davpush_core::pushsvc::{Message, PushError, Sender, Urgency, valid_topic};
 use davpush_proto::ErrorBody;
 
 use crate::state::AppState;
@@ -55,6 +55,7 @@ impl PushApiError {
                 PushError::Full => StatusCode::SERVICE_UNAVAILABLE,
                 PushError::TooManyForConnection => StatusCode::CONFLICT,
                 PushError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                PushError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
             PushApiError::Disabled => StatusCode::NOT_FOUND,
             PushApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,13 +105,26 @@ pub(crate) async fn push(State(st): State<AppState>, Path(id): Path<String>, req
 async fn accept(st: &AppState, id: &str, req: Request) -> Result<Response, PushApiError> {
     let eps = st.service.push_endpoints().ok_or(PushApiError::Disabled)?;
     let now = davpush_core::unix_now();
-    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        eps.check_sender(peer.ip(), now)?;
-    }
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(p)| p.ip());
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
-    if let Some(key) = eps.restriction(id, now)? {
-        verify_vapid(headers, &key, eps.origin(), now)?;
+    let (route, key) = eps.route(id, now).await?;
+    // The per-sender limit counts a verified application-server key, else the address.
+    let sender_key = match key {
+        Some(key) => {
+            verify_vapid(headers, &key, eps.origin(), now)?;
+            Some(key)
+        }
+        None => verified_key(headers, eps.origin(), now),
+    };
+    let trusted = st.config.push_service.as_ref().map(|p| &p.trusted_proxies);
+    let sender = match (sender_key, peer) {
+        (Some(k), _) => Some(Sender::Key(k)),
+        (None, Some(ip)) => Some(Sender::Address(trusted.map_or(ip, |t| t.client(ip, headers)))),
+        (None, None) => None,
+    };
+    if let Some(sender) = sender {
+        eps.check_sender(sender, now)?;
     }
     let ttl = header_str(headers, "ttl")
         .ok_or(PushApiError::BadHeader("the TTL header is required (RFC 8030 §5.2)"))?
@@ -138,7 +152,7 @@ async fn accept(st: &AppState, id: &str, req: Request) -> Result<Response, PushA
         return Err(PushApiError::Encoding);
     }
     let ttl = ttl.min(i64::MAX as u64) as i64;
-    let done = eps.accept(id, Message { topic, urgency, ttl, body }, now)?;
+    let done = eps.deliver(id, route, Message { topic, urgency, ttl, body }, now).await?;
     let location = format!("{}/messages/{}", eps.endpoint(id), done.message_id);
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
@@ -151,15 +165,15 @@ async fn accept(st: &AppState, id: &str, req: Request) -> Result<Response, PushA
 
 /// `DELETE /push/<id>` with `Authorization: Bearer <secret>`.
 pub(crate) async fn delete(State(st): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let run = || -> Result<Response, PushApiError> {
+    let run = async {
         let eps = st.service.push_endpoints().ok_or(PushApiError::Disabled)?;
         let secret = header_str(&headers, "authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
             .ok_or(PushApiError::SecretMissing)?;
-        eps.remove(&id, secret.trim(), davpush_core::unix_now())?;
-        Ok(StatusCode::NO_CONTENT.into_response())
+        eps.unsubscribe(&id, secret.trim(), davpush_core::unix_now()).await?;
+        Ok::<_, PushApiError>(StatusCode::NO_CONTENT.into_response())
     };
-    run().unwrap_or_else(IntoResponse::into_response)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The token and key of a VAPID `Authorization` header: `vapid t=<JWT>, k=<key>` (RFC 8292
@@ -184,6 +198,14 @@ fn vapid_credentials(headers: &HeaderMap) -> Option<(String, String)> {
         return Some((rest.trim().to_owned(), k.trim_end_matches('=').to_owned()));
     }
     None
+}
+
+/// The application-server key of a VAPID `Authorization` that verifies (for an unrestricted
+/// subscription, where it only names the sender).
+fn verified_key(headers: &HeaderMap, origin: &str, now: i64) -> Option<Vec<u8>> {
+    let (_, k) = vapid_credentials(headers)?;
+    let k = URL_SAFE_NO_PAD.decode(k).ok()?;
+    verify_vapid(headers, &k, origin, now).ok().map(|()| k)
 }
 
 /// Checks the sender's VAPID token against the application-server `key` the subscription is

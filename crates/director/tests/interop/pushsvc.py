@@ -59,6 +59,9 @@ def send():
     if req.get("vapid_pem"):
         kwargs["vapid_private_key"] = py_vapid.Vapid02.from_pem(req["vapid_pem"].encode())
         kwargs["vapid_claims"] = {"sub": "mailto:test@example.org"}
+        if req.get("aud"):
+            # The push service's origin when the endpoint is posted to another address of it.
+            kwargs["vapid_claims"]["aud"] = req["aud"]
     try:
         resp = webpush(sub, data=req["data"], ttl=req["ttl"], headers=headers, **kwargs)
     except WebPushException as e:

@@ -17,6 +17,7 @@ mod fcm;
 mod grants;
 mod hms;
 mod ops;
+mod push_cluster;
 mod push_service;
 mod readiness;
 mod subscription;

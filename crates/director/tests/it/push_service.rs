@@ -17,23 +17,23 @@ async fn director(extra: &str) -> crate::util::TestDirector {
     .await
 }
 
-fn python() -> Option<String> {
+pub(crate) fn python() -> Option<String> {
     davpush_testkit::python::python_with(&["pywebpush", "http_ece", "py_vapid", "cryptography"])
 }
 
-fn oracle(py: &str, cmd: &str, stdin: &Value) -> Value {
+pub(crate) fn oracle(py: &str, cmd: &str, stdin: &Value) -> Value {
     davpush_testkit::python::pushsvc_oracle(py, cmd, stdin)
 }
 
 /// Asks for a push subscription over `ws`; returns the `push_subscribed` frame.
-async fn push_subscribe(ws: &mut Ws, frame: Value) -> Value {
+pub(crate) async fn push_subscribe(ws: &mut Ws, frame: Value) -> Value {
     send_json(ws, frame).await;
     let answer = next_json(ws).await;
     assert_eq!(answer["type"], "push_subscribed", "{answer}");
     answer
 }
 
-async fn send(py: &str, keys: &Value, endpoint: &str, data: &str, extra: Value) -> Value {
+pub(crate) async fn send(py: &str, keys: &Value, endpoint: &str, data: &str, extra: Value) -> Value {
     let mut req =
         json!({"endpoint": endpoint, "p256dh": keys["p256dh"], "auth": keys["auth"], "data": data, "ttl": 60});
     for (k, v) in extra.as_object().unwrap() {
@@ -43,7 +43,7 @@ async fn send(py: &str, keys: &Value, endpoint: &str, data: &str, extra: Value) 
     tokio::task::spawn_blocking(move || oracle(&py, "send", &req)).await.unwrap()
 }
 
-fn decrypt(py: &str, keys: &Value, data: &Value) -> String {
+pub(crate) fn decrypt(py: &str, keys: &Value, data: &Value) -> String {
     let out = oracle(py, "decrypt", &json!({"data": data, "private": keys["private"], "auth": keys["auth"]}));
     out["plaintext"].as_str().unwrap().to_owned()
 }
@@ -244,4 +244,82 @@ async fn push_subscriptions_need_the_push_service_enabled() {
     assert_eq!((answer["type"].as_str(), answer["error"].as_str()), (Some("error"), Some("not_enabled")));
     let r = d.http.post(d.url("/push/abc")).header("TTL", "0").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// Posts an empty message to `endpoint` with `headers`; the status.
+async fn post_from(d: &crate::util::TestDirector, endpoint: &str, headers: &[(&str, &str)]) -> StatusCode {
+    let mut r = d.http.post(endpoint).header("TTL", "0");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap().status()
+}
+
+#[tokio::test]
+async fn issue_16_behind_a_trusted_proxy_the_per_sender_limit_counts_the_senders_it_names() {
+    let limits = "per_subscription_per_minute = 1000\nper_sender_per_minute = 2";
+    let d = director(&format!("{limits}\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]")).await;
+    let (mut ws, _) = d.ws().await;
+    let sub = push_subscribe(&mut ws, json!({"type": "push_subscribe"})).await;
+    let endpoint = sub["endpoint"].as_str().unwrap();
+    // A fixed one-minute window may roll over in between: count until refused.
+    let dr = &d;
+    let refused_after = |sender: &'static str| async move {
+        let xff = [("X-Forwarded-For", sender)];
+        for n in 0..5 {
+            if post_from(dr, endpoint, &xff).await == StatusCode::TOO_MANY_REQUESTS {
+                return n;
+            }
+        }
+        panic!("{sender} was never refused");
+    };
+    assert!(refused_after("198.51.100.1").await >= 2);
+    // Another sender behind the same proxy has a window of its own; what a sender writes
+    // left of the proxies' entries is not believed.
+    assert_eq!(post_from(&d, endpoint, &[("X-Forwarded-For", "198.51.100.2")]).await, StatusCode::CREATED);
+    let forged = [("X-Forwarded-For", "203.0.113.7, 198.51.100.1, 10.1.2.3")];
+    assert_eq!(post_from(&d, endpoint, &forged).await, StatusCode::TOO_MANY_REQUESTS, "198.51.100.1 again");
+    let rfc7239 = [("Forwarded", "for=\"[2001:db8::5]:4711\";proto=https")];
+    assert_eq!(post_from(&d, endpoint, &rfc7239).await, StatusCode::CREATED);
+
+    // Without trusted proxies the peer is the sender, whatever it claims.
+    let d = director(limits).await;
+    let (mut ws, _) = d.ws().await;
+    let sub = push_subscribe(&mut ws, json!({"type": "push_subscribe"})).await;
+    let endpoint = sub["endpoint"].as_str().unwrap();
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        let xff = format!("198.51.100.{n}");
+        statuses.push(post_from(&d, endpoint, &[("X-Forwarded-For", &xff)]).await);
+    }
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn issue_16_a_verified_vapid_key_is_the_sender_for_the_per_sender_limit() {
+    let Some(py) = python() else { return };
+    let d = director("per_subscription_per_minute = 1000\nper_sender_per_minute = 2").await;
+    let keys = oracle(&py, "keys", &json!({}));
+    let (mut ws, _) = d.ws().await;
+    let sub = push_subscribe(&mut ws, json!({"type": "push_subscribe"})).await;
+    let endpoint = sub["endpoint"].as_str().unwrap();
+    // Two application servers on one address (the test's): each signs with a key of its own,
+    // and each gets its own window; the unsigned sender counts against the address.
+    let other = oracle(&py, "keys", &json!({}));
+    let mut refused = Vec::new();
+    for sender in [&keys, &other] {
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            let extra = json!({"vapid_pem": sender["vapid_pem"], "ttl": 0});
+            statuses.push(send(&py, &keys, endpoint, "x", extra).await["status"].as_u64().unwrap());
+        }
+        refused.push(statuses);
+    }
+    // (A window may roll over in between; it then only lets more through.)
+    assert_eq!(refused, [[201, 201], [201, 201]], "two keys, two windows");
+    let mut unsigned = Vec::new();
+    for _ in 0..5 {
+        unsigned.push(send(&py, &keys, endpoint, "x", json!({"ttl": 0})).await["status"].as_u64().unwrap());
+    }
+    assert!(unsigned.contains(&429), "{unsigned:?}");
 }
