@@ -412,7 +412,9 @@ impl Engine {
             };
             let due = unix_to_instant(p.due, now);
             let key = if topics { SlotKey::Topic(notification.topic.clone()) } else { SlotKey::Sub(sub.id.clone()) };
-            if table.slots.contains_key(&key) {
+            if let Some(slot) = table.slots.get_mut(&key) {
+                // A newer delivery for it is under way: it settles the row (sent: deleted).
+                slot.persisted = true;
                 continue;
             }
             let host = if topics { HostKey::default() } else { self.inner.deliver.origin(&sub) };
