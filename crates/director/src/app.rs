@@ -108,9 +108,8 @@ pub async fn build_with_store(
         };
         let ring = Arc::new(LiveRing::new(VapidRing::new(keys.current, keys.retired, &wp.subject)));
         vapid = Some(ring.clone());
-        let sender = Arc::new(
-            WebPushSender::with_keys(ring, wp.policy.clone(), &wp.settings).map_err(StartError::Http)?,
-        );
+        let sender =
+            Arc::new(WebPushSender::with_keys(ring, wp.policy.clone(), &wp.settings).map_err(StartError::Http)?);
         for kind in &wp.services {
             let t = WebPushTransport::start(
                 *kind,

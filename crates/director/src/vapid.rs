@@ -79,9 +79,10 @@ pub async fn sync_keys(store: &dyn SubscriptionStore, key_file: &Path) -> Result
     if davpush_core::store::advertised(&stored).is_none() {
         let now = davpush_core::unix_now();
         let (file_key, _) = VapidKey::load_or_create(key_file)?;
-        let pem = |p: &Path| std::fs::read_to_string(p).map_err(|source| VapidError::Io { path: p.display().to_string(), source });
-        let mut seed =
-            vec![StoredVapidKey { id: file_key.id(), pem: pem(key_file)?, created: now, retired: None }];
+        let pem = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| VapidError::Io { path: p.display().to_string(), source })
+        };
+        let mut seed = vec![StoredVapidKey { id: file_key.id(), pem: pem(key_file)?, created: now, retired: None }];
         for k in keyring::load_retired(key_file)? {
             let path = keyring::retired_dir(key_file).join(format!("{}.pem", k.id()));
             seed.push(StoredVapidKey { id: k.id(), pem: pem(&path)?, created: 0, retired: Some(now) });
@@ -131,7 +132,11 @@ pub async fn remove_unused(store: &dyn SubscriptionStore, key_file: &Path) -> Re
 }
 
 /// Retires the advertised key for a new one; see the module documentation.
-pub async fn rotate(config: &Config, _startup: &Startup, store: &dyn SubscriptionStore) -> Result<Rotated, RotateError> {
+pub async fn rotate(
+    config: &Config,
+    _startup: &Startup,
+    store: &dyn SubscriptionStore,
+) -> Result<Rotated, RotateError> {
     let wp = config.web_push.as_ref().ok_or(RotateError::Disabled)?;
     let keys = sync_keys(store, &wp.vapid_key_file).await?;
     let old_id = keys.current.id();

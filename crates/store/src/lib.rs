@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use davpush_core::{StoreError, SubscriptionStore};
 
+#[cfg(test)]
+mod contract;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod rows;

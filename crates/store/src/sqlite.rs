@@ -464,6 +464,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn outbox_owners_and_vapid_keys_across_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let (a, b, c) = (
+            SqliteStore::open(&url).await.unwrap(),
+            SqliteStore::open(&url).await.unwrap(),
+            SqliteStore::open(&url).await.unwrap(),
+        );
+        crate::contract::outbox_owners_and_keys(&a, &b, &c).await;
+    }
+
+    #[tokio::test]
     async fn upsert_keeps_the_first_id_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());

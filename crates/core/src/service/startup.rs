@@ -91,12 +91,13 @@ impl PushService {
         loop {
             let pending = self.store.claim_pending(now, CLAIM_PAGE).await?;
             let full = pending.len() == CLAIM_PAGE;
-            let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> =
-                vec![Vec::new(); ServiceKind::ALL.len()];
+            let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> = vec![Vec::new(); ServiceKind::ALL.len()];
             let mut stale = Vec::new();
             for p in pending {
                 match SubscriptionId::parse(&p.subscription_id, 64).ok().and_then(|id| self.index.get(&id)) {
-                    Some(sub) if self.transports.get(sub.kind()).is_some() => by_kind[sub.kind().index()].push((sub, p)),
+                    Some(sub) if self.transports.get(sub.kind()).is_some() => {
+                        by_kind[sub.kind().index()].push((sub, p))
+                    }
                     _ => stale.push(p.subscription_id),
                 }
             }

@@ -165,7 +165,9 @@ async fn issue_15_rotation_in_a_cluster_sends_each_message_once_and_every_node_f
     let old_key = advertised(&a).await;
     assert_eq!(advertised(&b).await, old_key, "node b took the store's key, not the one it generated");
     let (keys_1, keys_2) = (ua_keys(Some(&py)), ua_keys(Some(&py)));
-    for (client, topic, ep, keys) in [("p1", "cal-1", "e1", &keys_1), ("p1", "cal-2", "e1", &keys_1), ("p2", "cal-1", "e2", &keys_2)] {
+    for (client, topic, ep, keys) in
+        [("p1", "cal-1", "e1", &keys_1), ("p1", "cal-2", "e1", &keys_1), ("p2", "cal-1", "e2", &keys_2)]
+    {
         let (s, body) = b
             .subscribe(json!({"client_id": client, "topic": topic, "push_services": {"web_push": web_push_params(&push.endpoint(ep), keys, "webdav-push-xml")}}))
             .await;

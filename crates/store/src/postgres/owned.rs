@@ -61,14 +61,16 @@ pub(super) async fn keys(pool: &PgPool) -> Result<Vec<StoredVapidKey>, StoreErro
 pub(super) async fn add_keys(pool: &PgPool, keys: &[StoredVapidKey]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(err("begin VAPID key write"))?;
     for k in keys {
-        sqlx::query("INSERT INTO vapid_keys (id, pem, created, retired) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
-            .bind(&k.id)
-            .bind(&k.pem)
-            .bind(k.created)
-            .bind(k.retired)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("add a VAPID key"))?;
+        sqlx::query(
+            "INSERT INTO vapid_keys (id, pem, created, retired) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&k.id)
+        .bind(&k.pem)
+        .bind(k.created)
+        .bind(k.retired)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("add a VAPID key"))?;
     }
     tx.commit().await.map_err(err("commit VAPID key write"))
 }
