@@ -93,8 +93,8 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     /// All pending deliveries, whoever holds them (for inspection; nodes claim theirs).
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
     /// Claims at most `limit` pending deliveries that nobody holds at `now` (no owner, or
-    /// another owner whose lease ended) for this handle's owner, and returns them. Two nodes
-    /// claiming at once never get the same row.
+    /// another owner whose lease ended before `now`) for this handle's owner, for a lease from
+    /// the real clock, and returns them. Two nodes claiming at once never get the same row.
     async fn claim_pending(&self, now: i64, limit: usize) -> Result<Vec<PendingDelivery>, StoreError>;
     /// Extends the lease of every row this handle's owner holds; returns how many.
     async fn renew_pending(&self, now: i64) -> Result<u64, StoreError>;

@@ -56,10 +56,10 @@ pub(crate) async fn outbox_owners_and_keys(
     // `c` dies holding s2 with a 3 s lease: taken over only once the lease has ended.
     c.set_outbox_lease(3);
     c.save_pending(&[pending("s2", now)]).await.unwrap();
-    assert!(b.claim_pending(now + 3, 10).await.unwrap().is_empty(), "lease still running");
-    assert_eq!(ids(b.claim_pending(now + 4, 10).await.unwrap()), ["s2"]);
+    assert!(b.claim_pending(now + 2, 10).await.unwrap().is_empty(), "lease still running");
+    assert_eq!(ids(b.claim_pending(now + 10, 10).await.unwrap()), ["s2"]);
     // `b` renews both rows; `a` cannot take them while the renewed lease runs.
-    assert_eq!(b.renew_pending(now + 4).await.unwrap(), 2);
+    assert_eq!(b.renew_pending(now + 10).await.unwrap(), 2);
     assert!(a.claim_pending(now + 20, 10).await.unwrap().is_empty());
     // Rows queued and released by another handle (`vapid rotate`): claimed page by page.
     c.save_pending(&[pending("s3", now)]).await.unwrap();

@@ -22,7 +22,8 @@ pub(super) async fn claim(
     );
     let found = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease.owner())
-        .bind(lease.until(now))
+        // The lease runs from the real clock; `now` only says whose leases have ended.
+        .bind(lease.until(davpush_core::unix_now()))
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(pool)
