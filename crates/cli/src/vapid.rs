@@ -1,7 +1,7 @@
 //! `davpush vapid`: print the advertised VAPID public key; `vapid rotate` retires it for a new
-//! one, `vapid list` lists the keys (`davpush_director::vapid`). Rotation works on the
-//! configuration's files and store with the Director stopped (docs/operations.md, "Rotate the
-//! VAPID key"): a running Director keeps the keys it started with.
+//! one, `vapid list` lists the keys (`davpush_director::vapid`). The keys live in the store, so
+//! rotation works while the Director runs, on one node or several (docs/operations.md, "Rotate
+//! the VAPID key"): each node takes the new key up at its next outbox tick.
 
 use std::process::ExitCode;
 
@@ -19,9 +19,9 @@ pub(crate) struct VapidArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Action {
-    /// Retire the advertised key for a new one (with the Director stopped). Subscriptions keep
-    /// being signed with the key they were made with; each distinct Web Push endpoint of the
-    /// retired key gets the spec's key-rotation message when the Director starts.
+    /// Retire the advertised key for a new one (the Director may be running). Subscriptions
+    /// keep being signed with the key they were made with; each distinct Web Push endpoint of
+    /// the retired key gets the spec's key-rotation message, sent by one running node.
     Rotate(ConfigArgs),
     /// List the keys: the advertised one and the retired ones kept for their subscriptions.
     List(ConfigArgs),
@@ -55,8 +55,9 @@ pub(crate) async fn run(args: VapidArgs) -> ExitCode {
     let result = if rotate {
         davpush_director::vapid::rotate(&config, &startup, store.as_ref()).await.map(|r| {
             eprintln!(
-                "davpush: retired VAPID key {} (kept in {} while subscriptions use it); {} key-rotation \
-                 message(s) queued, one per Web Push endpoint, sent when the Director starts. New key {}:",
+                "davpush: retired VAPID key {} (kept in the store and {} while subscriptions use it); {} \
+                 key-rotation message(s) queued, one per Web Push endpoint, sent by the running Director \
+                 (or at its next start). New key {}:",
                 r.retired_id,
                 davpush_director::vapid::retired_dir(
                     &config.web_push.as_ref().map(|w| w.vapid_key_file.clone()).unwrap_or_default()

@@ -6,6 +6,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+pub mod outbox;
+pub mod vapid;
+
+pub use outbox::{DEFAULT_OUTBOX_LEASE_SECS, OutboxLease};
+pub use vapid::{StoredVapidKey, advertised};
+
 /// A durable subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSubscription {
@@ -79,12 +85,33 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError>;
     /// Checks that the store answers (for `/healthz`).
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Saves pending deliveries (replacing those of the same subscriptions).
+    /// Saves pending deliveries (replacing those of the same subscriptions), held by this
+    /// store handle's owner ([`OutboxLease`]) for a lease.
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError>;
     /// Forgets the pending deliveries of these subscriptions.
     async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError>;
-    /// All pending deliveries.
+    /// All pending deliveries, whoever holds them (for inspection; nodes claim theirs).
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// Claims at most `limit` pending deliveries that nobody holds at `now` (no owner, or
+    /// another owner whose lease ended before `now`) for this handle's owner, for a lease from
+    /// the real clock, and returns them. Two nodes claiming at once never get the same row.
+    async fn claim_pending(&self, now: i64, limit: usize) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// Extends the lease of every row this handle's owner holds; returns how many.
+    async fn renew_pending(&self, now: i64) -> Result<u64, StoreError>;
+    /// Gives up every row this handle's owner holds (at a graceful stop, after the last
+    /// `save_pending`; and by `davpush vapid rotate` for the messages it queues), so that any
+    /// node claims them at once; returns how many.
+    async fn release_pending(&self) -> Result<u64, StoreError>;
+    /// Sets how long a claim lasts without renewal (default [`DEFAULT_OUTBOX_LEASE_SECS`]).
+    fn set_outbox_lease(&self, _secs: u64) {}
+    /// The VAPID keys kept in the store (see [`vapid`]).
+    async fn vapid_keys(&self) -> Result<Vec<StoredVapidKey>, StoreError>;
+    /// Adds the keys the store does not have yet (an id already there is left as it is).
+    async fn add_vapid_keys(&self, keys: &[StoredVapidKey]) -> Result<(), StoreError>;
+    /// Marks the key `id` retired at `at` (if it is not already).
+    async fn retire_vapid_key(&self, id: &str, at: i64) -> Result<(), StoreError>;
+    /// Deletes the retired key `id`; returns whether it existed. The advertised key stays.
+    async fn delete_vapid_key(&self, id: &str) -> Result<bool, StoreError>;
     /// The distinct VAPID key ids that Web Push and UnifiedPush subscriptions are bound to (the
     /// `vapid_key` of their target): a retired key's file is deleted when its id is no longer
     /// here. The default reads every row; the databases answer from one query.
@@ -139,7 +166,9 @@ fn web_push_key(r: &StoredSubscription) -> Option<serde_json::Map<String, serde_
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rows: Mutex<HashMap<String, StoredSubscription>>,
-    pending: Mutex<HashMap<String, PendingDelivery>>,
+    /// Each pending delivery, and whether this process holds it.
+    pending: Mutex<HashMap<String, (PendingDelivery, bool)>>,
+    keys: Mutex<Vec<StoredVapidKey>>,
 }
 
 #[async_trait]
@@ -196,7 +225,7 @@ impl SubscriptionStore for MemoryStore {
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for r in rows {
-            pending.insert(r.subscription_id.clone(), r.clone());
+            pending.insert(r.subscription_id.clone(), (r.clone(), true));
         }
         Ok(())
     }
@@ -210,6 +239,59 @@ impl SubscriptionStore for MemoryStore {
     }
 
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
-        Ok(self.pending.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect())
+        Ok(self.pending.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(p, _)| p.clone()).collect())
+    }
+
+    async fn claim_pending(&self, _now: i64, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claimed = Vec::new();
+        for (p, held) in pending.values_mut().filter(|(_, held)| !*held).take(limit) {
+            *held = true;
+            claimed.push(p.clone());
+        }
+        Ok(claimed)
+    }
+
+    async fn renew_pending(&self, _now: i64) -> Result<u64, StoreError> {
+        Ok(self.pending.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|(_, held)| *held).count() as u64)
+    }
+
+    async fn release_pending(&self) -> Result<u64, StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for (_, held) in pending.values_mut().filter(|(_, held)| *held) {
+            *held = false;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn vapid_keys(&self) -> Result<Vec<StoredVapidKey>, StoreError> {
+        Ok(self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    async fn add_vapid_keys(&self, keys: &[StoredVapidKey]) -> Result<(), StoreError> {
+        let mut have = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            if !have.iter().any(|h| h.id == k.id) {
+                have.push(k.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn retire_vapid_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        let mut have = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        for k in have.iter_mut().filter(|k| k.id == id) {
+            k.retired.get_or_insert(at);
+        }
+        Ok(())
+    }
+
+    async fn delete_vapid_key(&self, id: &str) -> Result<bool, StoreError> {
+        let mut have = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let before = have.len();
+        have.retain(|k| k.id != id || k.retired.is_none());
+        Ok(have.len() < before)
     }
 }

@@ -412,7 +412,17 @@ impl Engine {
             };
             let due = unix_to_instant(p.due, now);
             let key = if topics { SlotKey::Topic(notification.topic.clone()) } else { SlotKey::Sub(sub.id.clone()) };
-            if table.slots.contains_key(&key) {
+            if let Some(slot) = table.slots.get_mut(&key) {
+                // A delivery for it is under way (this node held it, or a newer change came):
+                // it settles the row. A key-rotation message is never replaced, and replaces
+                // a content update (as in `enqueue_key`).
+                slot.persisted = true;
+                if notification.is_key_rotation() && !slot.message.notification.is_key_rotation() {
+                    slot.message = Arc::new(PushMessage::new(notification));
+                    if slot.state == State::InFlight {
+                        slot.dirty = true;
+                    }
+                }
                 continue;
             }
             let host = if topics { HostKey::default() } else { self.inner.deliver.origin(&sub) };

@@ -19,7 +19,7 @@ use davpush_core::{Metrics, PushService, SubscriptionStore, Transports};
 use davpush_delivery::apns::{ApnsSender, ApnsTransport};
 use davpush_delivery::fcm::{FcmClient, FcmSender, FcmTransport, RelayClient, Upstream};
 use davpush_delivery::hms::{HmsSender, HmsTransport};
-use davpush_delivery::webpush::keyring::{self, VapidRing};
+use davpush_delivery::webpush::keyring::{LiveRing, VapidRing};
 use davpush_delivery::webpush::{WebPushSender, WebPushTransport};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -83,17 +83,33 @@ pub async fn build_with_store(
     if ws.enabled {
         transports = transports.with(Arc::new(WebSocketTransport::new(hub.clone())));
     }
-    if let Some((wp, key)) = config.web_push.as_ref().zip(startup.vapid_key.as_ref()) {
+    store.set_outbox_lease(config.outbox_lease_secs);
+    let mut vapid = None;
+    if let Some(wp) = config.web_push.as_ref().filter(|_| startup.vapid_key.is_some()) {
+        // The store's keys (seeded from the files the first time), shared by every node.
+        let keys = crate::vapid::sync_keys(store.as_ref(), &wp.vapid_key_file).await.map_err(key_error)?;
+        let key = keys.current.clone();
         // Rows from before key rotation existed were made with the advertised key.
         let bound = store.assign_vapid_key(&key.id()).await?;
         if bound > 0 {
             tracing::info!(subscriptions = bound, vapid_key = %key.id(), "Web Push subscriptions bound to the VAPID key");
         }
-        remove_unused_vapid_keys(&wp.vapid_key_file, store.as_ref()).await;
-        let ring = VapidRing::new(key.clone(), startup.vapid_retired.clone(), &wp.subject);
-        let sender = Arc::new(
-            WebPushSender::with_keys(Arc::new(ring), wp.policy.clone(), &wp.settings).map_err(StartError::Http)?,
-        );
+        let keys = match crate::vapid::remove_unused(store.as_ref(), &wp.vapid_key_file).await {
+            Ok(removed) => {
+                for id in removed {
+                    tracing::info!(vapid_key = %id, "retired VAPID key deleted: no subscription uses it any more");
+                }
+                crate::vapid::sync_keys(store.as_ref(), &wp.vapid_key_file).await.map_err(key_error)?
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not check the retired VAPID keys");
+                keys
+            }
+        };
+        let ring = Arc::new(LiveRing::new(VapidRing::new(keys.current, keys.retired, &wp.subject)));
+        vapid = Some(ring.clone());
+        let sender =
+            Arc::new(WebPushSender::with_keys(ring, wp.policy.clone(), &wp.settings).map_err(StartError::Http)?);
         for kind in &wp.services {
             let t = WebPushTransport::start(
                 *kind,
@@ -196,25 +212,60 @@ pub async fn build_with_store(
         service.metrics().recent.follow_topics();
         tracing::info!("admin view enabled at /admin/");
     }
-    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup), admin })
+    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup), admin, vapid })
 }
 
-/// Deletes the retired VAPID keys no subscription is bound to any more (at start and after each
-/// purge). The signer keeps its copy in memory until the next start; nothing names it then.
-async fn remove_unused_vapid_keys(key_file: &std::path::Path, store: &dyn SubscriptionStore) {
-    if keyring::retired_dir(key_file).exists() {
-        let removed = match store.vapid_keys_in_use().await {
-            Ok(in_use) => keyring::remove_unused(key_file, &in_use).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match removed {
-            Ok(ids) => {
-                for id in ids {
-                    tracing::info!(vapid_key = %id, "retired VAPID key deleted: no subscription uses it any more");
-                }
+fn key_error(e: crate::vapid::RotateError) -> StartError {
+    match e {
+        crate::vapid::RotateError::Store(e) => StartError::Store(e),
+        e => StartError::Config(crate::config::ConfigError::Invalid {
+            key: "web_push.vapid_key_file".into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Deletes the retired VAPID keys no subscription is bound to any more (after each purge).
+async fn remove_unused_vapid_keys(st: &AppState) {
+    let Some(wp) = &st.config.web_push else { return };
+    match crate::vapid::remove_unused(st.service.store().as_ref(), &wp.vapid_key_file).await {
+        Ok(ids) => {
+            for id in ids {
+                tracing::info!(vapid_key = %id, "retired VAPID key deleted: no subscription uses it any more");
             }
-            Err(e) => tracing::error!(error = %e, "could not check the retired VAPID keys"),
         }
+        Err(e) => tracing::error!(error = %e, "could not check the retired VAPID keys"),
+    }
+}
+
+/// Reads the keys from the store and, when they changed (`davpush vapid rotate`, a key deleted
+/// by any node), replaces the ring: new subscriptions are bound to the new advertised key,
+/// `/info` advertises it, old subscriptions keep their key.
+async fn refresh_vapid_keys(st: &AppState) {
+    let (Some(wp), Some(live)) = (&st.config.web_push, &st.vapid) else { return };
+    let keys = match crate::vapid::sync_keys(st.service.store().as_ref(), &wp.vapid_key_file).await {
+        Ok(k) => k,
+        Err(e) => return tracing::error!(error = %e, "could not read the VAPID keys"),
+    };
+    let ring = VapidRing::new(keys.current, keys.retired, &wp.subject);
+    if ring.ids() != live.get().ids() {
+        tracing::info!(vapid_key = %ring.current_id(), keys = ring.ids().len(), "VAPID keys changed: now advertising");
+        live.set(ring);
+    }
+}
+
+/// Renews this node's lease on its outbox rows and claims the free ones (queued by `davpush
+/// vapid rotate`, or left by a node that died), once the subscriptions are loaded.
+async fn tend_outbox(st: &AppState) {
+    if !st.service.is_ready() {
+        return;
+    }
+    let now = davpush_core::unix_now();
+    if let Err(e) = st.service.renew_pending(now).await {
+        tracing::error!(error = %e, "could not renew the outbox lease");
+    }
+    if let Err(e) = st.service.claim_pending(now).await {
+        tracing::error!(error = %e, "could not claim outbox rows");
     }
 }
 
@@ -340,9 +391,16 @@ async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
     let mut purge_tick = tokio::time::interval(Duration::from_secs(st.config.purge_interval_secs));
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outbox_tick = tokio::time::interval(Duration::from_secs((st.config.outbox_lease_secs / 3).max(1)));
+    outbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    outbox_tick.tick().await;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
+            _ = outbox_tick.tick() => {
+                refresh_vapid_keys(&st).await;
+                tend_outbox(&st).await;
+            }
             _ = ping_tick.tick() => {
                 let stale_before = davpush_core::unix_now() - 2 * ping.as_secs() as i64;
                 let closed = st.hub.sweep(stale_before);
@@ -362,9 +420,7 @@ async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
                     Ok(n) => tracing::info!(purged = n, "expired subscriptions purged"),
                     Err(e) => tracing::error!(error = %e, "purging expired subscriptions failed"),
                 }
-                if let Some(wp) = &st.config.web_push {
-                    remove_unused_vapid_keys(&wp.vapid_key_file, st.service.store().as_ref()).await;
-                }
+                remove_unused_vapid_keys(&st).await;
             }
         }
     }

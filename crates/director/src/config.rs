@@ -208,11 +208,20 @@ impl Default for RawServer {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     /// Database URL: `sqlite:…` or `postgres://…`; empty means `sqlite://<data_dir>/davpush.sqlite`.
     pub url: String,
+    /// How long a node holds the outbox rows it claimed without renewing, seconds; it renews
+    /// (and claims free rows, and reads the VAPID keys) every third of it.
+    pub outbox_lease_secs: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { url: String::new(), outbox_lease_secs: davpush_core::store::DEFAULT_OUTBOX_LEASE_SECS as u64 }
+    }
 }
 
 /// `[admin]`: the admin view (`/admin/`, docs/operations.md "Admin view").
@@ -489,6 +498,8 @@ pub struct Config {
     pub needs_data_dir: bool,
     /// Database URL.
     pub store_url: String,
+    /// `store.outbox_lease_secs`.
+    pub outbox_lease_secs: u64,
     /// `[cluster]`, if this node is one of several.
     pub cluster: Option<ClusterConfig>,
     /// Largest request body, bytes.
@@ -718,6 +729,9 @@ impl Config {
         if s.request_timeout_secs == 0 {
             return Err(invalid("server.request_timeout_secs", "must be at least 1"));
         }
+        if raw.store.outbox_lease_secs < 3 {
+            return Err(invalid("store.outbox_lease_secs", "must be at least 3"));
+        }
         if s.purge_interval_secs == 0 {
             return Err(invalid("server.purge_interval_secs", "must be at least 1"));
         }
@@ -933,6 +947,7 @@ impl Config {
             data_dir_origin: raw.origins.get("server.data_dir").cloned(),
             needs_data_dir,
             store_url,
+            outbox_lease_secs: raw.store.outbox_lease_secs,
             cluster,
             max_body_bytes: s.max_body_bytes,
             request_timeout_secs: s.request_timeout_secs,

@@ -37,10 +37,11 @@ pub struct Startup {
     pub admin_tokens: Option<Vec<Secret>>,
     /// The grant keys, when subscriptions need grants (`subscription.grants = "required"`).
     pub grant_keys: Option<davpush_proto::GrantKeys>,
-    /// The VAPID key pair, when Web Push is enabled: the advertised one.
+    /// The VAPID key pair in `web_push.vapid_key_file` at start, when Web Push is enabled. It
+    /// seeds an empty store; after that the store's keys are the ones signed with and
+    /// advertised (`AppState::vapid`, `davpush_director::vapid`), and the file follows them.
     pub vapid_key: Option<Arc<VapidKey>>,
-    /// Retired VAPID keys (`vapid-keys/` next to the key file) that subscriptions made before a
-    /// `davpush vapid rotate` are still signed with.
+    /// Retired VAPID keys in `vapid-keys/` next to the key file at start (seeds, likewise).
     pub vapid_retired: Vec<Arc<VapidKey>>,
     /// Secret files generated now (printed once by the binary, by location).
     pub generated_secrets: Vec<(&'static str, PathBuf)>,

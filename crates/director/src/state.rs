@@ -21,4 +21,7 @@ pub struct AppState {
     pub startup: Arc<Startup>,
     /// The admin view, when `admin.enabled`.
     pub admin: Option<Arc<crate::http::admin::AdminView>>,
+    /// The VAPID keys in use (advertised and retired), when Web Push is on; replaced when the
+    /// store's keys change.
+    pub vapid: Option<Arc<davpush_delivery::webpush::keyring::LiveRing>>,
 }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use davpush_core::{StoreError, SubscriptionStore};
 
+#[cfg(test)]
+mod contract;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod rows;
@@ -28,6 +30,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_subscriptions.sql"),
     include_str!("../migrations/0002_outbox.sql"),
     include_str!("../migrations/0003_triggers.sql"),
+    include_str!("../migrations/0004_outbox_owner.sql"),
 ];
 
 pub(crate) fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {

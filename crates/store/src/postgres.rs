@@ -9,16 +9,19 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
+use davpush_core::{OutboxLease, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::{err, rows};
 
+mod owned;
+
 /// The schema, in order. Entry `i` brings the database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_subscriptions.sql"),
     include_str!("../migrations/postgres/0002_outbox.sql"),
+    include_str!("../migrations/postgres/0003_outbox_owner.sql"),
 ];
 
 /// Key of the advisory lock taken while migrating ("davpush" in ASCII).
@@ -28,6 +31,8 @@ const MIGRATION_LOCK: i64 = 0x0064_6176_7075_7368;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This handle's identity as an outbox owner.
+    lease: std::sync::Arc<OutboxLease>,
 }
 
 impl PostgresStore {
@@ -43,7 +48,7 @@ impl PostgresStore {
             .connect_with(opts)
             .await
             .map_err(err("connect to the database"))?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore { pool, lease: Default::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -182,15 +187,18 @@ impl SubscriptionStore for PostgresStore {
     }
 
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        let until = self.lease.until(davpush_core::unix_now());
         let mut tx = self.pool.begin().await.map_err(err("begin outbox write"))?;
         for r in rows {
             // A subscription deleted meanwhile has no row to refer to: nothing to keep then.
             sqlx::query(
-                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
+                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline, owner, \
+                 lease_until) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+                 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
                  ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
                  sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
-                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline",
+                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
+                 owner = excluded.owner, lease_until = excluded.lease_until",
             )
             .bind(&r.subscription_id)
             .bind(&r.topic)
@@ -199,6 +207,8 @@ impl SubscriptionStore for PostgresStore {
             .bind(i64::from(r.attempt))
             .bind(r.due)
             .bind(r.deadline)
+            .bind(self.lease.owner())
+            .bind(until)
             .execute(&mut *tx)
             .await
             .map_err(err("save a pending delivery"))?;
@@ -223,6 +233,38 @@ impl SubscriptionStore for PostgresStore {
         let sql = "SELECT subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline FROM outbox";
         let found = sqlx::query(sql).fetch_all(&self.pool).await.map_err(err("load pending deliveries"))?;
         found.iter().map(rows::pending).collect::<Result<_, sqlx::Error>>().map_err(err("read a pending delivery row"))
+    }
+
+    async fn claim_pending(&self, now: i64, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+        owned::claim(&self.pool, &self.lease, now, limit).await
+    }
+
+    async fn renew_pending(&self, now: i64) -> Result<u64, StoreError> {
+        owned::renew(&self.pool, &self.lease, now).await
+    }
+
+    async fn release_pending(&self) -> Result<u64, StoreError> {
+        owned::release(&self.pool, &self.lease).await
+    }
+
+    fn set_outbox_lease(&self, secs: u64) {
+        self.lease.set_secs(secs);
+    }
+
+    async fn vapid_keys(&self) -> Result<Vec<StoredVapidKey>, StoreError> {
+        owned::keys(&self.pool).await
+    }
+
+    async fn add_vapid_keys(&self, keys: &[StoredVapidKey]) -> Result<(), StoreError> {
+        owned::add_keys(&self.pool, keys).await
+    }
+
+    async fn retire_vapid_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        owned::retire_key(&self.pool, id, at).await
+    }
+
+    async fn delete_vapid_key(&self, id: &str) -> Result<bool, StoreError> {
+        owned::delete_key(&self.pool, id).await
     }
 }
 

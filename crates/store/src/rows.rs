@@ -2,7 +2,7 @@
 //! each backend only says how to read a column as text or as an integer (SQLite's integers are
 //! 64-bit, PostgreSQL's `triggers` is a `SMALLINT`).
 
-use davpush_core::{PendingDelivery, StoredSubscription};
+use davpush_core::{PendingDelivery, StoredSubscription, StoredVapidKey};
 
 /// Reading one column of a row.
 pub(crate) trait Columns {
@@ -14,6 +14,18 @@ pub(crate) trait Columns {
     fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
     /// A small integer column (`triggers`).
     fn small(&self, column: &str) -> Result<i64, sqlx::Error>;
+    /// A nullable integer column.
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+}
+
+/// A `vapid_keys` row.
+pub(crate) fn vapid_key(r: &impl Columns) -> Result<StoredVapidKey, sqlx::Error> {
+    Ok(StoredVapidKey {
+        id: r.text("id")?,
+        pem: r.text("pem")?,
+        created: r.int("created")?,
+        retired: r.opt_int("retired")?,
+    })
 }
 
 /// A `subscriptions` row.
@@ -56,6 +68,9 @@ impl Columns for sqlx::sqlite::SqliteRow {
     fn small(&self, column: &str) -> Result<i64, sqlx::Error> {
         sqlx::Row::try_get(self, column)
     }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::Row::try_get(self, column)
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -71,5 +86,8 @@ impl Columns for sqlx::postgres::PgRow {
     }
     fn small(&self, column: &str) -> Result<i64, sqlx::Error> {
         sqlx::Row::try_get::<i16, _>(self, column).map(i64::from)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::Row::try_get(self, column)
     }
 }

@@ -24,12 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
+use davpush_core::{OutboxLease, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{err, rows};
+
+mod owned;
 
 /// How often the checkpoint task looks at the write-ahead log.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -64,6 +66,8 @@ type PageRow = (String, String, String, String, String, i64, i64, i64);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This handle's identity as an outbox owner.
+    lease: Arc<OutboxLease>,
     /// The `-wal` file (`None` for an in-memory database).
     wal: Option<PathBuf>,
     /// The group-commit writer's queue (its task ends with the last clone of the store).
@@ -121,7 +125,7 @@ impl SqliteStore {
             .map_err(err("open the database"))?;
         let (writer, jobs) = mpsc::channel(GROUP_COMMIT_QUEUE);
         tokio::spawn(group_commits(pool.clone(), jobs));
-        let mut store = SqliteStore { pool, wal, writer, _checkpointer: None };
+        let mut store = SqliteStore { pool, lease: Arc::default(), wal, writer, _checkpointer: None };
         store.migrate().await?;
         if store.wal.is_some() {
             let task = tokio::spawn(checkpoints(store.clone()));
@@ -341,15 +345,17 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        let until = self.lease.until(davpush_core::unix_now());
         let mut tx = self.pool.begin().await.map_err(err("begin outbox write"))?;
         for r in rows {
             // A subscription deleted meanwhile has no row to refer to: nothing to keep then.
             sqlx::query(
-                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline) \
-                 SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?) \
+                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline, owner, \
+                 lease_until) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?) \
                  ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
                  sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
-                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline",
+                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
+                 owner = excluded.owner, lease_until = excluded.lease_until",
             )
             .bind(&r.subscription_id)
             .bind(&r.topic)
@@ -358,6 +364,8 @@ impl SubscriptionStore for SqliteStore {
             .bind(r.attempt as i64)
             .bind(r.due)
             .bind(r.deadline)
+            .bind(self.lease.owner())
+            .bind(until)
             .bind(&r.subscription_id)
             .execute(&mut *tx)
             .await
@@ -383,6 +391,38 @@ impl SubscriptionStore for SqliteStore {
         let sql = "SELECT subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline FROM outbox";
         let found = sqlx::query(sql).fetch_all(&self.pool).await.map_err(err("load pending deliveries"))?;
         found.iter().map(rows::pending).collect::<Result<_, sqlx::Error>>().map_err(err("read a pending delivery row"))
+    }
+
+    async fn claim_pending(&self, now: i64, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+        owned::claim(&self.pool, &self.lease, now, limit).await
+    }
+
+    async fn renew_pending(&self, now: i64) -> Result<u64, StoreError> {
+        owned::renew(&self.pool, &self.lease, now).await
+    }
+
+    async fn release_pending(&self) -> Result<u64, StoreError> {
+        owned::release(&self.pool, &self.lease).await
+    }
+
+    fn set_outbox_lease(&self, secs: u64) {
+        self.lease.set_secs(secs);
+    }
+
+    async fn vapid_keys(&self) -> Result<Vec<StoredVapidKey>, StoreError> {
+        owned::keys(&self.pool).await
+    }
+
+    async fn add_vapid_keys(&self, keys: &[StoredVapidKey]) -> Result<(), StoreError> {
+        owned::add_keys(&self.pool, keys).await
+    }
+
+    async fn retire_vapid_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        owned::retire_key(&self.pool, id, at).await
+    }
+
+    async fn delete_vapid_key(&self, id: &str) -> Result<bool, StoreError> {
+        owned::delete_key(&self.pool, id).await
     }
 
     fn wal_bytes(&self) -> Option<u64> {
@@ -421,6 +461,18 @@ mod tests {
             created: 1,
             triggers: 3,
         }
+    }
+
+    #[tokio::test]
+    async fn outbox_owners_and_vapid_keys_across_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let (a, b, c) = (
+            SqliteStore::open(&url).await.unwrap(),
+            SqliteStore::open(&url).await.unwrap(),
+            SqliteStore::open(&url).await.unwrap(),
+        );
+        crate::contract::outbox_owners_and_keys(&a, &b, &c).await;
     }
 
     #[tokio::test]

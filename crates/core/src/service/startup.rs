@@ -8,6 +8,8 @@ use crate::{ClientId, PushService, ServiceKind, Subscription, SubscriptionId, To
 
 /// Rows read from the store per page at start.
 const LOAD_PAGE: usize = 5_000;
+/// Outbox rows claimed per statement.
+const CLAIM_PAGE: usize = 1_000;
 
 impl PushService {
     /// Turns a stored row into a subscription, if its push service is enabled and its target valid.
@@ -74,27 +76,52 @@ impl PushService {
                 t.added(&sub).await;
             }
         }
-        let pending = self.store.load_pending().await?;
-        let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> = vec![Vec::new(); ServiceKind::ALL.len()];
-        let mut stale = Vec::new();
-        for p in pending {
-            match SubscriptionId::parse(&p.subscription_id, 64).ok().and_then(|id| self.index.get(&id)) {
-                Some(sub) => by_kind[sub.kind().index()].push((sub, p)),
-                None => stale.push(p.subscription_id),
-            }
-        }
-        if !stale.is_empty() {
-            self.store.delete_pending(&stale).await?;
-        }
-        for (kind, list) in ServiceKind::ALL.into_iter().zip(by_kind) {
-            if let (false, Some(t)) = (list.is_empty(), self.transports.get(kind)) {
-                tracing::info!(service = %kind, deliveries = list.len(), "pending deliveries restored");
-                t.restore(list).await;
-            }
-        }
+        // Alone (no cluster), the node takes every row at once: those its previous run held
+        // when it crashed need not wait for their lease to end.
+        self.claim_pending(if self.fanout.is_none() { i64::MAX } else { now }).await?;
         self.ready.send_replace(true);
         self.metrics.ready.set(1);
         Ok(n)
+    }
+
+    /// Claims the outbox rows nobody holds (all of them at a first start; later those queued
+    /// by `davpush vapid rotate` and those of a node whose lease ran out) and hands them to
+    /// their transports; rows of subscriptions that no longer exist are deleted. Returns how
+    /// many were taken. Called at start and then periodically, with [`Self::renew_pending`].
+    pub async fn claim_pending(&self, now: i64) -> Result<usize, StoreError> {
+        let mut taken = 0;
+        loop {
+            let pending = self.store.claim_pending(now, CLAIM_PAGE).await?;
+            let full = pending.len() == CLAIM_PAGE;
+            let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> = vec![Vec::new(); ServiceKind::ALL.len()];
+            let mut stale = Vec::new();
+            for p in pending {
+                match SubscriptionId::parse(&p.subscription_id, 64).ok().and_then(|id| self.index.get(&id)) {
+                    Some(sub) if self.transports.get(sub.kind()).is_some() => {
+                        by_kind[sub.kind().index()].push((sub, p))
+                    }
+                    _ => stale.push(p.subscription_id),
+                }
+            }
+            if !stale.is_empty() {
+                self.store.delete_pending(&stale).await?;
+            }
+            for (kind, list) in ServiceKind::ALL.into_iter().zip(by_kind) {
+                if let (false, Some(t)) = (list.is_empty(), self.transports.get(kind)) {
+                    tracing::info!(service = %kind, deliveries = list.len(), "pending deliveries taken from the outbox");
+                    taken += list.len();
+                    t.restore(list).await;
+                }
+            }
+            if !full {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// Extends this node's lease on the outbox rows it holds (see [`Self::claim_pending`]).
+    pub async fn renew_pending(&self, now: i64) -> Result<u64, StoreError> {
+        self.store.renew_pending(now).await
     }
 
     /// Stops the transports; deliveries still pending are kept in the store for the next start.
@@ -110,6 +137,10 @@ impl PushService {
             if let Some(t) = self.transports.get(kind) {
                 t.shutdown().await;
             }
+        }
+        // What the transports kept is free for the next node (or this one's next start).
+        if let Err(e) = self.store.release_pending().await {
+            tracing::error!(error = %e, "could not release the outbox rows held by this node");
         }
         self.store.close().await;
     }

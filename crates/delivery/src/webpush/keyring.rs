@@ -3,12 +3,15 @@
 //!
 //! A restricted subscription (RFC 8292 §4) only accepts messages signed with the key it was
 //! made with, so each Web Push subscription records its key's id and is signed with that key
-//! until it registers again or expires. [`rotate`] retires the advertised key and makes a new
-//! one; [`remove_unused`] deletes a retired key once no subscription names it.
+//! until it registers again or expires. The keys themselves live in the store (shared by the
+//! nodes of a cluster, `davpush_director::vapid`); the files are each node's copy of them:
+//! [`write_current`] and [`write_retired`] write it, [`remove_unused`] deletes a retired key's
+//! file once the store no longer has it. [`LiveRing`] is the ring a running Director signs
+//! with, replaced when the store's keys change.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::vapid::{Vapid, VapidError, VapidKey};
 
@@ -39,11 +42,9 @@ pub fn load_retired(current: &Path) -> Result<Vec<VapidKey>, VapidError> {
     Ok(keys)
 }
 
-/// Retires the key in `current` (kept as `vapid-keys/<id>.pem`) and writes a new one in its
-/// place. Returns the retired key and the new one. The new file replaces the old by a rename,
-/// so a crash leaves one of the two, never a torn file.
-pub fn rotate(current: &Path) -> Result<(VapidKey, VapidKey), VapidError> {
-    let old = VapidKey::load(current)?;
+/// Keeps the retired key `id` as `vapid-keys/<id>.pem` (mode 0600, in a 0700 directory) if
+/// it is not there yet.
+pub fn write_retired(current: &Path, id: &str, pem: &str) -> Result<(), VapidError> {
     let dir = retired_dir(current);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     #[cfg(unix)]
@@ -51,17 +52,20 @@ pub fn rotate(current: &Path) -> Result<(VapidKey, VapidKey), VapidError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
     }
-    let kept = dir.join(format!("{}.pem", old.id()));
-    let pem = std::fs::read_to_string(current).map_err(io_err(current))?;
-    if !kept.exists() {
-        davpush_core::secrets::write_private(&kept, &pem).map_err(io_err(&kept))?;
+    let kept = dir.join(format!("{id}.pem"));
+    match davpush_core::secrets::write_private(&kept, pem) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(&kept)(e)),
+        _ => Ok(()),
     }
-    let (new, new_pem) = VapidKey::generate_pem().map_err(io_err(current))?;
-    let tmp = current.with_extension("pem.new");
-    let _ = std::fs::remove_file(&tmp);
-    davpush_core::secrets::write_private(&tmp, &new_pem).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, current).map_err(io_err(current))?;
-    Ok((old, new))
+}
+
+/// Replaces the advertised key file `current` with `pem` by a rename, so that a crash (or a
+/// node reading it meanwhile) sees one of the two, never a torn file.
+pub fn write_current(current: &Path, pem: &str) -> Result<(), VapidError> {
+    let name = current.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = current.with_file_name(format!(".{name}.{}.new", davpush_core::ids::random_token(6)));
+    davpush_core::secrets::write_private(&tmp, pem).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, current).map_err(io_err(current))
 }
 
 /// Deletes the retired keys next to `current` whose id is not in `in_use`; returns their ids.
@@ -111,6 +115,18 @@ impl VapidRing {
         &self.current_id
     }
 
+    /// The advertised public key (base64url).
+    pub fn current_public_key(&self) -> String {
+        self.current.key().public_key()
+    }
+
+    /// The ids of every key in the ring, the advertised one first.
+    pub fn ids(&self) -> Vec<String> {
+        let mut retired: Vec<String> = self.retired.keys().cloned().collect();
+        retired.sort();
+        std::iter::once(self.current_id.to_string()).chain(retired).collect()
+    }
+
     /// The signer for a subscription bound to `id`; the advertised key for none or for an id
     /// whose file is gone (the push service will then refuse, and the client re-registers).
     pub fn signer(&self, id: Option<&str>) -> &Vapid {
@@ -118,5 +134,27 @@ impl VapidRing {
             Some(id) if id != &*self.current_id => self.retired.get(id).map_or(&self.current, |v| v),
             _ => &self.current,
         }
+    }
+}
+
+/// The ring in use, replaced as a whole when the keys change (`davpush vapid rotate` while the
+/// Director runs): readers take the current ring and never hold the lock across anything.
+#[derive(Debug)]
+pub struct LiveRing(RwLock<Arc<VapidRing>>);
+
+impl LiveRing {
+    /// Starts with `ring`.
+    pub fn new(ring: VapidRing) -> Self {
+        LiveRing(RwLock::new(Arc::new(ring)))
+    }
+
+    /// The ring in use.
+    pub fn get(&self) -> Arc<VapidRing> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the ring.
+    pub fn set(&self, ring: VapidRing) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
     }
 }

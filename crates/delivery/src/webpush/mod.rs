@@ -32,7 +32,7 @@ use crate::auth::{bounded_text, retry_after};
 use crate::egress::{EgressClients, EgressPolicy};
 use crate::engine::{Deliver, Engine, EngineSettings, HostKey, Outcome};
 use crate::transport::{EngineTransport, TargetParser};
-use keyring::VapidRing;
+use keyring::{LiveRing, VapidRing};
 pub use settings::{ContentType, RawWebPush, Urgency, WebPushConfig, WebPushSettings};
 use vapid::Vapid;
 
@@ -238,7 +238,7 @@ fn validated(
 /// Sends one message per request.
 pub struct WebPushSender {
     clients: EgressClients,
-    vapid: Arc<VapidRing>,
+    vapid: Arc<LiveRing>,
     policy: EgressPolicy,
     urgency: HeaderValue,
     /// `Content-Type` of encrypted messages.
@@ -254,12 +254,13 @@ impl std::fmt::Debug for WebPushSender {
 impl WebPushSender {
     /// A sender with its own HTTP client built on `policy`.
     pub fn new(vapid: Arc<Vapid>, policy: EgressPolicy, settings: &WebPushSettings) -> Result<Self, reqwest::Error> {
-        Self::with_keys(Arc::new(VapidRing::single(vapid)), policy, settings)
+        Self::with_keys(Arc::new(LiveRing::new(VapidRing::single(vapid))), policy, settings)
     }
 
-    /// A sender signing each subscription's messages with the key it was made with.
+    /// A sender signing each subscription's messages with the key it was made with, from the
+    /// ring in use at each request.
     pub fn with_keys(
-        vapid: Arc<VapidRing>,
+        vapid: Arc<LiveRing>,
         policy: EgressPolicy,
         settings: &WebPushSettings,
     ) -> Result<Self, reqwest::Error> {
@@ -326,7 +327,8 @@ impl Deliver for WebPushSender {
                 "application/xml; charset=\"UTF-8\"",
             ),
         };
-        let signer = self.vapid.signer(t.vapid_key.as_deref());
+        let ring = self.vapid.get();
+        let signer = ring.signer(t.vapid_key.as_deref());
         let mut req = self
             .clients
             .for_url(&t.endpoint)
@@ -378,8 +380,8 @@ pub struct WebPushTargets {
     kind: ServiceKind,
     policy: EgressPolicy,
     allow_unencrypted: bool,
-    /// The advertised VAPID key's id: new subscriptions are bound to it.
-    current_key: Arc<str>,
+    /// The keys: new subscriptions are bound to the advertised one's id.
+    keys: Arc<LiveRing>,
 }
 
 #[async_trait]
@@ -389,14 +391,14 @@ impl TargetParser for WebPushTargets {
             Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Whatever the client says: a subscription is bound to the key it could have been
         // restricted to, the advertised one.
-        p.vapid_key = Some(self.current_key.to_string());
+        p.vapid_key = Some(self.keys.get().current_id().to_string());
         validated(self.kind, p, &self.policy, self.allow_unencrypted)
     }
 
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
         let mut p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Rows from before rotation existed are bound to the advertised key at start.
-        p.vapid_key.get_or_insert_with(|| self.current_key.to_string());
+        p.vapid_key.get_or_insert_with(|| self.keys.get().current_id().to_string());
         validated(self.kind, p, &self.policy, self.allow_unencrypted)
     }
 
@@ -425,14 +427,14 @@ impl EngineTransport<WebPushTargets> {
         store: Arc<dyn SubscriptionStore>,
     ) -> Self {
         let policy = sender.policy.clone();
-        let current_key = sender.vapid.current_id().clone();
+        let keys = sender.vapid.clone();
         let engine_settings = EngineSettings {
             per_host_workers: settings.max_per_host,
             request_timeout: settings.timeout,
             ..settings.engine.clone()
         };
         let engine = Engine::start(kind, sender, engine_settings, feedback, metrics, store);
-        let targets = WebPushTargets { kind, policy, allow_unencrypted: settings.allow_unencrypted, current_key };
+        let targets = WebPushTargets { kind, policy, allow_unencrypted: settings.allow_unencrypted, keys };
         EngineTransport::new(kind, targets, engine, None)
     }
 }
@@ -440,6 +442,11 @@ impl EngineTransport<WebPushTargets> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_keys() -> Arc<LiveRing> {
+        let key = Arc::new(vapid::VapidKey::generate_pem().unwrap().0);
+        Arc::new(LiveRing::new(VapidRing::single(Arc::new(Vapid::new(key, "mailto:ops@example.org".into())))))
+    }
 
     #[test]
     fn topic_header_is_32_base64url_chars() {
@@ -536,11 +543,12 @@ mod tests {
                 kind: ServiceKind::UnifiedPush,
                 policy: policy.clone(),
                 allow_unencrypted: true,
-                current_key: "K".into(),
+                keys: test_keys(),
             };
             // A subscription is bound to the advertised VAPID key; its row reads back the same.
+            let k = targets.keys.get().current_id().to_string();
             let bound = targets.parse_target(params).unwrap();
-            assert!(bound.to_json().ends_with(",\"vapid_key\":\"K\"}"), "{}", bound.to_json());
+            assert!(bound.to_json().ends_with(&format!(",\"vapid_key\":\"{k}\"}}")), "{}", bound.to_json());
             let stored = targets.parse_stored(&bound.to_json()).unwrap();
             assert!(stored.same_destination(&bound), "a stored row reads back the same");
             assert_eq!(stored.to_json(), bound.to_json());
@@ -567,7 +575,7 @@ mod tests {
             kind: ServiceKind::WebPush,
             policy: policy.clone(),
             allow_unencrypted: false,
-            current_key: "K".into(),
+            keys: test_keys(),
         };
         let key = "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
         let mut bytes = B64.decode(key).unwrap();

@@ -82,8 +82,14 @@ impl VapidKey {
         }
     }
 
+    /// From a PKCS#8 PEM text (as kept in the store).
+    pub fn from_pem(pem: &str) -> Option<Self> {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        Self::from_pkcs8(&STANDARD.decode(b64.trim()).ok()?)
+    }
+
     /// A new key pair and its PKCS#8 PEM.
-    pub(crate) fn generate_pem() -> std::io::Result<(Self, String)> {
+    pub fn generate_pem() -> std::io::Result<(Self, String)> {
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .map_err(|_| std::io::Error::other("key generation failed"))?;
         let der = doc.as_ref();

@@ -232,7 +232,8 @@ fn validation_creates_nothing_and_prepare_creates_the_data_dir_and_secrets() {
     let e = c.prepare().unwrap_err().to_string();
     assert!(e.contains("notify.tokens") && e.contains("at least 16"), "{e}");
     assert!(!e.contains("short"), "no token in an error: {e}");
-    let e = Config::from_raw(RawConfig { store: RawStore { url: "ftp://x".into() }, ..raw }).unwrap_err();
+    let e = Config::from_raw(RawConfig { store: RawStore { url: "ftp://x".into(), ..RawStore::default() }, ..raw })
+        .unwrap_err();
     assert!(e.to_string().contains("store.url"), "{e}");
 }
 

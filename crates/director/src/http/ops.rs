@@ -71,7 +71,7 @@ pub(crate) async fn info(State(st): State<AppState>) -> Json<davpush_proto::Dire
             SubscriptionAuth::None => "none",
         }
         .into(),
-        vapid_public_key: st.startup.vapid_key.as_ref().map(|k| k.public_key()),
+        vapid_public_key: st.vapid.as_ref().map(|k| k.get().current_public_key()),
         websocket_path: websocket.then(|| "/ws".to_owned()),
         grants: if st.startup.grant_keys.is_some() { "required" } else { "off" }.into(),
     })

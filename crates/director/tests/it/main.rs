@@ -22,6 +22,7 @@ mod push_service;
 mod readiness;
 mod subscription;
 mod topics;
+mod vapid_live;
 mod vapid_rotation;
 mod webpush;
 mod websocket;

@@ -52,6 +52,27 @@ impl SubscriptionStore for Gated {
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
         self.inner.load_pending().await
     }
+    async fn claim_pending(&self, now: i64, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.inner.claim_pending(now, limit).await
+    }
+    async fn renew_pending(&self, now: i64) -> Result<u64, StoreError> {
+        self.inner.renew_pending(now).await
+    }
+    async fn release_pending(&self) -> Result<u64, StoreError> {
+        self.inner.release_pending().await
+    }
+    async fn vapid_keys(&self) -> Result<Vec<davpush_core::StoredVapidKey>, StoreError> {
+        self.inner.vapid_keys().await
+    }
+    async fn add_vapid_keys(&self, keys: &[davpush_core::StoredVapidKey]) -> Result<(), StoreError> {
+        self.inner.add_vapid_keys(keys).await
+    }
+    async fn retire_vapid_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        self.inner.retire_vapid_key(id, at).await
+    }
+    async fn delete_vapid_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_vapid_key(id).await
+    }
     async fn close(&self) {
         self.inner.close().await
     }

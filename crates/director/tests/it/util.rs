@@ -65,6 +65,11 @@ impl TestDirector {
         (toml, dir)
     }
 
+    /// The configuration it was started with.
+    pub(crate) fn toml(&self) -> &str {
+        &self.toml
+    }
+
     pub(crate) fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
     }

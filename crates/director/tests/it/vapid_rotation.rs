@@ -15,7 +15,7 @@ use crate::util::*;
 use crate::webpush::{ua_keys, web_push_params};
 
 /// Decrypts `req` with the user agent's keys and verifies its VAPID header (Python).
-fn check(py: &str, push: &FakePush, req: &davpush_testkit::fake_push::Captured, keys: &Value) -> Value {
+pub(crate) fn check(py: &str, push: &FakePush, req: &davpush_testkit::fake_push::Captured, keys: &Value) -> Value {
     oracle(
         py,
         "check",

@@ -42,7 +42,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
         .fetch_all(&store.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2], "reopening applies no migration twice");
+    assert_eq!(versions, [1, 2, 3], "reopening applies no migration twice");
     assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
     assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
     assert_eq!(store.delete(&[]).await.unwrap(), 0);
@@ -93,7 +93,7 @@ async fn nodes_starting_together_migrate_once() {
     a.upsert(&row("a", "c1", "t", 100)).await.unwrap();
     assert_eq!(b.load(0).await.unwrap().len(), 1, "both nodes see one database");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM davpush_schema_version").fetch_one(&a.pool).await.unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, MIGRATIONS.len() as i64);
     a.pool.close().await;
     b.pool.close().await;
     schema.drop_schema().await;
@@ -166,4 +166,20 @@ async fn issue_15_vapid_keys_are_assigned_to_old_rows_and_listed() {
     assert!(!rows.iter().find(|r| r.id == "c").unwrap().target.contains("vapid_key"));
     store.delete(&["a".into()]).await.unwrap();
     assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+}
+
+#[tokio::test]
+async fn outbox_owners_and_vapid_keys_across_handles() {
+    let Some(schema) = postgres_schema().await else { return };
+    let url = schema.url();
+    let (a, b, c) = (
+        PostgresStore::open(&url).await.unwrap(),
+        PostgresStore::open(&url).await.unwrap(),
+        PostgresStore::open(&url).await.unwrap(),
+    );
+    crate::contract::outbox_owners_and_keys(&a, &b, &c).await;
+    for s in [a, b, c] {
+        s.pool.close().await;
+    }
+    schema.drop_schema().await;
 }

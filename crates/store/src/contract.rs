@@ -1,0 +1,87 @@
+//! What both databases must do for the outbox's owners and the VAPID keys, run against each
+//! (SQLite in a temporary file, PostgreSQL in a schema of its own) with several handles on one
+//! database, as several nodes (or a node and `davpush vapid rotate`) have.
+
+use davpush_core::{PendingDelivery, StoredSubscription, StoredVapidKey, SubscriptionStore};
+
+fn sub(id: &str) -> StoredSubscription {
+    StoredSubscription {
+        id: id.into(),
+        client_id: format!("client-{id}"),
+        topic: "t".into(),
+        service: "web_push".into(),
+        target: r#"{"endpoint":"https://push.example/1"}"#.into(),
+        expires: i64::MAX / 2,
+        created: 1,
+        triggers: 3,
+    }
+}
+
+fn pending(id: &str, now: i64) -> PendingDelivery {
+    PendingDelivery {
+        subscription_id: id.into(),
+        topic: "t".into(),
+        sync_token: Some("s".into()),
+        trigger: None,
+        attempt: 1,
+        due: now,
+        deadline: now + 100,
+    }
+}
+
+fn ids(rows: Vec<PendingDelivery>) -> Vec<String> {
+    let mut ids: Vec<String> = rows.into_iter().map(|p| p.subscription_id).collect();
+    ids.sort();
+    ids
+}
+
+/// `a`, `b` and `c` are three handles on one empty database.
+pub(crate) async fn outbox_owners_and_keys(
+    a: &dyn SubscriptionStore,
+    b: &dyn SubscriptionStore,
+    c: &dyn SubscriptionStore,
+) {
+    let now = davpush_core::unix_now();
+    for id in ["s1", "s2", "s3"] {
+        a.upsert(&sub(id)).await.unwrap();
+    }
+    // `a` holds what it saves: nobody claims it, `a` itself does not take it twice.
+    a.save_pending(&[pending("s1", now)]).await.unwrap();
+    assert!(b.claim_pending(now, 10).await.unwrap().is_empty(), "held by a");
+    assert!(a.claim_pending(now + 1_000, 10).await.unwrap().is_empty(), "a's own rows are never claimed again");
+    // Released (a graceful stop): the next claimer takes it, once.
+    assert_eq!(a.release_pending().await.unwrap(), 1);
+    assert_eq!(ids(b.claim_pending(now, 10).await.unwrap()), ["s1"]);
+    assert!(c.claim_pending(now, 10).await.unwrap().is_empty(), "claimed by b");
+    // `c` dies holding s2 with a 3 s lease: taken over only once the lease has ended.
+    c.set_outbox_lease(3);
+    c.save_pending(&[pending("s2", now)]).await.unwrap();
+    assert!(b.claim_pending(now + 2, 10).await.unwrap().is_empty(), "lease still running");
+    assert_eq!(ids(b.claim_pending(now + 10, 10).await.unwrap()), ["s2"]);
+    // `b` renews both rows; `a` cannot take them while the renewed lease runs.
+    assert_eq!(b.renew_pending(now + 10).await.unwrap(), 2);
+    assert!(a.claim_pending(now + 20, 10).await.unwrap().is_empty());
+    // Rows queued and released by another handle (`vapid rotate`): claimed page by page.
+    c.save_pending(&[pending("s3", now)]).await.unwrap();
+    c.release_pending().await.unwrap();
+    assert_eq!(a.claim_pending(now, 0).await.unwrap().len(), 0);
+    assert_eq!(ids(a.claim_pending(now, 1).await.unwrap()), ["s3"]);
+    assert_eq!(ids(a.load_pending().await.unwrap()), ["s1", "s2", "s3"], "load_pending sees every row");
+
+    // VAPID keys: added once, the newest unretired advertised, retired ones deletable.
+    let key = |id: &str, created, pem: &str| StoredVapidKey { id: id.into(), pem: pem.into(), created, retired: None };
+    a.add_vapid_keys(&[key("k1", 1, "pem1")]).await.unwrap();
+    b.add_vapid_keys(&[key("k2", 2, "pem2"), key("k1", 9, "other")]).await.unwrap();
+    let keys = c.vapid_keys().await.unwrap();
+    assert_eq!(davpush_core::store::advertised(&keys).unwrap().id, "k2");
+    let k1 = keys.iter().find(|k| k.id == "k1").unwrap();
+    assert_eq!((k1.created, k1.pem.as_str()), (1, "pem1"), "an id already there is left as it is");
+    a.retire_vapid_key("k2", 5).await.unwrap();
+    b.retire_vapid_key("k2", 7).await.unwrap();
+    let keys = c.vapid_keys().await.unwrap();
+    assert_eq!(davpush_core::store::advertised(&keys).unwrap().id, "k1");
+    assert_eq!(keys.iter().find(|k| k.id == "k2").unwrap().retired, Some(5), "retired once");
+    assert!(!a.delete_vapid_key("k1").await.unwrap(), "the advertised key stays");
+    assert!(a.delete_vapid_key("k2").await.unwrap());
+    assert_eq!(b.vapid_keys().await.unwrap().len(), 1);
+}
