@@ -80,9 +80,9 @@ impl Sse {
                 }
                 return b;
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), self.body.next())
+            let chunk = tokio::time::timeout(Duration::from_secs(15), self.body.next())
                 .await
-                .expect("no SSE data within 5 s")
+                .expect("no SSE data within 15 s (a loaded debug build)")
                 .expect("the stream ended")
                 .expect("stream error");
             self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
