@@ -328,6 +328,7 @@ impl Summary {
             "", "server CPU/frame", "memory/conn", "fan-out (last)", "frames/s", "frames"
         );
         for (name, m) in [("davpush", &self.davpush), ("baseline", &self.baseline)] {
+            let frames = format!("{}/{}", m.received, m.expected);
             let _ = writeln!(
                 s,
                 "  {:<10} {:>16} {:>14} {:>16} {:>12} {:>14}",
@@ -336,7 +337,7 @@ impl Summary {
                 m.bytes_per_conn.map_or_else(|| "n/a".into(), kib),
                 opt_ms(m.last_frame_ms),
                 m.frames_per_s.map_or_else(|| "n/a".into(), |v| format!("{v:.0}")),
-                format!("{}/{}", m.received, m.expected),
+                frames,
             );
         }
         if let Some(r) = self.ratio() {
