@@ -1,8 +1,11 @@
 //! WebSocket connections of this process: each has a small bounded mailbox that notifications are
 //! pushed into without blocking, and one task (in the HTTP layer) that drains it to the socket.
 //!
-//! The mailbox is a `Mutex<VecDeque>` plus a [`Notify`] rather than a channel: an idle connection
-//! then owns no queue allocation at all, which matters at tens of thousands of connections.
+//! The mailbox is a `Mutex<VecDeque>` plus a wake-up flag and an [`AtomicWaker`] rather than a
+//! channel: an idle connection then owns no queue allocation at all, which matters at tens of
+//! thousands of connections. The connection has exactly one waiter (its own task), so a single
+//! waker slot does what a [`tokio::sync::Notify`] would without its lock and waiter list: a
+//! fan-out to many connections pays one atomic swap and one wake per connection.
 //!
 //! Pending frames are coalesced per topic: a newer notification of a topic that is still queued
 //! replaces the older one (the client syncs once, with the newest sync-token), and takes its
@@ -15,11 +18,12 @@
 //! timeout of its task.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::history::{Position, Seq};
 use crate::notification::Framing;
@@ -103,10 +107,20 @@ pub struct Connection {
     last_seen: AtomicI64,
     framing: AtomicU8,
     mailbox: Mutex<Mailbox>,
-    wake: Notify,
+    /// Set when there is something to do; taken by [`Connection::ready`].
+    woken: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Connection {
+    /// Tells the connection's task that there is something to do (a permit, like
+    /// [`tokio::sync::Notify::notify_one`]: a task not waiting yet finds it on its next wait).
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
     /// The unguessable connection id.
     pub fn id(&self) -> &str {
         &self.id
@@ -158,14 +172,14 @@ impl Connection {
             m.closed = Some(CloseReason::TooSlow);
             m.queue.clear();
             drop(m);
-            self.wake.notify_one();
+            self.wake();
             return Pushed::Overflow;
         }
         let was_empty = m.queue.is_empty();
         m.insert(pending);
         drop(m);
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         Pushed::Queued
     }
@@ -203,7 +217,7 @@ impl Connection {
             m.insert(Pending { topic: None, frame, seq: at.map(|p| p.seq), pinned: true });
         }
         drop(m);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Asks the connection's task to close.
@@ -213,7 +227,7 @@ impl Connection {
             m.closed = Some(reason);
         }
         drop(m);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Whether the connection was closed.
@@ -223,7 +237,15 @@ impl Connection {
 
     /// Waits until there is something to do. Only the connection's own task may wait.
     pub async fn ready(&self) {
-        self.wake.notified().await
+        std::future::poll_fn(|cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A wake between the swap and the registration found no waker: look again.
+            if self.woken.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await
     }
 
     /// Moves the queued frames into `out` and says what else to do.
@@ -249,7 +271,7 @@ impl Connection {
         }
         m.ping_due = true;
         drop(m);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Remembers a subscription made for this connection, so that it ends with it.
@@ -306,7 +328,8 @@ impl Hub {
             last_seen: AtomicI64::new(now),
             framing: AtomicU8::new(Framing::WebSocket as u8),
             mailbox: Mutex::default(),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
         let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
         if conns.len() >= self.max_connections {
@@ -487,6 +510,22 @@ mod tests {
         hub.remove(a.id());
         assert_eq!(hub.len(), 1);
         assert!(hub.get(b.id()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_wake_before_the_wait_is_kept_and_taken_once() {
+        let hub = Hub::new(8, 2);
+        let c = hub.open(0).unwrap();
+        c.push(&topic("t"), &Bytes::from_static(b"early"));
+        c.push(&topic("u"), &Bytes::from_static(b"second, no second wake"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.ready()).await.expect("the permit was kept");
+        let mut out = Vec::new();
+        c.take(&mut out);
+        assert_eq!(out.len(), 2);
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), c.ready()).await;
+        assert!(again.is_err(), "the permit is taken by one wait");
+        c.close(CloseReason::Shutdown);
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.ready()).await.expect("close wakes");
     }
 
     #[tokio::test]

@@ -15,7 +15,9 @@
 /// the task is held by every idle connection, so growth shows directly in memory per connection.
 pub(crate) const MAX_TASK_SIZE: usize = 1024;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -23,7 +25,7 @@ use bytes::Bytes;
 use davpush_core::live::{CloseReason, Connection};
 use davpush_core::session::{self, Inbound};
 use davpush_proto::ServerFrame;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tungstenite::error::{Error as WsError, ProtocolError};
 
 use crate::state::AppState;
@@ -168,15 +170,26 @@ async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, wr
         tokio::select! {
             biased;
             () = conn.ready() => {
-                let work = conn.take(&mut frames);
+                let mut work = conn.take(&mut frames);
                 let n = frames.len() as u64;
-                match Box::pin(write_burst(socket, &mut frames, work, write_timeout)).await {
+                // Usually the socket takes the burst at once: written without arming the write
+                // timeout (a timer entry per burst) or boxing the writing future.
+                let now = std::future::poll_fn(|cx| Poll::Ready(write_now(socket, &mut frames, &mut work, cx))).await;
+                let written = match now {
+                    Poll::Ready(Ok(())) => Ok(()),
+                    Poll::Ready(Err(_)) => Err(End::Done("client_gone")),
+                    Poll::Pending => Box::pin(write_burst(socket, &mut frames, work, write_timeout)).await,
+                };
+                match written {
                     Ok(()) => {
                         st.service.metrics().ws_sent.inc_by(n);
                     }
                     Err(end) => return end,
                 }
-                frames = Vec::new();
+                if frames.capacity() > 4 {
+                    // A burst is over; an idle connection keeps no large buffer.
+                    frames = Vec::new();
+                }
                 if let Some(reason) = work.close {
                     return End::Close(Closing::Core(reason));
                 }
@@ -226,6 +239,43 @@ async fn send_one(socket: &mut WebSocket, msg: Message, timeout: Duration) -> Re
         Ok(Err(_)) => Err(End::Done("client_gone")),
         Err(_) => Err(End::Close(Closing::WriteTimeout)),
     }
+}
+
+/// Writes the queued frames (and a ping if due) as far as the socket takes them without
+/// waiting: `Ready(Ok)` when all are written and flushed; `Pending` when the socket would block,
+/// with the frames not yet handed to the library left in `frames` (and `work.ping` still set if
+/// the ping was not), for [`write_burst`] to finish within the write timeout.
+fn write_now(
+    socket: &mut WebSocket,
+    frames: &mut Vec<Bytes>,
+    work: &mut davpush_core::live::Work,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), axum::Error>> {
+    let mut s = Pin::new(socket);
+    let mut handed = 0;
+    let result = loop {
+        if handed == frames.len() && !work.ping {
+            break s.as_mut().poll_flush(cx);
+        }
+        match s.as_mut().poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => break other,
+        }
+        let msg = if handed < frames.len() {
+            let f = std::mem::take(&mut frames[handed]);
+            handed += 1;
+            // The frame is JSON we serialized ourselves: valid UTF-8; the check is cheap.
+            Message::Text(Utf8Bytes::try_from(f).expect("frames are UTF-8"))
+        } else {
+            work.ping = false;
+            Message::Ping(Bytes::new())
+        };
+        if let Err(e) = s.as_mut().start_send(msg) {
+            break Poll::Ready(Err(e));
+        }
+    };
+    frames.drain(..handed);
+    result
 }
 
 /// Writes the queued frames (and a ping if due) with one flush.

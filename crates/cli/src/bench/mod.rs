@@ -39,7 +39,10 @@ macro_rules! progress {
     ($($t:tt)*) => { eprintln!("davpush bench: {}", format_args!($($t)*)) };
 }
 
+mod baseline;
+mod compare;
 mod conn;
+mod cpu;
 mod histogram;
 mod limits;
 mod notify;
@@ -166,6 +169,11 @@ pub(crate) struct BenchArgs {
     /// Print the report as one JSON object on stdout (the human-readable one goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Process id of the server (on this machine): its on-CPU time, all threads, is read from
+    /// /proc before each fan-out round and after its last frame, and around the sustained
+    /// phase, and reported per delivered frame.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
 }
 
 /// Benchmarks other than the WebSocket load.
@@ -176,19 +184,35 @@ pub(crate) enum BenchCommand {
     /// subscribe/s, the write-ahead log, memory per subscription, restart-to-ready, the notify
     /// of a 10,000-subscriber topic and the purge of expired rows.
     Population(population::PopulationArgs),
+    /// Fan-out cost side by side (issue 17): starts `davpush serve` and the naive broadcast
+    /// server (`baseline-server`) in turn, pinned to --server-cpus, runs the load tool's
+    /// connect, idle and fan-out phases against each with --server-pid, and prints server CPU
+    /// time per delivered frame, memory per idle connection and fan-out time for both.
+    Fanout(compare::FanoutArgs),
+    /// The naive broadcast server that `bench fanout` compares with (runs until killed).
+    #[command(hide = true)]
+    BaselineServer(baseline::BaselineArgs),
 }
 
 /// Runs the load tool; progress and errors go to stderr.
 pub(crate) async fn run(args: BenchArgs) -> ExitCode {
-    if let Some(BenchCommand::Population(p)) = args.command {
-        return match population::run(p).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("davpush bench population: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    let (name, done) = match args.command {
+        Some(BenchCommand::Population(p)) => ("population", population::run(p).await),
+        Some(BenchCommand::Fanout(f)) => ("fanout", compare::run(f).await),
+        Some(BenchCommand::BaselineServer(b)) => ("baseline-server", baseline::run(b).await),
+        None => return load(args).await,
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("davpush bench {name}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// The WebSocket load run (no subcommand).
+async fn load(args: BenchArgs) -> ExitCode {
     let json = args.json;
     match bench(args).await {
         Ok(report) => {

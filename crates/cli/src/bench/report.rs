@@ -13,9 +13,20 @@ pub(super) struct FanoutRound {
     pub(super) response_ms: f64,
     pub(super) last_frame_ms: Option<f64>,
     pub(super) latency: Latency,
+    /// On-CPU time of the server's threads from the notify to the last frame (`--server-pid`).
+    pub(super) server_cpu_ns: Option<u64>,
+}
+
+/// Microseconds of server CPU per received frame.
+pub(super) fn per_frame_us(cpu_ns: Option<u64>, frames: u64) -> Option<f64> {
+    cpu_ns.filter(|_| frames > 0).map(|ns| ns as f64 / 1e3 / frames as f64)
 }
 
 impl FanoutRound {
+    pub(super) fn cpu_per_frame_us(&self) -> Option<f64> {
+        per_frame_us(self.server_cpu_ns, self.received)
+    }
+
     pub(super) fn frames_per_s(&self) -> Option<f64> {
         self.last_frame_ms.filter(|ms| *ms > 0.0).map(|ms| self.received as f64 / (ms / 1000.0))
     }
@@ -42,6 +53,8 @@ pub(super) struct Sustained {
     pub(super) drain_end: WaitEnd,
     /// The server's WebSocket delivery outcomes during the phase (from /metrics).
     pub(super) server: Option<BTreeMap<String, u64>>,
+    /// On-CPU time of the server's threads during the phase and its drain (`--server-pid`).
+    pub(super) server_cpu_ns: Option<u64>,
 }
 
 impl Sustained {
@@ -129,6 +142,12 @@ impl Report {
         median(self.fanout.iter().filter_map(FanoutRound::frames_per_s).collect())
     }
 
+    /// Server CPU per frame over all fan-out rounds (total time / total frames).
+    pub(super) fn fanout_cpu_per_frame_us(&self) -> Option<f64> {
+        let ns: Option<u64> = self.fanout.iter().map(|r| r.server_cpu_ns).sum();
+        per_frame_us(ns, self.fanout.iter().map(|r| r.received).sum())
+    }
+
     pub(super) fn human(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
@@ -188,7 +207,7 @@ impl Report {
             let _ = writeln!(
                 w,
                 "  round {}: {}/{} frames (server addressed {}), last frame after {}, {} frames/s; \
-                 per frame p50 {} p99 {}; notify answered in {:.1} ms",
+                 per frame p50 {} p99 {}; notify answered in {:.1} ms{}",
                 i + 1,
                 r.received,
                 r.expected,
@@ -197,7 +216,8 @@ impl Report {
                 r.frames_per_s().map_or_else(|| "n/a".into(), |v| format!("{v:.0}")),
                 opt_ms(r.latency.p50_ms),
                 opt_ms(r.latency.p99_ms),
-                r.response_ms
+                r.response_ms,
+                r.cpu_per_frame_us().map_or_else(String::new, |us| format!("; server CPU {us:.2} µs/frame"))
             );
         }
         let _ = writeln!(
@@ -206,6 +226,9 @@ impl Report {
             opt_ms(self.fanout_median_ms()),
             self.fanout_median_rate().map_or_else(|| "n/a".into(), |v| format!("{v:.0}"))
         );
+        if let Some(us) = self.fanout_cpu_per_frame_us() {
+            let _ = writeln!(w, "  server CPU (all its threads, notify → last frame): {us:.2} µs per delivered frame");
+        }
         if let Some(srv) = &self.fanout_server {
             let _ = writeln!(w, "  server WebSocket deliveries in these rounds: {}", show_map(srv));
         }
@@ -258,6 +281,9 @@ impl Report {
                 opt_ms(st.latency.p99_ms),
                 opt_ms(st.latency.max_ms)
             );
+            if let Some(us) = per_frame_us(st.server_cpu_ns, st.received) {
+                let _ = writeln!(w, "  server CPU: {us:.2} µs per delivered frame");
+            }
         }
         let _ = writeln!(w);
         if self.unknown_frames > 0 {
@@ -292,6 +318,8 @@ impl Report {
                     "frames_per_s": r.frames_per_s(),
                     "notify_response_ms": r.response_ms,
                     "latency": lat(&r.latency),
+                    "server_cpu_ns": r.server_cpu_ns,
+                    "server_cpu_us_per_frame": r.cpu_per_frame_us(),
                 })
             })
             .collect();
@@ -316,6 +344,7 @@ impl Report {
                 "server_ws_deliveries": st.server,
                 "frames_per_s": st.received as f64 / st.delivery_secs.max(1e-9),
                 "latency": lat(&st.latency),
+                "server_cpu_us_per_frame": per_frame_us(st.server_cpu_ns, st.received),
             })
         });
         json!({
@@ -351,6 +380,7 @@ impl Report {
                 "rounds": rounds,
                 "median_last_frame_ms": self.fanout_median_ms(),
                 "median_frames_per_s": self.fanout_median_rate(),
+                "server_cpu_us_per_frame": self.fanout_cpu_per_frame_us(),
                 "server_ws_deliveries": self.fanout_server,
             },
             "sustained": sustained,

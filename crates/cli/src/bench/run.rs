@@ -183,10 +183,12 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let mut last_scrape = after_fanout;
     if planned > 0 {
         progress!("sustained: {} notifications/s for {} s ({planned} notifications)", args.rate, args.duration);
+        let cpu_before = args.server_pid.and_then(cpu::cpu_ns);
         let mut st = sustained(&args, &target, &cs, &sh, &subs_per_topic, planned).await;
         // Flush the per-task buffers, then wait for the rest.
         set_phase(&sh, &wakes, PHASE_DRAIN);
         st.drain_end = wait_for(st.expected, drain, || sh.sustained.count()).await;
+        st.server_cpu_ns = cpu::spent(cpu_before, args.server_pid.and_then(cpu::cpu_ns));
         st.received = sh.sustained.count();
         let last = sh.sustained_last_ns.load(Relaxed);
         st.delivery_secs = (last.saturating_sub(st_start_ns(&sh))) as f64 / 1e9;
@@ -373,6 +375,7 @@ async fn fanout_rounds(
             .chunks(args.batch_max as usize)
             .map(|c| notify_body(c.iter().map(|t| (t.clone(), token.clone())).collect()))
             .collect();
+        let cpu_before = args.server_pid.and_then(cpu::cpu_ns);
         let start = sh.now_ns();
         round.start_ns.store(start, Relaxed);
         let mut addressed = 0;
@@ -382,6 +385,9 @@ async fn fanout_rounds(
         }
         let response_ms = (sh.now_ns() - start) as f64 / 1e6;
         let end = wait_for(expected_fanout, drain, || round.hist.count()).await;
+        // Read once the last frame is in (or waiting gave up): the server spent this on the
+        // notify request and the round's frames; its idle threads add next to nothing.
+        let server_cpu_ns = cpu::spent(cpu_before, args.server_pid.and_then(cpu::cpu_ns));
         let received = round.hist.count();
         let last = round.last_ns.load(Relaxed);
         let fr = FanoutRound {
@@ -391,12 +397,14 @@ async fn fanout_rounds(
             response_ms,
             last_frame_ms: (last > 0).then(|| (last.saturating_sub(start)) as f64 / 1e6),
             latency: round.hist.summary(),
+            server_cpu_ns,
         };
         progress!(
-            "fan-out round {}: {received}/{expected_fanout} frames ({}), last after {}",
+            "fan-out round {}: {received}/{expected_fanout} frames ({}), last after {}{}",
             r + 1,
             end.describe(),
-            opt_ms(fr.last_frame_ms)
+            opt_ms(fr.last_frame_ms),
+            fr.cpu_per_frame_us().map_or_else(String::new, |us| format!(", server CPU {us:.2} µs/frame"))
         );
         rounds.push(fr);
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -29,6 +29,11 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
     ("README.md", LISTEN, LISTEN_TEST),
     ("docs/clients.md", LISTEN, LISTEN_TEST),
     ("README.md", POPULATION, "durable::issue_11_bench_population_reports_every_figure"),
+    (
+        "README.md",
+        crate::bench_fanout::README_COMMAND,
+        "bench_fanout::issue_17_bench_fanout_measures_the_director_and_the_baseline_alike",
+    ),
     ("README.md", "cargo install --locked --path crates/cli", CHECK_SH),
     ("docs/operations.md", "packaging/debian/build-deb.sh", CHECK_SH),
     (

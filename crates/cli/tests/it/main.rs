@@ -3,6 +3,7 @@
 //! Integration tests of the `davpush` binary and its subcommands, against real servers on
 //! loopback (a Director, the gateway, Radicale).
 
+mod bench_fanout;
 mod browser_push_service;
 mod config;
 mod documented;
