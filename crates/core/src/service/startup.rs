@@ -56,9 +56,7 @@ impl PushService {
         let parse = |rows: Vec<StoredSubscription>| {
             let (transports, index) = (self.transports.clone(), self.index.clone());
             tokio::task::spawn_blocking(move || -> Restored {
-                rows.into_iter()
-                    .map(|row| restore(&transports, &index, &row).ok_or((row.id, row.service)))
-                    .collect()
+                rows.into_iter().map(|row| restore(&transports, &index, &row).ok_or((row.id, row.service))).collect()
             })
         };
         let mut n = 0;
