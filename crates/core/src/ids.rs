@@ -77,51 +77,28 @@ id_type!(
     /// A topic: names something clients can subscribe to (a collection). Never a secret.
     Topic
 );
-id_type!(
-    /// A client installation, chosen by the client (the draft's `client_id`).
-    ClientId
-);
-/// A subscription, chosen by the Director: 128 random bits, base64url (22 characters, held
-/// inline: no allocation per subscription). Ids of other lengths (from an older store) are
-/// held like the other identifiers.
+/// Up to `N` bytes in place, longer ones shared.
 #[derive(Clone)]
-pub struct SubscriptionId(IdText);
-
-/// Up to [`INLINE`] bytes in place, longer ones shared.
-#[derive(Clone)]
-enum IdText {
-    Inline { len: u8, bytes: [u8; INLINE] },
+enum IdText<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
     Shared(Arc<str>),
 }
 
-const INLINE: usize = 22;
-
-impl SubscriptionId {
-    /// A new random id.
-    pub fn random() -> Self {
-        Self::from_checked(&random_token(16))
-    }
-
-    fn from_checked(s: &str) -> Self {
+impl<const N: usize> IdText<N> {
+    /// `s`, already checked.
+    fn new(s: &str) -> Self {
         match u8::try_from(s.len()) {
-            Ok(len) if s.len() <= INLINE => {
-                let mut bytes = [0; INLINE];
+            Ok(len) if s.len() <= N => {
+                let mut bytes = [0; N];
                 bytes[..s.len()].copy_from_slice(s.as_bytes());
-                Self(IdText::Inline { len, bytes })
+                IdText::Inline { len, bytes }
             }
-            _ => Self(IdText::Shared(Arc::from(s))),
+            _ => IdText::Shared(Arc::from(s)),
         }
     }
 
-    /// Validates `s`: 1..=`max` visible ASCII characters.
-    pub fn parse(s: &str, max: usize) -> Result<Self, IdError> {
-        check(s, max)?;
-        Ok(Self::from_checked(s))
-    }
-
-    /// The string form.
-    pub fn as_str(&self) -> &str {
-        match &self.0 {
+    fn as_str(&self) -> &str {
+        match self {
             // Checked visible ASCII when made.
             IdText::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
             IdText::Shared(s) => s,
@@ -129,47 +106,91 @@ impl SubscriptionId {
     }
 }
 
-impl PartialEq for SubscriptionId {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
+macro_rules! inline_id_type {
+    ($(#[$m:meta])* $name:ident, $inline:expr) => {
+        $(#[$m])*
+        #[derive(Clone)]
+        pub struct $name(IdText<{ $inline }>);
+
+        impl $name {
+            /// Validates `s`: 1..=`max` visible ASCII characters.
+            pub fn parse(s: &str, max: usize) -> Result<Self, IdError> {
+                check(s, max)?;
+                Ok(Self(IdText::new(s)))
+            }
+
+            /// The string form.
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.as_str().hash(state);
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.as_str().cmp(other.as_str())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                self.as_str()
+            }
+        }
+    };
 }
 
-impl Eq for SubscriptionId {}
+inline_id_type!(
+    /// A subscription, chosen by the Director: 128 random bits, base64url (22 characters, held
+    /// inline: no allocation per subscription). Ids of other lengths (from an older store) are
+    /// held like the other identifiers.
+    SubscriptionId,
+    22
+);
 
-impl std::hash::Hash for SubscriptionId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
+inline_id_type!(
+    /// A client installation, chosen by the client (the draft's `client_id`). Up to 38
+    /// characters (a UUID's 36) are held inline: a million durable subscriptions of as many
+    /// clients need no allocation for their client ids (issue 11); longer ones are shared.
+    ClientId,
+    38
+);
 
-impl PartialOrd for SubscriptionId {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SubscriptionId {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
-    }
-}
-
-impl fmt::Display for SubscriptionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for SubscriptionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SubscriptionId({:?})", self.as_str())
-    }
-}
-
-impl std::borrow::Borrow<str> for SubscriptionId {
-    fn borrow(&self) -> &str {
-        self.as_str()
+impl SubscriptionId {
+    /// A new random id.
+    pub fn random() -> Self {
+        Self(IdText::new(&random_token(16)))
     }
 }
 
@@ -217,5 +238,17 @@ mod tests {
         assert_eq!(h.hash_one(&short), h.hash_one("abc"), "hashes as its text (Borrow<str>)");
         assert_eq!(SubscriptionId::parse("x", 64).unwrap(), SubscriptionId::parse("x", 64).unwrap());
         assert_eq!(SubscriptionId::parse("", 64).unwrap_err(), IdError::Empty);
+    }
+
+    #[test]
+    fn issue_11_client_ids_of_uuid_size_are_inline() {
+        let uuid = ClientId::parse("f0ec984b-4b19-4652-91f2-92c6d81c3c09", 256).unwrap();
+        assert!(matches!(uuid.0, IdText::Inline { .. }));
+        let long = ClientId::parse(&"c".repeat(39), 256).unwrap();
+        assert!(matches!(long.0, IdText::Shared(_)));
+        assert_eq!(long.as_str(), "c".repeat(39));
+        assert_eq!(std::mem::size_of::<ClientId>(), 40, "no larger than a pointer pair plus the text");
+        assert_eq!(uuid, ClientId::parse("f0ec984b-4b19-4652-91f2-92c6d81c3c09", 64).unwrap());
+        assert_eq!(format!("{uuid:?}"), "ClientId(\"f0ec984b-4b19-4652-91f2-92c6d81c3c09\")");
     }
 }

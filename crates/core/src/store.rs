@@ -33,6 +33,15 @@ pub struct StoredSubscription {
     pub triggers: u8,
 }
 
+/// One page of [`SubscriptionStore::load_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The rows, in the store's order.
+    pub rows: Vec<StoredSubscription>,
+    /// Where the next page starts: pass it as `after` (opaque: the last id, or SQLite's rowid).
+    pub next: String,
+}
+
 /// A delivery that waits for a retry (or was queued at shutdown): the outbox, so that it
 /// survives a restart. One per subscription: a newer notification replaces the older one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,11 +83,12 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     async fn delete(&self, ids: &[String]) -> Result<u64, StoreError>;
     /// All subscriptions that have not expired at `now`.
     async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError>;
-    /// At most `limit` subscriptions unexpired at `now` whose id sorts after `after`, in id
-    /// order: start-up reads the store page by page, so that no read holds a snapshot (and
-    /// with it the SQLite write-ahead log) for the whole load, and rows become routable as
-    /// they arrive.
-    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError>;
+    /// At most `limit` subscriptions unexpired at `now` after the cursor `after` (`""`: from
+    /// the first), and the cursor of the next page. The order is the store's cheapest one
+    /// (SQLite: table order, by rowid; otherwise by id): start-up reads the store page by page,
+    /// so that no read holds a snapshot (and with it the SQLite write-ahead log) for the whole
+    /// load, and rows become routable as they arrive. Fewer than `limit` rows: the last page.
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError>;
     /// Deletes at most `limit` of the subscriptions expired at `now` (through the index on
     /// `expires`: one short statement however many expired); returns how many. Callers repeat
     /// until fewer than `limit` come back.
@@ -201,11 +211,13 @@ impl SubscriptionStore for MemoryStore {
         Ok(rows.values().filter(|r| r.expires > now).cloned().collect())
     }
 
-    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let mut page: Vec<_> = rows.values().filter(|r| r.expires > now && r.id.as_str() > after).collect();
         page.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(page.into_iter().take(limit).cloned().collect())
+        let rows: Vec<StoredSubscription> = page.into_iter().take(limit).cloned().collect();
+        let next = rows.last().map_or_else(|| after.to_owned(), |r| r.id.clone());
+        Ok(Page { rows, next })
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

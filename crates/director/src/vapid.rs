@@ -153,9 +153,11 @@ pub async fn rotate(
     let deadline = now.saturating_add(i64::try_from(wp.settings.engine.ttl.as_secs()).unwrap_or(i64::MAX));
     let (mut after, mut endpoints, mut queued) = (String::new(), HashSet::new(), 0usize);
     loop {
-        let page = store.load_page(now, &after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.id.clone();
+        let davpush_core::Page { rows: page, next } = store.load_page(now, &after, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        after = next;
         let mut rows = Vec::new();
         for r in &page {
             if r.service != "web_push" && r.service != "unified_push" {

@@ -9,7 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use davpush_core::{OutboxLease, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore};
+use davpush_core::{
+    OutboxLease, Page, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore,
+};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -130,7 +132,7 @@ impl SubscriptionStore for PostgresStore {
         found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
     }
 
-    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
         // The columns of `rows::subscription`; the primary key's index gives the order.
         let sql = "SELECT id, client_id, topic, service, target, expires, created, triggers FROM subscriptions \
                    WHERE id > $1 AND expires > $2 ORDER BY id LIMIT $3";
@@ -141,7 +143,13 @@ impl SubscriptionStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(err("load subscriptions"))?;
-        found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
+        let rows: Vec<StoredSubscription> = found
+            .iter()
+            .map(rows::subscription)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err("read a subscription row"))?;
+        let next = rows.last().map_or_else(|| after.to_owned(), |r| r.id.clone());
+        Ok(Page { rows, next })
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

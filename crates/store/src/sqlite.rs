@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use davpush_core::{OutboxLease, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore};
+use davpush_core::{
+    OutboxLease, Page, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore,
+};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
@@ -52,12 +54,14 @@ const DELETE_BATCH: usize = 1_000;
 const EXPIRED_ROWIDS: &str = "SELECT rowid FROM subscriptions WHERE expires <= ?1 LIMIT ?2";
 
 /// A page of subscriptions at start, as one row: a JSON array of
-/// `[id, client_id, topic, service, target, expires, created, triggers]`. sqlx hands every row
-/// from its SQLite worker thread to the caller one by one; a row per page instead of a row per
-/// subscription took most of that cost out of a start with a million (issue 11).
+/// `[id, client_id, topic, service, target, expires, created, triggers]`, and the page's last
+/// rowid (the cursor). sqlx hands every row from its SQLite worker thread to the caller one by
+/// one; a row per page instead of a row per subscription took most of that cost out of a start
+/// with a million (issue 11). Rows are read in table (rowid) order: the table's pages one after
+/// the other, not in the order of the primary key's index (which visited them at random).
 const LOAD_PAGE: &str = "SELECT json_group_array(json_array(id, client_id, topic, service, target, expires, created, \
-                         triggers)) FROM (SELECT * FROM subscriptions WHERE id > ?1 AND expires > ?2 ORDER BY id \
-                         LIMIT ?3)";
+                         triggers)), max(rowid) FROM (SELECT rowid, * FROM subscriptions WHERE rowid > ?1 AND \
+                         expires > ?2 ORDER BY rowid LIMIT ?3)";
 
 /// One element of a [`LOAD_PAGE`] array.
 type PageRow = (String, String, String, String, String, i64, i64, i64);
@@ -275,10 +279,13 @@ impl SubscriptionStore for SqliteStore {
         found.iter().map(rows::subscription).collect::<Result<_, sqlx::Error>>().map_err(err("read a subscription row"))
     }
 
-    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
-        // The whole page comes back as one row (see `LOAD_PAGE`); the primary key's index gives
-        // the order, which is restored after parsing.
-        let page: String = sqlx::query_scalar(LOAD_PAGE)
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        // The whole page comes back as one row (see `LOAD_PAGE`); the cursor is a rowid.
+        let after: i64 = match after {
+            "" => 0,
+            a => a.parse().map_err(|e| StoreError { op: "read the page cursor", source: Box::new(e) })?,
+        };
+        let (page, last): (String, Option<i64>) = sqlx::query_as(LOAD_PAGE)
             .bind(after)
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -287,7 +294,7 @@ impl SubscriptionStore for SqliteStore {
             .map_err(err("load subscriptions"))?;
         let rows: Vec<PageRow> = serde_json::from_str(&page)
             .map_err(|e| StoreError { op: "read a page of subscription rows", source: Box::new(e) })?;
-        let mut rows: Vec<StoredSubscription> = rows
+        let rows: Vec<StoredSubscription> = rows
             .into_iter()
             .map(|(id, client_id, topic, service, target, expires, created, triggers)| StoredSubscription {
                 id,
@@ -300,8 +307,7 @@ impl SubscriptionStore for SqliteStore {
                 triggers: triggers.clamp(0, 255) as u8,
             })
             .collect();
-        rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        Ok(rows)
+        Ok(Page { rows, next: last.unwrap_or(after).to_string() })
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
@@ -624,7 +630,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn issue_11_pages_of_rows_come_back_whole_in_id_order() {
+    async fn issue_11_pages_of_rows_come_back_whole_in_table_order() {
         let store = SqliteStore::open("sqlite::memory:").await.unwrap();
         let mut written = Vec::new();
         for i in 0..25 {
@@ -638,20 +644,40 @@ mod tests {
             written.push(r);
         }
         // Expired at 110: id-00 ..= id-10.
+        // An update keeps its row (and place); a row written later comes after it.
+        let mut updated = written[12].clone();
+        updated.target = r#"{"endpoint":"https://push.example/updated"}"#.into();
+        updated.id = "zz-not-kept".into();
+        store.upsert(&updated).await.unwrap();
+        updated.id = written[12].id.clone();
+        written[12] = updated;
         let mut pages = Vec::new();
         let mut after = String::new();
         loop {
             let page = store.load_page(110, &after, 4).await.unwrap();
-            assert!(page.len() <= 4);
-            let Some(last) = page.last() else { break };
-            after = last.id.clone();
-            pages.push(page);
+            assert!(page.rows.len() <= 4);
+            if page.rows.is_empty() {
+                assert_eq!(page.next, after, "the end: the cursor stays");
+                break;
+            }
+            after = page.next;
+            pages.push(page.rows);
         }
         assert_eq!(pages.len(), 4, "14 rows in pages of 4");
         let loaded: Vec<StoredSubscription> = pages.into_iter().flatten().collect();
         let expected: Vec<StoredSubscription> = written.into_iter().filter(|r| r.expires > 110).collect();
         assert_eq!(loaded, expected);
-        assert!(store.load_page(110, "id-99", 4).await.unwrap().is_empty());
+        assert!(store.load_page(110, "not-a-cursor", 4).await.is_err(), "a bad cursor is an error");
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {LOAD_PAGE}")))
+                .bind(0)
+                .bind(110)
+                .bind(4)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+        assert!(plan.iter().any(|d| d.contains("USING INTEGER PRIMARY KEY (rowid>?)")), "table order: {plan:?}");
     }
 
     #[tokio::test]

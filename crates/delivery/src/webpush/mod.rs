@@ -86,8 +86,9 @@ pub struct WebPushTarget {
 }
 
 impl WebPushTarget {
-    /// Holds `p` (its lengths checked by [`parse_params`]).
-    fn new(p: &WebPushParams) -> Result<Self, TargetError> {
+    /// Holds `p` (its lengths checked by [`parse_params`]). A `vapid_key` equal to `current`
+    /// shares its string (one per Director, not one per subscription: issue 11).
+    fn new(p: &WebPushParams, current: Option<&Arc<str>>) -> Result<Self, TargetError> {
         let (k, a) = match (&p.p256dh, &p.auth) {
             (Some(k), Some(a)) => (k.as_str(), a.as_str()),
             (None, None) => ("", ""),
@@ -102,7 +103,10 @@ impl WebPushTarget {
             p256dh_at,
             auth_at,
             format: p.format,
-            vapid_key: p.vapid_key.as_deref().map(Arc::from),
+            vapid_key: p.vapid_key.as_deref().map(|k| match current {
+                Some(c) if **c == *k => c.clone(),
+                _ => Arc::from(k),
+            }),
         })
     }
 
@@ -143,17 +147,22 @@ struct Resolved {
 }
 
 impl WebPushTarget {
+    /// The endpoint's URL.
+    fn url(&self) -> Result<Url, TargetError> {
+        Url::parse(self.endpoint())
+            .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))
+    }
+
     /// The endpoint's URL, its origin and the decoded keys (checked as at subscribe time).
     fn resolve(&self) -> Result<Resolved, TargetError> {
-        let endpoint = Url::parse(self.endpoint())
-            .map_err(|e| TargetError::new(Some("endpoint"), format!("`endpoint` is not a URL: {e}")))?;
+        let endpoint = self.url()?;
         let keys = match self.key_texts() {
             Some((k, a)) => {
                 let k = decode("p256dh", k)?;
                 let a = decode("auth", a)?;
-                // Only the form here: this also runs for every stored row at start. That the point
-                // is on the curve (an ECDH, ~60 µs) is checked once, at subscribe time, by
-                // `check_target`, and the store is trusted after (issue 11).
+                // Only the form here: this runs for every delivery. That the point is on the
+                // curve is checked once, at subscribe time, by `check_target`, and the store is
+                // trusted after (issue 11).
                 if k.len() != ece::PUBLIC_KEY_LEN || k[0] != 0x04 {
                     return Err(TargetError::new(Some("p256dh"), ece::EceError::BadPublicKey.to_string()));
                 }
@@ -203,7 +212,7 @@ pub fn parse_params(
     allow_unencrypted: bool,
 ) -> Result<Target, TargetError> {
     let p: WebPushParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
-    validated(kind, p, policy, allow_unencrypted)
+    validated(kind, p, policy, allow_unencrypted, None, false)
 }
 
 /// Checks parameters already read into their struct (see [`parse_params`]).
@@ -212,6 +221,8 @@ fn validated(
     p: WebPushParams,
     policy: &EgressPolicy,
     allow_unencrypted: bool,
+    current_key: Option<&Arc<str>>,
+    stored: bool,
 ) -> Result<Target, TargetError> {
     if p.endpoint.len() > MAX_ENDPOINT_LEN {
         return Err(TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes")));
@@ -223,10 +234,17 @@ fn validated(
     if p.auth.as_ref().is_some_and(|a| a.len() > MAX_AUTH_LEN) {
         return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
     }
-    let target = WebPushTarget::new(&p)?;
-    let resolved = target.resolve()?;
-    policy.check_url(&resolved.endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
-    if resolved.keys.is_none() && !allow_unencrypted {
+    let target = WebPushTarget::new(&p, current_key)?;
+    let (endpoint, keys) = if stored {
+        // A stored row's keys were decoded and checked at subscribe time (`check_target`):
+        // only the URL is read again, for the egress policy (issue 11: a million at start).
+        (target.url()?, target.key_texts().is_some())
+    } else {
+        let resolved = target.resolve()?;
+        (resolved.endpoint, resolved.keys.is_some())
+    };
+    policy.check_url(&endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
+    if !keys && !allow_unencrypted {
         return Err(TargetError::new(
             Some("p256dh"),
             "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
@@ -391,15 +409,25 @@ impl TargetParser for WebPushTargets {
             Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Whatever the client says: a subscription is bound to the key it could have been
         // restricted to, the advertised one.
+<<<<<<< HEAD
         p.vapid_key = Some(self.keys.get().current_id().to_string());
         validated(self.kind, p, &self.policy, self.allow_unencrypted)
+=======
+        p.vapid_key = Some(self.current_key.to_string());
+        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(&self.current_key), false)
+>>>>>>> wt-pop
     }
 
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
         let mut p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Rows from before rotation existed are bound to the advertised key at start.
+<<<<<<< HEAD
         p.vapid_key.get_or_insert_with(|| self.keys.get().current_id().to_string());
         validated(self.kind, p, &self.policy, self.allow_unencrypted)
+=======
+        p.vapid_key.get_or_insert_with(|| self.current_key.to_string());
+        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(&self.current_key), true)
+>>>>>>> wt-pop
     }
 
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
@@ -551,6 +579,15 @@ mod tests {
             assert!(bound.to_json().ends_with(&format!(",\"vapid_key\":\"{k}\"}}")), "{}", bound.to_json());
             let stored = targets.parse_stored(&bound.to_json()).unwrap();
             assert!(stored.same_destination(&bound), "a stored row reads back the same");
+            // Every subscription bound to the advertised key shares its string (issue 11).
+            let key_of = |t: &Target| match t {
+                Target::Remote(r) => r.data::<WebPushTarget>().unwrap().vapid_key.clone().unwrap(),
+                Target::WebSocket(_) => unreachable!(),
+            };
+            assert!(Arc::ptr_eq(&key_of(&stored), &targets.current_key));
+            assert!(Arc::ptr_eq(&key_of(&bound), &targets.current_key));
+            let retired = targets.parse_stored(&bound.to_json().replace("\"K\"", "\"OLD\"")).unwrap();
+            assert_eq!(&*key_of(&retired), "OLD");
             assert_eq!(stored.to_json(), bound.to_json());
             // A row from before rotation existed is bound to the advertised key when read.
             assert_eq!(targets.parse_stored(&t.to_json()).unwrap().to_json(), bound.to_json());

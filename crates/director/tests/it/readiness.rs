@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use davpush_core::{PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
+use davpush_core::{Page, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
 use davpush_director::Config;
 use davpush_director::app::{build_with_store, serve};
 use davpush_director::config::{Overrides, RawConfig};
@@ -33,7 +33,7 @@ impl SubscriptionStore for Gated {
     async fn load(&self, now: i64) -> Result<Vec<StoredSubscription>, StoreError> {
         self.inner.load(now).await
     }
-    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Vec<StoredSubscription>, StoreError> {
+    async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
         let _open = self.gate.acquire().await.unwrap();
         self.inner.load_page(now, after, limit).await
     }

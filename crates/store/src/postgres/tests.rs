@@ -132,10 +132,11 @@ async fn issue_11_expired_rows_are_purged_in_batches_and_loaded_in_pages() {
     }
     assert_eq!(batches, [2_000, 2_000, 1_000]);
     let first = store.load_page(0, "", 4).await.unwrap();
-    let ids: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    let ids: Vec<&str> = first.rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["id-05000", "id-05001", "id-05002", "id-05003"]);
-    let rest = store.load_page(0, "id-05003", 100).await.unwrap();
-    assert_eq!(rest.len(), 6, "the next page starts after the last id");
+    assert_eq!(first.next, "id-05003");
+    let rest = store.load_page(0, &first.next, 100).await.unwrap();
+    assert_eq!(rest.rows.len(), 6, "the next page starts after the last id");
     store.pool.close().await;
     schema.drop_schema().await;
 }
