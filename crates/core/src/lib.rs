@@ -55,13 +55,9 @@ pub use metrics::Metrics;
 pub use notification::{Framing, KEY_ROTATION_TOPIC, Notification, PushMessage};
 pub use presence::{LocalTopics, NodeStatus, Presence, RemotePage};
 pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed, Unheard};
-<<<<<<< HEAD
 pub use store::{
-    MemoryStore, OutboxLease, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore,
+    MemoryStore, OutboxLease, Page, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore,
 };
-=======
-pub use store::{MemoryStore, Page, PendingDelivery, StoreError, StoredSubscription, SubscriptionStore};
->>>>>>> wt-pop
 pub use subscription::{RemoteTarget, Subscription, Target, TargetData, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};
 

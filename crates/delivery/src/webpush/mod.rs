@@ -409,25 +409,17 @@ impl TargetParser for WebPushTargets {
             Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Whatever the client says: a subscription is bound to the key it could have been
         // restricted to, the advertised one.
-<<<<<<< HEAD
-        p.vapid_key = Some(self.keys.get().current_id().to_string());
-        validated(self.kind, p, &self.policy, self.allow_unencrypted)
-=======
-        p.vapid_key = Some(self.current_key.to_string());
-        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(&self.current_key), false)
->>>>>>> wt-pop
+        let ring = self.keys.get();
+        p.vapid_key = Some(ring.current_id().to_string());
+        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(ring.current_id()), false)
     }
 
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
         let mut p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Rows from before rotation existed are bound to the advertised key at start.
-<<<<<<< HEAD
-        p.vapid_key.get_or_insert_with(|| self.keys.get().current_id().to_string());
-        validated(self.kind, p, &self.policy, self.allow_unencrypted)
-=======
-        p.vapid_key.get_or_insert_with(|| self.current_key.to_string());
-        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(&self.current_key), true)
->>>>>>> wt-pop
+        let ring = self.keys.get();
+        p.vapid_key.get_or_insert_with(|| ring.current_id().to_string());
+        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(ring.current_id()), true)
     }
 
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
@@ -584,9 +576,10 @@ mod tests {
                 Target::Remote(r) => r.data::<WebPushTarget>().unwrap().vapid_key.clone().unwrap(),
                 Target::WebSocket(_) => unreachable!(),
             };
-            assert!(Arc::ptr_eq(&key_of(&stored), &targets.current_key));
-            assert!(Arc::ptr_eq(&key_of(&bound), &targets.current_key));
-            let retired = targets.parse_stored(&bound.to_json().replace("\"K\"", "\"OLD\"")).unwrap();
+            let current = targets.keys.get().current_id().clone();
+            assert!(Arc::ptr_eq(&key_of(&stored), &current));
+            assert!(Arc::ptr_eq(&key_of(&bound), &current));
+            let retired = targets.parse_stored(&bound.to_json().replace(&format!("\"{k}\""), "\"OLD\"")).unwrap();
             assert_eq!(&*key_of(&retired), "OLD");
             assert_eq!(stored.to_json(), bound.to_json());
             // A row from before rotation existed is bound to the advertised key when read.
