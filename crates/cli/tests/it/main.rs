@@ -11,6 +11,7 @@ mod documented_elsewhere;
 mod durable;
 mod fd_limit;
 mod gateway_ops;
+mod gateway_web_push;
 mod install;
 mod listen;
 mod listen_readme;
