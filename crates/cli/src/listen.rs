@@ -67,9 +67,10 @@ pub(crate) struct ListenArgs {
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
     /// The WebSocket URL of a Director acting as push service (`ws[s]://host/ws`, with
-    /// `[push_service]` enabled): collections whose server pushes Web Push natively, not behind
-    /// `davpush gateway`, are registered there (`push-register`) and their pushes received
-    /// through it. --token/--token-file authenticate to it.
+    /// `[push_service]` enabled): collections that offer Web Push but no davpush WebSocket (a
+    /// server that pushes natively, or a gateway whose Director has WebSockets off) are
+    /// registered there (`push-register`) and their pushes received through it.
+    /// --token/--token-file authenticate to it.
     #[arg(long, value_name = "URL")]
     push_service: Option<Url>,
 }
