@@ -104,11 +104,12 @@ impl GatewayState {
         let s = state.clone();
         tokio::spawn(async move {
             // Until the Director answers (it may be starting with the gateway), ask again soon:
-            // 0.25 s, doubling to 10 s; then every 5 minutes.
+            // 0.25 s, doubling to 10 s; then every 30 s, so that a rotated VAPID key is advertised
+            // within about 40 s of the rotation (the Directors re-read their keys every 10 s).
             let mut retry = Duration::from_millis(250);
             loop {
                 let known = s.info.read().unwrap_or_else(|e| e.into_inner()).is_some();
-                let wait = if known { Duration::from_secs(300) } else { retry };
+                let wait = if known { Duration::from_secs(30) } else { retry };
                 tokio::time::sleep(wait).await;
                 retry = (retry * 2).min(Duration::from_secs(10));
                 s.refresh_info(retry == Duration::from_secs(10)).await;
