@@ -44,6 +44,7 @@ mod histogram;
 mod limits;
 mod notify;
 pub(crate) mod population;
+pub(crate) mod pushsvc;
 mod report;
 mod run;
 mod target;
@@ -176,6 +177,11 @@ pub(crate) enum BenchCommand {
     /// subscribe/s, the write-ahead log, memory per subscription, restart-to-ready, the notify
     /// of a 10,000-subscriber topic and the purge of expired rows.
     Population(population::PopulationArgs),
+    /// The push service at load (issue 16): starts its own `davpush serve` with the push service
+    /// on, connects WebSocket clients with one push subscription each, and measures accepted
+    /// pushes/s and frames/s with senders posting as fast as they are answered, then the
+    /// POST-to-frame latency at half that rate.
+    PushService(pushsvc::PushServiceArgs),
 }
 
 /// Runs the load tool; progress and errors go to stderr.
@@ -185,6 +191,15 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("davpush bench population: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(BenchCommand::PushService(p)) = args.command {
+        return match pushsvc::run(p).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("davpush bench push-service: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -17,6 +17,7 @@ mod monitoring;
 mod operator;
 mod php_recipes;
 mod procs;
+mod push_bench;
 mod proxy_tls;
 mod push_service_plaintext;
 mod radicale_recipe;
