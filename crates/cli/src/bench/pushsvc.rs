@@ -109,7 +109,12 @@ pub(crate) async fn run(args: PushServiceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(args: &PushServiceArgs, http: &reqwest::Client, dir: &Path, serve: &mut Child) -> anyhow::Result<String> {
+async fn measure(
+    args: &PushServiceArgs,
+    http: &reqwest::Client,
+    dir: &Path,
+    serve: &mut Child,
+) -> anyhow::Result<String> {
     let base = population::until_ready(http, dir, 0, serve).await?;
     let st = Arc::new(State {
         epoch: Instant::now(),
@@ -161,11 +166,12 @@ async fn measure(args: &PushServiceArgs, http: &reqwest::Client, dir: &Path, ser
     let t2 = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(args.senders as f64 / rate);
     let mut lag_max = Duration::ZERO;
+    let mut paced = JoinSet::new();
     for i in 0..args.senders {
         let (http, eps, st, body, to_send) =
             (http.clone(), endpoints.clone(), st.clone(), template.clone(), to_send.clone());
         let offset = interval.mul_f64(f64::from(i) / f64::from(args.senders));
-        senders.spawn(async move {
+        paced.spawn(async move {
             let mut due = t2 + offset;
             let mut lag = Duration::ZERO;
             while to_send.fetch_add(1, Relaxed) < total2 {
@@ -177,7 +183,7 @@ async fn measure(args: &PushServiceArgs, http: &reqwest::Client, dir: &Path, ser
             lag
         });
     }
-    while let Some(done) = senders.join_next().await {
+    while let Some(done) = paced.join_next().await {
         lag_max = lag_max.max(done?);
     }
     let secs2 = t2.elapsed().as_secs_f64();
@@ -233,13 +239,8 @@ async fn send_one(http: &reqwest::Client, endpoints: &[String], st: &State, temp
     body[..8].copy_from_slice(&seq.to_be_bytes());
     let url = &endpoints[seq as usize % endpoints.len()];
     slot.store(st.now_ns(), Relaxed);
-    let answer = http
-        .post(url)
-        .header(header::CONTENT_ENCODING, "aes128gcm")
-        .header("ttl", "60")
-        .body(body)
-        .send()
-        .await;
+    let answer =
+        http.post(url).header(header::CONTENT_ENCODING, "aes128gcm").header("ttl", "60").body(body).send().await;
     let phase = st.phase_of(seq);
     match answer {
         Ok(r) if r.status().as_u16() == 201 => {
@@ -279,7 +280,9 @@ async fn connect_clients(args: &PushServiceArgs, base: &str, st: &Arc<State>) ->
         tasks.spawn(async move {
             let opened = {
                 let _permit = limit.acquire().await;
-                tokio::time::timeout(SETUP_TIMEOUT, open_client(request)).await.unwrap_or_else(|_| Err(anyhow!("setup timed out")))
+                tokio::time::timeout(SETUP_TIMEOUT, open_client(request))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow!("setup timed out")))
             };
             match opened {
                 Ok((ws, push_id)) => {
@@ -308,7 +311,10 @@ async fn open_client(mut req: Request) -> anyhow::Result<(Ws, String)> {
         header::SEC_WEBSOCKET_KEY,
         HeaderValue::from_str(&generate_key()).expect("a generated key is a valid header"),
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.context("WebSocket connect")?;
+    let host = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let stream = TcpStream::connect(&host).await.context("connect")?;
+    let _ = stream.set_nodelay(true);
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.context("WebSocket upgrade")?;
     next_text(&mut ws).await.map_err(|e| anyhow!("{e}"))?; // hello
     let frame = ClientFrame::PushSubscribe { id: None, vapid_key: None, push_id: None, secret: None };
     ws.send(Message::text(serde_json::to_string(&frame)?)).await?;

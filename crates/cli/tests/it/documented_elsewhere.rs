@@ -12,8 +12,7 @@ const CHECK_SH: &str = "packaging/debian/check.sh (run by .ci/run)";
 const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
-const PUSH_BENCH: &str =
-    "davpush bench push-service --clients 200 --senders 8 --secs 2 --data-dir bench-push-service";
+const PUSH_BENCH: &str = "davpush bench push-service --clients 200 --senders 8 --secs 2 --data-dir bench-push-service";
 
 const SABREDAV_RECIPE: &str = "php_recipes::issue_14_the_sabredav_outbox_recipe_notifies_subscribers_of_the_gateway";
 const DAVICAL_RECIPE: &str = "php_recipes::issue_14_the_davical_trigger_recipe_notifies_subscribers_of_the_gateway";

@@ -6,7 +6,8 @@ use std::process::Command;
 /// The numbers in parentheses of the report line starting with `label`: `(N sent, N accepted,
 /// N frames, N lost)`.
 fn counts(text: &str, label: &str) -> [u64; 4] {
-    let line = text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no {label} in:\n{text}"));
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no {label} in:\n{text}"));
     let inner = &line[line.find('(').unwrap() + 1..line.find(')').unwrap()];
     let v: Vec<u64> = inner.split(", ").map(|p| p.split(' ').next().unwrap().parse().unwrap()).collect();
     [v[0], v[1], v[2], v[3]]
