@@ -47,6 +47,7 @@ mod histogram;
 mod limits;
 mod notify;
 pub(crate) mod population;
+pub(crate) mod pushsvc;
 mod report;
 mod run;
 mod target;
@@ -192,6 +193,11 @@ pub(crate) enum BenchCommand {
     /// The naive broadcast server that `bench fanout` compares with (runs until killed).
     #[command(hide = true)]
     BaselineServer(baseline::BaselineArgs),
+    /// The push service at load (issue 16): starts its own `davpush serve` with the push service
+    /// on, connects WebSocket clients with one push subscription each, and measures accepted
+    /// pushes/s and frames/s with senders posting as fast as they are answered, then the
+    /// POST-to-frame latency at half that rate.
+    PushService(pushsvc::PushServiceArgs),
 }
 
 /// Runs the load tool; progress and errors go to stderr.
@@ -200,6 +206,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
         Some(BenchCommand::Population(p)) => ("population", population::run(p).await),
         Some(BenchCommand::Fanout(f)) => ("fanout", compare::run(f).await),
         Some(BenchCommand::BaselineServer(b)) => ("baseline-server", baseline::run(b).await),
+        Some(BenchCommand::PushService(p)) => ("push-service", pushsvc::run(p).await),
         None => return load(args).await,
     };
     match done {

@@ -228,7 +228,12 @@ fn start(config: &Path, dir: &Path) -> anyhow::Result<(Child, u64)> {
 
 /// Waits until the Director started by [`start`] has loaded its subscriptions; its base URL,
 /// from the address it logs (`Push Director listening addr=…`).
-async fn until_ready(http: &reqwest::Client, dir: &Path, from: u64, serve: &mut Child) -> anyhow::Result<String> {
+pub(super) async fn until_ready(
+    http: &reqwest::Client,
+    dir: &Path,
+    from: u64,
+    serve: &mut Child,
+) -> anyhow::Result<String> {
     let mut base: Option<String> = None;
     loop {
         if let Some(status) = serve.try_wait()? {
@@ -253,7 +258,7 @@ async fn until_ready(http: &reqwest::Client, dir: &Path, from: u64, serve: &mut 
 }
 
 /// SIGTERM, then waits for the exit.
-fn stop(serve: &mut Child) -> anyhow::Result<()> {
+pub(super) fn stop(serve: &mut Child) -> anyhow::Result<()> {
     let status = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status()?;
     if !status.success() {
         bail!("cannot signal davpush serve");

@@ -12,6 +12,8 @@ const CHECK_SH: &str = "packaging/debian/check.sh (run by .ci/run)";
 const POPULATION: &str =
     "davpush bench population --count 2000 --topics 100 --big-topic 200 --expired 5000 --data-dir bench-population";
 
+const PUSH_BENCH: &str = "davpush bench push-service --clients 200 --senders 8 --secs 2 --data-dir bench-push-service";
+
 const SABREDAV_RECIPE: &str = "php_recipes::issue_14_the_sabredav_outbox_recipe_notifies_subscribers_of_the_gateway";
 const DAVICAL_RECIPE: &str = "php_recipes::issue_14_the_davical_trigger_recipe_notifies_subscribers_of_the_gateway";
 
@@ -34,6 +36,7 @@ pub(crate) const CLAIMS: &[(&str, &str, &str)] = &[
         crate::bench_fanout::README_COMMAND,
         "bench_fanout::issue_17_bench_fanout_measures_the_director_and_the_baseline_alike",
     ),
+    ("README.md", PUSH_BENCH, "push_bench::issue_16_bench_push_service_counts_add_up"),
     ("README.md", "cargo install --locked --path crates/cli", CHECK_SH),
     ("docs/operations.md", "packaging/debian/build-deb.sh", CHECK_SH),
     (

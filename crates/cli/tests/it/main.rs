@@ -20,6 +20,7 @@ mod operator;
 mod php_recipes;
 mod procs;
 mod proxy_tls;
+mod push_bench;
 mod push_service_plaintext;
 mod radicale_recipe;
 mod sd_notify;
