@@ -200,6 +200,18 @@ pub(crate) enum BenchCommand {
     PushService(pushsvc::PushServiceArgs),
 }
 
+/// `dir`, created if missing and made absolute; an error unless it is empty (a bench that starts
+/// its own Director measures a fresh one).
+fn fresh_data_dir(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    if std::fs::read_dir(&dir)?.next().is_some() {
+        anyhow::bail!("{} is not empty: give a fresh data directory", dir.display());
+    }
+    Ok(dir)
+}
+
 /// Runs the load tool; progress and errors go to stderr.
 pub(crate) async fn run(args: BenchArgs) -> ExitCode {
     let (name, done) = match args.command {

@@ -48,12 +48,7 @@ const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
 const BIG: &str = "bench-big-topic-9f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f";
 
 pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
-    let dir = &args.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
-    if std::fs::read_dir(&dir)?.next().is_some() {
-        bail!("{} is not empty: give a fresh data directory", dir.display());
-    }
+    let dir = super::fresh_data_dir(&args.data_dir)?;
     let config = write_config(&dir, &args)?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let wal = dir.join("davpush.sqlite-wal");

@@ -86,12 +86,7 @@ struct PushHead<'a> {
 }
 
 pub(crate) async fn run(args: PushServiceArgs) -> anyhow::Result<()> {
-    let dir = &args.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
-    if std::fs::read_dir(&dir)?.next().is_some() {
-        bail!("{} is not empty: give a fresh data directory", dir.display());
-    }
+    let dir = super::fresh_data_dir(&args.data_dir)?;
     raise_fd_limit(u64::from(args.clients + args.senders) + 256);
     let config = write_config(&dir, &args)?;
     let http = reqwest::Client::builder()
