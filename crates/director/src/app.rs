@@ -212,7 +212,15 @@ pub async fn build_with_store(
         service.metrics().recent.follow_topics();
         tracing::info!("admin view enabled at /admin/");
     }
-    Ok(AppState { service, hub, config: Arc::new(config), startup: Arc::new(startup), admin, vapid })
+    Ok(AppState {
+        service,
+        hub,
+        config: Arc::new(config),
+        startup: Arc::new(startup),
+        admin,
+        vapid,
+        vapid_tokens: Arc::default(),
+    })
 }
 
 fn key_error(e: crate::vapid::RotateError) -> StartError {

@@ -24,4 +24,7 @@ pub struct AppState {
     /// The VAPID keys in use (advertised and retired), when Web Push is on; replaced when the
     /// store's keys change.
     pub vapid: Option<Arc<davpush_delivery::webpush::keyring::LiveRing>>,
+    /// The push service's VAPID tokens whose signature verified (senders reuse a token for
+    /// many messages; the time and audience claims are still checked on every request).
+    pub vapid_tokens: Arc<crate::http::push::VerifiedTokens>,
 }

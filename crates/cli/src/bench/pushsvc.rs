@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use davpush_delivery::webpush::vapid::{Vapid, VapidKey};
 
 /// Options of `davpush bench push-service`.
 #[derive(Debug, clap::Args)]
@@ -39,10 +40,59 @@ pub(crate) struct PushServiceArgs {
     /// A fresh data directory for the Director this bench starts (created).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    /// VAPID (RFC 8292): `off` = unrestricted subscriptions, unsigned pushes; `reuse` = every
+    /// subscription restricted to one application-server key, each sender signing one token and
+    /// sending it with every push (as senders that cache their header do); `per-push` = the
+    /// same, with a token signed for every push (as pywebpush does).
+    #[arg(long, value_enum, default_value_t = VapidMode::Off)]
+    vapid: VapidMode,
     /// Run the Director under `taskset -c <CPUS>` (e.g. 0; start the bench itself under
     /// `taskset -c 1`), so that the server and the load generator do not share cores.
     #[arg(long, value_name = "CPUS")]
     server_cpus: Option<String>,
+}
+
+/// How the senders authenticate (`--vapid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum VapidMode {
+    Off,
+    Reuse,
+    PerPush,
+}
+
+/// The push service's origin, as the Director this bench starts is configured (`public_url`):
+/// the `aud` of the senders' tokens.
+const ORIGIN: &str = "http://127.0.0.1";
+
+/// The senders' application-server key and how they use it.
+struct Signer {
+    vapid: Vapid,
+    mode: VapidMode,
+    /// The header of `reuse`, signed once.
+    reused: String,
+}
+
+impl Signer {
+    fn new(mode: VapidMode) -> anyhow::Result<Option<Arc<Signer>>> {
+        if mode == VapidMode::Off {
+            return Ok(None);
+        }
+        let (key, _) = VapidKey::generate_pem()?;
+        let vapid = Vapid::new(Arc::new(key), "mailto:bench@example.invalid".into());
+        let reused = vapid.sign(ORIGIN, davpush_core::unix_now() + 12 * 3600);
+        Ok(Some(Arc::new(Signer { vapid, mode, reused })))
+    }
+
+    fn public_key(&self) -> String {
+        self.vapid.key().public_key()
+    }
+
+    fn authorization(&self) -> String {
+        match self.mode {
+            VapidMode::PerPush => self.vapid.sign(ORIGIN, davpush_core::unix_now() + 12 * 3600),
+            VapidMode::Off | VapidMode::Reuse => self.reused.clone(),
+        }
+    }
 }
 
 const TOKEN: &str = "bench-push-service-token-0123456789";
@@ -64,6 +114,8 @@ struct State {
     /// Frames whose body did not carry a sequence number this run sent.
     unknown: AtomicU64,
     latency: Histogram,
+    /// `--vapid`: the senders' key (and the key every subscription is restricted to).
+    signer: Option<Arc<Signer>>,
 }
 
 impl State {
@@ -122,6 +174,7 @@ async fn measure(
         frames: Default::default(),
         unknown: AtomicU64::new(0),
         latency: Histogram::new(),
+        signer: Signer::new(args.vapid)?,
     });
 
     progress!("push-service: connecting {} clients", args.clients);
@@ -131,6 +184,8 @@ async fn measure(
     progress!("push-service: phase 1, {} senders as fast as they are answered, {} s", args.senders, args.secs);
     let template = Arc::new(vec![0xA5u8; args.body_bytes as usize]);
     let phase = Duration::from_secs(args.secs);
+    let (server, me) = (serve.id(), std::process::id());
+    let (server_before, me_before) = (cpu::cpu_ns(server), cpu::cpu_ns(me));
     let t1 = Instant::now();
     let mut senders = JoinSet::new();
     for _ in 0..args.senders {
@@ -145,6 +200,8 @@ async fn measure(
     let frames_in_1 = st.frames[0].load(Relaxed);
     let accepted_in_1 = st.accepted[0].load(Relaxed);
     let secs1 = t1.elapsed().as_secs_f64();
+    let server_ns = cpu::spent(server_before, cpu::cpu_ns(server));
+    let me_ns = cpu::spent(me_before, cpu::cpu_ns(me));
     st.stop.store(1, Relaxed);
     while senders.join_next().await.is_some() {}
     let sent1 = st.next.load(Relaxed);
@@ -185,20 +242,41 @@ async fn measure(
     drain(&st, 1, Duration::from_secs(5)).await;
     let sent2 = st.next.load(Relaxed) - sent1;
 
+    let per_push = |ns: Option<u64>| {
+        ns.filter(|_| accepted_in_1 > 0).map_or_else(
+            || "-".to_owned(),
+            |ns| {
+                format!(
+                    "{:.1} µs per accepted push ({:.0} % of a core)",
+                    ns as f64 / 1e3 / accepted_in_1 as f64,
+                    ns as f64 / 1e7 / secs1
+                )
+            },
+        )
+    };
     let refused = st.refused.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let (a1, a2) = (st.accepted[0].load(Relaxed), st.accepted[1].load(Relaxed));
     let (f1, f2) = (st.frames[0].load(Relaxed), st.frames[1].load(Relaxed));
     let lat = st.latency.summary();
     let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2} ms"));
     let mut out = format!(
-        "davpush bench push-service: {} clients, {} senders, {}-byte bodies, {} s per phase\n",
-        args.clients, args.senders, args.body_bytes, args.secs
+        "davpush bench push-service: {} clients, {} senders, {}-byte bodies, {} s per phase, VAPID {}\n",
+        args.clients,
+        args.senders,
+        args.body_bytes,
+        args.secs,
+        match args.vapid {
+            VapidMode::Off => "off",
+            VapidMode::Reuse => "on (tokens reused)",
+            VapidMode::PerPush => "on (a token per push)",
+        }
     );
     out += &format!(
         "  saturated:  {saturated:.0} accepted/s, {:.0} frames/s ({sent1} sent, {a1} accepted, {f1} frames, {} lost)\n",
         frames_in_1 as f64 / secs1,
         a1.saturating_sub(f1)
     );
+    out += &format!("  CPU:        server {}; load tool {}\n", per_push(server_ns), per_push(me_ns));
     out += &format!(
         "  paced:      {:.0}/s asked, {:.0}/s sent ({sent2} sent, {a2} accepted, {f2} frames, {} lost), sender lag max {:.1} ms\n",
         rate,
@@ -234,8 +312,11 @@ async fn send_one(http: &reqwest::Client, endpoints: &[String], st: &State, temp
     body[..8].copy_from_slice(&seq.to_be_bytes());
     let url = &endpoints[seq as usize % endpoints.len()];
     slot.store(st.now_ns(), Relaxed);
-    let answer =
-        http.post(url).header(header::CONTENT_ENCODING, "aes128gcm").header("ttl", "60").body(body).send().await;
+    let mut request = http.post(url).header(header::CONTENT_ENCODING, "aes128gcm").header("ttl", "60");
+    if let Some(signer) = &st.signer {
+        request = request.header(header::AUTHORIZATION, signer.authorization());
+    }
+    let answer = request.body(body).send().await;
     let phase = st.phase_of(seq);
     match answer {
         Ok(r) if r.status().as_u16() == 201 => {
@@ -275,7 +356,8 @@ async fn connect_clients(args: &PushServiceArgs, base: &str, st: &Arc<State>) ->
         tasks.spawn(async move {
             let opened = {
                 let _permit = limit.acquire().await;
-                tokio::time::timeout(SETUP_TIMEOUT, open_client(request))
+                let key = st.signer.as_ref().map(|s| s.public_key());
+                tokio::time::timeout(SETUP_TIMEOUT, open_client(request, key))
                     .await
                     .unwrap_or_else(|_| Err(anyhow!("setup timed out")))
             };
@@ -301,7 +383,7 @@ async fn connect_clients(args: &PushServiceArgs, base: &str, st: &Arc<State>) ->
     Ok(endpoints)
 }
 
-async fn open_client(mut req: Request) -> anyhow::Result<(Ws, String)> {
+async fn open_client(mut req: Request, vapid_key: Option<String>) -> anyhow::Result<(Ws, String)> {
     req.headers_mut().insert(
         header::SEC_WEBSOCKET_KEY,
         HeaderValue::from_str(&generate_key()).expect("a generated key is a valid header"),
@@ -311,7 +393,7 @@ async fn open_client(mut req: Request) -> anyhow::Result<(Ws, String)> {
     let _ = stream.set_nodelay(true);
     let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.context("WebSocket upgrade")?;
     next_text(&mut ws).await.map_err(|e| anyhow!("{e}"))?; // hello
-    let frame = ClientFrame::PushSubscribe { id: None, vapid_key: None, push_id: None, secret: None };
+    let frame = ClientFrame::PushSubscribe { id: None, vapid_key, push_id: None, secret: None };
     ws.send(Message::text(serde_json::to_string(&frame)?)).await?;
     loop {
         let text = next_text(&mut ws).await.map_err(|e| anyhow!("{e}"))?;

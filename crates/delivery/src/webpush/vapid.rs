@@ -153,15 +153,21 @@ impl Vapid {
             return h.clone();
         }
         let exp = now + TOKEN_LIFETIME;
-        let claims = Claims { aud: origin, exp, sub: &self.subject };
-        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key.encoding)
-            .expect("signing with a valid P-256 key does not fail");
-        let header: Arc<str> = Arc::from(format!("vapid t={jwt}, k={}", self.key.public_key()));
+        let header: Arc<str> = Arc::from(self.sign(origin, exp));
         if cache.len() > 10_000 {
             cache.clear(); // bounded: origins are few in practice
         }
         cache.insert(origin.to_owned(), (header.clone(), exp));
         header
+    }
+
+    /// A newly signed `Authorization` header value for `origin`, valid until `exp` (no cache:
+    /// each call makes another token, ECDSA signatures being randomized).
+    pub fn sign(&self, origin: &str, exp: i64) -> String {
+        let claims = Claims { aud: origin, exp, sub: &self.subject };
+        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key.encoding)
+            .expect("signing with a valid P-256 key does not fail");
+        format!("vapid t={jwt}, k={}", self.key.public_key())
     }
 }
 

@@ -5,7 +5,9 @@
 //! The body is never decrypted, logged or stored: it is base64url-encoded into the client's
 //! frame as it came.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 use axum::Json;
@@ -112,10 +114,10 @@ async fn accept(st: &AppState, id: &str, req: Request) -> Result<Response, PushA
     // The per-sender limit counts a verified application-server key, else the address.
     let sender_key = match key {
         Some(key) => {
-            verify_vapid(headers, &key, eps.origin(), now)?;
+            verify_vapid(&st.vapid_tokens, headers, &key, eps.origin(), now)?;
             Some(key)
         }
-        None => verified_key(headers, eps.origin(), now),
+        None => verified_key(&st.vapid_tokens, headers, eps.origin(), now),
     };
     let trusted = st.config.push_service.as_ref().map(|p| &p.trusted_proxies);
     let sender = match (sender_key, peer) {
@@ -202,21 +204,103 @@ fn vapid_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// The application-server key of a VAPID `Authorization` that verifies (for an unrestricted
 /// subscription, where it only names the sender).
-fn verified_key(headers: &HeaderMap, origin: &str, now: i64) -> Option<Vec<u8>> {
+fn verified_key(tokens: &VerifiedTokens, headers: &HeaderMap, origin: &str, now: i64) -> Option<Vec<u8>> {
     let (_, k) = vapid_credentials(headers)?;
     let k = URL_SAFE_NO_PAD.decode(k).ok()?;
-    verify_vapid(headers, &k, origin, now).ok().map(|()| k)
+    verify_vapid(tokens, headers, &k, origin, now).ok().map(|()| k)
+}
+
+/// What a VAPID token's signature and parsing established: the key it verified with and its
+/// `aud` and `exp` claims. The claims are checked against the request on every use.
+#[derive(Debug)]
+struct Verified {
+    key: Box<[u8]>,
+    aud: Box<str>,
+    exp: i64,
+}
+
+/// The VAPID tokens whose ES256 signature verified, by the token's text: a sender reuses its
+/// token for many messages (RFC 8292 §2 lets it, up to 24 hours), and an ECDSA verification
+/// costs about as much as the rest of a push. Verification is a function of the token and the
+/// key alone, so a token seen before with the same key is known good; a token with another key
+/// is verified afresh. Bounded: expired entries go when it is full, and all of them if that is
+/// not enough (the next request of each sender verifies again).
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    map: Mutex<HashMap<Box<str>, Verified>>,
+}
+
+impl VerifiedTokens {
+    /// Tokens kept at most (each ~300–500 bytes).
+    const MAX: usize = 4096;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claims of `token` if it verified with `key` before.
+    fn get(&self, token: &str, key: &[u8]) -> Option<(Box<str>, i64)> {
+        let map = self.lock();
+        let v = map.get(token).filter(|v| *v.key == *key)?;
+        Some((v.aud.clone(), v.exp))
+    }
+
+    fn insert(&self, token: &str, key: &[u8], aud: &str, exp: i64, now: i64) {
+        let mut map = self.lock();
+        if map.len() >= Self::MAX {
+            map.retain(|_, v| v.exp + 60 >= now);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(token.into(), Verified { key: key.into(), aud: aud.into(), exp });
+    }
+
+    /// Tokens held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// Checks the sender's VAPID token against the application-server `key` the subscription is
 /// restricted to (RFC 8292 §4.2): same key, valid ES256 signature, `aud` this push service's
 /// origin, `exp` in the future and at most 24 hours away.
-fn verify_vapid(headers: &HeaderMap, key: &[u8], origin: &str, now: i64) -> Result<(), PushApiError> {
+fn verify_vapid(
+    tokens: &VerifiedTokens,
+    headers: &HeaderMap,
+    key: &[u8],
+    origin: &str,
+    now: i64,
+) -> Result<(), PushApiError> {
     let (token, k) = vapid_credentials(headers).ok_or(PushApiError::VapidMissing)?;
     let k = URL_SAFE_NO_PAD.decode(k).map_err(|_| PushApiError::VapidInvalid("`k` is not base64url"))?;
     if k != key {
         return Err(PushApiError::VapidInvalid("the key is not the one the subscription is restricted to"));
     }
+    let (aud, exp) = match tokens.get(&token, key) {
+        Some(known) => known,
+        None => {
+            let (aud, exp) = verify_token(&token, key)?;
+            tokens.insert(&token, key, &aud, exp, now);
+            (aud, exp)
+        }
+    };
+    if aud.trim_end_matches('/') != origin {
+        return Err(PushApiError::VapidInvalid("`aud` is not this push service's origin"));
+    }
+    // A minute of clock skew either way.
+    if exp + 60 < now {
+        return Err(PushApiError::VapidInvalid("the JWT has expired"));
+    }
+    if exp > now + 86400 + 60 {
+        return Err(PushApiError::VapidInvalid("`exp` is more than 24 hours away"));
+    }
+    Ok(())
+}
+
+/// Verifies `token`'s ES256 signature with `key` and reads its `aud` and `exp` claims.
+fn verify_token(token: &str, key: &[u8]) -> Result<(Box<str>, i64), PushApiError> {
     let (signed, sig) = token.rsplit_once('.').ok_or(PushApiError::VapidInvalid("malformed JWT"))?;
     let (head, claims) = signed.split_once('.').ok_or(PushApiError::VapidInvalid("malformed JWT"))?;
     let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| PushApiError::VapidInvalid("malformed JWT"))?;
@@ -231,16 +315,103 @@ fn verify_vapid(headers: &HeaderMap, key: &[u8], origin: &str, now: i64) -> Resu
     }
     let claims = json(claims).ok_or(PushApiError::VapidInvalid("malformed JWT claims"))?;
     let aud = claims.get("aud").and_then(|a| a.as_str()).unwrap_or_default();
-    if aud.trim_end_matches('/') != origin {
-        return Err(PushApiError::VapidInvalid("`aud` is not this push service's origin"));
-    }
     let exp = claims.get("exp").and_then(|e| e.as_i64()).ok_or(PushApiError::VapidInvalid("`exp` is missing"))?;
-    // A minute of clock skew either way.
-    if exp + 60 < now {
-        return Err(PushApiError::VapidInvalid("the JWT has expired"));
+    Ok((aud.into(), exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use davpush_delivery::webpush::vapid::{Vapid, VapidKey};
+
+    use super::*;
+
+    const NOW: i64 = 1_900_000_000;
+    const ORIGIN: &str = "https://push.example";
+
+    fn sender() -> (Vapid, Vec<u8>) {
+        let (key, _) = VapidKey::generate_pem().unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(key.public_key()).unwrap();
+        (Vapid::new(Arc::new(key), "mailto:ops@example.invalid".into()), raw)
     }
-    if exp > now + 86400 + 60 {
-        return Err(PushApiError::VapidInvalid("`exp` is more than 24 hours away"));
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(authorization).unwrap());
+        h
     }
-    Ok(())
+
+    fn refused(r: Result<(), PushApiError>) -> &'static str {
+        match r {
+            Err(PushApiError::VapidInvalid(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_known_token_skips_the_signature_but_not_the_claims() {
+        let (vapid, key) = sender();
+        let h = headers(&vapid.authorization(ORIGIN, NOW));
+        let tokens = VerifiedTokens::default();
+        verify_vapid(&tokens, &h, &key, ORIGIN, NOW).unwrap();
+        assert_eq!(tokens.len(), 1);
+        // Known now: accepted again, and still checked against the request.
+        verify_vapid(&tokens, &h, &key, ORIGIN, NOW + 10).unwrap();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(
+            refused(verify_vapid(&tokens, &h, &key, "https://other.example", NOW)),
+            "`aud` is not this push service's origin"
+        );
+        assert_eq!(refused(verify_vapid(&tokens, &h, &key, ORIGIN, NOW + 13 * 3600)), "the JWT has expired");
+        // A token issued far ahead of this clock is refused from the cache as well.
+        assert_eq!(
+            refused(verify_vapid(&tokens, &h, &key, ORIGIN, NOW - 13 * 3600)),
+            "`exp` is more than 24 hours away"
+        );
+    }
+
+    #[test]
+    fn a_known_token_with_another_key_or_a_changed_signature_is_verified_again() {
+        let (vapid, key) = sender();
+        let auth = vapid.authorization(ORIGIN, NOW);
+        let tokens = VerifiedTokens::default();
+        verify_vapid(&tokens, &headers(&auth), &key, ORIGIN, NOW).unwrap();
+        // The same token text presented with another key does not verify with that key.
+        let (other, other_key) = sender();
+        let token = auth.strip_prefix("vapid t=").and_then(|r| r.split_once(", k=")).unwrap().0;
+        let borrowed = format!("vapid t={token}, k={}", other.key().public_key());
+        assert_eq!(
+            refused(verify_vapid(&tokens, &headers(&borrowed), &other_key, ORIGIN, NOW)),
+            "the signature does not verify"
+        );
+        // A changed signature is another token: verified, refused, not kept.
+        let (signed, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        sig[10] ^= 1;
+        let tampered = format!("vapid t={signed}.{}, k={}", URL_SAFE_NO_PAD.encode(&sig), vapid.key().public_key());
+        assert_eq!(
+            refused(verify_vapid(&tokens, &headers(&tampered), &key, ORIGIN, NOW)),
+            "the signature does not verify"
+        );
+        assert_eq!(tokens.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let tokens = VerifiedTokens::default();
+        for i in 0..VerifiedTokens::MAX + 100 {
+            tokens.insert(&format!("token-{i}"), &[4; 65], ORIGIN, NOW + 3600, NOW);
+        }
+        assert!(tokens.len() <= VerifiedTokens::MAX);
+        // Expired entries go first when it is full.
+        let tokens = VerifiedTokens::default();
+        for i in 0..VerifiedTokens::MAX - 1 {
+            tokens.insert(&format!("old-{i}"), &[4; 65], ORIGIN, NOW - 3600, NOW - 7200);
+        }
+        tokens.insert("fresh", &[4; 65], ORIGIN, NOW + 3600, NOW);
+        tokens.insert("fresher", &[4; 65], ORIGIN, NOW + 3600, NOW);
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.get("fresh", &[4; 65]).is_some());
+    }
 }
