@@ -42,3 +42,26 @@ fn issue_16_bench_push_service_counts_add_up() {
     assert!(!again.status.success(), "a used data directory is refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty"));
 }
+
+#[test]
+fn issue_16_bench_push_service_signs_with_vapid_when_asked() {
+    // Every subscription restricted to the senders' key: a push the Director could not verify
+    // would be refused (403) and show in `refused:`.
+    for (mode, label) in [("reuse", "VAPID on (tokens reused)"), ("per-push", "VAPID on (a token per push)")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_davpush"))
+            .args(["bench", "push-service", "--clients", "20", "--senders", "4", "--secs", "1", "--vapid", mode])
+            .args(["--data-dir", "bench-push-vapid"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(label), "{text}");
+        let [sent, accepted, frames, lost] = counts(&text, "saturated:");
+        assert!(sent > 0, "{text}");
+        assert_eq!((accepted, frames, lost), (sent, sent, 0), "every signed push accepted and delivered:\n{text}");
+        assert!(text.contains("refused:    none; unknown frames 0"), "{text}");
+        assert!(text.contains("µs per accepted push"), "the server's CPU per push is reported:\n{text}");
+    }
+}
