@@ -34,14 +34,15 @@ use davpush_core::live::{CloseReason, Connection};
 use davpush_core::session::{self, Inbound};
 use davpush_proto::ServerFrame;
 use futures_util::{Sink, SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
 use tungstenite::error::{Error as WsError, ProtocolError};
-use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::state::AppState;
 
 /// A connection's WebSocket.
-type WebSocket = tokio_tungstenite::WebSocketStream<gate::Io>;
+type WebSocket = WebSocketStream<gate::Io>;
 
 /// Why the server closes a connection: the close code (RFC 6455 §7.4.1), its reason text and
 /// the `reason` label of `davpush_websocket_closed_total`.
@@ -126,6 +127,25 @@ fn read_error(e: &WsError) -> End {
 
 fn text(frame: &ServerFrame) -> Message {
     Message::Text(Utf8Bytes::from(serde_json::to_string(frame).expect("frames always serialize")))
+}
+
+/// Serves the connection `on_upgrade` yields once the upgrade response is sent.
+///
+/// The task lives as long as the connection: no value is kept in a named local across the
+/// connection's await (a moved-from local keeps its place in the future, doubling the size of
+/// what it held), and the size of [`run`]'s future is checked in debug builds.
+pub(crate) async fn accept(on_upgrade: hyper::upgrade::OnUpgrade, config: WebSocketConfig, st: AppState) {
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let (io, gate) = gate::Io::new(upgraded);
+    sized(run(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await, gate, st)).await
+}
+
+/// `task`, checked in debug builds not to have grown past [`MAX_TASK_SIZE`].
+fn sized<F: std::future::Future>(task: F) -> F {
+    debug_assert!(std::mem::size_of_val(&task) <= MAX_TASK_SIZE, "connection task grew");
+    task
 }
 
 /// Serves one upgraded connection until it closes.

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use davpush_proto::SUBPROTOCOL;
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::protocol::WebSocketConfig;
 
 use super::auth;
 use super::error::ApiError;
@@ -66,16 +66,7 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_message_bytes));
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let (io, gate) = crate::ws::gate::Io::new(upgraded);
-        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        let task = crate::ws::run(socket, gate, st);
-        debug_assert!(std::mem::size_of_val(&task) <= crate::ws::MAX_TASK_SIZE, "connection task grew");
-        task.await;
-    });
+    tokio::spawn(crate::ws::accept(on_upgrade, config, st));
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, HeaderValue::from_static("upgrade"))

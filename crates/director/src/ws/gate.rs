@@ -123,11 +123,21 @@ impl Io {
     pub(crate) fn new(upgraded: Upgraded) -> (Io, Option<Arc<Gate>>) {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let gate = Arc::new(Gate { tcp: parts.io.into_inner(), rest: Mutex::new(Vec::new()) });
-                (Io::Gated { gate: gate.clone(), pre: parts.read_buf }, Some(gate))
+                // `read_buf` is a slice of hyper's read buffer: copied (usually nothing), so
+                // that the connection does not keep that buffer alive.
+                let pre =
+                    if parts.read_buf.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&parts.read_buf) };
+                let (io, gate) = Io::gated(parts.io.into_inner(), pre);
+                (io, Some(gate))
             }
             Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), None),
         }
+    }
+
+    /// `tcp` behind a new gate, with `pre` read from it already.
+    fn gated(tcp: TcpStream, pre: Bytes) -> (Io, Arc<Gate>) {
+        let gate = Arc::new(Gate { tcp, rest: Mutex::new(Vec::new()) });
+        (Io::Gated { gate: gate.clone(), pre }, gate)
     }
 }
 
@@ -138,6 +148,9 @@ impl AsyncRead for Io {
             Io::Gated { pre, .. } if !pre.is_empty() => {
                 let n = pre.len().min(buf.remaining());
                 buf.put_slice(&pre.split_to(n));
+                if pre.is_empty() {
+                    *pre = Bytes::new();
+                }
                 Poll::Ready(Ok(()))
             }
             Io::Gated { gate, .. } => loop {
@@ -178,5 +191,139 @@ impl AsyncWrite for Io {
                 Poll::Ready(socket2::SockRef::from(&gate.tcp).shutdown(std::net::Shutdown::Write))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use davpush_core::live::ws_text_frame;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::WebSocketStream;
+    use tungstenite::Message;
+    use tungstenite::protocol::Role;
+
+    use super::*;
+
+    /// A connected pair on loopback: the server's side behind a gate (with a small send buffer,
+    /// so that the socket fills and takes frames in parts), the client's side plain.
+    async fn pair() -> (WebSocketStream<Io>, Arc<Gate>, WebSocketStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(8 * 1024).unwrap();
+        socket2::SockRef::from(&client).set_recv_buffer_size(8 * 1024).unwrap();
+        let (io, gate) = Io::gated(server, Bytes::from_static(b"\x89\x00")); // a client ping, read early
+        let server = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (server, gate, client)
+    }
+
+    fn payload(kind: &str, n: usize) -> String {
+        // ~3 KB: larger than what a nearly full socket takes, so that writes end in parts.
+        format!("{kind} {n:05} {}", "x".repeat(3000))
+    }
+
+    /// Issue 17: the fan-out's direct writes and the connection task's own writes (answers,
+    /// pings) go to one socket at the same time, the socket fills up and takes frames in parts,
+    /// and the client still parses every frame whole and in each writer's order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_and_task_writes_interleave_as_whole_frames() {
+        let (mut server, gate, mut client) = pair().await;
+        let (parts_tx, mut parts_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let full = Arc::new(AtomicBool::new(false));
+        // The fan-out: 400 frames, each tried until the socket takes it (a `Nothing` would send
+        // it through the mailbox in the Director; here it is tried again). After a `Part` the
+        // task is told to write the rest, as `Connection::deliver` wakes it.
+        let fanout = {
+            let (gate, full) = (gate.clone(), full.clone());
+            std::thread::spawn(move || {
+                let mut counts = [0usize; 3];
+                for n in 0..400 {
+                    let frame = ws_text_frame(payload("direct", n).as_bytes());
+                    loop {
+                        match gate.try_write_frame(&frame) {
+                            Wrote::All => counts[0] += 1,
+                            Wrote::Part => {
+                                counts[1] += 1;
+                                let _ = parts_tx.try_send(());
+                            }
+                            Wrote::Nothing => {
+                                counts[2] += 1;
+                                full.store(true, Ordering::Release);
+                                std::thread::yield_now();
+                                continue;
+                            }
+                        }
+                        break;
+                    }
+                }
+                counts
+            })
+        };
+        // The connection's task: 200 answers and 20 pings (each `send` also writes any rest a
+        // direct frame left), then whatever rests remain, until the client closes.
+        let task = tokio::spawn(async move {
+            for n in 0..200 {
+                server.send(Message::text(payload("answer", n))).await.unwrap();
+                if n % 10 == 0 {
+                    server.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+                }
+            }
+            loop {
+                tokio::select! {
+                    Some(()) = parts_rx.recv() => server.flush().await.unwrap(),
+                    msg = server.next() => match msg {
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => panic!("server read: {e}"),
+                    },
+                }
+            }
+            server.flush().await.unwrap();
+        });
+        // The client reads nothing until the socket was found full once.
+        while !full.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        let (mut direct, mut answers, mut pings, mut pongs) = (Vec::new(), Vec::new(), 0, 0);
+        while direct.len() < 400 || answers.len() < 200 {
+            match client.next().await.expect("connection ended").expect("every frame whole") {
+                Message::Text(t) => {
+                    let (kind, rest) = t.as_str().split_once(' ').unwrap();
+                    let n: usize = rest[..5].parse().unwrap();
+                    assert_eq!(t.as_str(), payload(kind, n));
+                    match kind {
+                        "direct" => direct.push(n),
+                        "answer" => answers.push(n),
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                Message::Ping(_) => pings += 1,
+                Message::Pong(_) => pongs += 1,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        assert_eq!(direct, (0..400).collect::<Vec<_>>(), "direct frames whole and in order");
+        assert_eq!(answers, (0..200).collect::<Vec<_>>(), "answers whole and in order");
+        assert_eq!(pings, 20);
+        let counts = fanout.join().unwrap();
+        assert_eq!(counts[0] + counts[1], 400);
+        assert!(counts[2] > 0, "the socket was full at least once: {counts:?}");
+        // The client's ping that hyper had read with the upgrade request is answered; its
+        // close is answered.
+        client.close(None).await.unwrap();
+        while let Some(msg) = client.next().await {
+            match msg.expect("every frame whole") {
+                Message::Pong(_) => pongs += 1,
+                Message::Close(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        assert_eq!(pongs, 1);
+        task.await.unwrap();
+        assert!(gate.lock().is_empty(), "no rest left behind");
     }
 }
