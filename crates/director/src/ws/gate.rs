@@ -215,7 +215,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         socket2::SockRef::from(&server).set_send_buffer_size(8 * 1024).unwrap();
         socket2::SockRef::from(&client).set_recv_buffer_size(8 * 1024).unwrap();
-        let (io, gate) = Io::gated(server, Bytes::from_static(b"\x89\x00")); // a client ping, read early
+        let (io, gate) = Io::gated(server, Bytes::from_static(b"\x89\x80\0\0\0\0")); // a (masked) client ping, read early
         let server = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (server, gate, client)
@@ -312,9 +312,12 @@ mod tests {
         let counts = fanout.join().unwrap();
         assert_eq!(counts[0] + counts[1], 400);
         assert!(counts[2] > 0, "the socket was full at least once: {counts:?}");
-        // The client's ping that hyper had read with the upgrade request is answered; its
-        // close is answered.
+        // The client's ping that hyper had read with the upgrade request is answered, and its
+        // close; then the server's side lets go of the socket and the client sees it end.
         client.close(None).await.unwrap();
+        task.await.unwrap();
+        assert!(gate.lock().is_empty(), "no rest left behind");
+        drop(gate);
         while let Some(msg) = client.next().await {
             match msg.expect("every frame whole") {
                 Message::Pong(_) => pongs += 1,
@@ -323,7 +326,5 @@ mod tests {
             }
         }
         assert_eq!(pongs, 1);
-        task.await.unwrap();
-        assert!(gate.lock().is_empty(), "no rest left behind");
     }
 }
