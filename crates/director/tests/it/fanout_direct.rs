@@ -89,13 +89,13 @@ async fn issue_17_direct_notifications_and_answers_stay_whole_and_in_order() {
 async fn issue_17_a_full_socket_falls_back_to_the_mailbox_and_loses_nothing() {
     let d = start("[websocket]\nwrite_timeout_secs = 60\n").await;
     let (mut ws, conn) = d.ws().await;
-    let topics: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    let topics: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
     for t in &topics {
         d.subscribe_ws("slow", t, &conn).await;
     }
     // The client reads nothing until frames wait in its mailbox: the socket would block, and
     // the fan-out fell back to the mailbox (queued, not yet sent).
-    let padding = "x".repeat(2000);
+    let padding = "x".repeat(900);
     let mut round = 0u64;
     let (d_ref, topics_ref) = (&d, &topics);
     eventually("frames wait in the mailbox", || {
