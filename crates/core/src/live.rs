@@ -665,4 +665,62 @@ mod tests {
         c.push(&topic("t"), &Bytes::from_static(b"hello"));
         assert_eq!(waiter.await.unwrap(), vec![Bytes::from_static(b"hello")]);
     }
+
+    /// A socket that takes or refuses frames as told, and keeps what it took.
+    #[derive(Debug, Default)]
+    struct Socket {
+        refuse: AtomicBool,
+        took: Mutex<Vec<Bytes>>,
+    }
+
+    impl DirectSocket for Socket {
+        fn try_write_frame(&self, frame: &[u8]) -> Wrote {
+            if self.refuse.load(Ordering::Relaxed) {
+                return Wrote::Nothing;
+            }
+            self.took.lock().unwrap().push(Bytes::copy_from_slice(frame));
+            Wrote::All
+        }
+    }
+
+    #[test]
+    fn issue_17_direct_writes_only_when_nothing_waits_for_the_connection() {
+        let hub = Hub::new(8, 2);
+        let c = hub.open(0).unwrap();
+        let socket = Arc::new(Socket::default());
+        c.attach(socket.clone());
+        let mut wire = [None, None];
+        let m1 = PushMessage::new(crate::Notification { topic: topic("a"), sync_token: None, trigger: None });
+        assert_eq!(c.deliver(&m1, &mut wire), Pushed::Sent);
+        assert_eq!(socket.took.lock().unwrap().as_slice(), [ws_text_frame(&m1.ws_frame)]);
+        assert_eq!(wire[0].as_ref(), Some(&ws_text_frame(&m1.ws_frame)), "encoded once for the fan-out");
+        // The socket would block: the mailbox takes it, and what follows queues behind it.
+        socket.refuse.store(true, Ordering::Relaxed);
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Queued);
+        socket.refuse.store(false, Ordering::Relaxed);
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Coalesced);
+        // Taken by the task: in flight until it settles.
+        let mut out = Vec::new();
+        c.take(&mut out);
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Queued);
+        c.take(&mut out);
+        c.settle();
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Sent);
+        // An answer in flight holds it too; a closed connection lets the socket go.
+        c.hold();
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Queued);
+        c.close(CloseReason::Shutdown);
+        assert_eq!(Arc::strong_count(&socket), 1);
+        assert_eq!(socket.took.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ws_text_frames_carry_their_length() {
+        assert_eq!(&ws_text_frame(b"hi")[..], b"\x81\x02hi");
+        let f = ws_text_frame(&[b'x'; 300]);
+        assert_eq!(&f[..4], [0x81, 126, 1, 44]);
+        let f = ws_text_frame(&vec![b'x'; 70_000]);
+        assert_eq!(&f[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(f.len(), 70_010);
+    }
 }
