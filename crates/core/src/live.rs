@@ -16,6 +16,14 @@
 //! the client is too slow; it is closed rather than allowed to hold anyone else up, and its
 //! subscriptions end with it. A client that stops reading altogether is caught by the write
 //! timeout of its task.
+//!
+//! A connection whose task has [`Connection::attach`]ed its socket is written to from the fan-out
+//! itself when nothing is waiting for it (mailbox empty, no frames or answer of its task in
+//! flight): the notification's frame, encoded once for all connections ([`ws_text_frame`]), is
+//! tried straight into the socket, and the task is not woken at all. Only when the socket would
+//! not take it, or took part of it (the task then writes the rest), does the connection fall back
+//! to its mailbox. The try-write happens under the mailbox's lock: it never blocks, and it keeps a
+//! direct frame from overtaking a queued one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
@@ -52,6 +60,45 @@ pub enum Pushed {
     Overflow,
     /// The connection was already closed.
     Closed,
+    /// Written straight into the socket (the rest of it, if any, is its task's to write).
+    Sent,
+}
+
+/// What [`DirectSocket::try_write_frame`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// The whole frame.
+    All,
+    /// A part: the socket's owner keeps the rest and writes it before anything else.
+    Part,
+    /// Nothing (the socket would block, is busy, or still has bytes to write).
+    Nothing,
+}
+
+/// A connection's socket as the fan-out sees it: frames can be tried into it without waiting.
+pub trait DirectSocket: Send + Sync + std::fmt::Debug {
+    /// Writes `frame`, one whole WebSocket frame, if the socket takes (at least a part of) it
+    /// right now and nothing else is being written to it; never waits.
+    fn try_write_frame(&self, frame: &[u8]) -> Wrote;
+}
+
+/// Encodes `payload` as one unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends it:
+/// the same bytes for every connection, so a fan-out encodes each notification once.
+pub fn ws_text_frame(payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut v = Vec::with_capacity(len + 10);
+    v.push(0x81); // FIN, text
+    if len < 126 {
+        v.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        v.push(126);
+        v.extend_from_slice(&len.to_be_bytes());
+    } else {
+        v.push(127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    Bytes::from(v)
 }
 
 /// A frame waiting in a mailbox.
@@ -75,6 +122,10 @@ struct Mailbox {
     /// Per replayed topic, the newest position the replay covered: a live frame of the topic
     /// at or before it was replayed already (or seen by the client before), and is skipped.
     floors: Vec<(Topic, Seq)>,
+    /// The socket, once the connection's task attached it, until the connection closes.
+    direct: Option<Arc<dyn DirectSocket>>,
+    /// The task has frames or an answer in flight: a direct write could overtake them.
+    busy: bool,
 }
 
 impl Mailbox {
@@ -115,7 +166,8 @@ pub struct Connection {
 impl Connection {
     /// Tells the connection's task that there is something to do (a permit, like
     /// [`tokio::sync::Notify::notify_one`]: a task not waiting yet finds it on its next wait).
-    fn wake(&self) {
+    /// The task itself calls it to keep a wake-up it took but could not act on yet.
+    pub fn wake(&self) {
         if !self.woken.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
@@ -142,16 +194,30 @@ impl Connection {
 
     /// Queues the frame of a notification of `topic` without blocking.
     pub fn push(&self, topic: &Topic, frame: &Bytes) -> Pushed {
-        self.push_at(topic, frame, None)
+        self.push_at(topic, frame, None, None)
     }
 
     /// Queues `message`, written as this connection wants it, without blocking.
     pub fn push_message(&self, message: &PushMessage) -> Pushed {
         let seq = message.position.as_ref().map(|p| p.seq);
-        self.push_at(&message.notification.topic, message.frame(self.framing()), seq)
+        self.push_at(&message.notification.topic, message.frame(self.framing()), seq, None)
     }
 
-    fn push_at(&self, topic: &Topic, frame: &Bytes, seq: Option<Seq>) -> Pushed {
+    /// Delivers `message` without blocking: straight into the socket if the connection has one
+    /// attached and nothing is waiting for it, else into the mailbox. `wire` caches the encoded
+    /// WebSocket frames of `message` by framing, for all the connections of one fan-out.
+    pub fn deliver(&self, message: &PushMessage, wire: &mut [Option<Bytes>; 2]) -> Pushed {
+        let framing = self.framing();
+        let seq = message.position.as_ref().map(|p| p.seq);
+        let slot = match framing {
+            Framing::WebSocket => Some(&mut wire[0]),
+            Framing::WebSocketPositions => Some(&mut wire[1]),
+            Framing::Sse => None,
+        };
+        self.push_at(&message.notification.topic, message.frame(framing), seq, slot)
+    }
+
+    fn push_at(&self, topic: &Topic, frame: &Bytes, seq: Option<Seq>, wire: Option<&mut Option<Bytes>>) -> Pushed {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
         if m.closed.is_some() {
             return Pushed::Closed;
@@ -162,6 +228,23 @@ impl Connection {
             // Replayed already.
             return Pushed::Coalesced;
         }
+        if let (Some(wire), Some(socket)) = (wire, &m.direct)
+            && m.queue.is_empty()
+            && !m.busy
+        {
+            let bytes = wire.get_or_insert_with(|| ws_text_frame(frame));
+            match socket.try_write_frame(bytes) {
+                Wrote::All => return Pushed::Sent,
+                Wrote::Part => {
+                    drop(m);
+                    // The task writes the rest (and is caught by its write timeout if the
+                    // client does not read it).
+                    self.wake();
+                    return Pushed::Sent;
+                }
+                Wrote::Nothing => {}
+            }
+        }
         let pending = Pending { topic: Some(topic.clone()), frame: frame.clone(), seq, pinned: false };
         if let Some(at) = m.queue.iter().position(|p| !p.pinned && p.topic.as_ref() == Some(topic)) {
             m.queue.remove(at);
@@ -170,6 +253,7 @@ impl Connection {
         }
         if m.queue.iter().filter(|p| !p.pinned).count() >= self.capacity {
             m.closed = Some(CloseReason::TooSlow);
+            m.direct = None;
             m.queue.clear();
             drop(m);
             self.wake();
@@ -220,19 +304,26 @@ impl Connection {
         self.wake();
     }
 
-    /// Asks the connection's task to close.
+    /// Asks the connection's task to close. Nothing is written straight into its socket from
+    /// now on (so the task can write its close frame last).
     pub fn close(&self, reason: CloseReason) {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
         if m.closed.is_none() {
             m.closed = Some(reason);
         }
+        m.direct = None;
         drop(m);
         self.wake();
     }
 
     /// Whether the connection was closed.
     pub fn is_closed(&self) -> bool {
-        self.mailbox.lock().unwrap_or_else(|e| e.into_inner()).closed.is_some()
+        self.closed_for().is_some()
+    }
+
+    /// Why the connection was closed, if it was.
+    pub fn closed_for(&self) -> Option<CloseReason> {
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner()).closed
     }
 
     /// Waits until there is something to do. Only the connection's own task may wait.
@@ -248,9 +339,35 @@ impl Connection {
         .await
     }
 
-    /// Moves the queued frames into `out` and says what else to do.
+    /// Lets the fan-out write this connection's frames straight into `socket` whenever nothing
+    /// is waiting for it (see the module's documentation). The task attaches its socket once it
+    /// is ready for notifications; the socket is let go when the connection closes.
+    pub fn attach(&self, socket: Arc<dyn DirectSocket>) {
+        let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if m.closed.is_none() {
+            m.direct = Some(socket);
+        }
+    }
+
+    /// The task is about to write something whose order matters to the client (an answer to a
+    /// request, a replay): notifications go through the mailbox until [`Connection::settle`].
+    pub fn hold(&self) {
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner()).busy = true;
+    }
+
+    /// What [`Connection::take`] or [`Connection::hold`] put in flight is written: the fan-out
+    /// may write straight into the socket again.
+    pub fn settle(&self) {
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner()).busy = false;
+    }
+
+    /// Moves the queued frames into `out` and says what else to do. If it moved any, they are
+    /// in flight until [`Connection::settle`].
     pub fn take(&self, out: &mut Vec<Bytes>) -> Work {
         let mut m = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.queue.is_empty() {
+            m.busy = true;
+        }
         out.extend(m.queue.drain(..).map(|p| p.frame));
         if m.queue.capacity() > 16 {
             // A burst is over; an idle connection keeps no large buffer.
@@ -386,7 +503,8 @@ impl Hub {
     }
 }
 
-/// The WebSocket push service: delivery is a non-blocking push into the connection's mailbox.
+/// The WebSocket push service: delivery is a non-blocking write into the connection's socket
+/// or push into its mailbox ([`Connection::deliver`]).
 #[derive(Debug)]
 pub struct WebSocketTransport {
     hub: Arc<Hub>,
@@ -415,12 +533,17 @@ impl Transport for WebSocketTransport {
 
     fn dispatch(&self, message: &Arc<PushMessage>, recipients: &[Arc<Subscription>]) -> Dispatched {
         let mut d = Dispatched::default();
+        let mut wire = [None, None];
         for s in recipients {
             let Some(conn) = s.target.connection() else {
                 d.dropped += 1;
                 continue;
             };
-            match conn.push_message(message) {
+            match conn.deliver(message, &mut wire) {
+                Pushed::Sent => {
+                    d.queued += 1;
+                    d.sent += 1;
+                }
                 Pushed::Queued => d.queued += 1,
                 Pushed::Coalesced => d.coalesced += 1,
                 Pushed::Overflow | Pushed::Closed => d.dropped += 1,
@@ -541,5 +664,63 @@ mod tests {
         });
         c.push(&topic("t"), &Bytes::from_static(b"hello"));
         assert_eq!(waiter.await.unwrap(), vec![Bytes::from_static(b"hello")]);
+    }
+
+    /// A socket that takes or refuses frames as told, and keeps what it took.
+    #[derive(Debug, Default)]
+    struct Socket {
+        refuse: AtomicBool,
+        took: Mutex<Vec<Bytes>>,
+    }
+
+    impl DirectSocket for Socket {
+        fn try_write_frame(&self, frame: &[u8]) -> Wrote {
+            if self.refuse.load(Ordering::Relaxed) {
+                return Wrote::Nothing;
+            }
+            self.took.lock().unwrap().push(Bytes::copy_from_slice(frame));
+            Wrote::All
+        }
+    }
+
+    #[test]
+    fn issue_17_direct_writes_only_when_nothing_waits_for_the_connection() {
+        let hub = Hub::new(8, 2);
+        let c = hub.open(0).unwrap();
+        let socket = Arc::new(Socket::default());
+        c.attach(socket.clone());
+        let mut wire = [None, None];
+        let m1 = PushMessage::new(crate::Notification { topic: topic("a"), sync_token: None, trigger: None });
+        assert_eq!(c.deliver(&m1, &mut wire), Pushed::Sent);
+        assert_eq!(socket.took.lock().unwrap().as_slice(), [ws_text_frame(&m1.ws_frame)]);
+        assert_eq!(wire[0].as_ref(), Some(&ws_text_frame(&m1.ws_frame)), "encoded once for the fan-out");
+        // The socket would block: the mailbox takes it, and what follows queues behind it.
+        socket.refuse.store(true, Ordering::Relaxed);
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Queued);
+        socket.refuse.store(false, Ordering::Relaxed);
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Coalesced);
+        // Taken by the task: in flight until it settles.
+        let mut out = Vec::new();
+        c.take(&mut out);
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Queued);
+        c.take(&mut out);
+        c.settle();
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Sent);
+        // An answer in flight holds it too; a closed connection lets the socket go.
+        c.hold();
+        assert_eq!(c.deliver(&m1, &mut [None, None]), Pushed::Queued);
+        c.close(CloseReason::Shutdown);
+        assert_eq!(Arc::strong_count(&socket), 1);
+        assert_eq!(socket.took.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ws_text_frames_carry_their_length() {
+        assert_eq!(&ws_text_frame(b"hi")[..], b"\x81\x02hi");
+        let f = ws_text_frame(&[b'x'; 300]);
+        assert_eq!(&f[..4], [0x81, 126, 1, 44]);
+        let f = ws_text_frame(&vec![b'x'; 70_000]);
+        assert_eq!(&f[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(f.len(), 70_010);
     }
 }

@@ -31,6 +31,8 @@ pub struct Dispatched {
     pub coalesced: u64,
     /// Could not be handed over (closed or overflowing recipient).
     pub dropped: u64,
+    /// Of `queued`, already written to the recipient (a WebSocket written from the fan-out).
+    pub sent: u64,
 }
 
 /// A push service.

@@ -10,6 +10,15 @@
 //! code saying why, then up to `write_timeout_secs` for the client's close frame, and only then
 //! the TCP connection is dropped (by the server first, as §7.1.1 asks). A client's close frame is
 //! answered with one carrying its code (§5.5.1).
+//!
+//! Once the `hello` is written the task attaches its socket to the connection: from then on the
+//! fan-out writes notifications straight into it whenever nothing waits in the mailbox and
+//! nothing of the task is in flight ([`gate`] keeps the frames of both writers whole). The task
+//! marks what it puts in flight: the frames it took, and an answer from the moment a client frame
+//! is read until its reply is written (so that a `subscribe` reply, and what a `since` replays,
+//! come before the live notifications that follow them).
+
+pub(crate) mod gate;
 
 /// Upper bound for the size of one connection's task (its future), checked in debug builds:
 /// the task is held by every idle connection, so growth shows directly in memory per connection.
@@ -20,15 +29,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use davpush_core::live::{CloseReason, Connection};
 use davpush_core::session::{self, Inbound};
 use davpush_proto::ServerFrame;
 use futures_util::{Sink, SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
 use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::state::AppState;
+
+/// A connection's WebSocket.
+type WebSocket = WebSocketStream<gate::Io>;
 
 /// Why the server closes a connection: the close code (RFC 6455 §7.4.1), its reason text and
 /// the `reason` label of `davpush_websocket_closed_total`.
@@ -86,7 +100,7 @@ impl Closing {
     }
 
     fn frame(self) -> CloseFrame {
-        CloseFrame { code: self.code(), reason: Utf8Bytes::from_static(self.text()) }
+        CloseFrame { code: self.code().into(), reason: Utf8Bytes::from_static(self.text()) }
     }
 }
 
@@ -101,19 +115,37 @@ enum End {
 
 /// What a read error means: a broken client frame is answered with a close code, a vanished
 /// client with nothing.
-fn read_error(e: &axum::Error) -> End {
-    let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>());
-    match inner {
-        Some(WsError::Capacity(_)) => End::Close(Closing::TooBig),
-        Some(WsError::Utf8(_)) => End::Close(Closing::InvalidUtf8),
-        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::Done("client_gone"),
-        Some(WsError::Protocol(_)) => End::Close(Closing::ProtocolError),
+fn read_error(e: &WsError) -> End {
+    match e {
+        WsError::Capacity(_) => End::Close(Closing::TooBig),
+        WsError::Utf8(_) => End::Close(Closing::InvalidUtf8),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Done("client_gone"),
+        WsError::Protocol(_) => End::Close(Closing::ProtocolError),
         _ => End::Done("client_gone"),
     }
 }
 
 fn text(frame: &ServerFrame) -> Message {
     Message::Text(Utf8Bytes::from(serde_json::to_string(frame).expect("frames always serialize")))
+}
+
+/// Serves the connection `on_upgrade` yields once the upgrade response is sent.
+///
+/// The task lives as long as the connection: no value is kept in a named local across the
+/// connection's await (a moved-from local keeps its place in the future, doubling the size of
+/// what it held), and the size of [`run`]'s future is checked in debug builds.
+pub(crate) async fn accept(on_upgrade: hyper::upgrade::OnUpgrade, config: WebSocketConfig, st: AppState) {
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let (io, gate) = gate::Io::new(upgraded);
+    sized(run(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await, gate, st)).await
+}
+
+/// `task`, checked in debug builds not to have grown past [`MAX_TASK_SIZE`].
+fn sized<F: std::future::Future>(task: F) -> F {
+    debug_assert!(std::mem::size_of_val(&task) <= MAX_TASK_SIZE, "connection task grew");
+    task
 }
 
 /// Serves one upgraded connection until it closes.
@@ -125,7 +157,12 @@ fn text(frame: &ServerFrame) -> Message {
 /// writing, answering a request or closing is boxed, so that an idle connection's task holds
 /// little more than the socket (see [`MAX_TASK_SIZE`]).
 #[allow(clippy::manual_async_fn)] // deliberate: see above
-pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Future<Output = ()> + Send {
+/// `gate` is the socket's write gate, if it has one: the fan-out may then write to it directly.
+pub(crate) fn run(
+    mut socket: WebSocket,
+    gate: Option<Arc<gate::Gate>>,
+    st: AppState,
+) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let write_timeout = Duration::from_secs(st.config.websocket.write_timeout_secs);
         let conn = match st.hub.open(davpush_core::unix_now()) {
@@ -137,7 +174,7 @@ pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Futu
         };
         let metrics = st.service.metrics().clone();
         metrics.ws_connections.inc();
-        let end = serve(&mut socket, &conn, &st, write_timeout).await;
+        let end = serve(&mut socket, &conn, gate, &st, write_timeout).await;
         // Nothing more is queued for a closing connection, and its subscriptions end now, not
         // when the client has taken its close frame; it is counted as closed now too. It stays
         // in the hub (and counts against the connection limit, and shutdown waits for it) until
@@ -157,13 +194,22 @@ pub(crate) fn run(mut socket: WebSocket, st: AppState) -> impl std::future::Futu
     }
 }
 
-async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, write_timeout: Duration) -> End {
+async fn serve(
+    socket: &mut WebSocket,
+    conn: &Arc<Connection>,
+    gate: Option<Arc<gate::Gate>>,
+    st: &AppState,
+    write_timeout: Duration,
+) -> End {
     {
         let head = Box::pin(st.service.history_head()).await;
         let hello = text(&session::hello(conn, st.config.websocket.ping_interval_secs, head.as_ref()));
         if let Err(end) = Box::pin(send_one(socket, hello, write_timeout)).await {
             return end;
         }
+    }
+    if let Some(gate) = gate {
+        conn.attach(gate);
     }
     let mut frames: Vec<Bytes> = Vec::new();
     loop {
@@ -178,12 +224,14 @@ async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, wr
                 let written = match now {
                     Poll::Ready(Ok(())) => Ok(()),
                     Poll::Ready(Err(_)) => Err(End::Done("client_gone")),
-                    Poll::Pending => Box::pin(write_burst(socket, &mut frames, work, write_timeout)).await,
+                    Poll::Pending => Box::pin(write_burst(socket, conn, &mut frames, work, write_timeout)).await,
                 };
                 match written {
-                    Ok(()) => {
+                    Ok(()) if n > 0 => {
+                        conn.settle();
                         st.service.metrics().ws_sent.inc_by(n);
                     }
+                    Ok(()) => {}
                     Err(end) => return end,
                 }
                 if frames.capacity() > 4 {
@@ -201,9 +249,15 @@ async fn serve(socket: &mut WebSocket, conn: &Arc<Connection>, st: &AppState, wr
                     None => return End::Done("client_gone"),
                 };
                 conn.touch(davpush_core::unix_now());
+                if matches!(msg, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) {
+                    // A pong is queued by the library and goes out with the next write.
+                    continue;
+                }
+                conn.hold();
                 if let Err(end) = Box::pin(answer(socket, conn, st, msg, write_timeout)).await {
                     return end;
                 }
+                conn.settle();
             }
         }
     }
@@ -222,11 +276,13 @@ async fn answer(
         Message::Binary(_) => Inbound::Binary,
         Message::Close(_) => {
             // The library has queued the answering close frame (same code, RFC 6455 §5.5.1);
-            // flushing sends it and ends the connection.
+            // flushing sends it and ends the connection. Nothing may follow it: the fan-out
+            // stops writing to this socket first.
+            conn.close(CloseReason::Shutdown);
             let _ = tokio::time::timeout(write_timeout, socket.flush()).await;
             return Err(End::Done("client_closed"));
         }
-        Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
     };
     let reply = session::handle(&st.service, conn, frame, davpush_core::unix_now()).await;
     send_one(socket, text(&reply), write_timeout).await
@@ -250,7 +306,7 @@ fn write_now(
     frames: &mut Vec<Bytes>,
     work: &mut davpush_core::live::Work,
     cx: &mut Context<'_>,
-) -> Poll<Result<(), axum::Error>> {
+) -> Poll<Result<(), WsError>> {
     let mut s = Pin::new(socket);
     let mut handed = 0;
     let result = loop {
@@ -278,9 +334,12 @@ fn write_now(
     result
 }
 
-/// Writes the queued frames (and a ping if due) with one flush.
+/// Writes the queued frames (and a ping if due) with one flush, within `timeout`. A connection
+/// closed meanwhile (its mailbox overflowed while the socket was full) ends at once rather than
+/// when the timeout runs out.
 async fn write_burst(
     socket: &mut WebSocket,
+    conn: &Connection,
     frames: &mut Vec<Bytes>,
     work: davpush_core::live::Work,
     timeout: Duration,
@@ -296,7 +355,24 @@ async fn write_burst(
         }
         socket.flush().await
     };
-    match tokio::time::timeout(timeout, write).await {
+    let write = tokio::time::timeout(timeout, write);
+    tokio::pin!(write);
+    let mut woken = false;
+    let written = loop {
+        tokio::select! {
+            biased;
+            r = &mut write => break r,
+            () = conn.ready() => match conn.closed_for() {
+                Some(reason) => return Err(End::Close(Closing::Core(reason))),
+                // Frames or a ping for after this burst: keep the wake-up for the task's loop.
+                None => woken = true,
+            },
+        }
+    };
+    if woken {
+        conn.wake();
+    }
+    match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Done("client_gone")),
         Err(_) => Err(End::Close(Closing::WriteTimeout)),

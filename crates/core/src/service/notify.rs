@@ -206,6 +206,7 @@ impl PushService {
                     self.metrics.delivered(*kind, "queued", d.queued);
                     self.metrics.delivered(*kind, "coalesced", d.coalesced);
                     self.metrics.delivered(*kind, "dropped", d.dropped);
+                    self.metrics.delivered(*kind, "sent", d.sent);
                 }
             };
             let message = match (&self.history, reach) {

@@ -13,6 +13,7 @@ mod connections;
 mod draft;
 mod errors;
 mod events;
+mod fanout_direct;
 mod fcm;
 mod grants;
 mod hms;
