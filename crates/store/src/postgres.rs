@@ -152,6 +152,47 @@ impl SubscriptionStore for PostgresStore {
         Ok(Page { rows, next })
     }
 
+    async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        // As `load_page`, without the targets: only the routing is held in memory (issue 11).
+        let sql = "SELECT id, client_id, topic, service, expires, created, triggers FROM subscriptions \
+                   WHERE id > $1 AND expires > $2 ORDER BY id LIMIT $3";
+        let found: Vec<(String, String, String, String, i64, i64, i16)> = sqlx::query_as(sql)
+            .bind(after)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("load subscriptions"))?;
+        let rows: Vec<StoredSubscription> = found
+            .into_iter()
+            .map(|(id, client_id, topic, service, expires, created, triggers)| StoredSubscription {
+                id,
+                client_id,
+                topic,
+                service,
+                target: String::new(),
+                expires,
+                created,
+                triggers: triggers.clamp(0, 255) as u8,
+            })
+            .collect();
+        let next = rows.last().map_or_else(|| after.to_owned(), |r| r.id.clone());
+        Ok(Page { rows, next })
+    }
+
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Through the primary key's index, one statement per batch.
+        sqlx::query_as("SELECT id, target FROM subscriptions WHERE id = ANY($1) AND expires > $2")
+            .bind(ids)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("load targets"))
+    }
+
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         // At most `limit` rows, by their physical address, found through the index on `expires`.
         Ok(sqlx::query(

@@ -5,12 +5,33 @@ use std::sync::Arc;
 
 use crate::store::{PendingDelivery, StoreError, StoredSubscription};
 use crate::transport::Transports;
-use crate::{ClientId, Index, PushService, ServiceKind, Subscription, SubscriptionId, Topic, Triggers};
+use crate::{ClientId, Index, PushService, ServiceKind, Subscription, SubscriptionId, Target, Topic, Triggers};
 
 /// Rows read from the store per page at start.
 const LOAD_PAGE: usize = 5_000;
 /// Outbox rows claimed per statement.
 const CLAIM_PAGE: usize = 1_000;
+
+/// Turns a row read without its target ([`SubscriptionStore::load_routes_page`]) into a
+/// subscription whose target stays in the store ([`Target::Stored`]), if its push service is
+/// enabled.
+///
+/// [`SubscriptionStore::load_routes_page`]: crate::SubscriptionStore::load_routes_page
+fn route(transports: &Transports, index: &Index, row: &StoredSubscription) -> Option<Subscription> {
+    let kind: ServiceKind = row.service.parse().ok()?;
+    transports.get(kind)?;
+    Some(Subscription {
+        id: SubscriptionId::parse(&row.id, 64).ok()?,
+        client_id: ClientId::parse(&row.client_id, usize::MAX).ok()?,
+        topic: match index.topic(&row.topic) {
+            Some(t) => t,
+            None => Topic::parse(&row.topic, usize::MAX).ok()?,
+        },
+        target: Target::Stored(kind),
+        expires: row.expires,
+        triggers: Triggers::from_bits(row.triggers),
+    })
+}
 
 /// Turns a stored row into a subscription, if its push service is enabled and its target valid.
 fn restore(transports: &Transports, index: &Index, row: &StoredSubscription) -> Option<Subscription> {
@@ -39,26 +60,42 @@ fn failed(op: &'static str) -> impl FnOnce(tokio::task::JoinError) -> StoreError
 }
 
 impl PushService {
-    /// Turns a stored row into a subscription, if its push service is enabled and its target valid.
+    /// Turns a stored row into a subscription, if its push service is enabled and its target
+    /// valid, as the index holds it ([`PushService::routed`]).
     pub(super) fn restore(&self, row: &StoredSubscription) -> Option<Subscription> {
-        restore(&self.transports, &self.index, row)
+        restore(&self.transports, &self.index, row).map(|s| self.routed(s))
+    }
+
+    /// `sub` as the index holds it: a durable subscription keeps only its routing in memory
+    /// ([`Target::Stored`]), unless its transport keeps a membership at the push service (which
+    /// needs the target to join and leave).
+    pub(super) fn routed(&self, mut sub: Subscription) -> Subscription {
+        if let Target::Remote(r) = &sub.target
+            && self.transports.get(r.kind()).is_some_and(|t| !t.tracks_membership())
+        {
+            sub.target = Target::Stored(r.kind());
+        }
+        sub
     }
 
     /// Rebuilds the index from the store (at start), page by page, then marks the service
     /// ready ([`PushService::is_ready`]). Returns how many subscriptions were loaded.
     ///
-    /// Three stages overlap: the store reads page `k + 1` (on its own thread), a blocking
-    /// thread parses page `k`'s targets, and this task indexes page `k - 1` (issue 11: a
-    /// million rows; the parsing was half of the indexing task's time).
+    /// Only the routing is read ([`crate::SubscriptionStore::load_routes_page`]: no target,
+    /// so no JSON or URL is parsed at start; issue 11); targets are read when a notification
+    /// reaches them (`targets`). Those of transports that keep a membership at the push
+    /// service are read once the routing is loaded, in batches, and held. Three stages
+    /// overlap: the store reads page `k + 1` (on its own thread), a blocking thread makes page
+    /// `k`'s subscriptions, and this task indexes page `k - 1`.
     pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
         let read = |after: String| {
             let store = self.store.clone();
-            tokio::spawn(async move { store.load_page(now, &after, LOAD_PAGE).await })
+            tokio::spawn(async move { store.load_routes_page(now, &after, LOAD_PAGE).await })
         };
         let parse = |rows: Vec<StoredSubscription>| {
             let (transports, index) = (self.transports.clone(), self.index.clone());
             tokio::task::spawn_blocking(move || -> Restored {
-                rows.into_iter().map(|row| restore(&transports, &index, &row).ok_or((row.id, row.service))).collect()
+                rows.into_iter().map(|row| route(&transports, &index, &row).ok_or((row.id, row.service))).collect()
             })
         };
         let mut n = 0;
@@ -97,13 +134,31 @@ impl PushService {
                     }
                     Err((id, service)) => tracing::warn!(
                         subscription = %id, service = %service,
-                        "stored subscription not loaded: its push service is disabled or its target invalid"
+                        "stored subscription not loaded: its push service is disabled or its row invalid"
                     ),
                 }
             }
             // Let requests (health, WebSocket traffic) in between pages.
             tokio::task::yield_now().await;
         }
+        // Those that keep a membership hold their targets: read now, in batches.
+        let mut held = Vec::with_capacity(members.len());
+        for batch in members.chunks(crate::TARGETS_BATCH) {
+            for sub in self.with_targets(batch.to_vec(), now).await? {
+                let routed = batch.iter().find(|r| r.id == sub.id);
+                let full = Subscription {
+                    id: sub.id.clone(),
+                    client_id: sub.client_id.clone(),
+                    topic: sub.topic.clone(),
+                    target: sub.target.clone(),
+                    expires: sub.expires,
+                    triggers: sub.triggers,
+                };
+                // `None`: replaced meanwhile by a request, which announced it.
+                held.push(routed.and_then(|r| self.index.replace(r, full)).unwrap_or(sub));
+            }
+        }
+        let members = held;
         // Topic memberships at the push service are re-announced (idempotent, batched by the
         // transport): a Director switched to topic mode, or one whose last changes were lost in
         // a crash, thus converges without clients subscribing again.
@@ -134,14 +189,25 @@ impl PushService {
             let full = pending.len() == CLAIM_PAGE;
             let mut by_kind: Vec<Vec<(Arc<Subscription>, PendingDelivery)>> = vec![Vec::new(); ServiceKind::ALL.len()];
             let mut stale = Vec::new();
+            let mut found = Vec::new();
+            let mut rows = std::collections::HashMap::new();
             for p in pending {
                 match SubscriptionId::parse(&p.subscription_id, 64).ok().and_then(|id| self.index.get(&id)) {
                     Some(sub) if self.transports.get(sub.kind()).is_some() => {
-                        by_kind[sub.kind().index()].push((sub, p))
+                        found.push(sub);
+                        rows.insert(p.subscription_id.clone(), p);
                     }
                     _ => stale.push(p.subscription_id),
                 }
             }
+            // Their targets, for those held as routing only.
+            for sub in self.with_targets(found, crate::unix_now()).await? {
+                if let Some(p) = rows.remove(sub.id.as_str()) {
+                    by_kind[sub.kind().index()].push((sub, p));
+                }
+            }
+            // Ended between the claim and the read of their targets.
+            stale.extend(rows.into_keys());
             if !stale.is_empty() {
                 self.store.delete_pending(&stale).await?;
             }
@@ -172,6 +238,9 @@ impl PushService {
         if let Some(p) = &self.presence {
             p.leave().await;
         }
+        // Notifications whose targets are being read reach the engines first, so that the
+        // transports keep what is still pending of them.
+        self.fetches_done(std::time::Duration::from_secs(10)).await;
         for kind in self.transports.enabled().collect::<Vec<_>>() {
             if let Some(t) = self.transports.get(kind) {
                 t.shutdown().await;

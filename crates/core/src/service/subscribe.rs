@@ -165,6 +165,8 @@ impl PushService {
                 stored = Some(row);
             }
             let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires, triggers };
+            // A durable subscription's target is in the store: the index keeps the routing.
+            let sub = self.routed(sub);
             let (sub, previous) = match self.index.insert_capped(sub, &caps) {
                 Ok(done) => done,
                 Err(limit) => {

@@ -37,6 +37,13 @@ impl SubscriptionStore for Gated {
         let _open = self.gate.acquire().await.unwrap();
         self.inner.load_page(now, after, limit).await
     }
+    async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        let _open = self.gate.acquire().await.unwrap();
+        self.inner.load_routes_page(now, after, limit).await
+    }
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.load_targets(ids, now).await
+    }
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         self.inner.purge_expired(now, limit).await
     }

@@ -170,6 +170,15 @@ async fn issue_15_vapid_keys_are_assigned_to_old_rows_and_listed() {
 }
 
 #[tokio::test]
+async fn issue_11_routes_without_targets_and_targets_by_id() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    crate::contract::routes_and_targets(&store).await;
+    store.pool.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
 async fn outbox_owners_and_vapid_keys_across_handles() {
     let Some(schema) = postgres_schema().await else { return };
     let url = schema.url();
