@@ -29,6 +29,8 @@ use crate::{Index, Metrics, PushMessage, PushService, ServiceKind, Subscription,
 pub(super) const QUEUE: usize = 1_024;
 /// Notifications whose targets are fetched at once.
 pub(super) const PARALLEL: usize = 4;
+/// Batches of one notification read at once.
+const AHEAD: usize = 3;
 
 /// One notification's durable subscribers of one service, waiting for their targets.
 struct Job {
@@ -205,9 +207,25 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Job>) {
 /// Fetches a job's targets batch by batch and hands each batch to the engine as it comes.
 async fn deliver(ctx: &Ctx, job: Job) {
     let Some(t) = ctx.transports.get(job.kind) else { return };
-    let trigger = job.message.notification.trigger;
-    for batch in job.subs.chunks(TARGETS_BATCH) {
-        match fetch(&*ctx.store, &ctx.transports, &ctx.index, batch, job.now).await {
+    let (trigger, now) = (job.message.notification.trigger, job.now);
+    // Up to `AHEAD` batches are read (and parsed) at once, each in a task of its own, while
+    // this one dispatches the batch before; they are dispatched in order.
+    let mut chunks = job.subs.chunks(TARGETS_BATCH);
+    let mut ahead = std::collections::VecDeque::with_capacity(AHEAD);
+    loop {
+        while ahead.len() < AHEAD
+            && let Some(batch) = chunks.next()
+        {
+            let (c, batch) = (ctx.clone(), batch.to_vec());
+            let n = batch.len();
+            ahead.push_back((
+                n,
+                tokio::spawn(async move { fetch(&*c.store, &c.transports, &c.index, &batch, now).await }),
+            ));
+        }
+        let Some((n, reading)) = ahead.pop_front() else { break };
+        let fetched = reading.await.unwrap_or_else(|e| Err(StoreError { op: "read targets", source: Box::new(e) }));
+        match fetched {
             Ok(mut subs) => {
                 // Replaced meanwhile by a subscription that no longer wants this kind of change.
                 subs.retain(|s| s.kind() == job.kind && s.triggers.accepts(trigger));
@@ -218,7 +236,7 @@ async fn deliver(ctx: &Ctx, job: Job) {
             }
             Err(e) => {
                 tracing::error!(service = %job.kind, error = %e, "could not read targets: durable deliveries dropped");
-                ctx.metrics.delivered(job.kind, "dropped", batch.len() as u64);
+                ctx.metrics.delivered(job.kind, "dropped", n as u64);
             }
         }
     }
