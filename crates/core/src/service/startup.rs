@@ -144,8 +144,10 @@ impl PushService {
         // Those that keep a membership hold their targets: read now, in batches.
         let mut held = Vec::with_capacity(members.len());
         for batch in members.chunks(crate::TARGETS_BATCH) {
+            let by_id: std::collections::HashMap<&SubscriptionId, &Arc<Subscription>> =
+                batch.iter().map(|r| (&r.id, r)).collect();
             for sub in self.with_targets(batch.to_vec(), now).await? {
-                let routed = batch.iter().find(|r| r.id == sub.id);
+                let routed = by_id.get(&sub.id).copied();
                 let full = Subscription {
                     id: sub.id.clone(),
                     client_id: sub.client_id.clone(),

@@ -107,7 +107,7 @@ impl PushService {
         self.fetcher.busy.n.fetch_add(1, Ordering::AcqRel);
         if tx.is_none_or(|tx| tx.try_send(job).is_err()) {
             self.fetcher.busy.done();
-            tracing::warn!(service = %kind, subscriptions = n, "target fetch queue full: durable deliveries dropped");
+            tracing::warn!(service = %kind, subscriptions = n, "target fetch queue full (or stopped): durable deliveries dropped");
             self.metrics.delivered(kind, "dropped", n);
         }
     }
