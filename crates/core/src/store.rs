@@ -107,6 +107,20 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     /// [`TARGETS_BATCH`] ids). A notification's durable subscribers are read here when it is
     /// delivered.
     async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError>;
+    /// At most `limit` targets of the subscriptions of `topic` with push service `service`
+    /// unexpired at `now`, whose ids sort after `after` (`""`: from the first), as `(id,
+    /// target)`, in id order: one statement through the index on `(topic, service, id)`, so a
+    /// big topic's targets are read as a range of one index instead of an index search per id.
+    /// Fewer than `limit`: the last page. A notification to one topic reads its durable
+    /// subscribers here.
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Deletes at most `limit` of the subscriptions expired at `now` (through the index on
     /// `expires`: one short statement however many expired); returns how many. Callers repeat
     /// until fewer than `limit` come back.
@@ -244,6 +258,25 @@ impl SubscriptionStore for MemoryStore {
             .iter()
             .filter_map(|id| rows.get(id).filter(|r| r.expires > now).map(|r| (r.id.clone(), r.target.clone())))
             .collect())
+    }
+
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut page: Vec<(String, String)> = rows
+            .values()
+            .filter(|r| r.topic == topic && r.service == service && r.id.as_str() > after && r.expires > now)
+            .map(|r| (r.id.clone(), r.target.clone()))
+            .collect();
+        page.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        page.truncate(limit);
+        Ok(page)
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

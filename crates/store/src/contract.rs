@@ -124,6 +124,28 @@ pub(crate) async fn routes_and_targets(store: &dyn SubscriptionStore) {
     assert!(store.load_targets(&[], 100).await.unwrap().is_empty());
     store.delete(&["s5".into()]).await.unwrap();
     assert_eq!(store.load_targets(&ask, 100).await.unwrap().len(), 2, "a deleted row is not read");
+
+    // A topic's targets of one service, page by page in id order: s0 s1 s2 s4 s6 are left
+    // (s3 expired, s5 deleted); rows of another topic or service are not read.
+    let mut other_topic = sub("s7");
+    other_topic.topic = "u".into();
+    upsert_new(store, &other_topic).await;
+    let mut other_service = sub("s8");
+    other_service.service = "fcm".into();
+    upsert_new(store, &other_service).await;
+    let first = store.load_topic_targets("t", "web_push", "", 100, 3).await.unwrap();
+    assert_eq!(first, [("s0".into(), target(0)), ("s1".into(), target(1)), ("s2".into(), target(2))]);
+    let rest = store.load_topic_targets("t", "web_push", "s2", 100, 3).await.unwrap();
+    assert_eq!(rest, [("s4".into(), target(4)), ("s6".into(), target(6))], "fewer than asked: the last page");
+    assert!(store.load_topic_targets("t", "web_push", "s6", 100, 3).await.unwrap().is_empty());
+    assert_eq!(store.load_topic_targets("t", "fcm", "", 100, 3).await.unwrap().len(), 1);
+    // An upsert of an existing subscription keeps its id and is read with its new target.
+    let mut again = sub("other-id");
+    again.client_id = "client-4".into();
+    again.target = target(40);
+    assert_eq!(store.upsert(&again).await.unwrap(), "s4", "the first id is kept");
+    let rest = store.load_topic_targets("t", "web_push", "s2", 100, 3).await.unwrap();
+    assert_eq!(rest, [("s4".into(), target(40)), ("s6".into(), target(6))]);
 }
 
 async fn upsert_new(store: &dyn SubscriptionStore, r: &StoredSubscription) {

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_subscriptions.sql"),
     include_str!("../migrations/postgres/0002_outbox.sql"),
     include_str!("../migrations/postgres/0003_outbox_owner.sql"),
+    include_str!("../migrations/postgres/0004_topic_index.sql"),
 ];
 
 /// Key of the advisory lock taken while migrating ("davpush" in ASCII).
@@ -191,6 +192,29 @@ impl SubscriptionStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(err("load targets"))
+    }
+
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // A range of the index on (topic, service, id).
+        sqlx::query_as(
+            "SELECT id, target FROM subscriptions WHERE topic = $1 AND service = $2 AND id > $3 AND expires > $4 \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(topic)
+        .bind(service)
+        .bind(after)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("load a topic's targets"))
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

@@ -80,6 +80,12 @@ type RouteRow = (String, String, String, String, i64, i64, i64);
 const LOAD_TARGETS: &str = "SELECT json_group_array(json_array(id, target)) FROM subscriptions \
                             WHERE id IN (SELECT value FROM json_each(?1)) AND expires > ?2";
 
+/// A page of a topic's targets of one service as one row of JSON, through the index on
+/// `(topic, service, id)`.
+const LOAD_TOPIC_TARGETS: &str = "SELECT json_group_array(json_array(id, target)) FROM (SELECT id, target \
+                                  FROM subscriptions WHERE topic = ?1 AND service = ?2 AND id > ?3 AND expires > ?4 \
+                                  ORDER BY id LIMIT ?5)";
+
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -369,6 +375,30 @@ impl SubscriptionStore for SqliteStore {
             .map_err(err("load targets"))?;
         serde_json::from_str(&found)
             .map_err(|e| StoreError { op: "read the targets of subscriptions", source: Box::new(e) })
+    }
+
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let (found,): (String,) = sqlx::query_as(LOAD_TOPIC_TARGETS)
+            .bind(topic)
+            .bind(service)
+            .bind(after)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("load a topic's targets"))?;
+        let mut rows: Vec<(String, String)> = serde_json::from_str(&found)
+            .map_err(|e| StoreError { op: "read the targets of a topic", source: Box::new(e) })?;
+        // The aggregate's order is not promised: the page's order is.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows)
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

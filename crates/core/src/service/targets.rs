@@ -2,9 +2,11 @@
 //! durable subscription is held in memory). The index holds a durable subscription with a
 //! [`Target::Stored`] (its id, client, topic, expiry, triggers and push service); when a
 //! notification reaches such subscribers, [`PushService::deliver`] hands them to the fetcher:
-//! a task of its own that reads their targets from the store in batches of
-//! [`TARGETS_BATCH`] (one statement each), parses them with their transport and hands them to
-//! the delivery engine. The notify path neither waits for the store nor parses anything, so a
+//! a task of its own that reads the targets of the notification's topic and service from the
+//! store in pages of [`TARGETS_BATCH`] (one statement each, a range of the store's index on
+//! topic, service and id, the next page read while one is parsed), matches them by id to the
+//! routed subscribers, parses them with their transport and hands them to the delivery
+//! engine. The notify path neither waits for the store nor parses anything, so a
 //! big durable topic never delays the WebSocket fan-out of the same or another notify.
 //!
 //! Bounds: at most [`QUEUE`] notifications wait for the fetcher (beyond, their durable
@@ -29,8 +31,6 @@ use crate::{Index, Metrics, PushMessage, PushService, ServiceKind, Subscription,
 pub(super) const QUEUE: usize = 1_024;
 /// Notifications whose targets are fetched at once.
 pub(super) const PARALLEL: usize = 4;
-/// Batches of one notification read at once.
-const AHEAD: usize = 3;
 
 /// One notification's durable subscribers of one service, waiting for their targets.
 struct Job {
@@ -156,9 +156,21 @@ async fn fetch(
 ) -> Result<Vec<Arc<Subscription>>, StoreError> {
     let ids: Vec<String> = batch.iter().map(|s| s.id.to_string()).collect();
     let rows = store.load_targets(&ids, now).await?;
-    let mut targets: HashMap<String, String> = rows.into_iter().collect();
-    let current = index.get_all(batch.iter().map(|s| &s.id));
-    let mut out = Vec::with_capacity(batch.len());
+    Ok(assemble(transports, index, batch.iter(), rows.into_iter().collect(), now))
+}
+
+/// The subscriptions `subs` with their targets from `targets` (by id), as the index holds
+/// them now: those without a target there, removed, expired or of a disabled service are left
+/// out. A target is only ever taken for the subscription whose id it was read with.
+fn assemble<'a>(
+    transports: &Transports,
+    index: &Index,
+    subs: impl Iterator<Item = &'a Arc<Subscription>>,
+    mut targets: HashMap<String, String>,
+    now: i64,
+) -> Vec<Arc<Subscription>> {
+    let current = index.get_all(subs.map(|s| &s.id));
+    let mut out = Vec::with_capacity(current.len());
     for cur in current.into_iter().flatten() {
         let Some(json) = targets.remove(cur.id.as_str()) else { continue };
         if cur.expires <= now {
@@ -188,7 +200,7 @@ async fn fetch(
             triggers: cur.triggers,
         }));
     }
-    Ok(out)
+    out
 }
 
 async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Job>) {
@@ -204,43 +216,72 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Fetches a job's targets batch by batch and hands each batch to the engine as it comes.
+/// Fetches a job's targets and hands them to the engine batch by batch, as they come; records
+/// how long it took.
 async fn deliver(ctx: &Ctx, job: Job) {
     let Some(t) = ctx.transports.get(job.kind) else { return };
-    let (trigger, now) = (job.message.notification.trigger, job.now);
-    // Up to `AHEAD` batches are read (and parsed) at once, each in a task of its own, while
-    // this one dispatches the batch before; they are dispatched in order.
-    let mut chunks = job.subs.chunks(TARGETS_BATCH);
-    let mut ahead = std::collections::VecDeque::with_capacity(AHEAD);
-    loop {
-        while ahead.len() < AHEAD
-            && let Some(batch) = chunks.next()
-        {
-            let (c, batch) = (ctx.clone(), batch.to_vec());
-            let n = batch.len();
-            ahead.push_back((
-                n,
-                tokio::spawn(async move { fetch(&*c.store, &c.transports, &c.index, &batch, now).await }),
-            ));
-        }
-        let Some((n, reading)) = ahead.pop_front() else { break };
-        let fetched = reading.await.unwrap_or_else(|e| Err(StoreError { op: "read targets", source: Box::new(e) }));
-        match fetched {
-            Ok(mut subs) => {
-                // Replaced meanwhile by a subscription that no longer wants this kind of change.
-                subs.retain(|s| s.kind() == job.kind && s.triggers.accepts(trigger));
-                let d = t.dispatch(&job.message, &subs);
-                ctx.metrics.delivered(job.kind, "queued", d.queued);
-                ctx.metrics.delivered(job.kind, "coalesced", d.coalesced);
-                ctx.metrics.delivered(job.kind, "dropped", d.dropped);
-            }
+    deliver_by_topic(ctx, &job, t).await;
+    ctx.metrics.target_fetch_last_us.set(i64::try_from(job.routed.elapsed().as_micros()).unwrap_or(i64::MAX));
+}
+
+/// Hands `subs` (with their targets) to the engine and counts the outcome.
+fn dispatch(ctx: &Ctx, job: &Job, t: &dyn crate::transport::Transport, mut subs: Vec<Arc<Subscription>>) {
+    let trigger = job.message.notification.trigger;
+    // Replaced meanwhile by a subscription that no longer wants this kind of change.
+    subs.retain(|s| s.kind() == job.kind && s.triggers.accepts(trigger));
+    let d = t.dispatch(&job.message, &subs);
+    ctx.metrics.delivered(job.kind, "queued", d.queued);
+    ctx.metrics.delivered(job.kind, "coalesced", d.coalesced);
+    ctx.metrics.delivered(job.kind, "dropped", d.dropped);
+}
+
+/// Reads the targets of the job's topic and service page by page (in id order, through the
+/// store's index on them: one range instead of a search per subscriber), the next page while
+/// this one is matched and parsed; a row is delivered only to the routed subscriber with its
+/// id (rows of others, e.g. subscribed after the routing, are skipped). A job's subscribers
+/// are those of its notification's topic (`Index::recipients_for`).
+async fn deliver_by_topic(ctx: &Ctx, job: &Job, t: &dyn crate::transport::Transport) {
+    let mut routed: HashMap<&str, &Arc<Subscription>> = job.subs.iter().map(|s| (s.id.as_str(), s)).collect();
+    let topic: Arc<str> = job.message.notification.topic.as_str().into();
+    let service = job.kind.as_str();
+    let read = |after: String| {
+        let (store, topic, now) = (ctx.store.clone(), topic.clone(), job.now);
+        tokio::spawn(async move { store.load_topic_targets(&topic, service, &after, now, TARGETS_BATCH).await })
+    };
+    let mut reading = Some(read(String::new()));
+    while let Some(page) = reading.take() {
+        let rows = match page.await.unwrap_or_else(|e| Err(StoreError { op: "read targets", source: Box::new(e) })) {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(service = %job.kind, error = %e, "could not read targets: durable deliveries dropped");
-                ctx.metrics.delivered(job.kind, "dropped", n as u64);
+                ctx.metrics.delivered(job.kind, "dropped", routed.len() as u64);
+                return;
+            }
+        };
+        if rows.len() >= TARGETS_BATCH
+            && let Some((last, _)) = rows.last()
+        {
+            reading = Some(read(last.clone()));
+        }
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut targets = HashMap::with_capacity(rows.len());
+        for (id, target) in rows {
+            if let Some(s) = routed.remove(id.as_str()) {
+                batch.push(s);
+                targets.insert(id, target);
+            }
+        }
+        if !batch.is_empty() {
+            let subs = assemble(&ctx.transports, &ctx.index, batch.into_iter(), targets, job.now);
+            dispatch(ctx, job, t, subs);
+        }
+        if routed.is_empty() {
+            // Every routed subscriber found: the rest of the topic is not read.
+            if let Some(next) = reading.take() {
+                next.abort();
             }
         }
     }
-    ctx.metrics.target_fetch_last_us.set(i64::try_from(job.routed.elapsed().as_micros()).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]
@@ -329,4 +370,40 @@ mod tests {
         store.release_pending().await.unwrap();
         assert_eq!(svc.claim_pending(far).await.unwrap(), 1);
     }
+
+    /// A big topic is read in pages of its topic and service: every routed subscriber across
+    /// the pages gets its own target, and rows the routing did not address (another service,
+    /// another topic, or a subscription stored after the routing) are delivered to no one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn issue_11_a_big_topic_is_read_in_pages_and_rows_not_routed_are_not_delivered() {
+        let store = Arc::new(MemoryStore::default());
+        let far = crate::unix_now() + 100_000;
+        let n = crate::store::TARGETS_BATCH * 2 + 7;
+        let target = |i: usize| format!(r#"{{"endpoint":"https://push.example/{i}"}}"#);
+        for i in 0..n {
+            store.upsert(&row(&format!("s-web-push-{i:011}"), &format!("c{i}"), ServiceKind::WebPush, &target(i), far)).await.unwrap();
+        }
+        let mut other = row("s-other-topic-00000001", "o", ServiceKind::WebPush, &target(90_001), far);
+        other.topic = "u".into();
+        store.upsert(&other).await.unwrap();
+        store.upsert(&row("s-fcm-000000000000001", "f", ServiceKind::Fcm, r#"{"registration_token":"tok"}"#, far)).await.unwrap();
+        let web = Recording::new(ServiceKind::WebPush);
+        let svc = PushService::new(
+            store.clone(),
+            Transports::default().with(web.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(svc.load(crate::unix_now()).await.unwrap(), n + 1, "the FCM row has no transport here");
+
+        let report = svc.notify(notification(), &Exclusions::default(), crate::unix_now());
+        assert_eq!(report.total(), n as u64, "the topic's Web Push subscribers routed (no FCM transport)");
+        // Stored after the routing, in the middle of the topic's id order: not addressed.
+        store.upsert(&row("s-web-push-00000000500x", "late", ServiceKind::WebPush, &target(90_002), far)).await.unwrap();
+        svc.fetches_done(Duration::from_secs(10)).await;
+        let mut want: Vec<(String, String)> = (0..n).map(|i| (format!("c{i}"), target(i))).collect();
+        want.sort();
+        assert_eq!(web.taken(), want, "each routed subscriber exactly once, with its own target");
+    }
+
 }

@@ -48,6 +48,17 @@ impl SubscriptionStore for Gated {
         let _open = self.targets.acquire().await.unwrap();
         self.inner.load_targets(ids, now).await
     }
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let _open = self.targets.acquire().await.unwrap();
+        self.inner.load_topic_targets(topic, service, after, now, limit).await
+    }
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         self.inner.purge_expired(now, limit).await
     }

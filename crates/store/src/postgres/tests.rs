@@ -42,7 +42,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
         .fetch_all(&store.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3], "reopening applies no migration twice");
+    assert_eq!(versions, [1, 2, 3, 4], "reopening applies no migration twice");
     assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
     assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
     assert_eq!(store.delete(&[]).await.unwrap(), 0);
