@@ -61,6 +61,9 @@ pub struct PushService {
     ready: tokio::sync::watch::Sender<bool>,
     /// Requests waiting in [`PushService::until_ready`].
     waiting: std::sync::atomic::AtomicUsize,
+    /// `true` while [`PushService::load`] has indexed subscriptions of transports that keep a
+    /// membership as routing only and not yet read their targets back.
+    members_loading: tokio::sync::watch::Sender<bool>,
     /// Reads durable targets from the store when a notification reaches them.
     fetcher: targets::Fetcher,
 }
@@ -92,6 +95,7 @@ impl PushService {
             push_endpoints: None,
             ready: tokio::sync::watch::Sender::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            members_loading: tokio::sync::watch::Sender::new(false),
             fetcher: targets::Fetcher::default(),
         }
     }

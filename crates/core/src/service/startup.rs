@@ -59,7 +59,30 @@ fn failed(op: &'static str) -> impl FnOnce(tokio::task::JoinError) -> StoreError
     move |e| StoreError { op, source: Box::new(e) }
 }
 
+/// Ends [`PushService::load`]'s membership phase when dropped.
+struct MembersLoading<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl Drop for MembersLoading<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 impl PushService {
+    /// Waits while [`PushService::load`] holds subscriptions of transports that keep a
+    /// membership as routing only (their targets not yet read back): a removal or subscribe
+    /// of such a transport must know the tokens, its own to leave with and the topic's others
+    /// to keep a shared one. Requests wait for readiness anyway; this covers the rest (the
+    /// purge, feedback, direct callers). Returns at once otherwise.
+    pub(super) async fn members_loaded(&self, kinds: impl IntoIterator<Item = ServiceKind>) {
+        if !*self.members_loading.borrow()
+            || !kinds.into_iter().any(|k| self.transports.get(k).is_some_and(|t| t.tracks_membership()))
+        {
+            return;
+        }
+        let _ = self.members_loading.subscribe().wait_for(|loading| !*loading).await;
+    }
+
     /// Turns a stored row into a subscription, if its push service is enabled and its target
     /// valid, as the index holds it ([`PushService::routed`]).
     pub(super) fn restore(&self, row: &StoredSubscription) -> Option<Subscription> {
@@ -88,6 +111,10 @@ impl PushService {
     /// overlap: the store reads page `k + 1` (on its own thread), a blocking thread makes page
     /// `k`'s subscriptions, and this task indexes page `k - 1`.
     pub async fn load(&self, now: i64) -> Result<usize, StoreError> {
+        // Until the targets of membership-keeping transports are read back (below), removals
+        // and subscribes of those transports wait (`members_loaded`); also if this fails.
+        self.members_loading.send_replace(true);
+        let members_loading = MembersLoading(&self.members_loading);
         let read = |after: String| {
             let store = self.store.clone();
             tokio::spawn(async move { store.load_routes_page(now, &after, LOAD_PAGE).await })
@@ -172,6 +199,8 @@ impl PushService {
                 t.added(&sub).await;
             }
         }
+        // Removals waiting for the tokens now leave after the announcements.
+        drop(members_loading);
         // Alone (no cluster), the node takes every row at once: those its previous run held
         // when it crashed need not wait for their lease to end.
         self.claim_pending(if self.fanout.is_none() { i64::MAX } else { now }).await?;
@@ -263,7 +292,7 @@ mod tests {
     use super::super::testing::Members;
     use crate::store::{StoredSubscription, SubscriptionStore};
     use crate::transport::Transports;
-    use crate::{Limits, MemoryStore, Metrics, PushService, SubscriptionId};
+    use crate::{ClientId, Limits, MemoryStore, Metrics, PushService, SubscriptionId};
 
     #[tokio::test]
     async fn memberships_are_announced_again_at_start_once_per_topic_and_token() {
@@ -296,5 +325,70 @@ mod tests {
             members.log.lock().unwrap().iter().map(|(op, t, p)| format!("{op} {t} {p}")).collect();
         log.sort();
         assert_eq!(log, ["add t1 \"tok\"", "add t2 \"tok\""], "two clients sharing a token join once");
+    }
+
+    /// The start-up gap of issue 11: subscriptions of a membership-keeping transport are
+    /// indexed as routing only before start-up reads their tokens back. A removal in between
+    /// (here an unsubscribe; in a Director the purge or push-service feedback) waits for the
+    /// tokens: the token leaves the topic it alone used (before, `removed` got no token and the
+    /// membership stayed), not the one another client of the topic shares.
+    #[tokio::test(flavor = "current_thread")]
+    async fn issue_11_a_removal_during_start_up_waits_for_the_tokens_and_keeps_a_shared_one() {
+        let store = Arc::new(MemoryStore::default());
+        let ids = [format!("a-{}", SubscriptionId::random()), format!("b-{}", SubscriptionId::random())];
+        let ids = [ids[0].clone(), ids[1].clone(), format!("c-{}", SubscriptionId::random())];
+        for ((id, client), (topic, token)) in
+            ids.iter().zip(["c1", "c2", "c1"]).zip([("t1", "tok"), ("t1", "tok"), ("t2", "tok2")])
+        {
+            store
+                .upsert(&StoredSubscription {
+                    id: id.clone(),
+                    client_id: client.into(),
+                    topic: topic.into(),
+                    service: "fcm".into(),
+                    target: format!("\"{token}\""),
+                    expires: i64::MAX / 2,
+                    created: 0,
+                    triggers: 3,
+                })
+                .await
+                .unwrap();
+        }
+        let members = Arc::new(Members::default());
+        let svc = Arc::new(PushService::new(
+            store.clone(),
+            Transports::default().with(members.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        ));
+        let loading = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.load(0).await }
+        });
+        // On this one thread, start-up runs only while the test yields: wait until it has
+        // indexed both as routing only (it yields after indexing a page).
+        let ids: Vec<SubscriptionId> = ids.iter().map(|id| SubscriptionId::parse(id, 64).unwrap()).collect();
+        let routing_only = || ids.iter().all(|id| svc.index().get(id).is_some_and(|s| s.target.is_stored_only()));
+        let mut tries = 0;
+        while !routing_only() && !loading.is_finished() && tries < 10_000_000 {
+            tokio::task::yield_now().await;
+            tries += 1;
+        }
+        assert!(routing_only(), "the test removes while start-up holds the tokens in the store only");
+        assert!(members.log.lock().unwrap().is_empty(), "nothing announced yet");
+
+        assert_eq!(svc.unsubscribe(&ClientId::parse("c1", 8).unwrap(), None, None).await.unwrap(), 2);
+        assert_eq!(loading.await.unwrap().unwrap(), 3);
+        let log: Vec<String> = members.log.lock().unwrap().iter().map(|(op, t, p)| format!("{op} {t} {p}")).collect();
+        assert_eq!(
+            log,
+            ["add t1 \"tok\"", "add t2 \"tok2\"", "remove t2 \"tok2\""],
+            "c1 leaves t2 with its token; c2 still uses the token in t1: it does not leave"
+        );
+        assert!(svc.index().get(&ids[0]).is_none() && svc.index().get(&ids[2]).is_none());
+        let kept = svc.index().get(&ids[1]).unwrap();
+        assert_eq!(kept.target.to_json(), "\"tok\"", "c2 holds its token");
+        let rows = store.load(0).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.client_id.as_str()).collect::<Vec<_>>(), ["c2"]);
     }
 }

@@ -381,12 +381,18 @@ mod tests {
         let n = crate::store::TARGETS_BATCH * 2 + 7;
         let target = |i: usize| format!(r#"{{"endpoint":"https://push.example/{i}"}}"#);
         for i in 0..n {
-            store.upsert(&row(&format!("s-web-push-{i:011}"), &format!("c{i}"), ServiceKind::WebPush, &target(i), far)).await.unwrap();
+            store
+                .upsert(&row(&format!("s-web-push-{i:011}"), &format!("c{i}"), ServiceKind::WebPush, &target(i), far))
+                .await
+                .unwrap();
         }
         let mut other = row("s-other-topic-00000001", "o", ServiceKind::WebPush, &target(90_001), far);
         other.topic = "u".into();
         store.upsert(&other).await.unwrap();
-        store.upsert(&row("s-fcm-000000000000001", "f", ServiceKind::Fcm, r#"{"registration_token":"tok"}"#, far)).await.unwrap();
+        store
+            .upsert(&row("s-fcm-000000000000001", "f", ServiceKind::Fcm, r#"{"registration_token":"tok"}"#, far))
+            .await
+            .unwrap();
         let web = Recording::new(ServiceKind::WebPush);
         let svc = PushService::new(
             store.clone(),
@@ -399,11 +405,13 @@ mod tests {
         let report = svc.notify(notification(), &Exclusions::default(), crate::unix_now());
         assert_eq!(report.total(), n as u64, "the topic's Web Push subscribers routed (no FCM transport)");
         // Stored after the routing, in the middle of the topic's id order: not addressed.
-        store.upsert(&row("s-web-push-00000000500x", "late", ServiceKind::WebPush, &target(90_002), far)).await.unwrap();
+        store
+            .upsert(&row("s-web-push-00000000500x", "late", ServiceKind::WebPush, &target(90_002), far))
+            .await
+            .unwrap();
         svc.fetches_done(Duration::from_secs(10)).await;
         let mut want: Vec<(String, String)> = (0..n).map(|i| (format!("c{i}"), target(i))).collect();
         want.sort();
         assert_eq!(web.taken(), want, "each routed subscriber exactly once, with its own target");
     }
-
 }
