@@ -293,6 +293,49 @@ impl Index {
         self.meta().by_id.get(id).map(|s| s.0.clone())
     }
 
+    /// The subscription with each of these ids, in order (one lock for all).
+    pub fn get_all<'a>(&self, ids: impl IntoIterator<Item = &'a SubscriptionId>) -> Vec<Option<Arc<Subscription>>> {
+        let m = self.meta();
+        ids.into_iter().map(|id| m.by_id.get(id).map(|s| s.0.clone())).collect()
+    }
+
+    /// Replaces `current` by `sub` (the same subscription: same id, client, topic and service,
+    /// e.g. with its target read from the store), only if the index still holds `current`;
+    /// returns the stored handle, or `None` if `current` was removed or replaced meanwhile.
+    pub fn replace(&self, current: &Arc<Subscription>, sub: Subscription) -> Option<Arc<Subscription>> {
+        if sub.id != current.id || sub.client_id != current.client_id || sub.kind() != current.kind() {
+            return None;
+        }
+        let mut sub = sub;
+        sub.topic = current.topic.clone();
+        let sub = Arc::new(sub);
+        let mut m = self.meta();
+        if !m.by_id.get(&sub.id).is_some_and(|s| Arc::ptr_eq(&s.0, current)) {
+            return None;
+        }
+        m.by_id.replace(ById(sub.clone()));
+        if let Some(p) = m.principal_of.remove(&address(current)) {
+            m.principal_of.insert(address(&sub), p);
+        }
+        if let Some(mut list) = m.by_client.take(&sub.client_id) {
+            if Arc::ptr_eq(&list.first, current) {
+                list.first = sub.clone();
+            } else if let Some(slot) = list.rest.iter_mut().flat_map(|v| v.iter_mut()).find(|s| Arc::ptr_eq(s, current))
+            {
+                *slot = sub.clone();
+            }
+            m.by_client.insert(list);
+        }
+        let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = shard.get_mut(&sub.topic).and_then(|t| t.subs.iter_mut().find(|s| Arc::ptr_eq(s, current)))
+        {
+            *slot = sub.clone();
+        }
+        drop(shard);
+        drop(m);
+        Some(sub)
+    }
+
     /// Inserts `sub`, replacing the client's existing subscription to the same topic through the
     /// same service. Returns the stored handle and the replaced subscription, if any. A new
     /// subscription beyond `max_per_client` is refused.

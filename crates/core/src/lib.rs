@@ -57,6 +57,7 @@ pub use presence::{LocalTopics, NodeStatus, Presence, RemotePage};
 pub use service::{Limits, NotifyReport, PURGE_BATCH, PushService, ServiceError, Subscribed, Unheard};
 pub use store::{
     MemoryStore, OutboxLease, Page, PendingDelivery, StoreError, StoredSubscription, StoredVapidKey, SubscriptionStore,
+    TARGETS_BATCH,
 };
 pub use subscription::{RemoteTarget, Subscription, Target, TargetData, Triggers};
 pub use transport::{Dispatched, TargetError, Transport, Transports};

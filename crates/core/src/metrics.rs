@@ -75,6 +75,9 @@ pub struct Metrics {
     /// Resumes from the history ([`crate::history`]), by outcome: `replayed` notifications and
     /// `resync` topics.
     pub resumes: Family<ReasonLabel, Counter>,
+    /// Microseconds from the routing of the last notification whose durable subscribers' targets
+    /// were read from the store until the last of them was handed to the delivery engine.
+    pub target_fetch_last_us: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,6 +98,7 @@ impl Default for Metrics {
             ws_sent: Counter::default(),
             recent: Recent::default(),
             resumes: Family::default(),
+            target_fetch_last_us: Gauge::default(),
         };
         r.register("websocket_connections", "Open WebSocket connections", m.ws_connections.clone());
         r.register("websocket_closed", "WebSocket connections closed by the server or client", m.ws_closed.clone());
@@ -113,6 +117,11 @@ impl Default for Metrics {
             "resumed",
             "Notifications replayed from the history, and topics told to re-sync, for clients that resumed",
             m.resumes.clone(),
+        );
+        r.register(
+            "target_fetch_last_microseconds",
+            "From the routing of the last notification whose durable targets were read from the store until they were all handed to the delivery engine",
+            m.target_fetch_last_us.clone(),
         );
         r.register("ready", "1 once the durable subscriptions are loaded from the store", m.ready.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;

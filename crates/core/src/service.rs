@@ -8,6 +8,7 @@
 //! - `notify`: a Notify API request validated and handed to the transports.
 //! - `cluster`: publishing to and applying from the other nodes, resync.
 //! - `startup`: the index rebuilt from the store at start, transports stopped at the end.
+//! - `targets`: durable targets read from the store when a notification reaches them.
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ mod limits;
 mod notify;
 mod startup;
 mod subscribe;
+mod targets;
 #[cfg(test)]
 mod testing;
 
@@ -59,6 +61,11 @@ pub struct PushService {
     ready: tokio::sync::watch::Sender<bool>,
     /// Requests waiting in [`PushService::until_ready`].
     waiting: std::sync::atomic::AtomicUsize,
+    /// `true` while [`PushService::load`] has indexed subscriptions of transports that keep a
+    /// membership as routing only and not yet read their targets back.
+    members_loading: tokio::sync::watch::Sender<bool>,
+    /// Reads durable targets from the store when a notification reaches them.
+    fetcher: targets::Fetcher,
 }
 
 impl std::fmt::Debug for PushService {
@@ -88,6 +95,8 @@ impl PushService {
             push_endpoints: None,
             ready: tokio::sync::watch::Sender::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            members_loading: tokio::sync::watch::Sender::new(false),
+            fetcher: targets::Fetcher::default(),
         }
     }
 

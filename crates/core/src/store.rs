@@ -62,6 +62,9 @@ pub struct PendingDelivery {
     pub deadline: i64,
 }
 
+/// Ids per [`SubscriptionStore::load_targets`] call.
+pub const TARGETS_BATCH: usize = 1_000;
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("subscription store: {op} failed: {source}")]
@@ -89,6 +92,35 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     /// so that no read holds a snapshot (and with it the SQLite write-ahead log) for the whole
     /// load, and rows become routable as they arrive. Fewer than `limit` rows: the last page.
     async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError>;
+    /// [`SubscriptionStore::load_page`] without the targets (each row's `target` is empty):
+    /// what start-up reads, since only the routing of a durable subscription is held in
+    /// memory (issue 11). The default reads whole rows and drops the targets.
+    async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        let mut page = self.load_page(now, after, limit).await?;
+        for r in &mut page.rows {
+            r.target = String::new();
+        }
+        Ok(page)
+    }
+    /// The targets of those of the subscriptions `ids` that exist and are unexpired at `now`,
+    /// as `(id, target)`, in any order: one statement (callers pass batches of at most
+    /// [`TARGETS_BATCH`] ids). A notification's durable subscribers are read here when it is
+    /// delivered.
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError>;
+    /// At most `limit` targets of the subscriptions of `topic` with push service `service`
+    /// unexpired at `now`, whose ids sort after `after` (`""`: from the first), as `(id,
+    /// target)`, in id order: one statement through the index on `(topic, service, id)`, so a
+    /// big topic's targets are read as a range of one index instead of an index search per id.
+    /// Fewer than `limit`: the last page. A notification to one topic reads its durable
+    /// subscribers here.
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Deletes at most `limit` of the subscriptions expired at `now` (through the index on
     /// `expires`: one short statement however many expired); returns how many. Callers repeat
     /// until fewer than `limit` come back.
@@ -218,6 +250,33 @@ impl SubscriptionStore for MemoryStore {
         let rows: Vec<StoredSubscription> = page.into_iter().take(limit).cloned().collect();
         let next = rows.last().map_or_else(|| after.to_owned(), |r| r.id.clone());
         Ok(Page { rows, next })
+    }
+
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(ids
+            .iter()
+            .filter_map(|id| rows.get(id).filter(|r| r.expires > now).map(|r| (r.id.clone(), r.target.clone())))
+            .collect())
+    }
+
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut page: Vec<(String, String)> = rows
+            .values()
+            .filter(|r| r.topic == topic && r.service == service && r.id.as_str() > after && r.expires > now)
+            .map(|r| (r.id.clone(), r.target.clone()))
+            .collect();
+        page.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        page.truncate(limit);
+        Ok(page)
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

@@ -17,6 +17,10 @@ pub enum Target {
     WebSocket(Arc<Connection>),
     /// A destination at a push service.
     Remote(RemoteTarget),
+    /// A destination at a push service that is kept in the store only (issue 11: only the
+    /// routing of a durable subscription is held in memory). Its parameters are read from the
+    /// store, in batches, when a notification is delivered ([`crate::PushService`]).
+    Stored(ServiceKind),
 }
 
 /// What a transport keeps of a destination: the parsed form it delivers with. It gives back
@@ -80,19 +84,27 @@ impl Target {
         match self {
             Target::WebSocket(_) => ServiceKind::WebSocket,
             Target::Remote(r) => r.kind,
+            Target::Stored(kind) => *kind,
         }
     }
 
     /// Whether the target is kept in the store (and survives a restart).
     pub fn is_durable(&self) -> bool {
-        matches!(self, Target::Remote(_))
+        matches!(self, Target::Remote(_) | Target::Stored(_))
     }
 
-    /// The parameters as the JSON the transport parses (what the store keeps).
+    /// Whether only the store has the parameters ([`Target::Stored`]).
+    pub fn is_stored_only(&self) -> bool {
+        matches!(self, Target::Stored(_))
+    }
+
+    /// The parameters as the JSON the transport parses (what the store keeps); empty for a
+    /// [`Target::Stored`], whose parameters only the store has.
     pub fn to_json(&self) -> String {
         match self {
             Target::WebSocket(c) => serde_json::json!({ "connection_id": c.id() }).to_string(),
             Target::Remote(r) => r.params(),
+            Target::Stored(_) => String::new(),
         }
     }
 
@@ -100,11 +112,12 @@ impl Target {
     pub fn connection(&self) -> Option<&Arc<Connection>> {
         match self {
             Target::WebSocket(c) => Some(c),
-            Target::Remote(_) => None,
+            Target::Remote(_) | Target::Stored(_) => None,
         }
     }
 
     /// `true` if both name the same destination (for a WebSocket: the same connection object).
+    /// A [`Target::Stored`] is not known to be the same as anything.
     pub fn same_destination(&self, other: &Target) -> bool {
         match (self, other) {
             (Target::WebSocket(a), Target::WebSocket(b)) => Arc::ptr_eq(a, b),

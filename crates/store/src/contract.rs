@@ -85,3 +85,69 @@ pub(crate) async fn outbox_owners_and_keys(
     assert!(a.delete_vapid_key("k2").await.unwrap());
     assert_eq!(b.vapid_keys().await.unwrap().len(), 1);
 }
+
+/// Issue 11, only the routing in memory: start-up reads rows without their targets, page by
+/// page; a notify reads the targets of the unexpired ones among given ids (quotes and non-ASCII
+/// in a target come back as written). `store` is empty.
+pub(crate) async fn routes_and_targets(store: &dyn SubscriptionStore) {
+    let target = |i: usize| format!(r#"{{"endpoint":"https://push.example/{i}?a=\"b\"&c=é\\","p256dh":"k{i}"}}"#);
+    for i in 0..7 {
+        let mut r = sub(&format!("s{i}"));
+        r.client_id = format!("client-{i}");
+        r.target = target(i);
+        r.triggers = 1;
+        if i == 3 {
+            r.expires = 10;
+        }
+        upsert_new(store, &r).await;
+    }
+    let (mut routes, mut after) = (Vec::new(), String::new());
+    loop {
+        let page = store.load_routes_page(100, &after, 4).await.unwrap();
+        let n = page.rows.len();
+        routes.extend(page.rows);
+        after = page.next;
+        if n < 4 {
+            break;
+        }
+    }
+    let mut ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["s0", "s1", "s2", "s4", "s5", "s6"], "every unexpired row, once");
+    assert!(routes.iter().all(|r| r.target.is_empty() && r.triggers == 1 && r.topic == "t"), "{routes:?}");
+    assert_eq!(routes.iter().find(|r| r.id == "s5").unwrap().client_id, "client-5");
+
+    let ask: Vec<String> = ["s1", "s3", "s5", "missing", "s6"].into_iter().map(String::from).collect();
+    let mut found = store.load_targets(&ask, 100).await.unwrap();
+    found.sort();
+    assert_eq!(found, [("s1".into(), target(1)), ("s5".into(), target(5)), ("s6".into(), target(6))]);
+    assert!(store.load_targets(&[], 100).await.unwrap().is_empty());
+    store.delete(&["s5".into()]).await.unwrap();
+    assert_eq!(store.load_targets(&ask, 100).await.unwrap().len(), 2, "a deleted row is not read");
+
+    // A topic's targets of one service, page by page in id order: s0 s1 s2 s4 s6 are left
+    // (s3 expired, s5 deleted); rows of another topic or service are not read.
+    let mut other_topic = sub("s7");
+    other_topic.topic = "u".into();
+    upsert_new(store, &other_topic).await;
+    let mut other_service = sub("s8");
+    other_service.service = "fcm".into();
+    upsert_new(store, &other_service).await;
+    let first = store.load_topic_targets("t", "web_push", "", 100, 3).await.unwrap();
+    assert_eq!(first, [("s0".into(), target(0)), ("s1".into(), target(1)), ("s2".into(), target(2))]);
+    let rest = store.load_topic_targets("t", "web_push", "s2", 100, 3).await.unwrap();
+    assert_eq!(rest, [("s4".into(), target(4)), ("s6".into(), target(6))], "fewer than asked: the last page");
+    assert!(store.load_topic_targets("t", "web_push", "s6", 100, 3).await.unwrap().is_empty());
+    assert_eq!(store.load_topic_targets("t", "fcm", "", 100, 3).await.unwrap().len(), 1);
+    // An upsert of an existing subscription keeps its id and is read with its new target.
+    let mut again = sub("other-id");
+    again.client_id = "client-4".into();
+    again.target = target(40);
+    assert_eq!(store.upsert(&again).await.unwrap(), "s4", "the first id is kept");
+    let rest = store.load_topic_targets("t", "web_push", "s2", 100, 3).await.unwrap();
+    assert_eq!(rest, [("s4".into(), target(40)), ("s6".into(), target(6))]);
+}
+
+async fn upsert_new(store: &dyn SubscriptionStore, r: &StoredSubscription) {
+    assert_eq!(store.upsert(r).await.unwrap(), r.id);
+}

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_subscriptions.sql"),
     include_str!("../migrations/postgres/0002_outbox.sql"),
     include_str!("../migrations/postgres/0003_outbox_owner.sql"),
+    include_str!("../migrations/postgres/0004_topic_index.sql"),
 ];
 
 /// Key of the advisory lock taken while migrating ("davpush" in ASCII).
@@ -150,6 +151,70 @@ impl SubscriptionStore for PostgresStore {
             .map_err(err("read a subscription row"))?;
         let next = rows.last().map_or_else(|| after.to_owned(), |r| r.id.clone());
         Ok(Page { rows, next })
+    }
+
+    async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        // As `load_page`, without the targets: only the routing is held in memory (issue 11).
+        let sql = "SELECT id, client_id, topic, service, expires, created, triggers FROM subscriptions \
+                   WHERE id > $1 AND expires > $2 ORDER BY id LIMIT $3";
+        let found: Vec<(String, String, String, String, i64, i64, i16)> = sqlx::query_as(sql)
+            .bind(after)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("load subscriptions"))?;
+        let rows: Vec<StoredSubscription> = found
+            .into_iter()
+            .map(|(id, client_id, topic, service, expires, created, triggers)| StoredSubscription {
+                id,
+                client_id,
+                topic,
+                service,
+                target: String::new(),
+                expires,
+                created,
+                triggers: triggers.clamp(0, 255) as u8,
+            })
+            .collect();
+        let next = rows.last().map_or_else(|| after.to_owned(), |r| r.id.clone());
+        Ok(Page { rows, next })
+    }
+
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Through the primary key's index, one statement per batch.
+        sqlx::query_as("SELECT id, target FROM subscriptions WHERE id = ANY($1) AND expires > $2")
+            .bind(ids)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("load targets"))
+    }
+
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // A range of the index on (topic, service, id).
+        sqlx::query_as(
+            "SELECT id, target FROM subscriptions WHERE topic = $1 AND service = $2 AND id > $3 AND expires > $4 \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(topic)
+        .bind(service)
+        .bind(after)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("load a topic's targets"))
     }
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {

@@ -66,6 +66,26 @@ const LOAD_PAGE: &str = "SELECT json_group_array(json_array(id, client_id, topic
 /// One element of a [`LOAD_PAGE`] array.
 type PageRow = (String, String, String, String, String, i64, i64, i64);
 
+/// [`LOAD_PAGE`] without the target: `[id, client_id, topic, service, expires, created,
+/// triggers]` (start-up holds only the routing in memory, issue 11).
+const LOAD_ROUTES_PAGE: &str = "SELECT json_group_array(json_array(id, client_id, topic, service, expires, created, \
+                                triggers)), max(rowid) FROM (SELECT rowid, * FROM subscriptions WHERE rowid > ?1 \
+                                AND expires > ?2 ORDER BY rowid LIMIT ?3)";
+
+/// One element of a [`LOAD_ROUTES_PAGE`] array.
+type RouteRow = (String, String, String, String, i64, i64, i64);
+
+/// The targets of the unexpired subscriptions whose ids are in the JSON array `?1`, found
+/// through the primary key, as one row (a JSON array of `[id, target]`; see [`LOAD_PAGE`]).
+const LOAD_TARGETS: &str = "SELECT json_group_array(json_array(id, target)) FROM subscriptions \
+                            WHERE id IN (SELECT value FROM json_each(?1)) AND expires > ?2";
+
+/// A page of a topic's targets of one service as one row of JSON, through the index on
+/// `(topic, service, id)`.
+const LOAD_TOPIC_TARGETS: &str = "SELECT json_group_array(json_array(id, target)) FROM (SELECT id, target \
+                                  FROM subscriptions WHERE topic = ?1 AND service = ?2 AND id > ?3 AND expires > ?4 \
+                                  ORDER BY id LIMIT ?5)";
+
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -374,6 +394,77 @@ impl SubscriptionStore for SqliteStore {
         Ok(Page { rows, next: last.unwrap_or(after).to_string() })
     }
 
+    async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        // As `load_page`, without the targets (see `LOAD_ROUTES_PAGE`).
+        let after: i64 = match after {
+            "" => 0,
+            a => a.parse().map_err(|e| StoreError { op: "read the page cursor", source: Box::new(e) })?,
+        };
+        let (page, last): (String, Option<i64>) = sqlx::query_as(LOAD_ROUTES_PAGE)
+            .bind(after)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("load subscriptions"))?;
+        let rows: Vec<RouteRow> = serde_json::from_str(&page)
+            .map_err(|e| StoreError { op: "read a page of subscription rows", source: Box::new(e) })?;
+        let rows: Vec<StoredSubscription> = rows
+            .into_iter()
+            .map(|(id, client_id, topic, service, expires, created, triggers)| StoredSubscription {
+                id,
+                client_id,
+                topic,
+                service,
+                target: String::new(),
+                expires,
+                created,
+                triggers: triggers.clamp(0, 255) as u8,
+            })
+            .collect();
+        Ok(Page { rows, next: last.unwrap_or(after).to_string() })
+    }
+
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(ids)
+            .map_err(|e| StoreError { op: "write the ids of a target fetch", source: Box::new(e) })?;
+        let (found,): (String,) = sqlx::query_as(LOAD_TARGETS)
+            .bind(ids)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("load targets"))?;
+        serde_json::from_str(&found)
+            .map_err(|e| StoreError { op: "read the targets of subscriptions", source: Box::new(e) })
+    }
+
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let (found,): (String,) = sqlx::query_as(LOAD_TOPIC_TARGETS)
+            .bind(topic)
+            .bind(service)
+            .bind(after)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("load a topic's targets"))?;
+        let mut rows: Vec<(String, String)> = serde_json::from_str(&found)
+            .map_err(|e| StoreError { op: "read the targets of a topic", source: Box::new(e) })?;
+        // The aggregate's order is not promised: the page's order is.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows)
+    }
+
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         // SQLite has no DELETE … LIMIT by default: the rowids come from the `expires` index.
         let sql = sqlx::AssertSqlSafe(format!("DELETE FROM subscriptions WHERE rowid IN ({EXPIRED_ROWIDS})"));
@@ -543,6 +634,13 @@ mod tests {
             SqliteStore::open(&url).await.unwrap(),
         );
         crate::contract::outbox_owners_and_keys(&a, &b, &c).await;
+    }
+
+    #[tokio::test]
+    async fn issue_11_routes_without_targets_and_targets_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        crate::contract::routes_and_targets(&SqliteStore::open(&url).await.unwrap()).await;
     }
 
     #[tokio::test]

@@ -202,6 +202,8 @@ mod tests {
         let (exclude, n) =
             (Exclusions::default(), Notification { topic: topic.clone(), sync_token: None, trigger: None });
         a.notify(vec![n], &exclude, now);
+        // Its target is read from the store before the engine gets it (`targets`).
+        a.fetches_done(std::time::Duration::from_secs(10)).await;
         a.unsubscribe(&client, None, None).await.unwrap();
         let log = std::mem::take(&mut *rec_a.1.lock().unwrap());
         let channels: Vec<_> = log.iter().map(|(c, _)| *c).collect();

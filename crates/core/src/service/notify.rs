@@ -201,8 +201,20 @@ impl PushService {
                     let Some(t) = self.transports.get(*kind) else {
                         continue;
                     };
-                    let d = t.dispatch(message, subs);
                     report.addressed[kind.index()] += subs.len() as u64;
+                    // Durable subscribers held as routing only: their targets are read from the
+                    // store off this path (`targets`).
+                    let d = if !live && subs.iter().any(|s| s.target.is_stored_only()) {
+                        let (stored, held): (Vec<_>, Vec<_>) =
+                            subs.iter().cloned().partition(|s| s.target.is_stored_only());
+                        self.fetch_and_dispatch(message, *kind, stored, now);
+                        if held.is_empty() {
+                            continue;
+                        }
+                        t.dispatch(message, &held)
+                    } else {
+                        t.dispatch(message, subs)
+                    };
                     self.metrics.delivered(*kind, "queued", d.queued);
                     self.metrics.delivered(*kind, "coalesced", d.coalesced);
                     self.metrics.delivered(*kind, "dropped", d.dropped);

@@ -138,6 +138,7 @@ impl PushService {
         let mut ticket = None;
         for target in targets {
             let kind = target.kind();
+            self.members_loaded([kind]).await;
             let existing = self.index.find(&client, &topic, kind);
             if existing.is_none()
                 && let Err(limit) = self.index.room(&client, &caps)
@@ -165,6 +166,8 @@ impl PushService {
                 stored = Some(row);
             }
             let sub = Subscription { id, client_id: client.clone(), topic: topic.clone(), target, expires, triggers };
+            // A durable subscription's target is in the store: the index keeps the routing.
+            let sub = self.routed(sub);
             let (sub, previous) = match self.index.insert_capped(sub, &caps) {
                 Ok(done) => done,
                 Err(limit) => {
@@ -229,6 +232,27 @@ impl PushService {
     }
 
     async fn remove(&self, subs: Vec<Arc<Subscription>>) -> Result<u64, ServiceError> {
+        let subs = if subs.iter().any(|s| s.target.is_stored_only()) {
+            self.members_loaded(subs.iter().map(|s| s.kind())).await;
+            // Those start-up gave their targets meanwhile are removed as the index holds them.
+            subs.into_iter()
+                .map(|s| match self.index.get(&s.id) {
+                    Some(cur)
+                        if s.target.is_stored_only()
+                            && !Arc::ptr_eq(&cur, &s)
+                            && cur.client_id == s.client_id
+                            && cur.topic == s.topic
+                            && cur.kind() == s.kind()
+                            && cur.expires == s.expires =>
+                    {
+                        cur
+                    }
+                    _ => s,
+                })
+                .collect()
+        } else {
+            subs
+        };
         let mut durable = Vec::new();
         let mut left = Vec::new();
         let mut n = 0;

@@ -32,3 +32,41 @@ impl Transport for Members {
         self.log.lock().unwrap().push(("remove", sub.topic.to_string(), sub.target.to_json()));
     }
 }
+
+/// A transport of `kind` (targets: their parameters' JSON) that records every recipient it is
+/// handed: its client id and target.
+pub(super) struct Recording {
+    pub(super) kind: ServiceKind,
+    pub(super) log: Mutex<Vec<(String, String)>>,
+}
+
+impl Recording {
+    pub(super) fn new(kind: ServiceKind) -> Arc<Self> {
+        Arc::new(Recording { kind, log: Mutex::default() })
+    }
+
+    /// What was handed over so far, sorted.
+    pub(super) fn taken(&self) -> Vec<(String, String)> {
+        let mut log = self.log.lock().unwrap().clone();
+        log.sort();
+        log
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for Recording {
+    fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+    fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
+        Ok(Target::Remote(RemoteTarget::new(self.kind, params.to_string())))
+    }
+    fn dispatch(&self, _m: &Arc<PushMessage>, r: &[Arc<Subscription>]) -> Dispatched {
+        let mut log = self.log.lock().unwrap();
+        for s in r {
+            assert!(!s.target.is_stored_only(), "handed over with its target");
+            log.push((s.client_id.to_string(), s.target.to_json()));
+        }
+        Dispatched { queued: r.len() as u64, ..Dispatched::default() }
+    }
+}

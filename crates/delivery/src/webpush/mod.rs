@@ -574,7 +574,7 @@ mod tests {
             // Every subscription bound to the advertised key shares its string (issue 11).
             let key_of = |t: &Target| match t {
                 Target::Remote(r) => r.data::<WebPushTarget>().unwrap().vapid_key.clone().unwrap(),
-                Target::WebSocket(_) => unreachable!(),
+                Target::WebSocket(_) | Target::Stored(_) => unreachable!(),
             };
             let current = targets.keys.get().current_id().clone();
             assert!(Arc::ptr_eq(&key_of(&stored), &current));

@@ -11,6 +11,7 @@ mod browser;
 mod cluster;
 mod connections;
 mod draft;
+mod durable_targets;
 mod errors;
 mod events;
 mod fanout_direct;

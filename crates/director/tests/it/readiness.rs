@@ -12,14 +12,17 @@ use davpush_director::config::{Overrides, RawConfig};
 use davpush_testkit::fake_push::FakePush;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::util::*;
 use crate::webpush::{ua_keys, web_push_params};
 
-/// A store whose start-up reads wait until the test opens the gate.
+/// A store whose start-up reads wait until the test opens the gate, and whose reads of
+/// targets (at a notify) wait for `targets`.
 struct Gated {
     inner: Arc<dyn SubscriptionStore>,
     gate: Semaphore,
+    targets: Semaphore,
 }
 
 #[async_trait::async_trait]
@@ -36,6 +39,25 @@ impl SubscriptionStore for Gated {
     async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
         let _open = self.gate.acquire().await.unwrap();
         self.inner.load_page(now, after, limit).await
+    }
+    async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
+        let _open = self.gate.acquire().await.unwrap();
+        self.inner.load_routes_page(now, after, limit).await
+    }
+    async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let _open = self.targets.acquire().await.unwrap();
+        self.inner.load_targets(ids, now).await
+    }
+    async fn load_topic_targets(
+        &self,
+        topic: &str,
+        service: &str,
+        after: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let _open = self.targets.acquire().await.unwrap();
+        self.inner.load_topic_targets(topic, service, after, now, limit).await
     }
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         self.inner.purge_expired(now, limit).await
@@ -102,7 +124,7 @@ async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
     let config = Config::from_raw(raw).unwrap();
     let startup = config.prepare().unwrap();
     let inner = davpush_store::open(&config.store_url).await.unwrap();
-    let store = Arc::new(Gated { inner, gate: Semaphore::new(0) });
+    let store = Arc::new(Gated { inner, gate: Semaphore::new(0), targets: Semaphore::new(Semaphore::MAX_PERMITS) });
     let state = build_with_store(config, startup, store.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -143,6 +165,75 @@ async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
     assert_eq!((status, &ready), (200, &json!({"status": "ready", "subscriptions": N})));
     let (_, health) = get(&http, format!("{base}/healthz")).await;
     assert_eq!(health, json!({"status": "ok", "ready": true}));
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    drop(dir);
+}
+
+/// Issue 11, only the routing in memory: while a durable topic's targets are being read from
+/// the store (held here until the test lets the read go), the same notify's WebSocket
+/// subscriber of another topic has its frame already, and the notify is answered.
+#[tokio::test]
+async fn issue_11_websocket_fan_out_does_not_wait_for_the_read_of_durable_targets() {
+    const N: usize = 20;
+    let mut push = FakePush::start().await;
+    let d =
+        start(&format!("[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\n", push.addr.port())).await;
+    let keys = ua_keys(None);
+    for i in 0..N {
+        let params = web_push_params(&push.endpoint(&format!("s{i}")), &keys, "topic-json");
+        let body = json!({"client_id": format!("c{i}"), "topic": "big", "push_services": {"web_push": params}});
+        assert_eq!(d.subscribe(body).await.0, 201);
+    }
+    let (toml, dir) = d.stop().await;
+
+    let raw = RawConfig::from_toml(&toml, &BTreeMap::new(), &Overrides::default()).unwrap();
+    let config = Config::from_raw(raw).unwrap();
+    let startup = config.prepare().unwrap();
+    let inner = davpush_store::open(&config.store_url).await.unwrap();
+    let store = Arc::new(Gated { inner, gate: Semaphore::new(Semaphore::MAX_PERMITS), targets: Semaphore::new(0) });
+    let state = build_with_store(config, startup, store.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    davpush_testkit::eventually("loaded", || async { get(&http, format!("http://{addr}/readyz")).await.0 == 200 })
+        .await;
+
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {SUB_TOKEN}").parse().unwrap());
+    req.headers_mut().insert("sec-websocket-protocol", davpush_proto::SUBPROTOCOL.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let conn = next_json(&mut ws).await["connection_id"].as_str().unwrap().to_owned();
+    let body = json!({"client_id": "live", "topic": "other", "push_services": {"websocket": {"connection_id": conn}}});
+    let r = http.post(format!("http://{addr}/subscribe")).bearer_auth(SUB_TOKEN).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let r = http
+        .post(format!("http://{addr}/notify"))
+        .bearer_auth(NOTIFY_TOKEN)
+        .json(&json!({"topics": ["big", "other"], "sync_token": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["services"], json!({"web_push": N, "websocket": 1}), "{body}");
+    let frame = next_json(&mut ws).await;
+    assert_eq!((frame["topic"].as_str(), frame["sync_token"].as_str()), (Some("other"), Some("s1")));
+    // The durable read has not been let go: the frame did not wait for it.
+    assert_eq!(store.targets.available_permits(), 0);
+
+    store.targets.add_permits(Semaphore::MAX_PERMITS / 2);
+    let mut reached = BTreeSet::new();
+    for _ in 0..N {
+        reached.insert(push.next().await.path);
+    }
+    assert_eq!(reached.len(), N, "every durable subscriber got the push once its target was read: {reached:?}");
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

@@ -42,7 +42,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
         .fetch_all(&store.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3], "reopening applies no migration twice");
+    assert_eq!(versions, [1, 2, 3, 4], "reopening applies no migration twice");
     assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
     assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
     assert_eq!(store.delete(&[]).await.unwrap(), 0);
@@ -167,6 +167,15 @@ async fn issue_15_vapid_keys_are_assigned_to_old_rows_and_listed() {
     assert!(!rows.iter().find(|r| r.id == "c").unwrap().target.contains("vapid_key"));
     store.delete(&["a".into()]).await.unwrap();
     assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+}
+
+#[tokio::test]
+async fn issue_11_routes_without_targets_and_targets_by_id() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    crate::contract::routes_and_targets(&store).await;
+    store.pool.close().await;
+    schema.drop_schema().await;
 }
 
 #[tokio::test]

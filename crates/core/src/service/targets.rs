@@ -1,0 +1,417 @@
+//! Durable targets read from the store when they are needed (issue 11: only the routing of a
+//! durable subscription is held in memory). The index holds a durable subscription with a
+//! [`Target::Stored`] (its id, client, topic, expiry, triggers and push service); when a
+//! notification reaches such subscribers, [`PushService::deliver`] hands them to the fetcher:
+//! a task of its own that reads the targets of the notification's topic and service from the
+//! store in pages of [`TARGETS_BATCH`] (one statement each, a range of the store's index on
+//! topic, service and id, the next page read while one is parsed), matches them by id to the
+//! routed subscribers, parses them with their transport and hands them to the delivery
+//! engine. The notify path neither waits for the store nor parses anything, so a
+//! big durable topic never delays the WebSocket fan-out of the same or another notify.
+//!
+//! Bounds: at most [`QUEUE`] notifications wait for the fetcher (beyond, their durable
+//! deliveries are counted `dropped`, as an overflowing delivery engine does) and [`PARALLEL`]
+//! are fetched at once. A subscriber removed or expired between routing and fetch is not
+//! delivered (the store no longer has it, or the index no longer does). Transports that keep a
+//! membership at the push service (topic mode) need their targets for joining and leaving, so
+//! their subscriptions keep their targets in memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use crate::store::{StoreError, SubscriptionStore, TARGETS_BATCH};
+use crate::transport::Transports;
+use crate::{Index, Metrics, PushMessage, PushService, ServiceKind, Subscription, Target};
+
+/// Notifications waiting for the fetcher at most.
+pub(super) const QUEUE: usize = 1_024;
+/// Notifications whose targets are fetched at once.
+pub(super) const PARALLEL: usize = 4;
+
+/// One notification's durable subscribers of one service, waiting for their targets.
+struct Job {
+    message: Arc<PushMessage>,
+    kind: ServiceKind,
+    subs: Vec<Arc<Subscription>>,
+    /// The notify's time (unix seconds): subscribers unexpired then are delivered.
+    now: i64,
+    routed: Instant,
+}
+
+/// What the fetcher's task works with (no reference to the service itself: the task ends when
+/// the service, holding the sending half, is dropped).
+#[derive(Clone)]
+struct Ctx {
+    store: Arc<dyn SubscriptionStore>,
+    transports: Transports,
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+    busy: Arc<Busy>,
+}
+
+/// Notifications accepted by the fetcher and not yet handed to the engine.
+#[derive(Default)]
+struct Busy {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+impl Busy {
+    fn done(&self) {
+        if self.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// The fetcher of a [`PushService`]: started on first use, on the runtime of the notify.
+#[derive(Default)]
+pub(super) struct Fetcher {
+    tx: OnceLock<mpsc::Sender<Job>>,
+    busy: Arc<Busy>,
+}
+
+impl PushService {
+    /// Queues the delivery of `message` to `subs` (of `kind`, all [`Target::Stored`]) once their
+    /// targets are read; never waits (a full queue counts them `dropped`).
+    pub(super) fn fetch_and_dispatch(
+        &self,
+        message: &Arc<PushMessage>,
+        kind: ServiceKind,
+        subs: Vec<Arc<Subscription>>,
+        now: i64,
+    ) {
+        let n = subs.len() as u64;
+        let job = Job { message: message.clone(), kind, subs, now, routed: Instant::now() };
+        let tx = match self.fetcher.tx.get() {
+            Some(tx) => Some(tx),
+            None => tokio::runtime::Handle::try_current().ok().map(|rt| {
+                self.fetcher.tx.get_or_init(|| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    let ctx = Ctx {
+                        store: self.store.clone(),
+                        transports: self.transports.clone(),
+                        index: self.index.clone(),
+                        metrics: self.metrics.clone(),
+                        busy: self.fetcher.busy.clone(),
+                    };
+                    rt.spawn(run(ctx, rx));
+                    tx
+                })
+            }),
+        };
+        self.fetcher.busy.n.fetch_add(1, Ordering::AcqRel);
+        if tx.is_none_or(|tx| tx.try_send(job).is_err()) {
+            self.fetcher.busy.done();
+            tracing::warn!(service = %kind, subscriptions = n, "target fetch queue full (or stopped): durable deliveries dropped");
+            self.metrics.delivered(kind, "dropped", n);
+        }
+    }
+
+    /// Waits (at most `bound`) until every notification the fetcher accepted is handed to the
+    /// delivery engine: at a graceful stop, before the transports keep what is pending.
+    pub(super) async fn fetches_done(&self, bound: Duration) {
+        let busy = &self.fetcher.busy;
+        let _ = tokio::time::timeout(bound, async {
+            loop {
+                let idle = busy.idle.notified();
+                if busy.n.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+
+    /// `subs` with the targets of those held as [`Target::Stored`] read from the store (the
+    /// index keeps them as they are); those the store or the index no longer has at `now` are
+    /// left out.
+    pub(super) async fn with_targets(
+        &self,
+        subs: Vec<Arc<Subscription>>,
+        now: i64,
+    ) -> Result<Vec<Arc<Subscription>>, StoreError> {
+        let (stored, mut out): (Vec<_>, Vec<_>) = subs.into_iter().partition(|s| s.target.is_stored_only());
+        for batch in stored.chunks(TARGETS_BATCH) {
+            out.extend(fetch(&*self.store, &self.transports, &self.index, batch, now).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the targets of `batch` (at most [`TARGETS_BATCH`]) and returns the subscriptions with
+/// them, as the index holds them now: those removed, expired or of a disabled service are left
+/// out.
+async fn fetch(
+    store: &dyn SubscriptionStore,
+    transports: &Transports,
+    index: &Index,
+    batch: &[Arc<Subscription>],
+    now: i64,
+) -> Result<Vec<Arc<Subscription>>, StoreError> {
+    let ids: Vec<String> = batch.iter().map(|s| s.id.to_string()).collect();
+    let rows = store.load_targets(&ids, now).await?;
+    Ok(assemble(transports, index, batch.iter(), rows.into_iter().collect(), now))
+}
+
+/// The subscriptions `subs` with their targets from `targets` (by id), as the index holds
+/// them now: those without a target there, removed, expired or of a disabled service are left
+/// out. A target is only ever taken for the subscription whose id it was read with.
+fn assemble<'a>(
+    transports: &Transports,
+    index: &Index,
+    subs: impl Iterator<Item = &'a Arc<Subscription>>,
+    mut targets: HashMap<String, String>,
+    now: i64,
+) -> Vec<Arc<Subscription>> {
+    let current = index.get_all(subs.map(|s| &s.id));
+    let mut out = Vec::with_capacity(current.len());
+    for cur in current.into_iter().flatten() {
+        let Some(json) = targets.remove(cur.id.as_str()) else { continue };
+        if cur.expires <= now {
+            continue;
+        }
+        let Some(t) = transports.get(cur.kind()) else { continue };
+        let target = match &cur.target {
+            Target::Stored(_) => match t.parse_stored(&json) {
+                Ok(target) => target,
+                Err(e) => {
+                    tracing::warn!(subscription = %cur.id, service = %cur.kind(), error = %e, "stored target invalid: not delivered");
+                    continue;
+                }
+            },
+            // Replaced meanwhile by a subscription that holds its target.
+            _ => {
+                out.push(cur);
+                continue;
+            }
+        };
+        out.push(Arc::new(Subscription {
+            id: cur.id.clone(),
+            client_id: cur.client_id.clone(),
+            topic: cur.topic.clone(),
+            target,
+            expires: cur.expires,
+            triggers: cur.triggers,
+        }));
+    }
+    out
+}
+
+async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Job>) {
+    let parallel = Arc::new(Semaphore::new(PARALLEL));
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = parallel.clone().acquire_owned().await else { return };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            deliver(&ctx, job).await;
+            ctx.busy.done();
+            drop(permit);
+        });
+    }
+}
+
+/// Fetches a job's targets and hands them to the engine batch by batch, as they come; records
+/// how long it took.
+async fn deliver(ctx: &Ctx, job: Job) {
+    let Some(t) = ctx.transports.get(job.kind) else { return };
+    deliver_by_topic(ctx, &job, t).await;
+    ctx.metrics.target_fetch_last_us.set(i64::try_from(job.routed.elapsed().as_micros()).unwrap_or(i64::MAX));
+}
+
+/// Hands `subs` (with their targets) to the engine and counts the outcome.
+fn dispatch(ctx: &Ctx, job: &Job, t: &dyn crate::transport::Transport, mut subs: Vec<Arc<Subscription>>) {
+    let trigger = job.message.notification.trigger;
+    // Replaced meanwhile by a subscription that no longer wants this kind of change.
+    subs.retain(|s| s.kind() == job.kind && s.triggers.accepts(trigger));
+    let d = t.dispatch(&job.message, &subs);
+    ctx.metrics.delivered(job.kind, "queued", d.queued);
+    ctx.metrics.delivered(job.kind, "coalesced", d.coalesced);
+    ctx.metrics.delivered(job.kind, "dropped", d.dropped);
+}
+
+/// Reads the targets of the job's topic and service page by page (in id order, through the
+/// store's index on them: one range instead of a search per subscriber), the next page while
+/// this one is matched and parsed; a row is delivered only to the routed subscriber with its
+/// id (rows of others, e.g. subscribed after the routing, are skipped). A job's subscribers
+/// are those of its notification's topic (`Index::recipients_for`).
+async fn deliver_by_topic(ctx: &Ctx, job: &Job, t: &dyn crate::transport::Transport) {
+    let mut routed: HashMap<&str, &Arc<Subscription>> = job.subs.iter().map(|s| (s.id.as_str(), s)).collect();
+    let topic: Arc<str> = job.message.notification.topic.as_str().into();
+    let service = job.kind.as_str();
+    let read = |after: String| {
+        let (store, topic, now) = (ctx.store.clone(), topic.clone(), job.now);
+        tokio::spawn(async move { store.load_topic_targets(&topic, service, &after, now, TARGETS_BATCH).await })
+    };
+    let mut reading = Some(read(String::new()));
+    while let Some(page) = reading.take() {
+        let rows = match page.await.unwrap_or_else(|e| Err(StoreError { op: "read targets", source: Box::new(e) })) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(service = %job.kind, error = %e, "could not read targets: durable deliveries dropped");
+                ctx.metrics.delivered(job.kind, "dropped", routed.len() as u64);
+                return;
+            }
+        };
+        if rows.len() >= TARGETS_BATCH
+            && let Some((last, _)) = rows.last()
+        {
+            reading = Some(read(last.clone()));
+        }
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut targets = HashMap::with_capacity(rows.len());
+        for (id, target) in rows {
+            if let Some(s) = routed.remove(id.as_str()) {
+                batch.push(s);
+                targets.insert(id, target);
+            }
+        }
+        if !batch.is_empty() {
+            let subs = assemble(&ctx.transports, &ctx.index, batch.into_iter(), targets, job.now);
+            dispatch(ctx, job, t, subs);
+        }
+        if routed.is_empty() {
+            // Every routed subscriber found: the rest of the topic is not read.
+            if let Some(next) = reading.take() {
+                next.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::testing::Recording;
+    use crate::notification::Exclusions;
+    use crate::store::{StoredSubscription, SubscriptionStore};
+    use crate::transport::Transports;
+    use crate::{ClientId, Limits, MemoryStore, Metrics, Notification, PushService, ServiceKind, Topic};
+
+    fn row(id: &str, client: &str, service: ServiceKind, target: &str, expires: i64) -> StoredSubscription {
+        StoredSubscription {
+            id: id.into(),
+            client_id: client.into(),
+            topic: "t".into(),
+            service: service.as_str().into(),
+            target: target.into(),
+            expires,
+            created: 0,
+            triggers: 3,
+        }
+    }
+
+    fn notification() -> Vec<Notification> {
+        vec![Notification { topic: Topic::parse("t", 8).unwrap(), sync_token: None, trigger: None }]
+    }
+
+    /// Runs on one thread: the fetcher's task runs only when the test awaits, so that changes
+    /// made right after a notify land between its routing and its fetch.
+    #[tokio::test(flavor = "current_thread")]
+    async fn issue_11_loaded_routing_only_a_notify_reads_each_target_and_skips_those_gone_meanwhile() {
+        let store = Arc::new(MemoryStore::default());
+        let far = crate::unix_now() + 100_000;
+        let rows = [
+            row("s-web-push-0000000001", "a", ServiceKind::WebPush, r#"{"endpoint":"https://push.example/a"}"#, far),
+            row("s-fcm-000000000000002", "b", ServiceKind::Fcm, r#"{"registration_token":"tok-b"}"#, far),
+            row("s-apns-00000000000003", "c", ServiceKind::Apns, r#"{"device_token":"abcd"}"#, far),
+            row("s-web-push-0000000004", "d", ServiceKind::WebPush, r#"{"endpoint":"https://push.example/d"}"#, far),
+            row("s-fcm-000000000000005", "e", ServiceKind::Fcm, r#"{"registration_token":"tok-e"}"#, far),
+            row("s-apns-00000000000006", "f", ServiceKind::Apns, r#"{"device_token":"ef01"}"#, far),
+        ];
+        for r in &rows {
+            store.upsert(r).await.unwrap();
+        }
+        let (web, fcm, apns) =
+            (Recording::new(ServiceKind::WebPush), Recording::new(ServiceKind::Fcm), Recording::new(ServiceKind::Apns));
+        let svc = PushService::new(
+            store.clone(),
+            Transports::default().with(web.clone()).with(fcm.clone()).with(apns.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(svc.load(crate::unix_now()).await.unwrap(), 6);
+        let ids: Vec<_> = rows.iter().map(|r| crate::SubscriptionId::parse(&r.id, 64).unwrap()).collect();
+        assert!(ids.iter().all(|id| svc.index().get(id).unwrap().target.is_stored_only()), "routing only");
+
+        let report = svc.notify(notification(), &Exclusions::default(), crate::unix_now());
+        assert_eq!(report.total(), 6, "all routed");
+        // Between the routing and the fetch: `d` unsubscribed (gone from the index and the
+        // store), `e` gone from the store only, `f` expired in the store.
+        svc.unsubscribe(&ClientId::parse("d", 8).unwrap(), None, None).await.unwrap();
+        store.delete(&[rows[4].id.clone()]).await.unwrap();
+        store.upsert(&row(&rows[5].id, "f", ServiceKind::Apns, r#"{"device_token":"ef01"}"#, 1)).await.unwrap();
+        svc.fetches_done(Duration::from_secs(10)).await;
+        let one = |c: &str, t: &str| vec![(c.to_owned(), t.to_owned())];
+        assert_eq!(web.taken(), one("a", r#"{"endpoint":"https://push.example/a"}"#));
+        assert_eq!(fcm.taken(), one("b", r#"{"registration_token":"tok-b"}"#));
+        assert_eq!(apns.taken(), one("c", r#"{"device_token":"abcd"}"#));
+        assert!(svc.metrics().target_fetch_last_us.get() > 0);
+
+        // The outbox: a pending delivery of a subscription held as routing only is handed back
+        // with its target.
+        let pending = |id: &str| crate::PendingDelivery {
+            subscription_id: id.into(),
+            topic: "t".into(),
+            sync_token: None,
+            trigger: None,
+            attempt: 1,
+            due: 0,
+            deadline: far,
+        };
+        store.save_pending(&[pending(&rows[0].id)]).await.unwrap();
+        store.release_pending().await.unwrap();
+        assert_eq!(svc.claim_pending(far).await.unwrap(), 1);
+    }
+
+    /// A big topic is read in pages of its topic and service: every routed subscriber across
+    /// the pages gets its own target, and rows the routing did not address (another service,
+    /// another topic, or a subscription stored after the routing) are delivered to no one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn issue_11_a_big_topic_is_read_in_pages_and_rows_not_routed_are_not_delivered() {
+        let store = Arc::new(MemoryStore::default());
+        let far = crate::unix_now() + 100_000;
+        let n = crate::store::TARGETS_BATCH * 2 + 7;
+        let target = |i: usize| format!(r#"{{"endpoint":"https://push.example/{i}"}}"#);
+        for i in 0..n {
+            store
+                .upsert(&row(&format!("s-web-push-{i:011}"), &format!("c{i}"), ServiceKind::WebPush, &target(i), far))
+                .await
+                .unwrap();
+        }
+        let mut other = row("s-other-topic-00000001", "o", ServiceKind::WebPush, &target(90_001), far);
+        other.topic = "u".into();
+        store.upsert(&other).await.unwrap();
+        store
+            .upsert(&row("s-fcm-000000000000001", "f", ServiceKind::Fcm, r#"{"registration_token":"tok"}"#, far))
+            .await
+            .unwrap();
+        let web = Recording::new(ServiceKind::WebPush);
+        let svc = PushService::new(
+            store.clone(),
+            Transports::default().with(web.clone()),
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(svc.load(crate::unix_now()).await.unwrap(), n + 1, "the FCM row has no transport here");
+
+        let report = svc.notify(notification(), &Exclusions::default(), crate::unix_now());
+        assert_eq!(report.total(), n as u64, "the topic's Web Push subscribers routed (no FCM transport)");
+        // Stored after the routing, in the middle of the topic's id order: not addressed.
+        store
+            .upsert(&row("s-web-push-00000000500x", "late", ServiceKind::WebPush, &target(90_002), far))
+            .await
+            .unwrap();
+        svc.fetches_done(Duration::from_secs(10)).await;
+        let mut want: Vec<(String, String)> = (0..n).map(|i| (format!("c{i}"), target(i))).collect();
+        want.sort();
+        assert_eq!(web.taken(), want, "each routed subscriber exactly once, with its own target");
+    }
+}
