@@ -328,6 +328,34 @@ async fn upsert_chunk<'c, E: sqlx::SqliteExecutor<'c>>(e: E, chunk: &[Job]) -> R
     chunk.iter().map(|(s, _)| returned.remove(&key_of(s)).ok_or(sqlx::Error::RowNotFound)).collect()
 }
 
+impl SqliteStore {
+    /// A page read at start (`LOAD_PAGE`, `LOAD_ROUTES_PAGE`): the whole page comes back as one
+    /// row holding a JSON array of rows `R`, and the cursor is a rowid. Returns the rows and the
+    /// next cursor.
+    async fn json_page<R: serde::de::DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        now: i64,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<R>, String), StoreError> {
+        let after: i64 = match after {
+            "" => 0,
+            a => a.parse().map_err(|e| StoreError { op: "read the page cursor", source: Box::new(e) })?,
+        };
+        let (page, last): (String, Option<i64>) = sqlx::query_as(sql)
+            .bind(after)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("load subscriptions"))?;
+        let rows: Vec<R> = serde_json::from_str(&page)
+            .map_err(|e| StoreError { op: "read a page of subscription rows", source: Box::new(e) })?;
+        Ok((rows, last.unwrap_or(after).to_string()))
+    }
+}
+
 #[async_trait]
 impl SubscriptionStore for SqliteStore {
     async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
@@ -364,20 +392,7 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn load_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
-        // The whole page comes back as one row (see `LOAD_PAGE`); the cursor is a rowid.
-        let after: i64 = match after {
-            "" => 0,
-            a => a.parse().map_err(|e| StoreError { op: "read the page cursor", source: Box::new(e) })?,
-        };
-        let (page, last): (String, Option<i64>) = sqlx::query_as(LOAD_PAGE)
-            .bind(after)
-            .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err("load subscriptions"))?;
-        let rows: Vec<PageRow> = serde_json::from_str(&page)
-            .map_err(|e| StoreError { op: "read a page of subscription rows", source: Box::new(e) })?;
+        let (rows, next) = self.json_page::<PageRow>(LOAD_PAGE, now, after, limit).await?;
         let rows: Vec<StoredSubscription> = rows
             .into_iter()
             .map(|(id, client_id, topic, service, target, expires, created, triggers)| StoredSubscription {
@@ -391,24 +406,12 @@ impl SubscriptionStore for SqliteStore {
                 triggers: triggers.clamp(0, 255) as u8,
             })
             .collect();
-        Ok(Page { rows, next: last.unwrap_or(after).to_string() })
+        Ok(Page { rows, next })
     }
 
     async fn load_routes_page(&self, now: i64, after: &str, limit: usize) -> Result<Page, StoreError> {
         // As `load_page`, without the targets (see `LOAD_ROUTES_PAGE`).
-        let after: i64 = match after {
-            "" => 0,
-            a => a.parse().map_err(|e| StoreError { op: "read the page cursor", source: Box::new(e) })?,
-        };
-        let (page, last): (String, Option<i64>) = sqlx::query_as(LOAD_ROUTES_PAGE)
-            .bind(after)
-            .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err("load subscriptions"))?;
-        let rows: Vec<RouteRow> = serde_json::from_str(&page)
-            .map_err(|e| StoreError { op: "read a page of subscription rows", source: Box::new(e) })?;
+        let (rows, next) = self.json_page::<RouteRow>(LOAD_ROUTES_PAGE, now, after, limit).await?;
         let rows: Vec<StoredSubscription> = rows
             .into_iter()
             .map(|(id, client_id, topic, service, expires, created, triggers)| StoredSubscription {
@@ -422,7 +425,7 @@ impl SubscriptionStore for SqliteStore {
                 triggers: triggers.clamp(0, 255) as u8,
             })
             .collect();
-        Ok(Page { rows, next: last.unwrap_or(after).to_string() })
+        Ok(Page { rows, next })
     }
 
     async fn load_targets(&self, ids: &[String], now: i64) -> Result<Vec<(String, String)>, StoreError> {
