@@ -161,6 +161,7 @@ fn load_args(args: &FanoutArgs, base: String, pid: u32) -> BenchArgs {
         notify_concurrency: 4,
         drain_secs: 30,
         read_buffer: 2048,
+        stalled: 0,
         json: false,
         server_pid: Some(pid),
     }

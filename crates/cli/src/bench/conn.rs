@@ -345,9 +345,30 @@ pub(super) async fn open(idx: usize, cs: &ConnSetup) -> Result<Ws, SetupError> {
     }
 }
 
-/// One connection: set up (limited by the semaphore), report, then read until told to stop.
+/// Whether connection `idx` of `connections` is one of the last `stalled`, which stop reading
+/// once subscribed.
+pub(super) fn is_stalled(idx: usize, connections: u32, stalled: u32) -> bool {
+    idx >= connections.saturating_sub(stalled) as usize
+}
+
+/// A stalled connection: holds its socket without reading until the main task says stop, then
+/// drops it (no close handshake: the server's frames may fill both socket buffers).
+async fn stall(ws: Ws, sh: Arc<Shared>, wake: Arc<Notify>) {
+    loop {
+        let woken = wake.notified();
+        if sh.phase.load(Relaxed) == PHASE_STOP {
+            break;
+        }
+        woken.await;
+    }
+    drop(ws);
+}
+
+/// One connection: set up (limited by the semaphore), report its index, then read until told
+/// to stop (or, when `stalled`, hold the socket without reading).
 pub(super) async fn connection(
     idx: usize,
+    stalled: bool,
     cs: Arc<ConnSetup>,
     sh: Arc<Shared>,
     wake: Arc<Notify>,
@@ -360,9 +381,13 @@ pub(super) async fn connection(
     match setup {
         Ok(ws) => {
             sh.open.fetch_add(1, Relaxed);
-            let _ = results.send(Ok(cs.topic_of(idx))).await;
+            let _ = results.send(Ok(idx)).await;
             drop(results);
-            serve(ws, sh, wake).await;
+            if stalled {
+                stall(ws, sh, wake).await;
+            } else {
+                serve(ws, sh, wake).await;
+            }
         }
         Err(e) => {
             let _ = results.send(Err(e)).await;

@@ -167,6 +167,11 @@ pub(crate) struct BenchArgs {
     /// Read buffer of each client WebSocket, bytes (frames are ~100 bytes).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
     read_buffer: u32,
+    /// Connections that stop reading once subscribed (the last N): the server's frames fill
+    /// their socket buffers. They are left out of the expected frames and the latencies, so the
+    /// others' figures show what one slow client costs them. Must be fewer than --connections.
+    #[arg(long, default_value_t = 0)]
+    stalled: u32,
     /// Print the report as one JSON object on stdout (the human-readable one goes to stderr).
     #[arg(long)]
     json: bool,
@@ -319,6 +324,16 @@ mod tests {
             std::str::from_utf8(&two).unwrap(),
             r#"{"topics":[{"topic":"a","sync_token":"S1"},{"topic":"b","sync_token":"S2"}]}"#
         );
+    }
+
+    #[test]
+    fn stalled_connections_are_the_last_n() {
+        let stalled = |n: u32, k: u32| (0..n as usize).filter(|&i| is_stalled(i, n, k)).collect::<Vec<_>>();
+        assert_eq!(stalled(10_000, 1), vec![9_999]);
+        assert_eq!(stalled(10, 3), vec![7, 8, 9]);
+        assert!(stalled(10, 0).is_empty());
+        // The first connection (set up alone to fail fast) reads whenever one reads at all.
+        assert!(!is_stalled(0, 10, 9));
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub(super) struct Report {
     pub(super) topics: u64,
     pub(super) source_addrs: u8,
     pub(super) connected: u64,
+    /// Connections up that stopped reading once subscribed (--stalled); no frame is expected
+    /// of them.
+    pub(super) stalled: u64,
     pub(super) failed: BTreeMap<String, (u64, String)>,
     pub(super) setup_secs: f64,
     pub(super) idle_secs: u64,
@@ -172,6 +175,13 @@ impl Report {
             self.topics,
             self.source_addrs
         );
+        if self.stalled > 0 {
+            let _ = writeln!(
+                w,
+                "  {} of them stalled (read nothing once subscribed; left out of the expected frames and latencies)",
+                self.stalled
+            );
+        }
         for (cat, (n, first)) in &self.failed {
             let _ = writeln!(w, "  FAILED {n}× {cat}: {first}");
         }
@@ -360,6 +370,7 @@ impl Report {
             "connections": {
                 "requested": self.requested,
                 "connected": self.connected,
+                "stalled": self.stalled,
                 "failed": failed,
                 "setup_s": self.setup_secs,
                 "topics": self.topics,

@@ -73,6 +73,9 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if !args.rate.is_finite() || args.rate < 0.0 {
         bail!("--rate must be a number ≥ 0");
     }
+    if args.stalled >= args.connections {
+        bail!("--stalled must be fewer than --connections");
+    }
     // Started together with the Director (`davpush serve … & davpush bench …`): its first start
     // writes the token and key files, then listens.
     let files = [&args.notify_token_file, &args.subscription_token_file, &args.grant_key_file];
@@ -294,7 +297,7 @@ async fn connect_all(
     {
         let wake = Arc::new(Notify::new());
         wakes.push(wake.clone());
-        tasks.spawn(connection(0, cs.clone(), sh.clone(), wake, tx.clone()));
+        tasks.spawn(connection(0, false, cs.clone(), sh.clone(), wake, tx.clone()));
         match rx.recv().await {
             Some(Ok(_)) => {}
             Some(Err(e)) => {
@@ -312,7 +315,8 @@ async fn connect_all(
     for idx in 1..args.connections as usize {
         let wake = Arc::new(Notify::new());
         wakes.push(wake.clone());
-        tasks.spawn(connection(idx, cs.clone(), sh.clone(), wake, tx.clone()));
+        let stalled = is_stalled(idx, args.connections, args.stalled);
+        tasks.spawn(connection(idx, stalled, cs.clone(), sh.clone(), wake, tx.clone()));
     }
     drop(tx);
     let mut last_progress = Instant::now();
@@ -321,9 +325,14 @@ async fn connect_all(
         let Some(res) = rx.recv().await else { break };
         done += 1;
         match res {
-            Ok(topic) => {
+            Ok(idx) => {
                 connected += 1;
-                subs_per_topic[topic] += 1;
+                // A stalled connection reads nothing: no frame is expected of it.
+                if is_stalled(idx, args.connections, args.stalled) {
+                    report.stalled += 1;
+                } else {
+                    subs_per_topic[cs.topic_of(idx)] += 1;
+                }
             }
             Err(e) => {
                 if let Some(h) = e.hint()

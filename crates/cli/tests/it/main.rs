@@ -4,6 +4,7 @@
 //! loopback (a Director, the gateway, Radicale).
 
 mod bench_fanout;
+mod bench_stalled;
 mod browser_push_service;
 mod config;
 mod documented;
