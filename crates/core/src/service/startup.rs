@@ -294,24 +294,26 @@ mod tests {
     use crate::transport::Transports;
     use crate::{ClientId, Limits, MemoryStore, Metrics, PushService, SubscriptionId};
 
+    /// A stored FCM subscription whose target is `token`.
+    fn fcm_row(id: &str, client: &str, topic: &str, token: &str) -> StoredSubscription {
+        StoredSubscription {
+            id: id.into(),
+            client_id: client.into(),
+            topic: topic.into(),
+            service: "fcm".into(),
+            target: format!("\"{token}\""),
+            expires: i64::MAX / 2,
+            created: 0,
+            triggers: 3,
+        }
+    }
+
     #[tokio::test]
     async fn memberships_are_announced_again_at_start_once_per_topic_and_token() {
         let store = Arc::new(MemoryStore::default());
         for (id, client, topic, token) in [("a", "c1", "t1", "tok"), ("b", "c2", "t1", "tok"), ("c", "c3", "t2", "tok")]
         {
-            store
-                .upsert(&StoredSubscription {
-                    id: format!("{id}-{}", SubscriptionId::random()),
-                    client_id: client.into(),
-                    topic: topic.into(),
-                    service: "fcm".into(),
-                    target: format!("\"{token}\""),
-                    expires: i64::MAX / 2,
-                    created: 0,
-                    triggers: 3,
-                })
-                .await
-                .unwrap();
+            store.upsert(&fcm_row(&format!("{id}-{}", SubscriptionId::random()), client, topic, token)).await.unwrap();
         }
         let members = Arc::new(Members::default());
         let svc = PushService::new(
@@ -335,24 +337,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn issue_11_a_removal_during_start_up_waits_for_the_tokens_and_keeps_a_shared_one() {
         let store = Arc::new(MemoryStore::default());
-        let ids = [format!("a-{}", SubscriptionId::random()), format!("b-{}", SubscriptionId::random())];
-        let ids = [ids[0].clone(), ids[1].clone(), format!("c-{}", SubscriptionId::random())];
+        let ids = ["a", "b", "c"].map(|p| format!("{p}-{}", SubscriptionId::random()));
         for ((id, client), (topic, token)) in
             ids.iter().zip(["c1", "c2", "c1"]).zip([("t1", "tok"), ("t1", "tok"), ("t2", "tok2")])
         {
-            store
-                .upsert(&StoredSubscription {
-                    id: id.clone(),
-                    client_id: client.into(),
-                    topic: topic.into(),
-                    service: "fcm".into(),
-                    target: format!("\"{token}\""),
-                    expires: i64::MAX / 2,
-                    created: 0,
-                    triggers: 3,
-                })
-                .await
-                .unwrap();
+            store.upsert(&fcm_row(id, client, topic, token)).await.unwrap();
         }
         let members = Arc::new(Members::default());
         let svc = Arc::new(PushService::new(
