@@ -29,8 +29,12 @@ use crate::{Index, Metrics, PushMessage, PushService, ServiceKind, Subscription,
 
 /// Notifications waiting for the fetcher at most.
 pub(super) const QUEUE: usize = 1_024;
-/// Notifications whose targets are fetched at once.
-pub(super) const PARALLEL: usize = 4;
+/// Notifications whose targets are fetched at once. One: notifications must reach the engine
+/// in the order they were routed, since the engine keeps the newest change of a subscriber and
+/// two fetched side by side can finish in either order (a burst's last sync-token lost to the
+/// one before it: `webpush::the_newest_change_is_what_arrives_after_a_burst`). A notification's
+/// own batches are still read side by side.
+pub(super) const PARALLEL: usize = 1;
 
 /// One notification's durable subscribers of one service, waiting for their targets.
 struct Job {
