@@ -33,6 +33,9 @@ pub(crate) struct PopulationArgs {
     /// Expired rows to write into the store (with the Director stopped) and purge in batches.
     #[arg(long, default_value_t = 0)]
     expired: u64,
+    /// Notifies of the big topic while running, and restarts (each followed by a notify).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// A fresh data directory for the Director this bench starts (created).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
@@ -104,36 +107,34 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
     wal_max = wal_max.max(file_len(&wal));
     let running_rss = rss(serve.id()).unwrap_or(0);
 
-    // The big topic's notify: answered once every recipient is routed; durable targets are
-    // then read from the store and handed to the delivery engine by a task of their own, which
-    // records how long that took (`davpush_target_fetch_last_microseconds`).
-    let handed_before = handed_over(&reqwest_text(&http, &format!("{base}/metrics")).await?);
-    let t = Instant::now();
-    let r = http.post(format!("{base}/notify")).bearer_auth(TOKEN).json(&json!({"topic": BIG})).send().await?;
-    let notify_ms = t.elapsed().as_secs_f64() * 1e3;
-    let addressed = r.json::<serde_json::Value>().await?["addressed"].as_u64().unwrap_or(0);
-    let fetch_ms = loop {
-        let m = reqwest_text(&http, &format!("{base}/metrics")).await?;
-        if handed_over(&m) >= handed_before + addressed as f64 {
-            break series(&m, "davpush_target_fetch_last_microseconds") / 1e3;
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("the big topic's deliveries did not reach the engine within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-
+    // The big topic's notify, `--rounds` times: answered once every recipient is routed;
+    // durable targets are then read from the store and handed to the delivery engine by a task
+    // of their own, which records how long that took (`davpush_target_fetch_last_microseconds`).
+    let mut running = Vec::new();
+    for _ in 0..args.rounds {
+        running.push(handover(&http, &base).await?);
+    }
     stop(&mut serve)?;
     let wal_after_stop = file_len(&wal);
 
-    progress!("population: restarting");
-    let t = Instant::now();
-    let (mut serve, from) = start(&config, &dir)?;
-    let base = until_ready(&http, &dir, from, &mut serve).await?;
-    let restart = t.elapsed();
-    let restarted_rss = rss(serve.id()).unwrap_or(0);
-    let loaded = reqwest_json(&http, &format!("{base}/readyz")).await?["subscriptions"].as_u64().unwrap_or(0);
-    stop(&mut serve)?;
+    // Restarts, each followed by the big topic's notify (SQLite's page cache cold again).
+    let mut restarts = Vec::new();
+    let mut restart_cpu = Vec::new();
+    let mut after_restart = Vec::new();
+    let mut restarted_rss = 0;
+    let mut loaded = 0;
+    for i in 0..args.rounds {
+        progress!("population: restart {} of {}", i + 1, args.rounds);
+        let t = Instant::now();
+        let (mut serve, from) = start(&config, &dir)?;
+        let base = until_ready(&http, &dir, from, &mut serve).await?;
+        restarts.push(t.elapsed().as_secs_f64());
+        restart_cpu.push(cpu_secs(serve.id()).unwrap_or(0.0));
+        restarted_rss = restarted_rss.max(rss(serve.id()).unwrap_or(0));
+        loaded = reqwest_json(&http, &format!("{base}/readyz")).await?["subscriptions"].as_u64().unwrap_or(0);
+        after_restart.push(handover(&http, &base).await?);
+        stop(&mut serve)?;
+    }
 
     let purge = if args.expired > 0 { Some(purge(&args, &dir).await?) } else { None };
 
@@ -157,11 +158,27 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
         per(restarted_rss),
         baseline >> 20
     );
-    println!("  restart to ready: {:.2} s ({loaded} subscriptions loaded)", restart.as_secs_f64());
     println!(
-        "  notify big topic: {notify_ms:.1} ms until answered (all routed), {fetch_ms:.1} ms until handed to the \
-         engine with targets read from the store ({addressed} addressed)"
+        "  restart to ready: median {:.2} s of {} ({}; {loaded} subscriptions loaded), the Director's CPU until \
+         then: median {:.2} s ({})",
+        median(&restarts),
+        restarts.len(),
+        list(&restarts, "s"),
+        median(&restart_cpu),
+        list(&restart_cpu, "s")
     );
+    let addressed = running.iter().chain(&after_restart).map(|h| h.addressed).max().unwrap_or(0);
+    for (when, h) in [("running", &running), ("after a restart", &after_restart)] {
+        let answered: Vec<f64> = h.iter().map(|h| h.answered_ms).collect();
+        let handed: Vec<f64> = h.iter().map(|h| h.handed_ms).collect();
+        println!(
+            "  notify big topic ({when}): median {:.1} ms until answered (all routed), median {:.1} ms until \
+             handed to the engine with targets read from the store ({}; {addressed} addressed)",
+            median(&answered),
+            median(&handed),
+            list(&handed, "ms")
+        );
+    }
     if let Some((rows, total, batches, max)) = purge {
         println!("  purge:            {rows} expired rows in {total:.2} s, {batches} statements, longest {max:.1} ms");
     }
@@ -169,6 +186,50 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
         bail!("{failed} subscribe requests failed");
     }
     Ok(())
+}
+
+/// One notify of the big topic: how long until it was answered and until its durable
+/// deliveries were handed to the delivery engine.
+struct Handover {
+    answered_ms: f64,
+    handed_ms: f64,
+    addressed: u64,
+}
+
+/// Notifies the big topic and waits until every addressed delivery was handed to a delivery
+/// engine; then a second of rest, so that the next figure does not share the CPU with this
+/// one's (failing, retried) deliveries.
+async fn handover(http: &reqwest::Client, base: &str) -> anyhow::Result<Handover> {
+    let handed_before = handed_over(&reqwest_text(http, &format!("{base}/metrics")).await?);
+    let t = Instant::now();
+    let r = http.post(format!("{base}/notify")).bearer_auth(TOKEN).json(&json!({"topic": BIG})).send().await?;
+    let answered_ms = t.elapsed().as_secs_f64() * 1e3;
+    let addressed = r.json::<serde_json::Value>().await?["addressed"].as_u64().unwrap_or(0);
+    let handed_ms = loop {
+        let m = reqwest_text(http, &format!("{base}/metrics")).await?;
+        if handed_over(&m) >= handed_before + addressed as f64 {
+            break series(&m, "davpush_target_fetch_last_microseconds") / 1e3;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the big topic's deliveries did not reach the engine within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Handover { answered_ms, handed_ms, addressed })
+}
+
+/// The median of `v` (the lower middle one of an even count), 0 if empty.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
+}
+
+/// `v` as "1.2 / 3.4 / 5.6 unit".
+fn list(v: &[f64], unit: &str) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+    format!("{} {unit}", parts.join(" / "))
 }
 
 /// The `n`-th subscribe request: client ids and topics of UUID size, a realistic target.
@@ -360,6 +421,17 @@ async fn purge(args: &PopulationArgs, dir: &Path) -> anyhow::Result<(u64, f64, u
     let total = t.elapsed().as_secs_f64();
     store.close().await;
     Ok((rows, total, statements, longest))
+}
+
+/// CPU time process `pid` used so far (user and system, all threads, ended ones too), seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from the 3rd: utime is the 14th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // In USER_HZ, which Linux fixes at 100 for what it shows user space.
+    Some(ticks / 100.0)
 }
 
 fn file_len(p: &Path) -> u64 {

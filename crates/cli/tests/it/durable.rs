@@ -183,8 +183,9 @@ fn issue_11_bench_population_reports_every_figure() {
     for expected in [
         "2000 durable subscriptions (0 failed)",
         "0 bytes after a graceful stop",
-        "(2000 subscriptions loaded)",
-        "(200 addressed)",
+        "; 2000 subscriptions loaded)",
+        "; 200 addressed)",
+        "median",
         "5000 expired rows",
         "3 statements",
     ] {

@@ -38,11 +38,13 @@ impl Transport for Members {
 pub(super) struct Recording {
     pub(super) kind: ServiceKind,
     pub(super) log: Mutex<Vec<(String, String)>>,
+    /// Each recipient's client id and the message's sync-token, in the order handed over.
+    pub(super) tokens: Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl Recording {
     pub(super) fn new(kind: ServiceKind) -> Arc<Self> {
-        Arc::new(Recording { kind, log: Mutex::default() })
+        Arc::new(Recording { kind, log: Mutex::default(), tokens: Mutex::default() })
     }
 
     /// What was handed over so far, sorted.
@@ -61,11 +63,13 @@ impl Transport for Recording {
     fn parse_target(&self, params: &serde_json::Value) -> Result<Target, TargetError> {
         Ok(Target::Remote(RemoteTarget::new(self.kind, params.to_string())))
     }
-    fn dispatch(&self, _m: &Arc<PushMessage>, r: &[Arc<Subscription>]) -> Dispatched {
+    fn dispatch(&self, m: &Arc<PushMessage>, r: &[Arc<Subscription>]) -> Dispatched {
         let mut log = self.log.lock().unwrap();
+        let mut tokens = self.tokens.lock().unwrap();
         for s in r {
             assert!(!s.target.is_stored_only(), "handed over with its target");
             log.push((s.client_id.to_string(), s.target.to_json()));
+            tokens.push((s.client_id.to_string(), m.notification.sync_token.clone()));
         }
         Dispatched { queued: r.len() as u64, ..Dispatched::default() }
     }
