@@ -48,6 +48,8 @@ pub(super) struct Sustained {
     pub(super) send_secs: f64,
     pub(super) delivery_secs: f64,
     pub(super) max_send_lag_ms: f64,
+    /// Seconds from the end of sending until waiting for the last frames ended.
+    pub(super) drain_secs: f64,
     pub(super) latency: Latency,
     /// Why waiting for the last frames ended.
     pub(super) drain_end: WaitEnd,
@@ -55,6 +57,8 @@ pub(super) struct Sustained {
     pub(super) server: Option<BTreeMap<String, u64>>,
     /// On-CPU time of the server's threads during the phase and its drain (`--server-pid`).
     pub(super) server_cpu_ns: Option<u64>,
+    /// On-CPU time of this process (the load tool, all its threads) over the same span.
+    pub(super) client_cpu_ns: Option<u64>,
 }
 
 impl Sustained {
@@ -294,6 +298,16 @@ impl Report {
             if let Some(us) = per_frame_us(st.server_cpu_ns, st.received) {
                 let _ = writeln!(w, "  server CPU: {us:.2} µs per delivered frame");
             }
+            if let Some(us) = per_frame_us(st.client_cpu_ns, st.received) {
+                let span = (st.send_secs + st.drain_secs).max(1e-9);
+                let _ = writeln!(
+                    w,
+                    "  load tool CPU (this process, all threads): {us:.2} µs per received frame, {:.0} % of one core \
+                     (near {} % means the client was the bottleneck)",
+                    st.client_cpu_ns.unwrap_or(0) as f64 / 1e7 / span,
+                    100 * self.client_cores
+                );
+            }
         }
         let _ = writeln!(w);
         if self.unknown_frames > 0 {
@@ -355,6 +369,7 @@ impl Report {
                 "frames_per_s": st.received as f64 / st.delivery_secs.max(1e-9),
                 "latency": lat(&st.latency),
                 "server_cpu_us_per_frame": per_frame_us(st.server_cpu_ns, st.received),
+                "client_cpu_us_per_frame": per_frame_us(st.client_cpu_ns, st.received),
             })
         });
         json!({

@@ -187,11 +187,15 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if planned > 0 {
         progress!("sustained: {} notifications/s for {} s ({planned} notifications)", args.rate, args.duration);
         let cpu_before = args.server_pid.and_then(cpu::cpu_ns);
+        let own_before = cpu::cpu_ns(std::process::id());
         let mut st = sustained(&args, &target, &cs, &sh, &subs_per_topic, planned).await;
         // Flush the per-task buffers, then wait for the rest.
         set_phase(&sh, &wakes, PHASE_DRAIN);
+        let drain_start = Instant::now();
         st.drain_end = wait_for(st.expected, drain, || sh.sustained.count()).await;
+        st.drain_secs = drain_start.elapsed().as_secs_f64();
         st.server_cpu_ns = cpu::spent(cpu_before, args.server_pid.and_then(cpu::cpu_ns));
+        st.client_cpu_ns = cpu::spent(own_before, cpu::cpu_ns(std::process::id()));
         st.received = sh.sustained.count();
         let last = sh.sustained_last_ns.load(Relaxed);
         st.delivery_secs = (last.saturating_sub(st_start_ns(&sh))) as f64 / 1e9;
