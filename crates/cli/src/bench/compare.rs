@@ -161,7 +161,10 @@ fn load_args(args: &FanoutArgs, base: String, pid: u32) -> BenchArgs {
         notify_concurrency: 4,
         drain_secs: 30,
         read_buffer: 2048,
+        client_threads: None,
         stalled: 0,
+        stalled_rcvbuf: None,
+        stalled_all_topics: false,
         json: false,
         server_pid: Some(pid),
     }

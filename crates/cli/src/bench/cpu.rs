@@ -28,6 +28,25 @@ fn thread_ns(task: &Path) -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
+/// User and kernel time of process `pid` (all threads), in clock ticks: fields 14 and 15 of
+/// `/proc/<pid>/stat`. Coarse (ticks), but their ratio over a run of seconds shows where the
+/// time went.
+pub(crate) fn user_sys_ticks(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let mut rest = s.get(s.rfind(')')? + 1..)?.split_whitespace();
+    let utime = rest.nth(11)?.parse().ok()?;
+    let stime = rest.next()?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// The kernel's share of the time between two [`user_sys_ticks`] readings, percent.
+pub(crate) fn kernel_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((u0, s0), (u1, s1)) = (before?, after?);
+    let (u, s) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
+    (u + s > 0).then(|| s as f64 * 100.0 / (u + s) as f64)
+}
+
 /// Resident memory of process `pid`, bytes (`VmRSS` of `/proc/<pid>/status`).
 pub(crate) fn rss(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -60,6 +79,10 @@ mod tests {
         }
         assert!(b > a, "on-CPU time did not grow: {a} → {b}");
         assert!(rss(me).is_some_and(|r| r > 0));
+        let (u, _) = user_sys_ticks(me).expect("/proc/self/stat is readable");
+        assert!(u < u64::MAX);
+        assert_eq!(kernel_share(Some((10, 0)), Some((13, 1))), Some(25.0));
+        assert_eq!(kernel_share(Some((1, 1)), Some((1, 1))), None);
         assert_eq!(cpu_ns(u32::MAX), None);
     }
 }

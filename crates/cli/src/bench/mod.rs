@@ -25,6 +25,7 @@ use davpush_proto::notify::TopicEntry;
 use davpush_proto::{ClientFrame, NotifyRequest, NotifyTopic, PROTOCOL_VERSION, SUBPROTOCOL, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -32,7 +33,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, generate_key};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 macro_rules! progress {
@@ -51,6 +51,7 @@ pub(crate) mod pushsvc;
 mod report;
 mod run;
 mod target;
+mod wire;
 
 use conn::*;
 use histogram::*;
@@ -82,6 +83,21 @@ Phases:
      single-topic form, several as one `topics` batch (at most --batch-max per request), so that
      the notifier keeps up at thousands per second with at most --notify-concurrency requests in
      flight; if it still falls behind, the lag is reported.
+
+The connections are read by a minimal RFC 6455 client (no per-frame parsing beyond finding the
+sync_token) on --client-threads worker threads; the sustained phase's notifier has an OS thread,
+runtime and HTTP client of its own, so that reading cannot delay it. The report gives the tool's
+own CPU time per received frame next to the server's: near 100 % of its cores, the client was the
+bottleneck.
+
+--stalled N with --stalled-rcvbuf BYTES: the stalled connections get a small receive buffer
+(SO_RCVBUF before connect; Linux doubles the value and keeps a minimum of about 2 KiB), so that
+once the server's send buffer is full too its writes to them block. On loopback that buffer
+grows to about 4 MiB (tcp_wmem), some 30,000 frames: a stalled connection of one topic gets
+--rate / --topics frames/s, so add --stalled-all-topics (it then gets --rate frames/s; e.g.
+--topics 1000 --rate 2000 fills it in about 20 s) to make it fill within a run. At the
+end the tool reads what they hold and reports how each ended (a close by the server, for
+example after its write timeout or when its mailbox overflowed, is expected).
 
 The client and the server share this machine's cores: pin them apart with `taskset` when
 comparing, and quote medians of several runs. Every connection costs one file descriptor here
@@ -164,14 +180,26 @@ pub(crate) struct BenchArgs {
     /// Seconds to wait for outstanding frames after the last notification (or a fan-out).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     drain_secs: u64,
-    /// Read buffer of each client WebSocket, bytes (frames are ~100 bytes).
+    /// Read buffer of each client WebSocket, bytes (frames are ~100 bytes); a larger frame ends
+    /// the connection as a protocol error.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
     read_buffer: u32,
+    /// Worker threads of the connection tasks [default: the cores this process may use]; the
+    /// sustained phase's notifier runs on a thread of its own besides them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    client_threads: Option<u32>,
     /// Connections that stop reading once subscribed (the last N): the server's frames fill
     /// their socket buffers. They are left out of the expected frames and the latencies, so the
     /// others' figures show what one slow client costs them. Must be fewer than --connections.
     #[arg(long, default_value_t = 0)]
     stalled: u32,
+    /// SO_RCVBUF of the stalled connections, bytes, set before they connect (see below).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
+    stalled_rcvbuf: Option<u32>,
+    /// The stalled connections subscribe to every topic (at most the Director's
+    /// subscription.max_per_client, 1000 by default), so that each gets --rate frames/s.
+    #[arg(long)]
+    stalled_all_topics: bool,
     /// Print the report as one JSON object on stdout (the human-readable one goes to stderr).
     #[arg(long)]
     json: bool,
@@ -334,12 +362,5 @@ mod tests {
         assert!(stalled(10, 0).is_empty());
         // The first connection (set up alone to fail fast) reads whenever one reads at all.
         assert!(!is_stalled(0, 10, 9));
-    }
-
-    #[test]
-    fn frame_head_borrows() {
-        let f: FrameHead<'_> = serde_json::from_str(r#"{"type":"notify","topic":"x","sync_token":"S42"}"#).unwrap();
-        assert_eq!(f.kind, "notify");
-        assert_eq!(f.sync_token, Some("S42"));
     }
 }

@@ -48,6 +48,8 @@ pub(super) struct Sustained {
     pub(super) send_secs: f64,
     pub(super) delivery_secs: f64,
     pub(super) max_send_lag_ms: f64,
+    /// Seconds from the end of sending until waiting for the last frames ended.
+    pub(super) drain_secs: f64,
     pub(super) latency: Latency,
     /// Why waiting for the last frames ended.
     pub(super) drain_end: WaitEnd,
@@ -55,6 +57,10 @@ pub(super) struct Sustained {
     pub(super) server: Option<BTreeMap<String, u64>>,
     /// On-CPU time of the server's threads during the phase and its drain (`--server-pid`).
     pub(super) server_cpu_ns: Option<u64>,
+    /// On-CPU time of this process (the load tool, all its threads) over the same span.
+    pub(super) client_cpu_ns: Option<u64>,
+    /// The kernel's share of it, percent (from clock ticks).
+    pub(super) client_kernel_pct: Option<f64>,
 }
 
 impl Sustained {
@@ -78,6 +84,8 @@ pub(super) struct Report {
     pub(super) machine_cores: Option<usize>,
     /// Cores this client may run on (its CPU affinity).
     pub(super) client_cores: usize,
+    /// Worker threads of the connection tasks (the notifier has one more).
+    pub(super) client_threads: usize,
     pub(super) fd_soft: Option<u64>,
     pub(super) fd_hard: Option<u64>,
     pub(super) requested: u64,
@@ -105,6 +113,10 @@ pub(super) struct Report {
     pub(super) fanout_server: Option<BTreeMap<String, u64>>,
     /// Connections the server closed from the idle measurement to the end, by reason.
     pub(super) server_closed: BTreeMap<String, u64>,
+    /// How the stalled connections ended, as read at the end of the run.
+    pub(super) stalled_ended: BTreeMap<String, u64>,
+    /// SO_RCVBUF in effect on the stalled connections (`--stalled-rcvbuf`).
+    pub(super) stalled_rcvbuf: Option<u64>,
 }
 
 pub(super) fn show_map(m: &BTreeMap<String, u64>) -> String {
@@ -158,10 +170,12 @@ impl Report {
         let _ = writeln!(w, "\ndavpush bench — run {} against {}", self.run_id, self.url);
         let _ = writeln!(
             w,
-            "  machine: {} cores, this client may use {} of them; the server runs on the same machine \
-             (pin them apart with taskset when comparing); open-files limit here {} (hard {})",
+            "  machine: {} cores, this client may use {} of them ({} connection thread(s) and a notifier \
+             thread); the server runs on the same machine (pin them apart with taskset when comparing); \
+             open-files limit here {} (hard {})",
             self.machine_cores.map_or_else(|| "?".into(), |n| n.to_string()),
             self.client_cores,
+            self.client_threads,
             show_limit(self.fd_soft),
             show_limit(self.fd_hard)
         );
@@ -178,8 +192,9 @@ impl Report {
         if self.stalled > 0 {
             let _ = writeln!(
                 w,
-                "  {} of them stalled (read nothing once subscribed; left out of the expected frames and latencies)",
-                self.stalled
+                "  {} of them stalled (read nothing once subscribed; left out of the expected frames and latencies){}",
+                self.stalled,
+                self.stalled_rcvbuf.map_or_else(String::new, |b| format!("; SO_RCVBUF {b} bytes in effect"))
             );
         }
         for (cat, (n, first)) in &self.failed {
@@ -294,6 +309,17 @@ impl Report {
             if let Some(us) = per_frame_us(st.server_cpu_ns, st.received) {
                 let _ = writeln!(w, "  server CPU: {us:.2} µs per delivered frame");
             }
+            if let Some(us) = per_frame_us(st.client_cpu_ns, st.received) {
+                let span = (st.send_secs + st.drain_secs).max(1e-9);
+                let _ = writeln!(
+                    w,
+                    "  load tool CPU (this process, all threads): {us:.2} µs per received frame{}, {:.0} % of one \
+                     core (near {} % means the client was the bottleneck)",
+                    st.client_kernel_pct.map_or_else(String::new, |p| format!(" ({p:.0} % of it in the kernel)")),
+                    st.client_cpu_ns.unwrap_or(0) as f64 / 1e7 / span,
+                    100 * self.client_cores
+                );
+            }
         }
         let _ = writeln!(w);
         if self.unknown_frames > 0 {
@@ -307,6 +333,12 @@ impl Report {
         }
         if !self.server_closed.is_empty() {
             let _ = writeln!(w, "connections the server closed during the run: {}", show_map(&self.server_closed));
+        }
+        if !self.stalled_ended.is_empty() {
+            let _ = writeln!(w, "how the stalled connections ended:");
+            for (why, n) in &self.stalled_ended {
+                let _ = writeln!(w, "  {n}× {why}");
+            }
         }
         s
     }
@@ -355,6 +387,8 @@ impl Report {
                 "frames_per_s": st.received as f64 / st.delivery_secs.max(1e-9),
                 "latency": lat(&st.latency),
                 "server_cpu_us_per_frame": per_frame_us(st.server_cpu_ns, st.received),
+                "client_cpu_us_per_frame": per_frame_us(st.client_cpu_ns, st.received),
+                "client_kernel_pct": st.client_kernel_pct,
             })
         });
         json!({
@@ -363,6 +397,7 @@ impl Report {
             "machine": {
                 "machine_cores": self.machine_cores,
                 "client_cores": self.client_cores,
+                "client_threads": self.client_threads,
                 "server_on_same_machine": true,
                 "fd_soft_limit": self.fd_soft,
                 "fd_hard_limit": self.fd_hard,
@@ -371,6 +406,8 @@ impl Report {
                 "requested": self.requested,
                 "connected": self.connected,
                 "stalled": self.stalled,
+                "stalled_rcvbuf_bytes": self.stalled_rcvbuf,
+                "stalled_ended": self.stalled_ended,
                 "failed": failed,
                 "setup_s": self.setup_secs,
                 "topics": self.topics,

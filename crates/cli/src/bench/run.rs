@@ -106,8 +106,12 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         );
     }
 
+    let client_threads =
+        args.client_threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |n| n as usize);
+    let conn_rt = ClientRuntime::new(client_threads)?;
     let http = http_client(args.notify_concurrency as usize + 2)?;
-    let director = davpush_client::DirectorClient::with_http(base.clone(), http.clone()).notify_token(notify_token);
+    let director =
+        davpush_client::DirectorClient::with_http(base.clone(), http.clone()).notify_token(notify_token.clone());
     let target = Arc::new(Target { base, http, director });
     let run = run_id();
     let topics: Box<[String]> = (0..args.topics).map(|i| format!("bench-{run}-{i}")).collect();
@@ -140,6 +144,8 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         unknown_frames: AtomicU64::new(0),
         open: AtomicU64::new(0),
         ended: Mutex::new(BTreeMap::new()),
+        stalled_ended: Mutex::new(BTreeMap::new()),
+        stalled_rcvbuf: AtomicU64::new(0),
     });
 
     let mut report = Report {
@@ -147,6 +153,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         url: target.base.to_string(),
         machine_cores: machine_cores(),
         client_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        client_threads,
         fd_soft,
         fd_hard,
         requested: n,
@@ -160,7 +167,8 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         ..Report::default()
     };
 
-    let Connected { mut tasks, wakes, subs_per_topic } = connect_all(&args, &cs, &sh, &mut report).await?;
+    let Connected { mut tasks, wakes, subs_per_topic } =
+        connect_all(&args, &cs, &sh, conn_rt.handle(), &mut report).await?;
 
     // Phase 3: idle memory.
     if args.idle_secs > 0 {
@@ -187,11 +195,17 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if planned > 0 {
         progress!("sustained: {} notifications/s for {} s ({planned} notifications)", args.rate, args.duration);
         let cpu_before = args.server_pid.and_then(cpu::cpu_ns);
-        let mut st = sustained(&args, &target, &cs, &sh, &subs_per_topic, planned).await;
+        let own_before = cpu::cpu_ns(std::process::id());
+        let ticks_before = cpu::user_sys_ticks(std::process::id());
+        let mut st = notifier_thread(&args, &target.base, &notify_token, &cs, &sh, &subs_per_topic, planned)?;
         // Flush the per-task buffers, then wait for the rest.
         set_phase(&sh, &wakes, PHASE_DRAIN);
+        let drain_start = Instant::now();
         st.drain_end = wait_for(st.expected, drain, || sh.sustained.count()).await;
+        st.drain_secs = drain_start.elapsed().as_secs_f64();
         st.server_cpu_ns = cpu::spent(cpu_before, args.server_pid.and_then(cpu::cpu_ns));
+        st.client_cpu_ns = cpu::spent(own_before, cpu::cpu_ns(std::process::id()));
+        st.client_kernel_pct = cpu::kernel_share(ticks_before, cpu::user_sys_ticks(std::process::id()));
         st.received = sh.sustained.count();
         let last = sh.sustained_last_ns.load(Relaxed);
         st.delivery_secs = (last.saturating_sub(st_start_ns(&sh))) as f64 / 1e9;
@@ -218,7 +232,74 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if tokio::time::timeout(Duration::from_secs(15), closing).await.is_err() {
         tasks.abort_all();
     }
+    report.stalled_ended = sh.stalled_ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    report.stalled_rcvbuf = Some(sh.stalled_rcvbuf.load(Relaxed)).filter(|b| *b > 0);
     Ok(report)
+}
+
+/// The connection tasks' runtime (`--client-threads` workers), apart from the one the main task
+/// and its HTTP requests run on. Shut down without waiting when dropped: a runtime may not be
+/// dropped in another one's async context.
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    fn new(threads: usize) -> anyhow::Result<ClientRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("bench-conn")
+            .enable_all()
+            .build()
+            .context("cannot start the connections' runtime")?;
+        Ok(ClientRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs [`sustained`] on an OS thread of its own, with a current-thread runtime and an HTTP
+/// client of its own, so that the connection tasks (on their runtime's workers) cannot delay
+/// the notifier; this task's thread waits meanwhile (`block_in_place`).
+#[allow(clippy::too_many_arguments)]
+fn notifier_thread(
+    args: &BenchArgs,
+    base: &reqwest::Url,
+    notify_token: &str,
+    cs: &ConnSetup,
+    sh: &Shared,
+    subs_per_topic: &[u64],
+    planned: u64,
+) -> anyhow::Result<Sustained> {
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let notifier = std::thread::Builder::new()
+                .name("bench-notifier".into())
+                .spawn_scoped(s, || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("cannot start the notifier's runtime")?;
+                    rt.block_on(async {
+                        let http = http_client(args.notify_concurrency as usize + 2)?;
+                        let director = davpush_client::DirectorClient::with_http(base.clone(), http.clone())
+                            .notify_token(notify_token);
+                        let target = Arc::new(Target { base: base.clone(), http, director });
+                        Ok(sustained(args, &target, cs, sh, subs_per_topic, planned).await)
+                    })
+                })
+                .context("cannot start the notifier thread")?;
+            notifier.join().map_err(|_| anyhow!("the notifier thread panicked"))?
+        })
+    })
 }
 
 /// A grant for each topic, signed with `--grant-key-file` (none without it).
@@ -245,28 +326,29 @@ fn connection_setup(
     topics: Box<[String]>,
     grants: Box<[Option<String>]>,
 ) -> anyhow::Result<ConnSetup> {
-    let mut ws_url = target.endpoint("ws")?;
-    ws_url.set_scheme("ws").map_err(|()| anyhow!("cannot make a ws:// URL from {}", target.base))?;
-    let mut request = ws_url.as_str().into_client_request().context("cannot build the WebSocket request")?;
-    request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
-    if let Some(t) = sub_token {
-        request.headers_mut().insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {t}"))
-                .context("the subscription token cannot be sent in a header")?,
-        );
+    let ws_url = target.endpoint("ws")?;
+    let host = ws_url.host_str().ok_or_else(|| anyhow!("{ws_url} has no host"))?;
+    let port = ws_url.port_or_known_default().unwrap_or(80);
+    let target_path = match ws_url.query() {
+        Some(q) => format!("{}?{q}", ws_url.path()),
+        None => ws_url.path().to_owned(),
+    };
+    let authorization = sub_token.map(|t| format!("Bearer {t}"));
+    if authorization.as_deref().is_some_and(|a| a.bytes().any(|b| b.is_ascii_control())) {
+        bail!("the subscription token cannot be sent in a header");
     }
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(args.read_buffer as usize)
-        .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
-        .max_message_size(Some(64 * 1024))
-        .max_frame_size(Some(64 * 1024));
     Ok(ConnSetup {
         server,
         source_addrs,
-        request,
-        ws_config,
+        upgrade: wire::Upgrade {
+            host: format!("{host}:{port}"),
+            target: target_path,
+            protocol: SUBPROTOCOL,
+            authorization,
+        },
+        read_buffer: args.read_buffer as usize,
+        stalled_rcvbuf: args.stalled_rcvbuf,
+        stalled_all_topics: args.stalled_all_topics,
         topics,
         grants,
         limit: Semaphore::new(args.connect_concurrency as usize),
@@ -286,6 +368,7 @@ async fn connect_all(
     args: &BenchArgs,
     cs: &Arc<ConnSetup>,
     sh: &Arc<Shared>,
+    rt: &tokio::runtime::Handle,
     report: &mut Report,
 ) -> anyhow::Result<Connected> {
     let n = u64::from(args.connections);
@@ -297,7 +380,7 @@ async fn connect_all(
     {
         let wake = Arc::new(Notify::new());
         wakes.push(wake.clone());
-        tasks.spawn(connection(0, false, cs.clone(), sh.clone(), wake, tx.clone()));
+        tasks.spawn_on(connection(0, false, cs.clone(), sh.clone(), wake, tx.clone()), rt);
         match rx.recv().await {
             Some(Ok(_)) => {}
             Some(Err(e)) => {
@@ -316,7 +399,7 @@ async fn connect_all(
         let wake = Arc::new(Notify::new());
         wakes.push(wake.clone());
         let stalled = is_stalled(idx, args.connections, args.stalled);
-        tasks.spawn(connection(idx, stalled, cs.clone(), sh.clone(), wake, tx.clone()));
+        tasks.spawn_on(connection(idx, stalled, cs.clone(), sh.clone(), wake, tx.clone()), rt);
     }
     drop(tx);
     let mut last_progress = Instant::now();
