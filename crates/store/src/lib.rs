@@ -32,6 +32,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_triggers.sql"),
     include_str!("../migrations/0004_outbox_owner.sql"),
     include_str!("../migrations/0005_topic_index.sql"),
+    include_str!("../migrations/0006_vapid_key_index.sql"),
 ];
 
 pub(crate) fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {

@@ -25,10 +25,22 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0002_outbox.sql"),
     include_str!("../migrations/postgres/0003_outbox_owner.sql"),
     include_str!("../migrations/postgres/0004_topic_index.sql"),
+    include_str!("../migrations/postgres/0005_vapid_key_index.sql"),
 ];
 
 /// Key of the advisory lock taken while migrating ("davpush" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_6176_7075_7368;
+
+/// The VAPID keys Web Push subscriptions are bound to, through the index on them (migration 5).
+const VAPID_KEYS_IN_USE: &str = "SELECT DISTINCT (target::jsonb) ->> 'vapid_key' FROM subscriptions \
+                                 WHERE service IN ('web_push', 'unified_push') \
+                                 AND ((target::jsonb) ->> 'vapid_key') IS NOT NULL";
+
+/// Binds the Web Push subscriptions without a VAPID key to key `$1`, found through the same index.
+const ASSIGN_VAPID_KEY: &str = "UPDATE subscriptions \
+                                SET target = (target::jsonb || jsonb_build_object('vapid_key', $1::text))::text \
+                                WHERE service IN ('web_push', 'unified_push') \
+                                AND ((target::jsonb) ->> 'vapid_key') IS NULL";
 
 /// Subscriptions in a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -232,26 +244,18 @@ impl SubscriptionStore for PostgresStore {
     }
 
     async fn vapid_keys_in_use(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT target::jsonb ->> 'vapid_key' FROM subscriptions \
-             WHERE service IN ('web_push', 'unified_push') AND target::jsonb ? 'vapid_key'",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("list the VAPID keys in use"))?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as(VAPID_KEYS_IN_USE).fetch_all(&self.pool).await.map_err(err("list the VAPID keys in use"))?;
         Ok(rows.into_iter().map(|(k,)| k).collect())
     }
 
     async fn assign_vapid_key(&self, key: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE subscriptions SET target = (target::jsonb || jsonb_build_object('vapid_key', $1::text))::text \
-             WHERE service IN ('web_push', 'unified_push') AND NOT (target::jsonb ? 'vapid_key')",
-        )
-        .bind(key)
-        .execute(&self.pool)
-        .await
-        .map_err(err("bind subscriptions to the VAPID key"))?
-        .rows_affected())
+        Ok(sqlx::query(ASSIGN_VAPID_KEY)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(err("bind subscriptions to the VAPID key"))?
+            .rows_affected())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

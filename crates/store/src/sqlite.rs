@@ -86,6 +86,16 @@ const LOAD_TOPIC_TARGETS: &str = "SELECT json_group_array(json_array(id, target)
                                   FROM subscriptions WHERE topic = ?1 AND service = ?2 AND id > ?3 AND expires > ?4 \
                                   ORDER BY id LIMIT ?5)";
 
+/// The VAPID keys Web Push subscriptions are bound to, through the index on them (migration 6).
+const VAPID_KEYS_IN_USE: &str = "SELECT DISTINCT json_extract(target, '$.vapid_key') FROM subscriptions \
+                                 WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') \
+                                 IS NOT NULL";
+
+/// Binds the Web Push subscriptions without a VAPID key to key `?`, found through the same index.
+const ASSIGN_VAPID_KEY: &str = "UPDATE subscriptions SET target = json_set(target, '$.vapid_key', ?) \
+                                WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') \
+                                IS NULL";
+
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -481,26 +491,18 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn vapid_keys_in_use(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT json_extract(target, '$.vapid_key') FROM subscriptions \
-             WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("list the VAPID keys in use"))?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as(VAPID_KEYS_IN_USE).fetch_all(&self.pool).await.map_err(err("list the VAPID keys in use"))?;
         Ok(rows.into_iter().map(|(k,)| k).collect())
     }
 
     async fn assign_vapid_key(&self, key: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE subscriptions SET target = json_set(target, '$.vapid_key', ?) \
-             WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') IS NULL",
-        )
-        .bind(key)
-        .execute(&self.pool)
-        .await
-        .map_err(err("bind subscriptions to the VAPID key"))?
-        .rows_affected())
+        Ok(sqlx::query(ASSIGN_VAPID_KEY)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(err("bind subscriptions to the VAPID key"))?
+            .rows_affected())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -910,5 +912,17 @@ mod tests {
         assert!(!rows.iter().find(|r| r.id == "c").unwrap().target.contains("vapid_key"));
         store.delete(&["a".into()]).await.unwrap();
         assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+        // Both read the index on the key, not every Web Push row's JSON (issue 11).
+        for sql in [VAPID_KEYS_IN_USE, ASSIGN_VAPID_KEY] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind("K")
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+            let plan: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+            assert!(plan.iter().any(|d| d.contains("INDEX subscriptions_vapid_key")), "{sql}: {plan:?}");
+            assert!(!plan.iter().any(|d| d.starts_with("SCAN")), "{sql}: {plan:?}");
+        }
     }
 }

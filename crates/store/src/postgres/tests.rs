@@ -42,7 +42,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
         .fetch_all(&store.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4], "reopening applies no migration twice");
+    assert_eq!(versions, [1, 2, 3, 4, 5], "reopening applies no migration twice");
     assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
     assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
     assert_eq!(store.delete(&[]).await.unwrap(), 0);
@@ -167,6 +167,21 @@ async fn issue_15_vapid_keys_are_assigned_to_old_rows_and_listed() {
     assert!(!rows.iter().find(|r| r.id == "c").unwrap().target.contains("vapid_key"));
     store.delete(&["a".into()]).await.unwrap();
     assert_eq!(store.vapid_keys_in_use().await.unwrap(), ["NEWKEY"]);
+    // Both can read the index on the key instead of every Web Push row's JSON (issue 11): with
+    // sequential scans ruled out, the planner picks it (a table this small is scanned otherwise).
+    let mut conn = store.pool.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await.unwrap();
+    for sql in [VAPID_KEYS_IN_USE, ASSIGN_VAPID_KEY] {
+        let mut explain = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")));
+        if sql.contains("$1") {
+            explain = explain.bind("K");
+        }
+        let plan = explain.fetch_all(&mut *conn).await.unwrap().join("\n");
+        assert!(plan.contains("subscriptions_vapid_key"), "{sql}:\n{plan}");
+    }
+    drop(conn);
+    store.pool.close().await;
+    schema.drop_schema().await;
 }
 
 #[tokio::test]
