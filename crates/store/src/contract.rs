@@ -87,10 +87,12 @@ pub(crate) async fn outbox_owners_and_keys(
 }
 
 /// Issue 11, only the routing in memory: start-up reads rows without their targets, page by
-/// page; a notify reads the targets of the unexpired ones among given ids (quotes and non-ASCII
-/// in a target come back as written). `store` is empty.
+/// page; a notify reads the targets of the unexpired ones among given ids (quotes, escapes and
+/// non-ASCII in a target come back as written). `store` is empty.
 pub(crate) async fn routes_and_targets(store: &dyn SubscriptionStore) {
-    let target = |i: usize| format!(r#"{{"endpoint":"https://push.example/{i}?a=\"b\"&c=é\\","p256dh":"k{i}"}}"#);
+    // (`\u001e` and `\u001f`: JSON's escapes of the separators a SQLite page is read with.)
+    let target =
+        |i: usize| format!(r#"{{"endpoint":"https://push.example/{i}?a=\"b\"&c=é\\\u001e\u001f","p256dh":"k{i}"}}"#);
     for i in 0..7 {
         let mut r = sub(&format!("s{i}"));
         r.client_id = format!("client-{i}");

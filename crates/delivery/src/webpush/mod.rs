@@ -68,6 +68,32 @@ pub struct WebPushParams {
     pub vapid_key: Option<String>,
 }
 
+/// [`WebPushParams`] borrowed.
+struct Parts<'a> {
+    endpoint: &'a str,
+    p256dh: Option<&'a str>,
+    auth: Option<&'a str>,
+    format: PayloadFormat,
+    vapid_key: Option<&'a str>,
+}
+
+/// [`WebPushParams`] as read back from the store, borrowing from the row's text where it has
+/// no escapes (issue 11: a notification of a big topic reads 10,000 of them).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredParams<'a> {
+    #[serde(borrow)]
+    endpoint: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    p256dh: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    auth: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    format: PayloadFormat,
+    #[serde(default, borrow)]
+    vapid_key: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// A Web Push destination, as kept for each subscription: its validated parameters only, the
 /// endpoint and the two key texts in one string (issue 11: a million subscriptions). What a
 /// delivery needs (the URL, the origin, the decoded keys) is worked out per delivery by
@@ -89,21 +115,45 @@ impl WebPushTarget {
     /// Holds `p` (its lengths checked by [`parse_params`]). A `vapid_key` equal to `current`
     /// shares its string (one per Director, not one per subscription: issue 11).
     fn new(p: &WebPushParams, current: Option<&Arc<str>>) -> Result<Self, TargetError> {
-        let (k, a) = match (&p.p256dh, &p.auth) {
-            (Some(k), Some(a)) => (k.as_str(), a.as_str()),
+        let parts = Parts {
+            endpoint: &p.endpoint,
+            p256dh: p.p256dh.as_deref(),
+            auth: p.auth.as_deref(),
+            format: p.format,
+            vapid_key: p.vapid_key.as_deref(),
+        };
+        Self::from_parts(&parts, current)
+    }
+
+    /// As [`WebPushTarget::new`], from borrowed texts; the lengths checked as [`validated`]
+    /// does.
+    fn from_parts(p: &Parts<'_>, current: Option<&Arc<str>>) -> Result<Self, TargetError> {
+        if p.endpoint.len() > MAX_ENDPOINT_LEN {
+            return Err(TargetError::new(
+                Some("endpoint"),
+                format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"),
+            ));
+        }
+        // The texts are stored as given: their length is checked, not only what they decode to.
+        if p.p256dh.is_some_and(|k| k.len() > MAX_P256DH_LEN) {
+            return Err(TargetError::new(Some("p256dh"), "`p256dh` must be a 65-byte P-256 public key".into()));
+        }
+        if p.auth.is_some_and(|a| a.len() > MAX_AUTH_LEN) {
+            return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
+        }
+        let (k, a) = match (p.p256dh, p.auth) {
+            (Some(k), Some(a)) => (k, a),
             (None, None) => ("", ""),
             _ => return Err(TargetError::new(Some("auth"), "`p256dh` and `auth` go together".into())),
         };
-        let too_long =
-            || TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes"));
-        let p256dh_at = u16::try_from(p.endpoint.len()).map_err(|_| too_long())?;
-        let auth_at = u16::try_from(p.endpoint.len() + k.len()).map_err(|_| too_long())?;
+        let p256dh_at = u16::try_from(p.endpoint.len()).unwrap_or(u16::MAX);
+        let auth_at = u16::try_from(p.endpoint.len() + k.len()).unwrap_or(u16::MAX);
         Ok(WebPushTarget {
-            text: [p.endpoint.as_str(), k, a].concat().into(),
+            text: [p.endpoint, k, a].concat().into(),
             p256dh_at,
             auth_at,
             format: p.format,
-            vapid_key: p.vapid_key.as_deref().map(|k| match current {
+            vapid_key: p.vapid_key.map(|k| match current {
                 Some(c) if **c == *k => c.clone(),
                 _ => Arc::from(k),
             }),
@@ -259,7 +309,7 @@ pub fn parse_params(
     allow_unencrypted: bool,
 ) -> Result<Target, TargetError> {
     let p: WebPushParams = Deserialize::deserialize(params).map_err(|e| TargetError::new(None, e.to_string()))?;
-    validated(kind, p, policy, allow_unencrypted, None, false)
+    validated(kind, p, policy, allow_unencrypted, None)
 }
 
 /// Checks parameters already read into their struct (see [`parse_params`]).
@@ -269,37 +319,22 @@ fn validated(
     policy: &EgressPolicy,
     allow_unencrypted: bool,
     current_key: Option<&Arc<str>>,
-    stored: bool,
 ) -> Result<Target, TargetError> {
-    if p.endpoint.len() > MAX_ENDPOINT_LEN {
-        return Err(TargetError::new(Some("endpoint"), format!("`endpoint` may be at most {MAX_ENDPOINT_LEN} bytes")));
-    }
-    // The texts are stored as given: their length is checked, not only what they decode to.
-    if p.p256dh.as_ref().is_some_and(|k| k.len() > MAX_P256DH_LEN) {
-        return Err(TargetError::new(Some("p256dh"), "`p256dh` must be a 65-byte P-256 public key".into()));
-    }
-    if p.auth.as_ref().is_some_and(|a| a.len() > MAX_AUTH_LEN) {
-        return Err(TargetError::new(Some("auth"), "`auth` must be 16 bytes".into()));
-    }
     let target = WebPushTarget::new(&p, current_key)?;
-    let keys = if stored {
-        // A stored row was resolved and checked at subscribe time (`check_target`), and the
-        // sender parses the URL and checks it against the egress policy before every request
-        // (`WebPushSender::deliver`): a row read back for a notification is trusted as it is
-        // (issue 11: 10,000 of one topic at once).
-        target.key_texts().is_some()
-    } else {
-        let resolved = target.resolve()?;
-        policy.check_url(&resolved.endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
-        resolved.keys.is_some()
-    };
+    let resolved = target.resolve()?;
+    policy.check_url(&resolved.endpoint).map_err(|e| TargetError::new(Some("endpoint"), e.to_string()))?;
+    encrypted_unless_allowed(resolved.keys.is_some(), allow_unencrypted)?;
+    Ok(Target::Remote(RemoteTarget::new(kind, target)))
+}
+
+fn encrypted_unless_allowed(keys: bool, allow_unencrypted: bool) -> Result<(), TargetError> {
     if !keys && !allow_unencrypted {
         return Err(TargetError::new(
             Some("p256dh"),
             "`p256dh` and `auth` are required: this Director sends encrypted messages only".into(),
         ));
     }
-    Ok(Target::Remote(RemoteTarget::new(kind, target)))
+    Ok(())
 }
 
 /// Sends one message per request.
@@ -460,15 +495,28 @@ impl TargetParser for WebPushTargets {
         // restricted to, the advertised one.
         let ring = self.keys.get();
         p.vapid_key = Some(ring.current_id().to_string());
-        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(ring.current_id()), false)
+        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(ring.current_id()))
     }
 
+    /// A stored row was resolved and checked at subscribe time (`check_target`), and the sender
+    /// parses the URL and checks it against the egress policy before every request
+    /// (`WebPushSender::deliver`): a row read back for a notification is trusted as it is, its
+    /// form and lengths only checked (issue 11: 10,000 of one topic at once).
     fn parse_stored(&self, json: &str) -> Result<Target, TargetError> {
-        let mut p: WebPushParams = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
+        let p: StoredParams<'_> = serde_json::from_str(json).map_err(|e| TargetError::new(None, e.to_string()))?;
         // Rows from before rotation existed are bound to the advertised key at start.
         let ring = self.keys.get();
-        p.vapid_key.get_or_insert_with(|| ring.current_id().to_string());
-        validated(self.kind, p, &self.policy, self.allow_unencrypted, Some(ring.current_id()), true)
+        let current = ring.current_id();
+        let parts = Parts {
+            endpoint: &p.endpoint,
+            p256dh: p.p256dh.as_deref(),
+            auth: p.auth.as_deref(),
+            format: p.format,
+            vapid_key: Some(p.vapid_key.as_deref().unwrap_or(current)),
+        };
+        let target = WebPushTarget::from_parts(&parts, Some(current))?;
+        encrypted_unless_allowed(target.key_texts().is_some(), self.allow_unencrypted)?;
+        Ok(Target::Remote(RemoteTarget::new(self.kind, target)))
     }
 
     async fn check_target(&self, target: &Target) -> Result<(), TargetError> {
