@@ -218,7 +218,9 @@ fn assemble<'a>(
 /// The fetcher's task: takes the waiting notifications in the order they were routed and
 /// hands each to the delivery engine before the next (the engine keeps a subscriber's newest
 /// change: two handed over out of order could lose a burst's last sync-token,
-/// `webpush::the_newest_change_is_what_arrives_after_a_burst`).
+/// `webpush::the_newest_change_is_what_arrives_after_a_burst`); only the parts of one
+/// notification for different push services, which reach different subscribers, are read side
+/// by side.
 /// `sub` (routed, held as [`Target::Stored`]) with its target parsed from `json`, the row read
 /// for it; `None` if expired at `now` or the row is invalid. The row is what the store holds
 /// now (a subscription removed meanwhile has none, one updated meanwhile its new target), so
@@ -257,13 +259,21 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Job>) {
     while rx.recv_many(&mut jobs, ROUND).await > 0 {
         let mut rest = &jobs[..];
         while !rest.is_empty() {
-            // A run of small ones is read together by id; a big one alone, by topic.
+            // A run of small ones is read together by id; big ones by topic, those of one
+            // notification (one per push service: other subscribers) side by side.
             let small = rest.iter().take_while(|j| j.subs.len() < BY_TOPIC_MIN).count();
-            let (now, next) = rest.split_at(small.max(1));
+            let big = if small > 0 {
+                0
+            } else {
+                rest.iter()
+                    .take_while(|j| j.subs.len() >= BY_TOPIC_MIN && Arc::ptr_eq(&j.message, &rest[0].message))
+                    .count()
+            };
+            let (now, next) = rest.split_at(small.max(big));
             if small > 0 {
                 deliver_by_id(&ctx, now).await;
             } else {
-                deliver(&ctx, &now[0]).await;
+                futures_util::future::join_all(now.iter().map(|job| deliver(&ctx, job))).await;
             }
             for _ in now {
                 ctx.busy.done();
