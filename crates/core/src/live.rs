@@ -154,6 +154,8 @@ pub struct Work {
 #[derive(Debug)]
 pub struct Connection {
     id: Arc<str>,
+    /// Which keep-alive slice the connection is in ([`Hub::sweep_slice`]).
+    slice: u32,
     capacity: usize,
     last_seen: AtomicI64,
     framing: AtomicU8,
@@ -428,12 +430,14 @@ pub struct Hub {
     conns: RwLock<HashMap<Arc<str>, Arc<Connection>>>,
     capacity: usize,
     max_connections: usize,
+    /// Connections opened so far: each new one goes to the next keep-alive slice.
+    opened: std::sync::atomic::AtomicU32,
 }
 
 impl Hub {
     /// A hub whose mailboxes hold `capacity` frames, for at most `max_connections` connections.
     pub fn new(capacity: usize, max_connections: usize) -> Self {
-        Hub { conns: RwLock::default(), capacity: capacity.max(1), max_connections }
+        Hub { conns: RwLock::default(), capacity: capacity.max(1), max_connections, opened: Default::default() }
     }
 
     /// Registers a new connection with a fresh random id.
@@ -441,6 +445,7 @@ impl Hub {
         let id: Arc<str> = Arc::from(crate::ids::random_token(16));
         let conn = Arc::new(Connection {
             id: id.clone(),
+            slice: self.opened.fetch_add(1, Ordering::Relaxed),
             capacity: self.capacity,
             last_seen: AtomicI64::new(now),
             framing: AtomicU8::new(Framing::WebSocket as u8),
@@ -483,8 +488,26 @@ impl Hub {
     /// Keep-alive round: connections not heard from since `stale_before` are closed, the others
     /// are asked to send a ping. Returns how many were closed.
     pub fn sweep(&self, stale_before: i64) -> usize {
+        self.sweep_slice(stale_before, 0, 1)
+    }
+
+    /// A keep-alive round over slice `slice` of `slices` only (connections are dealt to the
+    /// slices in turn as they open): the Director sweeps one slice every `1 / slices` of the
+    /// ping interval, so that 19,000 connections are not all woken to write a ping at the same
+    /// moment, which held up every notification behind them (issue 17), and each is still
+    /// checked and pinged once per interval.
+    pub fn sweep_slice(&self, stale_before: i64, slice: u32, slices: u32) -> usize {
+        let slices = slices.max(1);
+        let due: Vec<Arc<Connection>> = self
+            .conns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|c| c.slice % slices == slice % slices)
+            .cloned()
+            .collect();
         let mut closed = 0;
-        for c in self.snapshot() {
+        for c in due {
             if c.last_seen.load(Ordering::Relaxed) < stale_before {
                 c.close(CloseReason::Timeout);
                 closed += 1;
@@ -633,6 +656,31 @@ mod tests {
         hub.remove(a.id());
         assert_eq!(hub.len(), 1);
         assert!(hub.get(b.id()).is_some());
+    }
+
+    /// Over the slices of one interval, every connection is checked once: the stale ones
+    /// closed, the others asked for one ping.
+    #[test]
+    fn issue_17_keep_alive_slices_visit_each_connection_once() {
+        let hub = Hub::new(8, 100);
+        let conns: Vec<_> = (0..25).map(|_| hub.open(100).unwrap()).collect();
+        for c in conns.iter().skip(1) {
+            c.touch(200);
+        }
+        let mut closed = 0;
+        let mut pinged = Vec::new();
+        for slice in 0..7 {
+            let before: Vec<bool> = conns.iter().map(|c| c.mailbox.lock().unwrap().ping_due).collect();
+            closed += hub.sweep_slice(150, slice, 7);
+            let now: Vec<bool> = conns.iter().map(|c| c.mailbox.lock().unwrap().ping_due).collect();
+            let this: Vec<usize> = (0..conns.len()).filter(|&i| now[i] && !before[i]).collect();
+            assert!(this.len() <= 4, "slice {slice} pinged {this:?}: a seventh of 25 at most");
+            pinged.extend(this);
+        }
+        assert_eq!(closed, 1, "the silent one");
+        assert!(conns[0].is_closed());
+        pinged.sort_unstable();
+        assert_eq!(pinged, (1..25).collect::<Vec<_>>(), "every other one pinged, once");
     }
 
     #[tokio::test]

@@ -395,7 +395,11 @@ pub async fn serve(
 /// Expiry purge and keep-alive sweeps.
 async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
     let ping = Duration::from_secs(st.config.websocket.ping_interval_secs);
-    let mut ping_tick = tokio::time::interval(ping);
+    // The keep-alive sweeps one slice of the connections every 100 ms (issue 17: all at once,
+    // 19,000 pings held up the notifications behind them).
+    let slices = u32::try_from(ping.as_millis() / 100).unwrap_or(u32::MAX).max(1);
+    let mut slice = 0;
+    let mut ping_tick = tokio::time::interval(ping / slices);
     let mut purge_tick = tokio::time::interval(Duration::from_secs(st.config.purge_interval_secs));
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,7 +415,8 @@ async fn background(st: AppState, mut stop: watch::Receiver<bool>) {
             }
             _ = ping_tick.tick() => {
                 let stale_before = davpush_core::unix_now() - 2 * ping.as_secs() as i64;
-                let closed = st.hub.sweep(stale_before);
+                let closed = st.hub.sweep_slice(stale_before, slice, slices);
+                slice = (slice + 1) % slices;
                 if closed > 0 {
                     tracing::info!(closed, "closed WebSocket connections that stopped answering pings");
                 }

@@ -31,6 +31,10 @@ const MIGRATIONS: &[&str] = &[
 /// Key of the advisory lock taken while migrating ("davpush" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_6176_7075_7368;
 
+/// Deletes at most `$2` subscriptions expired at `$1`, found through the index on `expires`.
+const PURGE_EXPIRED: &str = "DELETE FROM subscriptions WHERE ctid = ANY(ARRAY(\
+                             SELECT ctid FROM subscriptions WHERE expires <= $1 ORDER BY expires LIMIT $2))";
+
 /// The VAPID keys Web Push subscriptions are bound to, through the index on them (migration 5).
 const VAPID_KEYS_IN_USE: &str = "SELECT DISTINCT (target::jsonb) ->> 'vapid_key' FROM subscriptions \
                                  WHERE service IN ('web_push', 'unified_push') \
@@ -231,16 +235,16 @@ impl SubscriptionStore for PostgresStore {
 
     async fn purge_expired(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
         // At most `limit` rows, by their physical address, found through the index on `expires`.
-        Ok(sqlx::query(
-            "DELETE FROM subscriptions WHERE ctid = ANY(ARRAY(\
-             SELECT ctid FROM subscriptions WHERE expires <= $1 LIMIT $2))",
-        )
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&self.pool)
-        .await
-        .map_err(err("purge expired subscriptions"))?
-        .rows_affected())
+        // `ORDER BY expires` keeps the planner on that index: with statistics from before the
+        // rows expired it took a sequential scan from the table's start, through a million live
+        // rows to the expired ones at its end (188 ms for one statement, issue 11).
+        Ok(sqlx::query(PURGE_EXPIRED)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(err("purge expired subscriptions"))?
+            .rows_affected())
     }
 
     async fn vapid_keys_in_use(&self) -> Result<Vec<String>, StoreError> {
