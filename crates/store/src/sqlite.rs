@@ -113,6 +113,9 @@ const ASSIGN_VAPID_KEY: &str = "UPDATE subscriptions SET target = json_set(targe
                                 WHERE service IN ('web_push', 'unified_push') AND json_extract(target, '$.vapid_key') \
                                 IS NULL";
 
+/// Each connection's page cache, KiB (as `PRAGMA cache_size` takes it: negative).
+const CACHE_KIB: i64 = -8192;
+
 /// Subscriptions in a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -159,6 +162,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
+            // 8 MiB of pages per connection (SQLite's default is 2): a notification of a topic of
+            // 10,000 durable subscribers reads ~5 MB of their rows, which then stay cached for
+            // the next one instead of being copied in from the OS again (issue 11: 40 → 33 ms at
+            // a million, for ~20 MB more at most).
+            .pragma("cache_size", CACHE_KIB.to_string())
             .foreign_keys(true);
         let wal = (!memory).then(|| {
             let mut name = opts.get_filename().as_os_str().to_owned();
