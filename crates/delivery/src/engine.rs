@@ -338,52 +338,39 @@ impl Engine {
         }
         let now = Instant::now();
         let mut table = inner.table();
-        if let Some(slot) = table.slots.get_mut(&key) {
-            // A key-rotation message is a property update the client must get (the spec lets
-            // content updates be merged, never property updates dropped): it stays.
-            if slot.message.notification.is_key_rotation() {
-                return Enqueued::Coalesced;
-            }
-            slot.message = message.clone();
-            if matches!(key, SlotKey::Sub(_)) {
-                // A topic slot keeps its outbox row's subscription.
-                slot.sub = sub.clone();
-            }
-            slot.deadline = now + inner.settings.ttl;
-            if slot.state == State::InFlight {
-                slot.dirty = true;
-            }
-            return Enqueued::Coalesced;
-        }
-        if table.slots.len() >= inner.settings.max_pending {
-            drop(table);
-            inner.metrics.delivered(inner.kind, "overflow", 1);
-            return Enqueued::Dropped;
-        }
-        // A subscription whose endpoint changes keeps the slot's origin until the slot is done.
-        let host = match &key {
-            SlotKey::Sub(_) => inner.deliver.origin(sub),
-            SlotKey::Topic(_) => HostKey::default(),
-        };
-        table.hosts.push_ready(&host, key.clone());
-        table.slots.insert(
-            key.clone(),
-            Slot {
-                sub: sub.clone(),
-                message: message.clone(),
-                attempt: 0,
-                state: State::Ready,
-                dirty: false,
-                due: now,
-                deadline: now + inner.settings.ttl,
-                persisted: false,
-                host,
-                not_before: now,
-            },
-        );
+        let e = enqueue_locked(inner, &mut table, key, sub, message, now);
         drop(table);
-        inner.wake.notify_one();
-        Enqueued::Queued
+        after_enqueue(inner, e);
+        e.outcome()
+    }
+
+    /// Queues `message` for each of `subs`, as [`Engine::enqueue`] does for one, under one lock
+    /// of the table and with one wake-up of the dispatcher (a notification of a big topic hands
+    /// 10,000 at once: one by one, each took the lock and woke the dispatcher, which took it
+    /// back in turn; issue 11). Returns how many were queued, coalesced and dropped.
+    pub fn enqueue_many(&self, subs: &[Arc<Subscription>], message: &Arc<PushMessage>) -> (u64, u64, u64) {
+        let inner = &self.inner;
+        let n = subs.len() as u64;
+        if inner.closed.load(Ordering::Acquire) {
+            return (0, 0, n);
+        }
+        let now = Instant::now();
+        let (mut queued, mut coalesced, mut dropped, mut overflow) = (0, 0, 0, 0);
+        let mut table = inner.table();
+        for sub in subs {
+            match enqueue_locked(inner, &mut table, SlotKey::Sub(sub.id.clone()), sub, message, now) {
+                Locked::Queued => queued += 1,
+                Locked::Coalesced => coalesced += 1,
+                Locked::Overflow => overflow += 1,
+            }
+        }
+        drop(table);
+        dropped += overflow;
+        inner.metrics.delivered(inner.kind, "overflow", overflow);
+        if queued > 0 {
+            inner.wake.notify_one();
+        }
+        (queued, coalesced, dropped)
     }
 
     /// Takes back deliveries that were pending at the last stop.
@@ -504,6 +491,88 @@ impl Inner {
     fn add_timer(&self, at: Instant, timer: Timer) {
         self.timers.lock().unwrap_or_else(|e| e.into_inner()).push(Reverse((at, timer)));
         self.timer_wake.notify_one();
+    }
+}
+
+/// What [`enqueue_locked`] did.
+#[derive(Debug, Clone, Copy)]
+enum Locked {
+    Queued,
+    Coalesced,
+    /// The table is full.
+    Overflow,
+}
+
+impl Locked {
+    fn outcome(self) -> Enqueued {
+        match self {
+            Locked::Queued => Enqueued::Queued,
+            Locked::Coalesced => Enqueued::Coalesced,
+            Locked::Overflow => Enqueued::Dropped,
+        }
+    }
+}
+
+/// Queues `message` under `key` in `table` (held), or merges it into the slot pending there.
+fn enqueue_locked(
+    inner: &Inner,
+    table: &mut Table,
+    key: SlotKey,
+    sub: &Arc<Subscription>,
+    message: &Arc<PushMessage>,
+    now: Instant,
+) -> Locked {
+    if let Some(slot) = table.slots.get_mut(&key) {
+        // A key-rotation message is a property update the client must get (the spec lets
+        // content updates be merged, never property updates dropped): it stays.
+        if slot.message.notification.is_key_rotation() {
+            return Locked::Coalesced;
+        }
+        slot.message = message.clone();
+        if matches!(key, SlotKey::Sub(_)) {
+            // A topic slot keeps its outbox row's subscription.
+            slot.sub = sub.clone();
+        }
+        slot.deadline = now + inner.settings.ttl;
+        if slot.state == State::InFlight {
+            slot.dirty = true;
+        }
+        return Locked::Coalesced;
+    }
+    if table.slots.len() >= inner.settings.max_pending {
+        return Locked::Overflow;
+    }
+    // A subscription whose endpoint changes keeps the slot's origin until the slot is done.
+    let host = match &key {
+        SlotKey::Sub(_) => inner.deliver.origin(sub),
+        SlotKey::Topic(_) => HostKey::default(),
+    };
+    table.hosts.push_ready(&host, key.clone());
+    table.slots.insert(
+        key,
+        Slot {
+            sub: sub.clone(),
+            message: message.clone(),
+            attempt: 0,
+            state: State::Ready,
+            dirty: false,
+            due: now,
+            deadline: now + inner.settings.ttl,
+            persisted: false,
+            host,
+            not_before: now,
+        },
+    );
+    Locked::Queued
+}
+
+/// After one enqueue, the table released: counts an overflow, wakes the dispatcher for a new
+/// slot.
+fn after_enqueue(inner: &Inner, e: Locked) {
+    match e {
+        Locked::Overflow => inner.metrics.delivered(inner.kind, "overflow", 1),
+        Locked::Queued => inner.wake.notify_one(),
+        Locked::Coalesced => {}
     }
 }
 

@@ -84,13 +84,7 @@ fn dispatch_to(
         }
         return d;
     }
-    for s in recipients {
-        match engine.enqueue(s, message) {
-            Enqueued::Queued => d.queued += 1,
-            Enqueued::Coalesced => d.coalesced += 1,
-            Enqueued::Dropped => d.dropped += 1,
-        }
-    }
+    (d.queued, d.coalesced, d.dropped) = engine.enqueue_many(recipients, message);
     d
 }
 

@@ -228,6 +228,30 @@ async fn the_number_of_pending_deliveries_is_bounded() {
     assert_eq!(count(&f.metrics, "overflow"), 1);
 }
 
+/// A batch is queued as its subscriptions would be one by one: a repeated one coalesces, those
+/// beyond the bound are dropped and counted, and what was queued is delivered.
+#[tokio::test(start_paused = true)]
+async fn issue_11_a_batch_is_queued_as_one_by_one() {
+    let settings = EngineSettings { max_pending: 2, workers: 1, ..Default::default() };
+    let f = fixture(vec![], settings).await;
+    let other = |n: u32| {
+        Arc::new(Subscription {
+            id: SubscriptionId::random(),
+            client_id: ClientId::parse(&format!("c{n}"), 10).unwrap(),
+            topic: f.sub.topic.clone(),
+            target: f.sub.target.clone(),
+            expires: f.sub.expires,
+            triggers: davpush_core::Triggers::ALL,
+        })
+    };
+    let (a, b, c) = (other(1), other(2), other(3));
+    let batch = [a.clone(), b, a, c];
+    assert_eq!(f.engine.enqueue_many(&batch, &msg("1")), (2, 1, 1), "queued, coalesced, dropped");
+    assert_eq!(count(&f.metrics, "overflow"), 1);
+    assert_eq!(f.engine.pending(), 2);
+    f.script.delivered.notified().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn topic_slots_deliver_once_per_topic_and_coalesce() {
     let f = fixture(
