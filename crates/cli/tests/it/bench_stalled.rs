@@ -3,24 +3,45 @@
 //! connection's frames still add up. Counts only: no figure is asserted.
 
 use crate::procs::{DAVPUSH, director};
-use std::process::Command;
+use std::process::{Command, Output};
 
-#[test]
-fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
+/// `davpush bench` with `args` against a Director of its own, with that Director's token and
+/// key files.
+fn bench(args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = director(&data);
-    let out = Command::new(DAVPUSH)
+    Command::new(DAVPUSH)
         .args(["bench", "--url", &server.url(), "--notify-token-file"])
         .arg(data.join("notify-token"))
         .arg("--subscription-token-file")
         .arg(data.join("subscription-token"))
         .arg("--grant-key-file")
         .arg(data.join("grant-key"))
-        .args(["--connections", "20", "--topics", "2", "--rate", "10", "--duration", "1"])
-        .args(["--idle-secs", "0", "--fanout-rounds", "1", "--stalled", "3", "--json"])
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
+    let out = bench(&[
+        "--connections",
+        "20",
+        "--topics",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--idle-secs",
+        "0",
+        "--fanout-rounds",
+        "1",
+        "--stalled",
+        "3",
+        "--json",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -38,21 +59,28 @@ fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
 /// buffer and every topic's frames, and the report says how it ended.
 #[test]
 fn issue_17_bench_stalled_connection_with_a_small_buffer_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = director(&data);
-    let out = Command::new(DAVPUSH)
-        .args(["bench", "--url", &server.url(), "--notify-token-file"])
-        .arg(data.join("notify-token"))
-        .arg("--subscription-token-file")
-        .arg(data.join("subscription-token"))
-        .arg("--grant-key-file")
-        .arg(data.join("grant-key"))
-        .args(["--connections", "10", "--topics", "3", "--rate", "30", "--duration", "1"])
-        .args(["--idle-secs", "0", "--fanout-rounds", "1", "--stalled", "1", "--json"])
-        .args(["--stalled-rcvbuf", "4096", "--stalled-all-topics", "--client-threads", "1"])
-        .output()
-        .unwrap();
+    let out = bench(&[
+        "--connections",
+        "10",
+        "--topics",
+        "3",
+        "--rate",
+        "30",
+        "--duration",
+        "1",
+        "--idle-secs",
+        "0",
+        "--fanout-rounds",
+        "1",
+        "--stalled",
+        "1",
+        "--json",
+        "--stalled-rcvbuf",
+        "4096",
+        "--stalled-all-topics",
+        "--client-threads",
+        "1",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

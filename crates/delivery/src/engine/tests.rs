@@ -208,20 +208,23 @@ async fn pending_deliveries_survive_shutdown_and_restore() {
     assert_eq!(script.calls.lock().unwrap()[0].1.as_deref(), Some("2"));
 }
 
+/// A subscription of another client (`c<n>`) to `sub`'s topic, with its target.
+fn another(sub: &Subscription, n: u32) -> Arc<Subscription> {
+    Arc::new(Subscription {
+        id: SubscriptionId::random(),
+        client_id: ClientId::parse(&format!("c{n}"), 10).unwrap(),
+        topic: sub.topic.clone(),
+        target: sub.target.clone(),
+        expires: sub.expires,
+        triggers: davpush_core::Triggers::ALL,
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_number_of_pending_deliveries_is_bounded() {
     let settings = EngineSettings { max_pending: 2, workers: 1, ..Default::default() };
     let f = fixture(vec![], settings).await;
-    let other = |n: u32| {
-        Arc::new(Subscription {
-            id: SubscriptionId::random(),
-            client_id: ClientId::parse(&format!("c{n}"), 10).unwrap(),
-            topic: f.sub.topic.clone(),
-            target: f.sub.target.clone(),
-            expires: f.sub.expires,
-            triggers: davpush_core::Triggers::ALL,
-        })
-    };
+    let other = |n: u32| another(&f.sub, n);
     assert_eq!(f.engine.enqueue(&other(1), &msg("1")), Enqueued::Queued);
     assert_eq!(f.engine.enqueue(&other(2), &msg("1")), Enqueued::Queued);
     assert_eq!(f.engine.enqueue(&other(3), &msg("1")), Enqueued::Dropped);
@@ -234,16 +237,7 @@ async fn the_number_of_pending_deliveries_is_bounded() {
 async fn issue_11_a_batch_is_queued_as_one_by_one() {
     let settings = EngineSettings { max_pending: 2, workers: 1, ..Default::default() };
     let f = fixture(vec![], settings).await;
-    let other = |n: u32| {
-        Arc::new(Subscription {
-            id: SubscriptionId::random(),
-            client_id: ClientId::parse(&format!("c{n}"), 10).unwrap(),
-            topic: f.sub.topic.clone(),
-            target: f.sub.target.clone(),
-            expires: f.sub.expires,
-            triggers: davpush_core::Triggers::ALL,
-        })
-    };
+    let other = |n: u32| another(&f.sub, n);
     let (a, b, c) = (other(1), other(2), other(3));
     let batch = [a.clone(), b, a, c];
     assert_eq!(f.engine.enqueue_many(&batch, &msg("1")), (2, 1, 1), "queued, coalesced, dropped");
