@@ -82,7 +82,9 @@ impl Histogram {
     pub(super) fn summary(&self) -> Latency {
         Latency {
             p50_ms: self.quantile(0.50).map(us_to_ms),
+            p90_ms: self.quantile(0.90).map(us_to_ms),
             p99_ms: self.quantile(0.99).map(us_to_ms),
+            p999_ms: self.quantile(0.999).map(us_to_ms),
             max_ms: (self.count() > 0).then(|| us_to_ms(self.max.load(Relaxed))),
         }
     }
@@ -95,6 +97,9 @@ pub(super) fn us_to_ms(us: u64) -> f64 {
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Latency {
     pub(super) p50_ms: Option<f64>,
+    pub(super) p90_ms: Option<f64>,
     pub(super) p99_ms: Option<f64>,
+    /// The tail beyond p99 (where a latency goal is set at p99, what its worst 0.1 % look like).
+    pub(super) p999_ms: Option<f64>,
     pub(super) max_ms: Option<f64>,
 }

@@ -51,6 +51,8 @@ pub(super) struct Sustained {
     /// Seconds from the end of sending until waiting for the last frames ended.
     pub(super) drain_secs: f64,
     pub(super) latency: Latency,
+    /// Round trips of the notify requests (sent → answered).
+    pub(super) notify_rtt: Latency,
     /// Why waiting for the last frames ended.
     pub(super) drain_end: WaitEnd,
     /// The server's WebSocket delivery outcomes during the phase (from /metrics).
@@ -300,11 +302,20 @@ impl Report {
             }
             let _ = writeln!(
                 w,
-                "  delivered {:.0} frames/s; latency (request sent → frame read) p50 {} p99 {} max {}",
+                "  delivered {:.0} frames/s; latency (request sent → frame read) p50 {} p90 {} p99 {} p99.9 {} max {}",
                 st.received as f64 / st.delivery_secs.max(1e-9),
                 opt_ms(st.latency.p50_ms),
+                opt_ms(st.latency.p90_ms),
                 opt_ms(st.latency.p99_ms),
+                opt_ms(st.latency.p999_ms),
                 opt_ms(st.latency.max_ms)
+            );
+            let _ = writeln!(
+                w,
+                "  notify requests answered (sent → response) p50 {} p99 {} max {}",
+                opt_ms(st.notify_rtt.p50_ms),
+                opt_ms(st.notify_rtt.p99_ms),
+                opt_ms(st.notify_rtt.max_ms)
             );
             if let Some(us) = per_frame_us(st.server_cpu_ns, st.received) {
                 let _ = writeln!(w, "  server CPU: {us:.2} µs per delivered frame");
@@ -345,7 +356,11 @@ impl Report {
 
     pub(super) fn json(&self) -> serde_json::Value {
         use serde_json::json;
-        let lat = |l: &Latency| json!({ "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms });
+        let lat = |l: &Latency| {
+            json!({
+                "p50_ms": l.p50_ms, "p90_ms": l.p90_ms, "p99_ms": l.p99_ms, "p999_ms": l.p999_ms, "max_ms": l.max_ms,
+            })
+        };
         let failed: serde_json::Map<String, serde_json::Value> =
             self.failed.iter().map(|(k, (n, first))| (k.clone(), json!({ "count": n, "first": first }))).collect();
         let rounds: Vec<_> = self
@@ -386,6 +401,7 @@ impl Report {
                 "server_ws_deliveries": st.server,
                 "frames_per_s": st.received as f64 / st.delivery_secs.max(1e-9),
                 "latency": lat(&st.latency),
+                "notify_rtt": lat(&st.notify_rtt),
                 "server_cpu_us_per_frame": per_frame_us(st.server_cpu_ns, st.received),
                 "client_cpu_us_per_frame": per_frame_us(st.client_cpu_ns, st.received),
                 "client_kernel_pct": st.client_kernel_pct,

@@ -533,6 +533,10 @@ pub(super) async fn sustained(
     let topics = cs.topics.len() as u64;
     let limit = Arc::new(Semaphore::new(args.notify_concurrency as usize));
     let mut inflight: JoinSet<Outcome> = JoinSet::new();
+    // Each request's round trip (sent → answered, µs): the Director answers once every
+    // recipient is routed and its WebSocket frames written, so it tells the server's part of
+    // the latency from the delivery's and the client's.
+    let rtt = Arc::new(Histogram::new());
     let collect = |st: &mut Sustained, o: Outcome| {
         st.expected += o.expected;
         st.addressed += o.addressed;
@@ -588,9 +592,11 @@ pub(super) async fn sustained(
             if count > 1 {
                 st.batched_requests += 1;
             }
-            let target = target.clone();
+            let (target, rtt) = (target.clone(), rtt.clone());
             inflight.spawn(async move {
+                let sent = Instant::now();
                 let r = target.director.notify_bytes(body).await;
+                rtt.record(sent.elapsed().as_micros() as u64);
                 drop(permit);
                 match r {
                     Ok(resp) => Outcome { expected, addressed: resp.addressed, error: None },
@@ -611,6 +617,7 @@ pub(super) async fn sustained(
             collect(&mut st, o);
         }
     }
+    st.notify_rtt = rtt.summary();
     st
 }
 
