@@ -3,15 +3,15 @@
 //! connection's frames still add up. Counts only: no figure is asserted.
 
 use crate::procs::{DAVPUSH, director};
-use std::process::{Command, Output};
+use std::process::Command;
 
-/// `davpush bench` with `args` against a Director of its own, with that Director's token and
-/// key files.
-fn bench(args: &[&str]) -> Output {
+/// `davpush bench --json` with `args` against a Director of its own, with that Director's token
+/// and key files: its JSON report and its stderr, once it succeeded.
+fn bench(args: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = director(&data);
-    Command::new(DAVPUSH)
+    let out = Command::new(DAVPUSH)
         .args(["bench", "--url", &server.url(), "--notify-token-file"])
         .arg(data.join("notify-token"))
         .arg("--subscription-token-file")
@@ -19,13 +19,17 @@ fn bench(args: &[&str]) -> Output {
         .arg("--grant-key-file")
         .arg(data.join("grant-key"))
         .args(args)
+        .arg("--json")
         .output()
-        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
 }
 
 #[test]
 fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
-    let out = bench(&[
+    let (v, stderr) = bench(&[
         "--connections",
         "20",
         "--topics",
@@ -40,11 +44,7 @@ fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
         "1",
         "--stalled",
         "3",
-        "--json",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["connections"]["connected"], 20, "{v}");
     assert_eq!(v["connections"]["stalled"], 3, "{v}");
     // Each of the 10 notifications goes to one topic of 10 subscribers (connections 17, 18 and
@@ -59,7 +59,7 @@ fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
 /// buffer and every topic's frames, and the report says how it ended.
 #[test]
 fn issue_17_bench_stalled_connection_with_a_small_buffer_is_reported() {
-    let out = bench(&[
+    let (v, stderr) = bench(&[
         "--connections",
         "10",
         "--topics",
@@ -74,16 +74,12 @@ fn issue_17_bench_stalled_connection_with_a_small_buffer_is_reported() {
         "1",
         "--stalled",
         "1",
-        "--json",
         "--stalled-rcvbuf",
         "4096",
         "--stalled-all-topics",
         "--client-threads",
         "1",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &v["connections"];
     assert_eq!(c["stalled"], 1, "{v}");
     assert!(c["stalled_rcvbuf_bytes"].as_u64().is_some_and(|b| b >= 4096), "{v}");
