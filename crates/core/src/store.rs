@@ -111,6 +111,8 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     /// unexpired at `now`, whose ids sort after `after` (`""`: from the first), as `(id,
     /// target)`, in id order: one statement through the index on `(topic, service, id)`, so a
     /// big topic's targets are read as a range of one index instead of an index search per id.
+    /// Ids compare byte by byte (Rust's `str` order, not a language's collation): the fetcher
+    /// cuts a big topic into ranges at routed ids and reads them side by side.
     /// Fewer than `limit`: the last page. A notification to one topic reads its durable
     /// subscribers here.
     async fn load_topic_targets(

@@ -148,6 +148,21 @@ pub(crate) async fn routes_and_targets(store: &dyn SubscriptionStore) {
     assert_eq!(store.upsert(&again).await.unwrap(), "s4", "the first id is kept");
     let rest = store.load_topic_targets("t", "web_push", "s2", 100, 3).await.unwrap();
     assert_eq!(rest, [("s4".into(), target(40)), ("s6".into(), target(6))]);
+
+    // Ids are ordered byte by byte (as the Director cuts a big topic into ranges: Rust's
+    // string order), not by a language's collation, which would put "a1" before "B9" and
+    // ignore the "-" of "a-1".
+    for (i, id) in ["a1", "B9", "a-1", "_z", "a-0"].into_iter().enumerate() {
+        let mut r = sub(id);
+        r.topic = "order".into();
+        r.client_id = format!("order-{i}");
+        upsert_new(store, &r).await;
+    }
+    let ids = |rows: Vec<(String, String)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let first = store.load_topic_targets("order", "web_push", "", 100, 3).await.unwrap();
+    assert_eq!(ids(first), ["B9", "_z", "a-0"]);
+    let rest = store.load_topic_targets("order", "web_push", "a-0", 100, 3).await.unwrap();
+    assert_eq!(ids(rest), ["a-1", "a1"]);
 }
 
 async fn upsert_new(store: &dyn SubscriptionStore, r: &StoredSubscription) {

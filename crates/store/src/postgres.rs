@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0003_outbox_owner.sql"),
     include_str!("../migrations/postgres/0004_topic_index.sql"),
     include_str!("../migrations/postgres/0005_vapid_key_index.sql"),
+    include_str!("../migrations/postgres/0006_id_byte_order.sql"),
 ];
 
 /// Key of the advisory lock taken while migrating ("davpush" in ASCII).

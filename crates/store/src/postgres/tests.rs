@@ -42,7 +42,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
         .fetch_all(&store.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5], "reopening applies no migration twice");
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6], "reopening applies no migration twice");
     assert_eq!(store.purge_expired(60, 1000).await.unwrap(), 1);
     assert_eq!(store.delete(&["a".into(), "zz".into()]).await.unwrap(), 1);
     assert_eq!(store.delete(&[]).await.unwrap(), 0);
@@ -137,6 +137,26 @@ async fn issue_11_expired_rows_are_purged_in_batches_and_loaded_in_pages() {
     assert_eq!(first.next, "id-05003");
     let rest = store.load_page(0, &first.next, 100).await.unwrap();
     assert_eq!(rest.rows.len(), 6, "the next page starts after the last id");
+    store.pool.close().await;
+    schema.drop_schema().await;
+}
+
+/// Subscription ids compare byte by byte whatever the database's collation (a database made
+/// with en_US.UTF-8 would order them otherwise than the Director cuts a big topic into ranges;
+/// issue 11): the columns holding them are of collation "C".
+#[tokio::test]
+async fn issue_11_subscription_ids_compare_byte_by_byte() {
+    let Some(schema) = postgres_schema().await else { return };
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    let collations: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT table_name::text, collation_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND (table_name, column_name) IN \
+         (('subscriptions', 'id'), ('outbox', 'subscription_id')) ORDER BY table_name",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(collations, [("outbox".into(), Some("C".into())), ("subscriptions".into(), Some("C".into()))]);
     store.pool.close().await;
     schema.drop_schema().await;
 }
