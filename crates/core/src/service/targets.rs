@@ -3,10 +3,10 @@
 //! [`Target::Stored`] (its id, client, topic, expiry, triggers and push service); when a
 //! notification reaches such subscribers, [`PushService::deliver`] hands them to the fetcher:
 //! a task of its own that reads the targets of the notification's topic and service from the
-//! store in pages of [`TARGETS_BATCH`] (one statement each, a range of the store's index on
-//! topic, service and id, the next page read while one is parsed), matches them by id to the
-//! routed subscribers, parses them with their transport and hands them to the delivery
-//! engine. The notify path neither waits for the store nor parses anything, so a
+//! store (a range of the store's index on topic, service and id, cut into chunks of
+//! [`TARGETS_BATCH`] at routed ids and read side by side, at most [`READERS`] at once), matches
+//! them by id to the routed subscribers, parses them with their transport and hands them to
+//! the delivery engine. The notify path neither waits for the store nor parses anything, so a
 //! big durable topic never delays the WebSocket fan-out of the same or another notify.
 //!
 //! A notification to a small topic (fewer than [`BY_TOPIC_MIN`] durable subscribers of one
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::store::{StoreError, SubscriptionStore, TARGETS_BATCH};
 use crate::transport::Transports;
@@ -43,6 +43,10 @@ pub(super) const QUEUE: usize = 24_576;
 pub(super) const BY_TOPIC_MIN: usize = 256;
 /// Notifications taken from the queue in one round at most.
 const ROUND: usize = 4_096;
+/// Chunks of big topics' targets read (and parsed) at once: store connections the fetcher
+/// takes at most (SQLite's pool has four, one left for the group-commit writer), and work for
+/// both cores of a small machine.
+const READERS: usize = 3;
 
 /// One notification's durable subscribers of one service, waiting for their targets.
 struct Job {
@@ -63,6 +67,8 @@ struct Ctx {
     index: Arc<Index>,
     metrics: Arc<Metrics>,
     busy: Arc<Busy>,
+    /// Chunks of big topics read at once ([`READERS`]).
+    readers: Arc<Semaphore>,
 }
 
 /// Notifications accepted by the fetcher and not yet handed to the engine.
@@ -110,6 +116,7 @@ impl PushService {
                         index: self.index.clone(),
                         metrics: self.metrics.clone(),
                         busy: self.fetcher.busy.clone(),
+                        readers: Arc::new(Semaphore::new(READERS)),
                     };
                     rt.spawn(run(ctx, rx));
                     tx
@@ -287,8 +294,7 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Job>) {
 /// Fetches a job's targets and hands them to the engine batch by batch, as they come; records
 /// how long it took.
 async fn deliver(ctx: &Ctx, job: &Job) {
-    let Some(t) = ctx.transports.get(job.kind) else { return };
-    deliver_by_topic(ctx, job, t).await;
+    deliver_by_topic(ctx, job).await;
     ctx.metrics.target_fetch_last_us.set(i64::try_from(job.routed.elapsed().as_micros()).unwrap_or(i64::MAX));
 }
 
@@ -322,68 +328,133 @@ async fn deliver_by_id(ctx: &Ctx, jobs: &[Job]) {
         if lost > 0 {
             ctx.metrics.delivered(job.kind, "dropped", lost);
         }
-        dispatch(ctx, job, t, subs);
+        dispatch(ctx, &job.message, job.kind, t, subs);
         ctx.metrics.target_fetch_last_us.set(i64::try_from(job.routed.elapsed().as_micros()).unwrap_or(i64::MAX));
     }
 }
 
 /// Hands `subs` (with their targets) to the engine and counts the outcome.
-fn dispatch(ctx: &Ctx, job: &Job, t: &dyn crate::transport::Transport, mut subs: Vec<Arc<Subscription>>) {
-    let trigger = job.message.notification.trigger;
+fn dispatch(
+    ctx: &Ctx,
+    message: &Arc<PushMessage>,
+    kind: ServiceKind,
+    t: &dyn crate::transport::Transport,
+    mut subs: Vec<Arc<Subscription>>,
+) {
+    let trigger = message.notification.trigger;
     // Replaced meanwhile by a subscription that no longer wants this kind of change.
-    subs.retain(|s| s.kind() == job.kind && s.triggers.accepts(trigger));
-    let d = t.dispatch(&job.message, &subs);
-    ctx.metrics.delivered(job.kind, "queued", d.queued);
-    ctx.metrics.delivered(job.kind, "coalesced", d.coalesced);
-    ctx.metrics.delivered(job.kind, "dropped", d.dropped);
+    subs.retain(|s| s.kind() == kind && s.triggers.accepts(trigger));
+    let d = t.dispatch(message, &subs);
+    ctx.metrics.delivered(kind, "queued", d.queued);
+    ctx.metrics.delivered(kind, "coalesced", d.coalesced);
+    ctx.metrics.delivered(kind, "dropped", d.dropped);
 }
 
-/// Reads the targets of the job's topic and service page by page (in id order, through the
-/// store's index on them: one range instead of a search per subscriber), the next page while
-/// this one is matched and parsed; a row is delivered only to the routed subscriber with its
-/// id (rows of others, e.g. subscribed after the routing, are skipped). A job's subscribers
-/// are those of its notification's topic (`Index::recipients_for`).
-async fn deliver_by_topic(ctx: &Ctx, job: &Job, t: &dyn crate::transport::Transport) {
-    let mut routed: HashMap<&str, &Arc<Subscription>> = job.subs.iter().map(|s| (s.id.as_str(), s)).collect();
+/// Reads the targets of the job's topic and service and hands them to the engine as they come.
+/// The routed subscribers are cut into chunks of at most [`TARGETS_BATCH`] by id ([`chunks`]);
+/// each chunk is read as a range of the store's index on `(topic, service, id)` starting after
+/// the previous chunk's greatest id, parsed and handed to the engine by a task of its own, at
+/// most [`READERS`] at once across the fetcher (on as many store connections, and on all the
+/// runtime's threads: a topic of 10,000 is not ten reads and parses one after the other). The
+/// chunks of one notification reach different subscribers, so their order does not matter;
+/// the next notification waits for all of them. A row is delivered only to the routed
+/// subscriber of its chunk with its id (rows of others, e.g. subscribed after the routing, are
+/// skipped). A chunk that cannot be read counts its subscribers `dropped`; the others are
+/// delivered.
+async fn deliver_by_topic(ctx: &Ctx, job: &Job) {
+    use futures_util::StreamExt;
     let topic: Arc<str> = job.message.notification.topic.as_str().into();
-    let service = job.kind.as_str();
-    let read = |after: String| {
-        let (store, topic, now) = (ctx.store.clone(), topic.clone(), job.now);
-        tokio::spawn(async move { store.load_topic_targets(&topic, service, &after, now, TARGETS_BATCH).await })
-    };
-    let mut reading = Some(read(String::new()));
-    while let Some(page) = reading.take() {
-        let rows = match page.await.unwrap_or_else(|e| Err(StoreError { op: "read targets", source: Box::new(e) })) {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(service = %job.kind, error = %e, "could not read targets: durable deliveries dropped");
-                ctx.metrics.delivered(job.kind, "dropped", routed.len() as u64);
-                return;
-            }
-        };
-        if rows.len() >= TARGETS_BATCH
-            && let Some((last, _)) = rows.last()
-        {
-            reading = Some(read(last.clone()));
-        }
-        let mut batch = Vec::with_capacity(rows.len());
-        for (id, target) in rows {
-            if let Some(s) = routed.remove(id.as_str())
-                && let Some(full) = with_target(t, s, &target, job.now)
-            {
-                batch.push(full);
-            }
-        }
-        if !batch.is_empty() {
-            dispatch(ctx, job, t, batch);
-        }
-        if routed.is_empty() {
-            // Every routed subscriber found: the rest of the topic is not read.
-            if let Some(next) = reading.take() {
-                next.abort();
-            }
+    let mut tasks = futures_util::stream::iter(chunks(job.subs.clone()))
+        .map(|(from, chunk)| {
+            let n = chunk.len();
+            let (ctx, topic, message, kind, now) = (ctx.clone(), topic.clone(), job.message.clone(), job.kind, job.now);
+            let task = tokio::spawn(async move { deliver_chunk(&ctx, &topic, &message, kind, from, chunk, now).await });
+            async move { (n, task.await) }
+        })
+        .buffer_unordered(READERS);
+    while let Some((n, done)) = tasks.next().await {
+        if let Err(e) = done.unwrap_or_else(|e| Err(StoreError { op: "read targets", source: Box::new(e) })) {
+            tracing::error!(service = %job.kind, subscriptions = n, error = %e, "could not read targets: durable deliveries dropped");
+            ctx.metrics.delivered(job.kind, "dropped", n as u64);
         }
     }
+}
+
+/// `subs` cut into chunks of at most [`TARGETS_BATCH`] that follow each other in id order, each
+/// with the greatest id of the chunks before it (`""` for the first). Within a chunk the order
+/// is left as it comes: the chunks are found by selection (`select_nth_unstable`, halving),
+/// cheaper than sorting 10,000 ids.
+fn chunks(mut subs: Vec<Arc<Subscription>>) -> Vec<(String, Vec<Arc<Subscription>>)> {
+    fn cut(s: &mut [Arc<Subscription>], at: usize, ends: &mut Vec<usize>) {
+        if s.len() <= TARGETS_BATCH {
+            ends.push(at + s.len());
+            return;
+        }
+        // A boundary at a multiple of the batch near the middle: full chunks but the last.
+        let mid = (s.len() / TARGETS_BATCH).div_ceil(2) * TARGETS_BATCH;
+        s.select_nth_unstable_by(mid, |a, b| a.id.as_str().cmp(b.id.as_str()));
+        let (low, high) = s.split_at_mut(mid);
+        cut(low, at, ends);
+        cut(high, at + mid, ends);
+    }
+    if subs.is_empty() {
+        return Vec::new();
+    }
+    let mut ends = Vec::with_capacity(subs.len().div_ceil(TARGETS_BATCH));
+    cut(&mut subs, 0, &mut ends);
+    let mut out = Vec::with_capacity(ends.len());
+    let mut from = String::new();
+    let mut rest = subs.into_iter();
+    let mut start = 0;
+    for end in ends {
+        let chunk: Vec<Arc<Subscription>> = rest.by_ref().take(end - start).collect();
+        let last = chunk.iter().map(|s| s.id.as_str()).max().unwrap_or_default().to_owned();
+        out.push((std::mem::replace(&mut from, last), chunk));
+        start = end;
+    }
+    out
+}
+
+/// One chunk of [`deliver_by_topic`]: the targets of `chunk` (routed subscribers of `topic` and
+/// `kind`, each with an id after `from`, those of the next chunk after all of them), read from
+/// `from` on in pages until each is found or the topic ends, parsed and handed to the engine.
+async fn deliver_chunk(
+    ctx: &Ctx,
+    topic: &str,
+    message: &Arc<PushMessage>,
+    kind: ServiceKind,
+    mut from: String,
+    chunk: Vec<Arc<Subscription>>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some(t) = ctx.transports.get(kind) else { return Ok(()) };
+    let _reader = ctx.readers.acquire().await.map_err(|e| StoreError { op: "read targets", source: Box::new(e) })?;
+    let mut routed: HashMap<&str, &Arc<Subscription>> = chunk.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut out = Vec::with_capacity(chunk.len());
+    loop {
+        let rows = ctx.store.load_topic_targets(topic, kind.as_str(), &from, now, TARGETS_BATCH).await?;
+        let more = rows.len() >= TARGETS_BATCH;
+        if let Some((last, _)) = rows.last() {
+            from.clone_from(last);
+        }
+        for (id, target) in &rows {
+            if let Some(s) = routed.remove(id.as_str())
+                && let Some(full) = with_target(t, s, target, now)
+            {
+                out.push(full);
+            }
+        }
+        // Every subscriber of the chunk found (the usual end: a chunk's range holds its
+        // subscribers and at most a few who came after the routing), or the topic read to its
+        // end: the rest is not read.
+        if routed.is_empty() || !more {
+            break;
+        }
+    }
+    if !out.is_empty() {
+        dispatch(ctx, message, kind, t, out);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -525,6 +596,48 @@ mod tests {
         for kind in kinds {
             let dropped = crate::metrics::DeliveryLabels { service: kind.as_str(), outcome: "dropped" };
             assert_eq!(metrics.deliveries.get_or_create(&dropped).get(), 0, "nothing dropped ({kind})");
+        }
+    }
+
+    /// A big topic's subscribers are cut into ranges of ids that follow each other, each with
+    /// the greatest id before it, every subscriber in exactly one: what the chunks read side by
+    /// side rely on.
+    #[test]
+    fn issue_11_a_big_topic_is_cut_into_ranges_of_ids_that_follow_each_other() {
+        use crate::{SubscriptionId, Target, Triggers};
+        for n in [0_usize, 1, 999, 1_000, 1_001, 2_007, 10_000, 10_500] {
+            // Ids in no order (a multiplicative hash of i), as the index hands them over.
+            let subs: Vec<Arc<crate::Subscription>> = (0..n as u64)
+                .map(|i| {
+                    let id = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    Arc::new(crate::Subscription {
+                        id: SubscriptionId::parse(&id, 64).unwrap(),
+                        client_id: ClientId::parse(&format!("c{i}"), 64).unwrap(),
+                        topic: Topic::parse("t", 64).unwrap(),
+                        target: Target::Stored(ServiceKind::WebPush),
+                        expires: i64::MAX,
+                        triggers: Triggers::ALL,
+                    })
+                })
+                .collect();
+            let chunks = super::chunks(subs.clone());
+            assert_eq!(chunks.len(), n.div_ceil(crate::store::TARGETS_BATCH), "{n}");
+            let mut seen: Vec<String> = Vec::new();
+            let mut before = String::new();
+            for (i, (from, chunk)) in chunks.iter().enumerate() {
+                assert_eq!(*from, before, "{n}: chunk {i} starts after the greatest id before it");
+                assert!(!chunk.is_empty() && chunk.len() <= crate::store::TARGETS_BATCH, "{n}: chunk {i}");
+                if i + 1 < chunks.len() {
+                    assert_eq!(chunk.len(), crate::store::TARGETS_BATCH, "{n}: only the last chunk is short");
+                }
+                assert!(chunk.iter().all(|s| s.id.as_str() > from.as_str()), "{n}: chunk {i}");
+                before = chunk.iter().map(|s| s.id.to_string()).max().unwrap();
+                seen.extend(chunk.iter().map(|s| s.id.to_string()));
+            }
+            let mut want: Vec<String> = subs.iter().map(|s| s.id.to_string()).collect();
+            want.sort();
+            seen.sort();
+            assert_eq!(seen, want, "{n}: every subscriber in exactly one chunk");
         }
     }
 
