@@ -275,7 +275,7 @@ fn notifier_thread(
     base: &reqwest::Url,
     notify_token: &str,
     cs: &ConnSetup,
-    sh: &Shared,
+    sh: &Arc<Shared>,
     subs_per_topic: &[u64],
     planned: u64,
 ) -> anyhow::Result<Sustained> {
@@ -515,7 +515,7 @@ pub(super) async fn sustained(
     args: &BenchArgs,
     target: &Arc<Target>,
     cs: &ConnSetup,
-    sh: &Shared,
+    sh: &Arc<Shared>,
     subs_per_topic: &[u64],
     planned: u64,
 ) -> Sustained {
@@ -583,17 +583,19 @@ pub(super) async fn sustained(
                 entries.push((cs.topics[topic].clone(), format!("S{seq}")));
             }
             let body = notify_body(entries);
-            let now_ns = sh.now_ns();
-            for seq in first..first + count {
-                sh.sent_ns[seq as usize].store(now_ns, Relaxed);
-            }
             sent += count;
             st.requests += 1;
             if count > 1 {
                 st.batched_requests += 1;
             }
-            let (target, rtt) = (target.clone(), rtt.clone());
+            let (target, rtt, sh) = (target.clone(), rtt.clone(), sh.clone());
             inflight.spawn(async move {
+                // Stamped as the request goes out (not when it was built: the task's own wait
+                // for the notifier's thread is the tool's, not the server's).
+                let now_ns = sh.now_ns();
+                for seq in first..first + count {
+                    sh.sent_ns[seq as usize].store(now_ns, Relaxed);
+                }
                 let sent = Instant::now();
                 let r = target.director.notify_bytes(body).await;
                 rtt.record(sent.elapsed().as_micros() as u64);
