@@ -5,9 +5,9 @@
 use crate::procs::{DAVPUSH, director};
 use std::process::Command;
 
-/// `davpush bench --json` with `args` against a Director of its own, with that Director's token
-/// and key files: its JSON report and its stderr, once it succeeded.
-fn bench(args: &[&str]) -> (serde_json::Value, String) {
+/// `davpush bench --json` with `args` (split at spaces) against a Director of its own, with
+/// that Director's token and key files: its JSON report and its stderr, once it succeeded.
+fn bench(args: &str) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = director(&data);
@@ -18,7 +18,7 @@ fn bench(args: &[&str]) -> (serde_json::Value, String) {
         .arg(data.join("subscription-token"))
         .arg("--grant-key-file")
         .arg(data.join("grant-key"))
-        .args(args)
+        .args(args.split_whitespace())
         .arg("--json")
         .output()
         .unwrap();
@@ -29,22 +29,8 @@ fn bench(args: &[&str]) -> (serde_json::Value, String) {
 
 #[test]
 fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
-    let (v, stderr) = bench(&[
-        "--connections",
-        "20",
-        "--topics",
-        "2",
-        "--rate",
-        "10",
-        "--duration",
-        "1",
-        "--idle-secs",
-        "0",
-        "--fanout-rounds",
-        "1",
-        "--stalled",
-        "3",
-    ]);
+    let (v, stderr) =
+        bench("--connections 20 --topics 2 --rate 10 --duration 1 --idle-secs 0 --fanout-rounds 1 --stalled 3");
     assert_eq!(v["connections"]["connected"], 20, "{v}");
     assert_eq!(v["connections"]["stalled"], 3, "{v}");
     // Each of the 10 notifications goes to one topic of 10 subscribers (connections 17, 18 and
@@ -59,27 +45,9 @@ fn issue_17_bench_stalled_connections_are_left_out_of_the_expected_frames() {
 /// buffer and every topic's frames, and the report says how it ended.
 #[test]
 fn issue_17_bench_stalled_connection_with_a_small_buffer_is_reported() {
-    let (v, stderr) = bench(&[
-        "--connections",
-        "10",
-        "--topics",
-        "3",
-        "--rate",
-        "30",
-        "--duration",
-        "1",
-        "--idle-secs",
-        "0",
-        "--fanout-rounds",
-        "1",
-        "--stalled",
-        "1",
-        "--stalled-rcvbuf",
-        "4096",
-        "--stalled-all-topics",
-        "--client-threads",
-        "1",
-    ]);
+    let (v, stderr) = bench(
+        "--connections 10 --topics 3 --rate 30 --duration 1 --idle-secs 0 --fanout-rounds 1 --stalled 1 --stalled-rcvbuf 4096 --stalled-all-topics --client-threads 1",
+    );
     let c = &v["connections"];
     assert_eq!(c["stalled"], 1, "{v}");
     assert!(c["stalled_rcvbuf_bytes"].as_u64().is_some_and(|b| b >= 4096), "{v}");
