@@ -280,7 +280,17 @@ async fn tend_outbox(st: &AppState) {
 /// Loads the durable subscriptions (see [`PushService::load`]).
 async fn load(service: Arc<PushService>) {
     let started = tokio::time::Instant::now();
-    match service.load(davpush_core::unix_now()).await {
+    // aws-lc seeds its random generator on first use, once per process, by sampling CPU
+    // jitter: ~40 ms of CPU (`jent_*` in a profile) that the first APNs token, Web Push
+    // encryption or TLS handshake would pay on a runtime worker, in the middle of the first
+    // notification's deliveries (issue 11: a third of the first big topic's hand-over). Paid
+    // here on a blocking thread, while the subscriptions load.
+    let seeded = tokio::task::spawn_blocking(|| aws_lc_rs::rand::fill(&mut [0u8; 16]).is_ok());
+    let loaded = service.load(davpush_core::unix_now()).await;
+    if !seeded.await.unwrap_or(false) {
+        tracing::warn!("the random generator could not be seeded at start");
+    }
+    match loaded {
         Ok(n) => tracing::info!(
             subscriptions = n,
             ms = started.elapsed().as_millis() as u64,
