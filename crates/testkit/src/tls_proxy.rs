@@ -15,26 +15,61 @@ use tokio_rustls::rustls;
 /// The public host name of the shipped configurations, which tests replace.
 pub const PUBLIC_HOST: &str = "dav.example.org";
 
-/// A test CA (its PEM) and a leaf for `localhost` signed by it, with the leaf's key, for a
-/// rustls server in a test (rustls refuses a CA used as end entity). [`TestCa`] writes files
-/// for nginx and Caddy instead.
-pub fn localhost_certificates()
--> (String, rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+/// A new private CA and a server certificate it signed for `localhost` and `127.0.0.1`.
+struct Generated {
+    ca_pem: String,
+    leaf: rcgen::Certificate,
+    leaf_key: rcgen::KeyPair,
+}
+
+fn generate() -> Generated {
     let ca_key = rcgen::KeyPair::generate().expect("test certificate");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("test certificate");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "davpush test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("test certificate");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("test certificate");
     let leaf_key = rcgen::KeyPair::generate().expect("test certificate");
-    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("test certificate");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("test certificate");
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    (ca.pem(), leaf.der().clone(), key)
+    let mut leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("test certificate");
+    // rustls refuses a CA used as an end entity: the leaf is signed by the CA.
+    leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).expect("test certificate");
+    Generated { ca_pem: ca.pem(), leaf, leaf_key }
+}
+
+/// Terminates TLS on `listener` with a server certificate for `localhost` from a new test CA
+/// and forwards each connection to `backend`, as a TLS-terminating reverse proxy does in
+/// production; returns the CA (PEM) for clients to trust. Runs on the current tokio runtime.
+pub fn rustls_proxy(listener: tokio::net::TcpListener, backend: std::net::SocketAddr) -> String {
+    let g = generate();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(g.leaf_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS settings")
+        .with_no_client_auth()
+        .with_single_cert(vec![g.leaf.der().clone()], key)
+        .expect("test certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    g.ca_pem
 }
 
 /// A private CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM
-/// files in a folder.
+/// files in a folder (for nginx and Caddy).
 pub struct TestCa {
     /// The CA's certificate (PEM), what clients are told to trust.
     pub ca_pem: String,
@@ -53,29 +88,18 @@ impl TestCa {
     /// Generates the CA and the server certificate into `dir`.
     pub fn create(dir: &Path) -> TestCa {
         use rcgen::PublicKeyData as _;
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "davpush proxy test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
-        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf_key.subject_public_key_info());
+        let g = generate();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &g.leaf_key.subject_public_key_info());
         let out = TestCa {
-            ca_pem: ca.pem(),
+            ca_pem: g.ca_pem,
             ca_file: dir.join("ca.pem"),
             cert_file: dir.join("server.pem"),
             key_file: dir.join("server-key.pem"),
             spki_sha256: base64::engine::general_purpose::STANDARD.encode(digest.as_ref()),
         };
         std::fs::write(&out.ca_file, &out.ca_pem).unwrap();
-        std::fs::write(&out.cert_file, leaf.pem()).unwrap();
-        std::fs::write(&out.key_file, leaf_key.serialize_pem()).unwrap();
+        std::fs::write(&out.cert_file, g.leaf.pem()).unwrap();
+        std::fs::write(&out.key_file, g.leaf_key.serialize_pem()).unwrap();
         out
     }
 

@@ -6,35 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio_rustls::rustls;
-
-/// Terminates TLS on `listener` and forwards to `backend` (as a reverse proxy in production).
-fn tls_proxy(listener: tokio::net::TcpListener, backend: std::net::SocketAddr) -> String {
-    let (ca_pem, cert, key) = davpush_testkit::tls_proxy::localhost_certificates();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    ca_pem
-}
 
 /// A child process killed when dropped.
 struct Killed(std::process::Child);
@@ -82,7 +54,7 @@ pub(crate) async fn setup() -> Option<Setup> {
         dir.path().join("director").display().to_string()
     );
     let director = director(&toml).await;
-    let ca_pem = tls_proxy(tls, director.addr);
+    let ca_pem = davpush_testkit::tls_proxy::rustls_proxy(tls, director.addr);
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &ca_pem).unwrap();
 

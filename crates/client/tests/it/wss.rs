@@ -2,38 +2,16 @@
 //! trusting a private CA; an untrusted certificate is refused.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use davpush_client::{ClientOptions, DirectorAuth, Event, PushClient};
 use futures_util::StreamExt;
-use tokio_rustls::rustls;
 
-/// Terminates TLS on a free port and forwards to `backend`.
+/// Terminates TLS on a free port and forwards to `backend`: the port and the CA to trust.
 async fn tls_proxy(backend: std::net::SocketAddr) -> (u16, String) {
-    let (ca_pem, cert, key) = davpush_testkit::tls_proxy::localhost_certificates();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    (port, ca_pem)
+    (port, davpush_testkit::tls_proxy::rustls_proxy(listener, backend))
 }
 
 #[tokio::test]
