@@ -105,33 +105,68 @@ async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
-    const N: usize = 20;
-    let mut push = FakePush::start().await;
+/// A Director restarted on the data directory of one that had `N` Web Push subscribers of
+/// `topic` (at `push`), its store behind a [`Gated`] with `gate` and `targets` permits, served
+/// on a free port.
+struct Restarted {
+    push: FakePush,
+    addr: std::net::SocketAddr,
+    store: Arc<Gated>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+const N: usize = 20;
+
+async fn restarted(topic: &str, gate: usize, targets: usize) -> Restarted {
+    let push = FakePush::start().await;
     let d =
         start(&format!("[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\n", push.addr.port())).await;
     let keys = ua_keys(None);
     for i in 0..N {
         let params = web_push_params(&push.endpoint(&format!("s{i}")), &keys, "topic-json");
-        let body = json!({"client_id": format!("c{i}"), "topic": "cal-load", "push_services": {"web_push": params}});
+        let body = json!({"client_id": format!("c{i}"), "topic": topic, "push_services": {"web_push": params}});
         assert_eq!(d.subscribe(body).await.0, 201);
     }
     let (toml, dir) = d.stop().await;
 
-    // The same data directory again, its store behind a gate.
     let raw = RawConfig::from_toml(&toml, &BTreeMap::new(), &Overrides::default()).unwrap();
     let config = Config::from_raw(raw).unwrap();
     let startup = config.prepare().unwrap();
     let inner = davpush_store::open(&config.store_url).await.unwrap();
-    let store = Arc::new(Gated { inner, gate: Semaphore::new(0), targets: Semaphore::new(Semaphore::MAX_PERMITS) });
+    let store = Arc::new(Gated { inner, gate: Semaphore::new(gate), targets: Semaphore::new(targets) });
     let state = build_with_store(config, startup, store.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));
+    Restarted { push, addr, store, stop, server, _dir: dir }
+}
+
+impl Restarted {
+    /// The `N` paths the push service was sent to next, each once.
+    async fn pushed(&mut self) -> BTreeSet<String> {
+        let mut reached = BTreeSet::new();
+        for _ in 0..N {
+            reached.insert(self.push.next().await.path);
+        }
+        reached
+    }
+
+    async fn shutdown(self) {
+        self.stop.send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
+    // The store's start-up reads wait for the gate.
+    let mut d = restarted("cal-load", 0, Semaphore::MAX_PERMITS).await;
+    let base = format!("http://{}", d.addr);
     let http = reqwest::Client::new();
 
     let (status, health) = get(&http, format!("{base}/healthz")).await;
@@ -153,22 +188,16 @@ async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
     .await;
     assert!(!notify.is_finished());
 
-    store.gate.add_permits(1_000);
+    d.store.gate.add_permits(1_000);
     let (status, body) = notify.await.unwrap();
     assert_eq!((status, &body["services"]), (202, &json!({"web_push": N})), "{body}");
-    let mut reached = BTreeSet::new();
-    for _ in 0..N {
-        reached.insert(push.next().await.path);
-    }
+    let reached = d.pushed().await;
     assert_eq!(reached.len(), N, "every durable subscriber got the push: {reached:?}");
     let (status, ready) = get(&http, format!("{base}/readyz")).await;
     assert_eq!((status, &ready), (200, &json!({"status": "ready", "subscriptions": N})));
     let (_, health) = get(&http, format!("{base}/healthz")).await;
     assert_eq!(health, json!({"status": "ok", "ready": true}));
-
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
-    drop(dir);
+    d.shutdown().await;
 }
 
 /// Issue 11, only the routing in memory: while a durable topic's targets are being read from
@@ -176,30 +205,9 @@ async fn issue_11_a_notify_during_loading_reaches_every_durable_subscriber() {
 /// subscriber of another topic has its frame already, and the notify is answered.
 #[tokio::test]
 async fn issue_11_websocket_fan_out_does_not_wait_for_the_read_of_durable_targets() {
-    const N: usize = 20;
-    let mut push = FakePush::start().await;
-    let d =
-        start(&format!("[web_push]\nallow_hosts = [\"127.0.0.1:{}\"]\nallow_http = true\n", push.addr.port())).await;
-    let keys = ua_keys(None);
-    for i in 0..N {
-        let params = web_push_params(&push.endpoint(&format!("s{i}")), &keys, "topic-json");
-        let body = json!({"client_id": format!("c{i}"), "topic": "big", "push_services": {"web_push": params}});
-        assert_eq!(d.subscribe(body).await.0, 201);
-    }
-    let (toml, dir) = d.stop().await;
-
-    let raw = RawConfig::from_toml(&toml, &BTreeMap::new(), &Overrides::default()).unwrap();
-    let config = Config::from_raw(raw).unwrap();
-    let startup = config.prepare().unwrap();
-    let inner = davpush_store::open(&config.store_url).await.unwrap();
-    let store = Arc::new(Gated { inner, gate: Semaphore::new(Semaphore::MAX_PERMITS), targets: Semaphore::new(0) });
-    let state = build_with_store(config, startup, store.clone()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    // The reads of targets wait for the test.
+    let mut d = restarted("big", Semaphore::MAX_PERMITS, 0).await;
+    let addr = d.addr;
     let http = reqwest::Client::new();
     davpush_testkit::eventually("loaded", || async { get(&http, format!("http://{addr}/readyz")).await.0 == 200 })
         .await;
@@ -226,16 +234,10 @@ async fn issue_11_websocket_fan_out_does_not_wait_for_the_read_of_durable_target
     let frame = next_json(&mut ws).await;
     assert_eq!((frame["topic"].as_str(), frame["sync_token"].as_str()), (Some("other"), Some("s1")));
     // The durable read has not been let go: the frame did not wait for it.
-    assert_eq!(store.targets.available_permits(), 0);
+    assert_eq!(d.store.targets.available_permits(), 0);
 
-    store.targets.add_permits(Semaphore::MAX_PERMITS / 2);
-    let mut reached = BTreeSet::new();
-    for _ in 0..N {
-        reached.insert(push.next().await.path);
-    }
+    d.store.targets.add_permits(Semaphore::MAX_PERMITS / 2);
+    let reached = d.pushed().await;
     assert_eq!(reached.len(), N, "every durable subscriber got the push once its target was read: {reached:?}");
-
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
-    drop(dir);
+    d.shutdown().await;
 }
