@@ -4,6 +4,7 @@
 //! - [`sqlite`]: [`SqliteStore`], the embedded default (one file, WAL mode).
 //! - [`postgres`] (feature `postgres`): [`PostgresStore`], shared by the nodes of a cluster.
 //! - [`open`]: picks the store from the URL's scheme, once at start.
+//! - `owned`: the outbox's ownership and the VAPID keys, one text for both databases.
 //! - `migrations/`: the SQLite schema, applied in order at open; `PRAGMA user_version` records
 //!   how far. `migrations/postgres/`: the PostgreSQL schema (`davpush_schema_version`).
 //!
@@ -16,6 +17,7 @@ use davpush_core::{StoreError, SubscriptionStore};
 
 #[cfg(test)]
 mod contract;
+mod owned;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod rows;
