@@ -17,6 +17,15 @@
 //! writer task that takes all that are waiting (up to `GROUP_COMMIT_MAX`), writes them in one
 //! transaction and answers each after the commit: under load a commit carries many
 //! subscribes, alone it carries one, with no added wait.
+//!
+//! # One writer
+//! The outbox's rows (deliveries waiting for a retry, [`SubscriptionStore::save_pending`] and
+//! [`SubscriptionStore::delete_pending`]) go through the same writer task, in the same group
+//! commits. Written from the delivery engine's workers on connections of their own, they
+//! contended for SQLite's one write lock, whose busy handler *sleeps* (1, 2, 5… ms) while
+//! holding a pool connection: the first notify of a big topic, whose dozens of first
+//! deliveries failed at once, made the target reads of the same notify wait for a connection
+//! (issue 11). With one writer, the other connections are the readers'.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -42,9 +51,10 @@ pub const CHECKPOINT_ABOVE: u64 = 8 << 20;
 /// `PRAGMA journal_size_limit`: what SQLite keeps of a log it restarted.
 const JOURNAL_SIZE_LIMIT: u64 = 32 << 20;
 
-/// Upserts written in one transaction at most.
+/// Writes (upserts, outbox writes) in one transaction at most.
 const GROUP_COMMIT_MAX: usize = 512;
-/// Upserts waiting for the writer at most (beyond, `upsert` waits for room).
+/// Writes waiting for the writer at most (beyond, `upsert` and the outbox's writes wait for
+/// room).
 const GROUP_COMMIT_QUEUE: usize = 4_096;
 
 /// Ids deleted per transaction by [`SubscriptionStore::delete`].
@@ -125,7 +135,7 @@ pub struct SqliteStore {
     /// The `-wal` file (`None` for an in-memory database).
     wal: Option<PathBuf>,
     /// The group-commit writer's queue (its task ends with the last clone of the store).
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<Write>,
     /// Ends the checkpoint task when the last clone of the store is dropped.
     _checkpointer: Option<Arc<AbortOnDrop>>,
 }
@@ -183,7 +193,7 @@ impl SqliteStore {
             .await
             .map_err(err("open the database"))?;
         let (writer, jobs) = mpsc::channel(GROUP_COMMIT_QUEUE);
-        tokio::spawn(group_commits(pool.clone(), jobs));
+        tokio::spawn(write_loop(pool.clone(), jobs));
         let mut store = SqliteStore { pool, lease: Arc::default(), wal, writer, _checkpointer: None };
         store.migrate().await?;
         if store.wal.is_some() {
@@ -246,6 +256,38 @@ async fn checkpoints(store: SqliteStore) {
 /// An upsert waiting for its group commit, and who waits for its answer.
 type Job = (StoredSubscription, oneshot::Sender<Result<String, StoreError>>);
 
+/// A write waiting for the writer task (see "One writer" in the module documentation).
+enum Write {
+    /// An upsert, answered with the id kept.
+    Upsert(Job),
+    /// Outbox rows to save (or replace), with the owner and lease end they get.
+    SavePending { rows: Vec<PendingDelivery>, owner: String, until: i64, done: oneshot::Sender<Result<(), StoreError>> },
+    /// Outbox rows to delete, by subscription id.
+    DeletePending { ids: Vec<String>, done: oneshot::Sender<Result<(), StoreError>> },
+}
+
+impl Write {
+    fn upsert_row(&self) -> Option<&StoredSubscription> {
+        match self {
+            Write::Upsert((row, _)) => Some(row),
+            _ => None,
+        }
+    }
+
+    /// Answers the write: `id` is the upsert's.
+    fn answer(self, result: Result<Option<String>, StoreError>) {
+        match self {
+            Write::Upsert((_, answer)) => {
+                let closed = || StoreError { op: "upsert a subscription", source: "no id returned".into() };
+                let _ = answer.send(result.and_then(|id| id.ok_or_else(closed)));
+            }
+            Write::SavePending { done, .. } | Write::DeletePending { done, .. } => {
+                let _ = done.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
 const UPSERT: &str = "INSERT INTO subscriptions (id, client_id, topic, service, target, expires, created, triggers) \
                       VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
                       ON CONFLICT (client_id, topic, service) \
@@ -266,27 +308,80 @@ async fn upsert_on<'c, E: sqlx::SqliteExecutor<'c>>(e: E, s: &StoredSubscription
         .await
 }
 
-/// The group-commit writer (see the module documentation): takes every upsert that is
-/// waiting (at most [`GROUP_COMMIT_MAX`]), writes them in one transaction and answers each
-/// only after the commit. If the transaction fails, each row is tried alone, so that one bad
+/// Saves (or replaces) one outbox row; a subscription deleted meanwhile has no row to refer
+/// to: nothing to keep then.
+const SAVE_PENDING: &str = "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, \
+                            deadline, owner, lease_until) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+                            WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
+                            ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
+                            sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
+                            attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
+                            owner = excluded.owner, lease_until = excluded.lease_until";
+
+/// The writer task (see the module documentation): takes every write that is waiting (at most
+/// [`GROUP_COMMIT_MAX`]), writes them in one transaction, in their order, and answers each
+/// only after the commit. If the transaction fails, each write is tried alone, so that one bad
 /// row fails only its own request.
-async fn group_commits(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(GROUP_COMMIT_MAX);
-    while jobs.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
-        match commit_batch(&pool, &batch).await {
+async fn write_loop(pool: SqlitePool, mut writes: mpsc::Receiver<Write>) {
+    let mut batch: Vec<Write> = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while writes.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+        match commit_writes(&pool, &batch).await {
             Ok(ids) => {
-                for ((_, answer), id) in batch.drain(..).zip(ids) {
-                    let _ = answer.send(Ok(id));
+                for (w, id) in batch.drain(..).zip(ids) {
+                    w.answer(Ok(id));
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, rows = batch.len(), "group commit failed; writing its rows one by one");
-                for (row, answer) in batch.drain(..) {
-                    let _ = answer.send(upsert_on(&pool, &row).await.map_err(err("upsert a subscription")));
+                tracing::debug!(error = %e, writes = batch.len(), "group commit failed; writing one by one");
+                for w in batch.drain(..) {
+                    let result = write_alone(&pool, &w).await;
+                    w.answer(result);
                 }
             }
         }
     }
+}
+
+/// One write in a transaction of its own (after its group commit failed).
+async fn write_alone(pool: &SqlitePool, w: &Write) -> Result<Option<String>, StoreError> {
+    if let Some(row) = w.upsert_row() {
+        return upsert_on(pool, row).await.map(Some).map_err(err("upsert a subscription"));
+    }
+    let op =
+        if matches!(w, Write::SavePending { .. }) { "save pending deliveries" } else { "delete pending deliveries" };
+    let mut tx = pool.begin().await.map_err(err(op))?;
+    write_outbox(&mut tx, w).await.map_err(err(op))?;
+    tx.commit().await.map_err(err(op))?;
+    Ok(None)
+}
+
+/// The statements of an outbox write, in `tx`.
+async fn write_outbox(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), sqlx::Error> {
+    match w {
+        Write::Upsert(_) => {}
+        Write::SavePending { rows, owner, until, .. } => {
+            for r in rows {
+                sqlx::query(SAVE_PENDING)
+                    .bind(&r.subscription_id)
+                    .bind(&r.topic)
+                    .bind(&r.sync_token)
+                    .bind(&r.trigger)
+                    .bind(i64::from(r.attempt))
+                    .bind(r.due)
+                    .bind(r.deadline)
+                    .bind(owner)
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        Write::DeletePending { ids, .. } => {
+            for id in ids {
+                sqlx::query("DELETE FROM outbox WHERE subscription_id = ?").bind(id).execute(&mut *tx).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rows per multi-row `INSERT` of a group commit (8 parameters each: 800, under SQLite's
@@ -310,31 +405,49 @@ fn upsert_many_sql(rows: usize) -> String {
     sql
 }
 
-/// Writes `batch` and returns each row's id, in the batch's order. A statement per
-/// [`UPSERT_ROWS`] rows rather than one per row: each statement is a hand-off to sqlx's SQLite
-/// thread and back, which cost more than the row itself (issue 11's subscribe profile: a third
-/// of the Director's CPU in thread wake-ups). A batch that names one subscription twice is
-/// written row by row, so that the later one wins as it would alone.
-async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Result<Vec<String>, sqlx::Error> {
-    let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    let distinct = batch.iter().all(|(row, _)| seen.insert(key_of(row)));
-    if distinct && batch.len() <= UPSERT_ROWS {
+/// Writes `batch` in its order and returns each upsert's id (`None` for the outbox's writes).
+/// Upserts go a statement per [`UPSERT_ROWS`] rows rather than one per row: each statement is a
+/// hand-off to sqlx's SQLite thread and back, which cost more than the row itself (issue 11's
+/// subscribe profile: a third of the Director's CPU in thread wake-ups). A run of upserts that
+/// names one subscription twice is written row by row, so that the later one wins as it would
+/// alone.
+async fn commit_writes(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<Option<String>>, sqlx::Error> {
+    let upserts: Vec<&StoredSubscription> = batch.iter().filter_map(Write::upsert_row).collect();
+    if upserts.len() == batch.len() && upserts.len() <= UPSERT_ROWS && distinct(&upserts) {
         // One statement is its own transaction.
-        return upsert_chunk(pool, batch).await;
+        return Ok(upsert_chunk(pool, &upserts).await?.into_iter().map(Some).collect());
     }
     let mut tx = pool.begin().await?;
     let mut ids = Vec::with_capacity(batch.len());
-    if distinct {
-        for chunk in batch.chunks(UPSERT_ROWS) {
-            ids.extend(upsert_chunk(&mut *tx, chunk).await?);
+    let mut rest = batch;
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|w| w.upsert_row().is_some()).count();
+        if n == 0 {
+            write_outbox(&mut tx, first).await?;
+            ids.push(None);
+            rest = &rest[1..];
+            continue;
         }
-    } else {
-        for (row, _) in batch {
-            ids.push(upsert_on(&mut *tx, row).await?);
+        let rows: Vec<&StoredSubscription> = rest[..n].iter().filter_map(Write::upsert_row).collect();
+        if distinct(&rows) {
+            for chunk in rows.chunks(UPSERT_ROWS) {
+                ids.extend(upsert_chunk(&mut *tx, chunk).await?.into_iter().map(Some));
+            }
+        } else {
+            for row in rows {
+                ids.push(Some(upsert_on(&mut *tx, row).await?));
+            }
         }
+        rest = &rest[n..];
     }
     tx.commit().await?;
     Ok(ids)
+}
+
+/// No two of `rows` name the same subscription (the upsert's conflict target).
+fn distinct(rows: &[&StoredSubscription]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.iter().all(|row| seen.insert(key_of(row)))
 }
 
 /// What a subscription is unique by (the upsert's conflict target).
@@ -343,11 +456,14 @@ fn key_of(s: &StoredSubscription) -> (String, String, String) {
 }
 
 /// One multi-row upsert of `chunk` (distinct keys, at most [`UPSERT_ROWS`]); the ids in its order.
-async fn upsert_chunk<'c, E: sqlx::SqliteExecutor<'c>>(e: E, chunk: &[Job]) -> Result<Vec<String>, sqlx::Error> {
+async fn upsert_chunk<'c, E: sqlx::SqliteExecutor<'c>>(
+    e: E,
+    chunk: &[&StoredSubscription],
+) -> Result<Vec<String>, sqlx::Error> {
     // Built from constants only: no data in the text (the values are bound).
     let sql = sqlx::AssertSqlSafe(upsert_many_sql(chunk.len()));
     let mut q = sqlx::query_as::<_, (String, String, String, String)>(sql);
-    for (s, _) in chunk {
+    for s in chunk {
         q = q
             .bind(&s.id)
             .bind(&s.client_id)
@@ -360,10 +476,22 @@ async fn upsert_chunk<'c, E: sqlx::SqliteExecutor<'c>>(e: E, chunk: &[Job]) -> R
     }
     let mut returned: std::collections::HashMap<_, _> =
         q.fetch_all(e).await?.into_iter().map(|(id, c, t, svc)| ((c, t, svc), id)).collect();
-    chunk.iter().map(|(s, _)| returned.remove(&key_of(s)).ok_or(sqlx::Error::RowNotFound)).collect()
+    chunk.iter().map(|s| returned.remove(&key_of(s)).ok_or(sqlx::Error::RowNotFound)).collect()
 }
 
 impl SqliteStore {
+    /// Hands an outbox write to the writer task and waits for its commit.
+    async fn write(
+        &self,
+        write: Write,
+        answer: oneshot::Receiver<Result<(), StoreError>>,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        let closed = || StoreError { op, source: "the store is closed".into() };
+        self.writer.send(write).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
     /// A page read at start (`LOAD_PAGE`, `LOAD_ROUTES_PAGE`): the whole page comes back as one
     /// row holding a JSON array of rows `R`, and the cursor is a rowid. Returns the rows and the
     /// next cursor.
@@ -396,7 +524,7 @@ impl SubscriptionStore for SqliteStore {
     async fn upsert(&self, s: &StoredSubscription) -> Result<String, StoreError> {
         let (tx, rx) = oneshot::channel();
         let closed = || StoreError { op: "upsert a subscription", source: "the store is closed".into() };
-        self.writer.send((s.clone(), tx)).await.map_err(|_| closed())?;
+        self.writer.send(Write::Upsert((s.clone(), tx))).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 
@@ -535,45 +663,22 @@ impl SubscriptionStore for SqliteStore {
     }
 
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
-        let until = self.lease.until(davpush_core::unix_now());
-        let mut tx = self.pool.begin().await.map_err(err("begin outbox write"))?;
-        for r in rows {
-            // A subscription deleted meanwhile has no row to refer to: nothing to keep then.
-            sqlx::query(
-                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline, owner, \
-                 lease_until) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?) \
-                 ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
-                 sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
-                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
-                 owner = excluded.owner, lease_until = excluded.lease_until",
-            )
-            .bind(&r.subscription_id)
-            .bind(&r.topic)
-            .bind(&r.sync_token)
-            .bind(&r.trigger)
-            .bind(r.attempt as i64)
-            .bind(r.due)
-            .bind(r.deadline)
-            .bind(self.lease.owner())
-            .bind(until)
-            .bind(&r.subscription_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("save a pending delivery"))?;
+        if rows.is_empty() {
+            return Ok(());
         }
-        tx.commit().await.map_err(err("commit outbox write"))
+        let (done, answer) = oneshot::channel();
+        let (owner, until) = (self.lease.owner().to_owned(), self.lease.until(davpush_core::unix_now()));
+        let write = Write::SavePending { rows: rows.to_vec(), owner, until, done };
+        self.write(write, answer, "save pending deliveries").await
     }
 
     async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(err("begin outbox delete"))?;
-        for id in subscription_ids {
-            sqlx::query("DELETE FROM outbox WHERE subscription_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("delete a pending delivery"))?;
+        if subscription_ids.is_empty() {
+            return Ok(());
         }
-        tx.commit().await.map_err(err("commit outbox delete"))
+        let (done, answer) = oneshot::channel();
+        let write = Write::DeletePending { ids: subscription_ids.to_vec(), done };
+        self.write(write, answer, "delete pending deliveries").await
     }
 
     async fn load_pending(&self) -> Result<Vec<PendingDelivery>, StoreError> {
@@ -700,8 +805,12 @@ mod tests {
         store.ping().await.unwrap();
     }
 
-    fn jobs(rows: Vec<StoredSubscription>) -> Vec<Job> {
-        rows.into_iter().map(|r| (r, oneshot::channel().0)).collect()
+    fn jobs(rows: Vec<StoredSubscription>) -> Vec<Write> {
+        rows.into_iter().map(|r| Write::Upsert((r, oneshot::channel().0))).collect()
+    }
+
+    async fn commit_batch(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<String>, sqlx::Error> {
+        Ok(commit_writes(pool, batch).await?.into_iter().map(Option::unwrap).collect())
     }
 
     #[tokio::test]
@@ -753,6 +862,79 @@ mod tests {
         assert_eq!(store.load_pending().await.unwrap(), vec![p("s2", 2)]);
         store.delete(&["a".into()]).await.unwrap();
         assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
+    }
+
+    fn pending(id: &str, token: &str) -> PendingDelivery {
+        PendingDelivery {
+            subscription_id: id.into(),
+            topic: "t".into(),
+            sync_token: Some(token.into()),
+            trigger: None,
+            attempt: 1,
+            due: 5,
+            deadline: 50,
+        }
+    }
+
+    #[tokio::test]
+    async fn issue_11_upserts_and_outbox_writes_commit_together_in_their_order() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let save = |rows: Vec<PendingDelivery>| Write::SavePending {
+            rows,
+            owner: "me".into(),
+            until: 9,
+            done: oneshot::channel().0,
+        };
+        let delete = |ids: &[&str]| Write::DeletePending {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            done: oneshot::channel().0,
+        };
+        let batch = vec![
+            Write::Upsert((row("a", "c1", "t", 100), oneshot::channel().0)),
+            save(vec![pending("a", "s1")]),
+            Write::Upsert((row("b", "c2", "t", 100), oneshot::channel().0)),
+            // Replaces a's row, then goes; b's row comes after its subscription.
+            save(vec![pending("a", "s2"), pending("b", "s1")]),
+            delete(&["a"]),
+        ];
+        let ids = commit_writes(&store.pool, &batch).await.unwrap();
+        assert_eq!(ids, [Some("a".to_owned()), None, Some("b".to_owned()), None, None]);
+        assert_eq!(store.load_pending().await.unwrap(), vec![pending("b", "s1")]);
+        let owner: String = sqlx::query_scalar("SELECT owner FROM outbox").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(owner, "me");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue_11_concurrent_outbox_writes_take_one_connection_and_leave_the_rest_to_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        for i in 0..64 {
+            store.upsert(&row(&format!("id-{i}"), &format!("c{i}"), "t", 100)).await.unwrap();
+        }
+        let before = store.pool.size();
+        // As a delivery engine whose 64 first deliveries failed at once.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let id = format!("id-{i}");
+                store.save_pending(&[pending(&id, "s1")]).await.unwrap();
+                if i % 2 == 0 {
+                    store.delete_pending(&[id]).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(store.pool.size(), before, "the writer's connection did all the writes");
+        let mut kept: Vec<String> =
+            store.load_pending().await.unwrap().into_iter().map(|p| p.subscription_id).collect();
+        kept.sort();
+        let mut want: Vec<String> = (0..64).filter(|i| i % 2 == 1).map(|i| format!("id-{i}")).collect();
+        want.sort();
+        assert_eq!(kept, want);
     }
 
     #[tokio::test]
