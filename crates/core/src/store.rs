@@ -213,6 +213,16 @@ pub struct MemoryStore {
     /// Each pending delivery, and whether this process holds it.
     pending: Mutex<HashMap<String, (PendingDelivery, bool)>>,
     keys: Mutex<Vec<StoredVapidKey>>,
+    /// Calls of `save_pending` and `delete_pending` so far.
+    outbox_writes: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryStore {
+    /// How many times the outbox was written (`save_pending` and `delete_pending` calls): a
+    /// test's view of how writers batch.
+    pub fn outbox_writes(&self) -> u64 {
+        self.outbox_writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[async_trait]
@@ -296,6 +306,7 @@ impl SubscriptionStore for MemoryStore {
     }
 
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
+        self.outbox_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for r in rows {
             pending.insert(r.subscription_id.clone(), (r.clone(), true));
@@ -304,6 +315,7 @@ impl SubscriptionStore for MemoryStore {
     }
 
     async fn delete_pending(&self, subscription_ids: &[String]) -> Result<(), StoreError> {
+        self.outbox_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for id in subscription_ids {
             pending.remove(id);

@@ -13,6 +13,13 @@
 //!   TTL or the attempt limit runs out. A slot waiting for a retry is written to the store's
 //!   outbox, so it survives a restart; so is every slot still pending at shutdown.
 //!
+//! The outbox is written by one task of the engine's ([`OUTBOX_QUEUE`] writes waiting at most):
+//! it takes every write waiting, keeps the last one of each subscription and writes them with
+//! one call of each kind (a save, a delete). The first notify of a big topic fails dozens of
+//! deliveries at once where a push service is down; written one transaction each, from the
+//! workers, they took the store's connections that the same notify's target reads needed
+//! (issue 11).
+//!
 //! Bounded everywhere: at most `max_pending` slots (beyond, new deliveries are dropped and
 //! counted as `overflow`), at most `workers` requests in flight.
 //!
@@ -46,7 +53,7 @@ use davpush_core::{
     Metrics, Notification, PendingDelivery, PushMessage, ServiceKind, Subscription, SubscriptionId, SubscriptionStore,
     Topic,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use hosts::HostKey;
@@ -238,6 +245,20 @@ enum Timer {
     Host(HostKey),
 }
 
+/// Outbox writes waiting for the engine's outbox task at most (beyond, a finishing worker
+/// waits for room).
+const OUTBOX_QUEUE: usize = 4_096;
+
+/// A write for the engine's outbox task.
+enum OutboxWrite {
+    /// Save (or replace) a slot's row.
+    Save(PendingDelivery),
+    /// Delete a subscription's row.
+    Delete(String),
+    /// Answer once every write before this one is done.
+    Flush(oneshot::Sender<()>),
+}
+
 struct Inner {
     kind: ServiceKind,
     deliver: Arc<dyn Deliver>,
@@ -250,6 +271,8 @@ struct Inner {
     feedback: Feedback,
     metrics: Arc<Metrics>,
     store: Arc<dyn SubscriptionStore>,
+    /// The outbox task's queue.
+    outbox: mpsc::Sender<OutboxWrite>,
     closed: AtomicBool,
 }
 
@@ -292,6 +315,9 @@ impl Engine {
         store: Arc<dyn SubscriptionStore>,
     ) -> Engine {
         let table = Table { slots: HashMap::new(), hosts: Hosts::new(settings.host_limits()) };
+        let (outbox, writes) = mpsc::channel(OUTBOX_QUEUE);
+        // Ends when the engine is dropped (the last sender with it).
+        tokio::spawn(outbox_loop(kind, store.clone(), writes));
         let inner = Arc::new(Inner {
             kind,
             deliver,
@@ -303,6 +329,7 @@ impl Engine {
             feedback,
             metrics,
             store,
+            outbox,
             closed: AtomicBool::new(false),
         });
         let dispatcher = tokio::spawn(dispatch_loop(inner.clone()));
@@ -444,6 +471,14 @@ impl Engine {
         self.inner.timer_wake.notify_one();
     }
 
+    /// Waits until every outbox write made so far is done.
+    pub async fn flush_outbox(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.inner.outbox.send(OutboxWrite::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
     /// Stops taking work and writes every pending delivery to the outbox.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
@@ -451,6 +486,8 @@ impl Engine {
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             t.abort();
         }
+        // The outbox's earlier writes first: none of them lands after the rows written here.
+        self.flush_outbox().await;
         let now = Instant::now();
         let rows: Vec<PendingDelivery> = { inner.table().slots.values().map(|s| pending_row(s, now)).collect() };
         if rows.is_empty() {
@@ -764,15 +801,50 @@ async fn complete(inner: &Arc<Inner>, pick: &hosts::Pick, outcome: Outcome, heal
     if inner.closed.load(Ordering::Acquire) {
         return; // shutdown already wrote the outbox
     }
-    if let Some(row) = save
-        && let Err(e) = inner.store.save_pending(&[row]).await
-    {
-        tracing::error!(error = %e, "could not write a pending delivery to the outbox");
+    for write in [save.map(OutboxWrite::Save), forget.map(OutboxWrite::Delete)].into_iter().flatten() {
+        // Fails only when the engine is gone.
+        let _ = inner.outbox.send(write).await;
     }
-    if let Some(row) = forget
-        && let Err(e) = inner.store.delete_pending(&[row]).await
-    {
-        tracing::error!(error = %e, "could not remove a delivery from the outbox");
+}
+
+/// Outbox writes taken at once by [`outbox_loop`] at most.
+const OUTBOX_BATCH: usize = 1_024;
+
+/// The engine's outbox task (see the module documentation): takes the writes waiting, keeps the
+/// last of each subscription (a save replaces the row, a delete removes it: the last one is
+/// what all of them in order leave) and writes the saves and the deletes with a call each.
+async fn outbox_loop(kind: ServiceKind, store: Arc<dyn SubscriptionStore>, mut writes: mpsc::Receiver<OutboxWrite>) {
+    let mut batch = Vec::with_capacity(OUTBOX_BATCH);
+    while writes.recv_many(&mut batch, OUTBOX_BATCH).await > 0 {
+        let mut last: HashMap<String, Option<PendingDelivery>> = HashMap::with_capacity(batch.len());
+        let mut flushed = Vec::new();
+        for write in batch.drain(..) {
+            match write {
+                OutboxWrite::Save(row) => {
+                    last.insert(row.subscription_id.clone(), Some(row));
+                }
+                OutboxWrite::Delete(id) => {
+                    last.insert(id, None);
+                }
+                OutboxWrite::Flush(done) => flushed.push(done),
+            }
+        }
+        let (saves, deletes): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, row)| row.is_some());
+        let saves: Vec<PendingDelivery> = saves.into_iter().filter_map(|(_, row)| row).collect();
+        let deletes: Vec<String> = deletes.into_iter().map(|(id, _)| id).collect();
+        if !saves.is_empty()
+            && let Err(e) = store.save_pending(&saves).await
+        {
+            tracing::error!(service = %kind, deliveries = saves.len(), error = %e, "could not write pending deliveries to the outbox");
+        }
+        if !deletes.is_empty()
+            && let Err(e) = store.delete_pending(&deletes).await
+        {
+            tracing::error!(service = %kind, deliveries = deletes.len(), error = %e, "could not remove deliveries from the outbox");
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
     }
 }
 

@@ -85,6 +85,12 @@ fn count(m: &Metrics, outcome: &'static str) -> u64 {
     m.deliveries.get_or_create(&davpush_core::metrics::DeliveryLabels { service: "web_push", outcome }).get()
 }
 
+/// The outbox's rows once the engine's writes so far are done.
+async fn outbox(f: &Fixture) -> Vec<PendingDelivery> {
+    f.engine.flush_outbox().await;
+    f.store.load_pending().await.unwrap()
+}
+
 /// Lets the engine's tasks run until nothing is pending (time is paused: advances as needed).
 async fn settle(f: &Fixture) {
     for _ in 0..10_000 {
@@ -120,7 +126,7 @@ async fn retry_after_is_honoured_and_a_burst_coalesces_while_waiting() {
     for i in 2..=51 {
         assert_eq!(f.engine.enqueue(&f.sub, &msg(&i.to_string())), Enqueued::Coalesced);
     }
-    let saved = f.store.load_pending().await.unwrap();
+    let saved = outbox(&f).await;
     assert_eq!(saved.len(), 1, "a waiting retry is in the outbox");
     assert_eq!(saved[0].attempt, 1);
     settle(&f).await;
@@ -128,7 +134,7 @@ async fn retry_after_is_honoured_and_a_burst_coalesces_while_waiting() {
     assert_eq!(calls.len(), 2, "51 notifications, 2 requests");
     assert!(calls[1].0 - start >= after, "retried after {:?}", calls[1].0 - start);
     assert_eq!(calls[1].1.as_deref(), Some("51"), "the newest message wins");
-    assert!(f.store.load_pending().await.unwrap().is_empty(), "delivered: removed from the outbox");
+    assert!(outbox(&f).await.is_empty(), "delivered: removed from the outbox");
     assert_eq!((count(&f.metrics, "retry"), count(&f.metrics, "sent")), (1, 1));
 }
 
@@ -150,7 +156,7 @@ async fn server_errors_back_off_exponentially_then_give_up() {
         );
     }
     assert_eq!(count(&f.metrics, "failed"), 1);
-    assert!(f.store.load_pending().await.unwrap().is_empty());
+    assert!(outbox(&f).await.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,7 +193,7 @@ async fn pending_deliveries_survive_shutdown_and_restore() {
     f.engine.enqueue(&f.sub, &msg("2"));
     f.engine.shutdown().await;
     assert_eq!(f.engine.enqueue(&f.sub, &msg("3")), Enqueued::Dropped);
-    let rows = f.store.load_pending().await.unwrap();
+    let rows = outbox(&f).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].sync_token.as_deref(), Some("2"));
 
@@ -246,6 +252,22 @@ async fn issue_11_a_batch_is_queued_as_one_by_one() {
     f.script.delivered.notified().await;
 }
 
+/// A push service down: the first deliveries of a big topic fail at once. Their outbox rows are
+/// written together, in a few calls of the store, not a call (a transaction) each; those that
+/// the store took meanwhile were the notify's target reads' (issue 11).
+#[tokio::test(start_paused = true)]
+async fn issue_11_a_burst_of_failures_is_written_to_the_outbox_together() {
+    let refused = || Outcome::Retry { after: None, reason: "connection refused".into() };
+    let f = fixture((0..64).map(|_| refused()).collect(), EngineSettings::default()).await;
+    let subs: Vec<_> = (0..64).map(|n| another(&f.sub, n)).collect();
+    assert_eq!(f.engine.enqueue_many(&subs, &msg("1")), (64, 0, 0));
+    until("64 deliveries tried", || f.script.calls.lock().unwrap().len() == 64).await;
+    let rows = outbox(&f).await;
+    assert_eq!(rows.len(), 64, "every failed delivery waits in the outbox");
+    assert!(f.store.outbox_writes() <= 2, "{} outbox writes for 64 rows", f.store.outbox_writes());
+    assert_eq!(count(&f.metrics, "retry"), 64);
+}
+
 #[tokio::test(start_paused = true)]
 async fn topic_slots_deliver_once_per_topic_and_coalesce() {
     let f = fixture(
@@ -267,14 +289,14 @@ async fn topic_slots_deliver_once_per_topic_and_coalesce() {
     // The retry waits; more changes of the same topic (through any subscription) coalesce.
     assert_eq!(f.engine.enqueue_topic(&other, &msg("2")), Enqueued::Coalesced);
     assert_eq!(f.engine.enqueue_topic(&f.sub, &msg("3")), Enqueued::Coalesced);
-    let rows = f.store.load_pending().await.unwrap();
+    let rows = outbox(&f).await;
     assert_eq!(rows.len(), 1, "one outbox row for the topic");
     assert_eq!(rows[0].subscription_id, f.sub.id.to_string(), "kept by the first subscription");
     settle(&f).await;
     let calls = f.script.topic_calls.lock().unwrap().clone();
     assert_eq!(calls, vec![("t".to_owned(), Some("1".to_owned())), ("t".to_owned(), Some("3".to_owned()))]);
     assert!(f.script.calls.lock().unwrap().is_empty(), "no per-subscription delivery");
-    assert!(f.store.load_pending().await.unwrap().is_empty());
+    assert!(outbox(&f).await.is_empty());
     assert_eq!((count(&f.metrics, "retry"), count(&f.metrics, "sent")), (1, 1));
 }
 
