@@ -3,13 +3,48 @@
 //! same but for how the claim locks its rows. They use `$n` placeholders, which sqlx binds by
 //! number in SQLite too.
 
-/// Defines `claim`, `renew`, `release`, `keys`, `add_keys`, `retire_key` and `delete_key` on
-/// pool type `$pool`; `$lock` ends the claim's inner `SELECT` (PostgreSQL's row locks).
+/// Defines `save_rows`, `claim`, `renew`, `release`, `keys`, `add_keys`, `retire_key` and
+/// `delete_key` on pool type `$pool` (connection type `$conn`); `$lock` ends the claim's inner
+/// `SELECT` (PostgreSQL's row locks).
 macro_rules! queries {
-    ($pool:ty, $lock:literal) => {
+    ($pool:ty, $conn:ty, $lock:literal) => {
         use davpush_core::{OutboxLease, PendingDelivery, StoreError, StoredVapidKey};
 
         use crate::{err, rows};
+
+        /// Saves (or replaces) outbox rows on `conn` (in the caller's transaction), owned by
+        /// `owner` until `until`. A subscription deleted meanwhile has no row to refer to:
+        /// nothing is kept for it then.
+        pub(crate) async fn save_rows(
+            conn: &mut $conn,
+            rows: &[PendingDelivery],
+            owner: &str,
+            until: i64,
+        ) -> Result<(), sqlx::Error> {
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline, \
+                     owner, lease_until) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+                     WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
+                     ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
+                     sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
+                     attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
+                     owner = excluded.owner, lease_until = excluded.lease_until",
+                )
+                .bind(&r.subscription_id)
+                .bind(&r.topic)
+                .bind(&r.sync_token)
+                .bind(&r.trigger)
+                .bind(i64::from(r.attempt))
+                .bind(r.due)
+                .bind(r.deadline)
+                .bind(owner)
+                .bind(until)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
 
         pub(super) async fn claim(
             pool: &$pool,

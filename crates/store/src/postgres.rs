@@ -271,30 +271,7 @@ impl SubscriptionStore for PostgresStore {
     async fn save_pending(&self, rows: &[PendingDelivery]) -> Result<(), StoreError> {
         let until = self.lease.until(davpush_core::unix_now());
         let mut tx = self.pool.begin().await.map_err(err("begin outbox write"))?;
-        for r in rows {
-            // A subscription deleted meanwhile has no row to refer to: nothing to keep then.
-            sqlx::query(
-                "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, deadline, owner, \
-                 lease_until) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-                 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
-                 ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
-                 sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
-                 attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
-                 owner = excluded.owner, lease_until = excluded.lease_until",
-            )
-            .bind(&r.subscription_id)
-            .bind(&r.topic)
-            .bind(&r.sync_token)
-            .bind(&r.trigger)
-            .bind(i64::from(r.attempt))
-            .bind(r.due)
-            .bind(r.deadline)
-            .bind(self.lease.owner())
-            .bind(until)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("save a pending delivery"))?;
-        }
+        owned::save_rows(&mut tx, rows, self.lease.owner(), until).await.map_err(err("save a pending delivery"))?;
         tx.commit().await.map_err(err("commit outbox write"))
     }
 

@@ -308,16 +308,6 @@ async fn upsert_on<'c, E: sqlx::SqliteExecutor<'c>>(e: E, s: &StoredSubscription
         .await
 }
 
-/// Saves (or replaces) one outbox row; a subscription deleted meanwhile has no row to refer
-/// to: nothing to keep then.
-const SAVE_PENDING: &str = "INSERT INTO outbox (subscription_id, topic, sync_token, trigger_kind, attempt, due, \
-                            deadline, owner, lease_until) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-                            WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) \
-                            ON CONFLICT (subscription_id) DO UPDATE SET topic = excluded.topic, \
-                            sync_token = excluded.sync_token, trigger_kind = excluded.trigger_kind, \
-                            attempt = excluded.attempt, due = excluded.due, deadline = excluded.deadline, \
-                            owner = excluded.owner, lease_until = excluded.lease_until";
-
 /// The writer task (see the module documentation): takes every write that is waiting (at most
 /// [`GROUP_COMMIT_MAX`]), writes them in one transaction, in their order, and answers each
 /// only after the commit. If the transaction fails, each write is tried alone, so that one bad
@@ -359,22 +349,7 @@ async fn write_alone(pool: &SqlitePool, w: &Write) -> Result<Option<String>, Sto
 async fn write_outbox(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), sqlx::Error> {
     match w {
         Write::Upsert(_) => {}
-        Write::SavePending { rows, owner, until, .. } => {
-            for r in rows {
-                sqlx::query(SAVE_PENDING)
-                    .bind(&r.subscription_id)
-                    .bind(&r.topic)
-                    .bind(&r.sync_token)
-                    .bind(&r.trigger)
-                    .bind(i64::from(r.attempt))
-                    .bind(r.due)
-                    .bind(r.deadline)
-                    .bind(owner)
-                    .bind(until)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        Write::SavePending { rows, owner, until, .. } => owned::save_rows(tx, rows, owner, *until).await?,
         Write::DeletePending { ids, .. } => {
             for id in ids {
                 sqlx::query("DELETE FROM outbox WHERE subscription_id = ?").bind(id).execute(&mut *tx).await?;

@@ -2,4 +2,4 @@
 //! shared by the nodes of a cluster. `SKIP LOCKED`: nodes that claim at once take disjoint rows
 //! without waiting for each other.
 
-crate::owned::queries!(sqlx::PgPool, " FOR UPDATE SKIP LOCKED");
+crate::owned::queries!(sqlx::PgPool, sqlx::PgConnection, " FOR UPDATE SKIP LOCKED");

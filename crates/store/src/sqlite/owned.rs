@@ -3,4 +3,4 @@
 //! runs: its rows carry no owner and are claimed. SQLite runs one writer at a time: the claim's
 //! statement is the claim, with no row locks.
 
-crate::owned::queries!(sqlx::SqlitePool, "");
+crate::owned::queries!(sqlx::SqlitePool, sqlx::SqliteConnection, "");
