@@ -13,7 +13,7 @@
 //!   TTL or the attempt limit runs out. A slot waiting for a retry is written to the store's
 //!   outbox, so it survives a restart; so is every slot still pending at shutdown.
 //!
-//! The outbox is written by one task of the engine's ([`OUTBOX_QUEUE`] writes waiting at most):
+//! The outbox is written by one task of the engine's (`OUTBOX_QUEUE` writes waiting at most):
 //! it takes every write waiting, keeps the last one of each subscription and writes them with
 //! one call of each kind (a save, a delete). The first notify of a big topic fails dozens of
 //! deliveries at once where a push service is down; written one transaction each, from the
