@@ -829,9 +829,13 @@ async fn outbox_loop(kind: ServiceKind, store: Arc<dyn SubscriptionStore>, mut w
                 OutboxWrite::Flush(done) => flushed.push(done),
             }
         }
-        let (saves, deletes): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, row)| row.is_some());
-        let saves: Vec<PendingDelivery> = saves.into_iter().filter_map(|(_, row)| row).collect();
-        let deletes: Vec<String> = deletes.into_iter().map(|(id, _)| id).collect();
+        let (mut saves, mut deletes) = (Vec::new(), Vec::new());
+        for (id, row) in last {
+            match row {
+                Some(row) => saves.push(row),
+                None => deletes.push(id),
+            }
+        }
         if !saves.is_empty()
             && let Err(e) = store.save_pending(&saves).await
         {

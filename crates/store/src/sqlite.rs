@@ -278,8 +278,8 @@ impl Write {
     fn answer(self, result: Result<Option<String>, StoreError>) {
         match self {
             Write::Upsert((_, answer)) => {
-                let closed = || StoreError { op: "upsert a subscription", source: "no id returned".into() };
-                let _ = answer.send(result.and_then(|id| id.ok_or_else(closed)));
+                let missing = || StoreError { op: "upsert a subscription", source: "no id returned".into() };
+                let _ = answer.send(result.and_then(|id| id.ok_or_else(missing)));
             }
             Write::SavePending { done, .. } | Write::DeletePending { done, .. } => {
                 let _ = done.send(result.map(|_| ()));
