@@ -1,8 +1,22 @@
-//! What both databases must do for the outbox's owners and the VAPID keys, run against each
+//! What both databases must do for the outbox and the VAPID keys, run against each
 //! (SQLite in a temporary file, PostgreSQL in a schema of its own) with several handles on one
 //! database, as several nodes (or a node and `davpush vapid rotate`) have.
 
 use davpush_core::{PendingDelivery, StoredSubscription, StoredVapidKey, SubscriptionStore};
+
+/// A Web Push subscription row of `client` to `topic`.
+pub(crate) fn row(id: &str, client: &str, topic: &str, expires: i64) -> StoredSubscription {
+    StoredSubscription {
+        id: id.into(),
+        client_id: client.into(),
+        topic: topic.into(),
+        service: "web_push".into(),
+        target: r#"{"endpoint":"https://push.example/1"}"#.into(),
+        expires,
+        created: 1,
+        triggers: 3,
+    }
+}
 
 fn sub(id: &str) -> StoredSubscription {
     StoredSubscription {
@@ -167,4 +181,29 @@ pub(crate) async fn routes_and_targets(store: &dyn SubscriptionStore) {
 
 async fn upsert_new(store: &dyn SubscriptionStore, r: &StoredSubscription) {
     assert_eq!(store.upsert(r).await.unwrap(), r.id);
+}
+
+/// Outbox rows: a save replaces the row of its subscription, a row needs its subscription
+/// (none is kept for an unknown one) and goes with it, and a delete removes it. `store` is empty.
+pub(crate) async fn outbox_rows(store: &dyn SubscriptionStore) {
+    store.upsert(&sub("a")).await.unwrap();
+    let p = |id: &str, token: &str, attempt| PendingDelivery {
+        subscription_id: id.into(),
+        topic: "t".into(),
+        sync_token: Some(token.into()),
+        trigger: None,
+        attempt,
+        due: 5,
+        deadline: 50,
+    };
+    store.save_pending(&[p("a", "s1", 1)]).await.unwrap();
+    store.save_pending(&[p("a", "s2", 2)]).await.unwrap();
+    store.save_pending(&[p("no-such-subscription", "x", 1)]).await.unwrap();
+    assert_eq!(store.load_pending().await.unwrap(), vec![p("a", "s2", 2)]);
+    store.delete(&["a".into()]).await.unwrap();
+    assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
+    store.upsert(&sub("b")).await.unwrap();
+    store.save_pending(&[p("b", "s3", 1)]).await.unwrap();
+    store.delete_pending(&["b".into()]).await.unwrap();
+    assert!(store.load_pending().await.unwrap().is_empty());
 }

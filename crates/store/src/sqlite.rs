@@ -719,19 +719,7 @@ impl SubscriptionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(id: &str, client: &str, topic: &str, expires: i64) -> StoredSubscription {
-        StoredSubscription {
-            id: id.into(),
-            client_id: client.into(),
-            topic: topic.into(),
-            service: "web_push".into(),
-            target: r#"{"endpoint":"https://push.example/1"}"#.into(),
-            expires,
-            created: 1,
-            triggers: 3,
-        }
-    }
+    use crate::contract::row;
 
     #[tokio::test]
     async fn outbox_owners_and_vapid_keys_across_handles() {
@@ -818,25 +806,7 @@ mod tests {
 
     #[tokio::test]
     async fn outbox_rows_replace_each_other_and_die_with_their_subscription() {
-        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
-        store.upsert(&row("a", "c1", "t", 100)).await.unwrap();
-        let p = |token: &str, attempt| PendingDelivery {
-            subscription_id: "a".into(),
-            topic: "t".into(),
-            sync_token: Some(token.into()),
-            trigger: None,
-            attempt,
-            due: 5,
-            deadline: 50,
-        };
-        store.save_pending(&[p("s1", 1)]).await.unwrap();
-        store.save_pending(&[p("s2", 2)]).await.unwrap();
-        let mut orphan = p("x", 1);
-        orphan.subscription_id = "no-such-subscription".into();
-        store.save_pending(&[orphan]).await.unwrap();
-        assert_eq!(store.load_pending().await.unwrap(), vec![p("s2", 2)]);
-        store.delete(&["a".into()]).await.unwrap();
-        assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
+        crate::contract::outbox_rows(&SqliteStore::open("sqlite::memory:").await.unwrap()).await;
     }
 
     fn pending(id: &str, token: &str) -> PendingDelivery {

@@ -3,19 +3,7 @@
 use davpush_testkit::services::postgres_schema;
 
 use super::*;
-
-fn row(id: &str, client: &str, topic: &str, expires: i64) -> StoredSubscription {
-    StoredSubscription {
-        id: id.into(),
-        client_id: client.into(),
-        topic: topic.into(),
-        service: "web_push".into(),
-        target: r#"{"endpoint":"https://push.example/1"}"#.into(),
-        expires,
-        created: 1,
-        triggers: 3,
-    }
-}
+use crate::contract::row;
 
 #[tokio::test]
 async fn upsert_keeps_the_first_id_and_survives_reopen() {
@@ -56,30 +44,7 @@ async fn upsert_keeps_the_first_id_and_survives_reopen() {
 async fn outbox_rows_replace_each_other_and_die_with_their_subscription() {
     let Some(schema) = postgres_schema().await else { return };
     let store = PostgresStore::open(&schema.url()).await.unwrap();
-    store.upsert(&row("a", "c1", "t", 100)).await.unwrap();
-    let p = |token: &str, attempt| PendingDelivery {
-        subscription_id: "a".into(),
-        topic: "t".into(),
-        sync_token: Some(token.into()),
-        trigger: None,
-        attempt,
-        due: 5,
-        deadline: 50,
-    };
-    store.save_pending(&[p("s1", 1)]).await.unwrap();
-    store.save_pending(&[p("s2", 2)]).await.unwrap();
-    let mut orphan = p("x", 1);
-    orphan.subscription_id = "no-such-subscription".into();
-    store.save_pending(&[orphan]).await.unwrap();
-    assert_eq!(store.load_pending().await.unwrap(), vec![p("s2", 2)]);
-    store.delete(&["a".into()]).await.unwrap();
-    assert!(store.load_pending().await.unwrap().is_empty(), "deleting a subscription deletes its outbox row");
-    store.upsert(&row("b", "c2", "t", 100)).await.unwrap();
-    let mut pb = p("s3", 1);
-    pb.subscription_id = "b".into();
-    store.save_pending(&[pb]).await.unwrap();
-    store.delete_pending(&["b".into()]).await.unwrap();
-    assert!(store.load_pending().await.unwrap().is_empty());
+    crate::contract::outbox_rows(&store).await;
     store.pool.close().await;
     schema.drop_schema().await;
 }
