@@ -305,7 +305,11 @@ pub fn affected(method: DavMethod, path: &str, dest: Option<&str>) -> Vec<Change
 }
 
 fn notify_after_write(st: &GatewayState, parts: &Parts, up_path: &str, dest: Option<&str>) {
-    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    // Held for the sync-token lookup: never printed (a `Job`'s Debug shows `Sensitive`).
+    let authorization = parts.headers.get(header::AUTHORIZATION).cloned().map(|mut v| {
+        v.set_sensitive(true);
+        v
+    });
     let mut exclude = Vec::new();
     if let Some(v) = parts.headers.get("push-dont-notify").and_then(|v| v.to_str().ok()) {
         match registration::parse_dont_notify(v) {

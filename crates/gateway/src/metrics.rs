@@ -25,7 +25,7 @@ pub struct RequestLabels {
 /// `{outcome}` of `davpush_gateway_changes_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `queued`, `sent`, `retried`, `dropped`.
+    /// `queued`, `sent`, `coalesced`, `retried`, `dropped`.
     pub outcome: &'static str,
 }
 
@@ -59,7 +59,7 @@ pub const KNOWN_METHODS: &[&str] = &[
 ];
 
 /// The outcomes of a change notification, each a series from the start.
-pub const CHANGE_OUTCOMES: &[&str] = &["queued", "sent", "retried", "dropped"];
+pub const CHANGE_OUTCOMES: &[&str] = &["queued", "sent", "coalesced", "retried", "dropped"];
 
 /// The label of `method`: its name if known, else `other`.
 pub fn method_label(method: &str) -> &'static str {
@@ -203,6 +203,7 @@ mod tests {
         for line in [
             "davpush_gateway_changes_total{outcome=\"queued\"} 0",
             "davpush_gateway_changes_total{outcome=\"sent\"} 0",
+            "davpush_gateway_changes_total{outcome=\"coalesced\"} 0",
             "davpush_gateway_changes_total{outcome=\"retried\"} 0",
             "davpush_gateway_changes_total{outcome=\"dropped\"} 0",
             "davpush_gateway_registrations_total{action=\"created\"} 0",
