@@ -1,7 +1,8 @@
 //! `davpush bench population`: issue 11's durable population. It starts its own
 //! `davpush serve` on a fresh data directory, subscribes `--count` durable subscriptions over the
 //! Subscription API (Web Push 60 %, FCM 20 %, APNs 20 %, realistic sizes; `--topics` topics plus
-//! one of `--big-topic`), and measures: subscribe/s, the largest SQLite write-ahead log during
+//! one of `--big-topic`), and measures: subscribe/s and each subscribe's round trip (p50, p99,
+//! max), the largest SQLite write-ahead log during
 //! the storm and its size after a graceful stop, resident memory per subscription (while running
 //! and after a restart), restart-to-ready, the notify of the big topic until it is handed to the
 //! delivery engine, and the purge of `--expired` expired rows in batches.
@@ -64,17 +65,19 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
     progress!("population: subscribing {} ({} at a time)", args.count, args.concurrency);
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(super::Histogram::new());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
         let (http, url, next, failed) = (http.clone(), format!("{base}/subscribe"), next.clone(), failed.clone());
-        let (count, topics, big) = (args.count, args.topics, args.big_topic);
+        let (count, topics, big, latency) = (args.count, args.topics, args.big_topic, latency.clone());
         tasks.spawn(async move {
             loop {
                 let n = next.fetch_add(1, Relaxed);
                 if n >= count {
                     return;
                 }
+                let sent = Instant::now();
                 let ok = http
                     .post(&url)
                     .bearer_auth(TOKEN)
@@ -82,6 +85,7 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
                     .send()
                     .await
                     .is_ok_and(|r| r.status().as_u16() == 201);
+                latency.record(sent.elapsed().as_micros() as u64);
                 if !ok {
                     failed.fetch_add(1, Relaxed);
                 }
@@ -146,6 +150,14 @@ pub(crate) async fn run(args: PopulationArgs) -> anyhow::Result<()> {
         args.count as f64 / storm.as_secs_f64(),
         storm.as_secs_f64(),
         args.concurrency
+    );
+    let l = latency.summary();
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    println!(
+        "  subscribe round trip: p50 {} ms, p99 {} ms, max {} ms (request sent until 201 read)",
+        ms(l.p50_ms),
+        ms(l.p99_ms),
+        ms(l.max_ms)
     );
     println!(
         "  WAL:              max {:.1} MB during the storm, {} bytes after a graceful stop",

@@ -182,6 +182,7 @@ fn issue_11_bench_population_reports_every_figure() {
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for expected in [
         "2000 durable subscriptions (0 failed)",
+        "subscribe round trip: p50 ",
         "0 bytes after a graceful stop",
         "; 2000 subscriptions loaded)",
         "; 200 addressed)",
