@@ -6,6 +6,7 @@
 //! lock; no lock is ever held across an `.await`.
 
 use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
@@ -167,7 +168,12 @@ impl Meta {
 
     /// Whether a new subscription of `client` (made by `caps.principal`) fits.
     fn room(&self, client: &ClientId, caps: &Caps) -> Result<(), LimitReached> {
-        if self.by_client.get(client).map_or(0, OfClient::len) >= caps.per_client {
+        self.room_for(self.by_client.get(client).map_or(0, OfClient::len), caps)
+    }
+
+    /// Whether a new subscription of a client that holds `held` (made by `caps.principal`) fits.
+    fn room_for(&self, held: usize, caps: &Caps) -> Result<(), LimitReached> {
+        if held >= caps.per_client {
             return Err(LimitReached::PerClient(caps.per_client));
         }
         if let Some((p, max)) = caps.principal
@@ -270,12 +276,6 @@ impl Index {
         self.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The topic as the index already holds it, if any subscription has it: its subscribers
-    /// then share one string.
-    fn interned(&self, topic: &Topic) -> Option<Topic> {
-        self.topic(topic.as_str())
-    }
-
     /// The topic named `name` as the index holds it, if any subscription has it (to share its
     /// string).
     pub fn topic(&self, name: &str) -> Option<Topic> {
@@ -361,19 +361,42 @@ impl Index {
         mut sub: Subscription,
         caps: &Caps,
     ) -> Result<(Arc<Subscription>, Option<Arc<Subscription>>), LimitReached> {
-        if let Some(t) = self.interned(&sub.topic) {
-            sub.topic = t;
-        }
-        let sub = Arc::new(sub);
+        // Each map is looked up once where it can be (issue 11: at start a million inserts one
+        // after the other, each lookup in a table of a million a cache miss).
         let mut m = self.meta();
-        let previous = match m.find(&sub.client_id, &sub.topic, sub.kind()).cloned() {
+        let (found, held) = match m.by_client.get(&sub.client_id) {
+            Some(list) => (list.iter().find(|s| s.topic == sub.topic && s.kind() == sub.kind()).cloned(), list.len()),
+            None => (None, 0),
+        };
+        let previous = match found {
             Some(old) => {
                 m.by_id.remove(&old.id);
                 Some(old)
             }
             None => {
-                m.room(&sub.client_id, caps)?;
+                m.room_for(held, caps)?;
                 None
+            }
+        };
+        // The topic's list, and its string for the new subscriber to share, in one lookup.
+        let sub = {
+            let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
+            match shard.entry(sub.topic.clone()) {
+                Entry::Occupied(mut e) => {
+                    sub.topic = e.key().clone();
+                    let sub = Arc::new(sub);
+                    let list = &mut e.get_mut().subs;
+                    match previous.as_ref().and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old))) {
+                        Some(pos) => list[pos] = sub.clone(),
+                        None => list.push(sub.clone()),
+                    }
+                    sub
+                }
+                Entry::Vacant(e) => {
+                    let sub = Arc::new(sub);
+                    e.insert(TopicSubs { subs: vec![sub.clone()] });
+                    sub
+                }
             }
         };
         if let Some(old) = &previous {
@@ -387,7 +410,9 @@ impl Index {
             *m.per_principal.entry(p).or_default() += 1;
         }
         m.by_id.insert(ById(sub.clone()));
-        let list = match m.by_client.take(&sub.client_id) {
+        // A new client's list is inserted without looking for one first.
+        let existing = if previous.is_none() && held == 0 { None } else { m.by_client.take(&sub.client_id) };
+        let list = match existing {
             Some(mut list) => {
                 list.push(sub.clone());
                 list
@@ -395,17 +420,6 @@ impl Index {
             None => OfClient { first: sub.clone(), rest: None },
         };
         m.by_client.insert(list);
-        {
-            let mut shard = self.shard(&sub.topic).write().unwrap_or_else(|e| e.into_inner());
-            let list = match shard.get_mut(&sub.topic) {
-                Some(t) => &mut t.subs,
-                None => &mut shard.entry(sub.topic.clone()).or_default().subs,
-            };
-            match previous.as_ref().and_then(|old| list.iter().position(|s| Arc::ptr_eq(s, old))) {
-                Some(pos) => list[pos] = sub.clone(),
-                None => list.push(sub.clone()),
-            }
-        }
         drop(m);
         Ok((sub, previous))
     }
@@ -568,6 +582,25 @@ impl Index {
         self.meta().per_kind
     }
 
+    /// Makes room for `subscriptions` more subscriptions of `clients` more clients, so that
+    /// inserting them does not grow the tables step by step (issue 11: each growth re-hashes
+    /// every entry, whose key is behind a pointer, a cache miss each; at start with a million
+    /// that was most of the inserts' time).
+    pub fn reserve(&self, subscriptions: usize, clients: usize) {
+        let mut m = self.meta();
+        m.by_id.reserve(subscriptions);
+        m.by_client.reserve(clients);
+    }
+
+    /// Gives back what [`Index::reserve`] made room for and was not used (one re-hash of what
+    /// the table holds, if it can shrink at all): start-up reserves a client per subscription,
+    /// while clients usually hold several.
+    pub fn shrink_to_fit(&self) {
+        let mut m = self.meta();
+        m.by_id.shrink_to_fit();
+        m.by_client.shrink_to_fit();
+    }
+
     /// Total number of subscriptions.
     pub fn len(&self) -> usize {
         self.meta().by_id.len()
@@ -635,6 +668,45 @@ mod tests {
         idx.remove(&a.id);
         assert_eq!(idx.client_count(&client("c1")), 0);
         assert!(Arc::ptr_eq(&idx.get(&b.id).unwrap(), &b));
+    }
+
+    /// What start-up does (room made for every row, then given back) keeps every lookup right:
+    /// new clients, a client's second subscription, and a replacement in its topic's list.
+    #[test]
+    fn issue_11_room_made_first_and_given_back_changes_no_lookup() {
+        let hub = Hub::new(4, 1_000);
+        let idx = Index::default();
+        idx.reserve(10_000, 10_000);
+        let mut kept = Vec::new();
+        for c in 0..50 {
+            for t in 0..3 {
+                kept.push(idx.insert(sub(&hub, &format!("c{c}"), &format!("t{t}"), 100), 10).unwrap().0);
+            }
+        }
+        // c7's subscription to t1 replaced: same place in the topic's list, the old one gone.
+        let (new, old) = idx.insert(sub(&hub, "c7", "t1", 300), 10).unwrap();
+        let old = old.expect("replaced");
+        assert!(Arc::ptr_eq(&old, &kept[7 * 3 + 1]));
+        idx.shrink_to_fit();
+        assert_eq!(idx.len(), 150);
+        assert!(idx.get(&old.id).is_none());
+        assert!(Arc::ptr_eq(&idx.get(&new.id).unwrap(), &new));
+        let found = idx.find(&client("c7"), &topic("t1"), ServiceKind::WebSocket).unwrap();
+        assert!(Arc::ptr_eq(&found, &new));
+        assert_eq!(new.topic.as_str().as_ptr(), kept[1].topic.as_str().as_ptr(), "one string for the topic");
+        for c in 0..50 {
+            assert_eq!(idx.client_count(&client(&format!("c{c}"))), 3);
+        }
+        let t1: Vec<SubscriptionId> = idx
+            .recipients(&topic("t1"), 200, &Exclusions::default())
+            .into_iter()
+            .flat_map(|(_, v)| v.into_iter().map(|s| s.id.clone()))
+            .collect();
+        assert_eq!(t1, vec![new.id.clone()], "only the replacement outlives 200");
+        assert_eq!(idx.recipients(&topic("t1"), 50, &Exclusions::default())[0].1.len(), 50);
+        idx.remove(&new.id);
+        assert_eq!(idx.client_count(&client("c7")), 2);
+        assert!(idx.find(&client("c7"), &topic("t1"), ServiceKind::WebSocket).is_none());
     }
 
     #[test]

@@ -263,6 +263,14 @@ impl SubscriptionStore for PostgresStore {
             .rows_affected())
     }
 
+    async fn count(&self) -> Result<Option<u64>, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("count subscriptions"))?;
+        Ok(Some(n.max(0) as u64))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
         Ok(())

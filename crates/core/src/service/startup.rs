@@ -9,6 +9,8 @@ use crate::{ClientId, Index, PushService, ServiceKind, Subscription, Subscriptio
 
 /// Rows read from the store per page at start.
 const LOAD_PAGE: usize = 5_000;
+/// Rows the index makes room for at start at most (beyond, it grows as it must).
+const RESERVE_MAX: usize = 10_000_000;
 /// Outbox rows claimed per statement.
 const CLAIM_PAGE: usize = 1_000;
 
@@ -125,6 +127,12 @@ impl PushService {
                 rows.into_iter().map(|row| route(&transports, &index, &row).ok_or((row.id, row.service))).collect()
             })
         };
+        // Read beside the first page: the index gets room for all rows before the first is
+        // inserted (a row a client at most; what is left over is given back at the end).
+        let mut count = Some({
+            let store = self.store.clone();
+            tokio::spawn(async move { store.count().await })
+        });
         let mut n = 0;
         let mut members = Vec::new();
         let mut reading = Some(read(String::new()));
@@ -149,7 +157,19 @@ impl PushService {
                 }
                 continue;
             };
-            for restored in previous.await.map_err(failed("restore subscriptions"))? {
+            let restored = previous.await.map_err(failed("restore subscriptions"))?;
+            if let Some(count) = count.take() {
+                match count.await.map_err(failed("count subscriptions"))? {
+                    Ok(Some(rows)) => {
+                        let rows = usize::try_from(rows).unwrap_or(usize::MAX).min(RESERVE_MAX);
+                        self.index.reserve(rows, rows);
+                    }
+                    Ok(None) => {}
+                    // Only a hint: the load goes on, the index grows as it must.
+                    Err(e) => tracing::debug!(error = %e, "could not count the stored subscriptions"),
+                }
+            }
+            for restored in restored {
                 match restored {
                     Ok(sub) => {
                         if let Ok((sub, _)) = self.index.insert(sub, usize::MAX) {
@@ -167,6 +187,9 @@ impl PushService {
             }
             // Let requests (health, WebSocket traffic) in between pages.
             tokio::task::yield_now().await;
+        }
+        if count.is_none() {
+            self.index.shrink_to_fit();
         }
         // Those that keep a membership hold their targets: read now, in batches.
         let mut held = Vec::with_capacity(members.len());

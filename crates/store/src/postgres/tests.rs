@@ -87,6 +87,7 @@ async fn issue_11_expired_rows_are_purged_in_batches_and_loaded_in_pages() {
     .execute(&store.pool)
     .await
     .unwrap();
+    assert_eq!(store.count().await.unwrap(), Some(5_010), "the count start-up sizes its index with");
     let mut batches = Vec::new();
     loop {
         let n = store.purge_expired(10_000, 2_000).await.unwrap();
@@ -96,6 +97,7 @@ async fn issue_11_expired_rows_are_purged_in_batches_and_loaded_in_pages() {
         }
     }
     assert_eq!(batches, [2_000, 2_000, 1_000]);
+    assert_eq!(store.count().await.unwrap(), Some(10));
     let first = store.load_page(0, "", 4).await.unwrap();
     let ids: Vec<&str> = first.rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["id-05000", "id-05001", "id-05002", "id-05003"]);
