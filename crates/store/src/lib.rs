@@ -37,6 +37,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_vapid_key_index.sql"),
 ];
 
+/// The statement of [`SubscriptionStore::count`] (SQLite and PostgreSQL alike).
+pub(crate) const COUNT: &str = "SELECT count(*) FROM subscriptions";
+
+/// The answer of [`COUNT`] as [`SubscriptionStore::count`] gives it.
+pub(crate) fn counted(n: Result<i64, sqlx::Error>) -> Result<Option<u64>, StoreError> {
+    n.map(|n| Some(n.max(0) as u64)).map_err(err("count subscriptions"))
+}
+
 pub(crate) fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |e| StoreError { op, source: Box::new(e) }
 }

@@ -264,11 +264,7 @@ impl SubscriptionStore for PostgresStore {
     }
 
     async fn count(&self) -> Result<Option<u64>, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err("count subscriptions"))?;
-        Ok(Some(n.max(0) as u64))
+        crate::counted(sqlx::query_scalar(crate::COUNT).fetch_one(&self.pool).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -672,11 +672,7 @@ impl SubscriptionStore for SqliteStore {
 
     async fn count(&self) -> Result<Option<u64>, StoreError> {
         // SQLite counts the rows of its smallest index (7-13 ms for a million, warm).
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err("count subscriptions"))?;
-        Ok(Some(n.max(0) as u64))
+        crate::counted(sqlx::query_scalar(crate::COUNT).fetch_one(&self.pool).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
